@@ -1,0 +1,40 @@
+"""Packaging for the self-hosted CI service: the `ci` client and the `ci-server`."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="selfhosted-ci",
+    version="0.1.0",
+    description="Run a Python project's pytest suite in a clean Docker container, live.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["ci_server", "ci_server.*", "ci_client", "ci_client.*"]),
+    install_requires=[
+        "fastapi>=0.115",
+        "uvicorn>=0.30",
+        "python-multipart>=0.0.9",
+        "pydantic-settings>=2.4",
+        "sse-starlette>=2.1",
+        "aiosqlite>=0.20",
+        "docker>=7.1",
+        "requests>=2.32",
+        "requests-toolbelt>=1.0",
+        "sseclient-py>=1.8",
+        "pathspec>=0.12",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8.3",
+            "pytest-asyncio>=0.24",
+            "pytest-timeout>=2.3",
+            "httpx>=0.27",
+            "ruff>=0.6",
+            "pyright>=1.1.380",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "ci=ci_client.cli:main",
+            "ci-server=ci_server.__main__:main",
+        ],
+    },
+)
