@@ -1,0 +1,157 @@
+"""Job routes: submit, list, show, cancel and the live event stream (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    UploadFile,
+)
+from fastapi import Path as PathParam
+from sse_starlette import EventSourceResponse
+
+from ci_server.api.schemas import JobOut
+from ci_server.events import EventHub
+from ci_server.models import JobEvent
+from ci_server.runner.workspace import check_archive
+from ci_server.scheduler import Scheduler
+from ci_server.settings import Settings
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
+JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="a job id")]
+KEEPALIVE_SECONDS = 15
+
+
+def scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+def hub(request: Request) -> EventHub:
+    return request.app.state.hub
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def _job_out(scheduler: Scheduler, job_id: str) -> JobOut:
+    job = await scheduler.store.get_job(job_id)
+    return JobOut.from_job(job, scheduler.queue_positions().get(job.id))
+
+
+def _save_upload(upload: UploadFile, directory: Path, settings: Settings) -> Path:
+    """Copy the spooled upload to its own file and check it; runs in a thread."""
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".zip", delete=False) as target:
+        shutil.copyfileobj(upload.file, target, 1024 * 1024)
+    path = Path(target.name)
+    try:
+        check_archive(path, settings.archive_limits)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+@router.post("", status_code=201, response_model=JobOut)
+async def submit_job(
+    archive: Annotated[UploadFile, File(description="the project, as a zip archive")],
+    scheduler: Annotated[Scheduler, Depends(scheduler)],
+    settings: Annotated[Settings, Depends(settings)],
+    timeout_seconds: Annotated[float | None, Form(gt=0)] = None,
+    pytest_args: Annotated[list[str] | None, Form()] = None,
+) -> JobOut:
+    path = await asyncio.to_thread(_save_upload, archive, scheduler.uploads_dir, settings)
+    job = await scheduler.submit(
+        path, timeout_seconds=timeout_seconds, pytest_args=pytest_args or ()
+    )
+    return await _job_out(scheduler, job.id)
+
+
+@router.get("", response_model=list[JobOut])
+async def list_jobs(
+    scheduler: Annotated[Scheduler, Depends(scheduler)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
+) -> list[JobOut]:
+    """Newest first; pass the last job_id of a page as `before` to get the next one."""
+    jobs = await scheduler.store.list_jobs(limit=limit, before=before)
+    positions = scheduler.queue_positions()
+    return [JobOut.from_job(job, positions.get(job.id)) for job in jobs]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+async def get_job(job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)]) -> JobOut:
+    return await _job_out(scheduler, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+async def cancel_job(job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)]) -> JobOut:
+    """Cancel a queued or running job. A finished job answers 409 and stays as it was."""
+    before = await scheduler.store.get_job(job_id)
+    if before.status.is_terminal:
+        raise HTTPException(409, f"job {job_id} has already finished: {before.status}")
+    job = await scheduler.cancel(job_id)
+    return JobOut.from_job(job)
+
+
+def _sse(event: JobEvent) -> dict[str, Any]:
+    payload = {"seq": event.seq, "type": event.type.value, "time": event.time.isoformat()}
+    return {
+        "id": str(event.seq),
+        "event": event.type.value,
+        "data": json.dumps(payload | event.data),
+    }
+
+
+@router.get("/{job_id}/events")
+async def stream_events(
+    job_id: JobId,
+    request: Request,
+    scheduler: Annotated[Scheduler, Depends(scheduler)],
+    hub: Annotated[EventHub, Depends(hub)],
+    after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
+    tail: Annotated[
+        int | None, Query(ge=0, description="start with the last N events (0: from now)")
+    ] = None,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> EventSourceResponse:
+    """The job's events as Server-Sent Events, ending with its `end` event.
+
+    Resume with the `Last-Event-ID` header (or `after`) to get exactly the events after it.
+    The `end` event is always sent, even with `tail=0` on a finished job.
+    """
+    job = await scheduler.store.get_job(job_id)
+    start = last_event_id if last_event_id is not None else after
+    if start is None:
+        start = 0
+        if tail is not None:
+            last = await hub.last_seq(job_id)
+            start = max(0, last - tail)
+            if job.status.is_terminal:
+                start = min(start, last - 1)
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for event in hub.stream(job_id, start):
+            yield _sse(event)
+
+    return EventSourceResponse(
+        events(),
+        ping=KEEPALIVE_SECONDS,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,199 @@
+"""Live job events: sequence numbers, push to watchers, batched writes to the store.
+
+Every job that is not finished has a channel here. Publishing an event gives it the next
+sequence number, pushes it at once to every watcher's queue and leaves it pending until the
+flusher writes pending events of all jobs to the store in one transaction (every
+`flush_interval` seconds, or sooner once `batch_size` events wait). A watcher replays what the
+store has, then the pending events, then what arrives live: by sequence number, with no gap
+and no duplicate. A watcher too slow for its queue is dropped back to the replay path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ci_server.models import EventType, JobEvent
+from ci_server.store.repository import JobStore
+
+logger = logging.getLogger(__name__)
+
+REPLAY_PAGE = 1000
+
+
+class _Overflow(Exception):
+    """A watcher fell so far behind that its queue is full; it must replay from the store."""
+
+
+class _Watcher:
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def push(self, event: JobEvent) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    async def next(self) -> JobEvent:
+        if self.overflowed and self.queue.empty():
+            raise _Overflow
+        return await self.queue.get()
+
+
+class JobChannel:
+    """The live side of one job: where its worker publishes events."""
+
+    def __init__(self, hub: EventHub, job_id: str, last_seq: int) -> None:
+        self.hub = hub
+        self.job_id = job_id
+        self._last_seq = last_seq
+        self.pending: list[JobEvent] = []
+        self.watchers: set[_Watcher] = set()
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def publish(self, type: EventType, **data: Any) -> JobEvent:
+        self._last_seq += 1
+        event = JobEvent(job_id=self.job_id, seq=self._last_seq, type=type, data=data)
+        self.pending.append(event)
+        for watcher in self.watchers:
+            watcher.push(event)
+        self.hub.note_pending()
+        return event
+
+    async def close(self) -> None:
+        """Write what is pending and forget the channel (after the job's END event)."""
+        await self.hub.flush()
+        self.hub.forget(self.job_id)
+
+
+class EventHub:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        flush_interval: float = 0.2,
+        batch_size: int = 2000,
+        watcher_queue_size: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.watcher_queue_size = watcher_queue_size
+        self._channels: dict[str, JobChannel] = {}
+        self._pending_count = 0
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EventHub:
+        self._flusher = asyncio.create_task(self._flush_forever(), name="event-flusher")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+    def open(self, job_id: str, last_seq: int = 0) -> JobChannel:
+        channel = self._channels.get(job_id)
+        if channel is None:
+            channel = self._channels[job_id] = JobChannel(self, job_id, last_seq)
+        return channel
+
+    async def last_seq(self, job_id: str) -> int:
+        """The sequence number of the job's newest event, published or stored."""
+        channel = self._channels.get(job_id)
+        if channel is not None:
+            return channel.last_seq
+        return await self.store.last_event_seq(job_id)
+
+    def forget(self, job_id: str) -> None:
+        self._channels.pop(job_id, None)
+
+    def note_pending(self) -> None:
+        self._pending_count += 1
+        if self._pending_count >= self.batch_size:
+            self._wake.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                # The events stay pending and are written on the next round.
+                logger.exception("writing job events to the store failed")
+
+    async def flush(self) -> None:
+        async with self._flush_lock:
+            batch: list[tuple[JobChannel, int]] = []
+            events: list[JobEvent] = []
+            for channel in self._channels.values():
+                if channel.pending:
+                    batch.append((channel, len(channel.pending)))
+                    events.extend(channel.pending)
+            if not events:
+                return
+            await self.store.append_events(events)
+            for channel, count in batch:
+                # Only now may watchers find these events in the store instead.
+                del channel.pending[:count]
+            self._pending_count = max(0, self._pending_count - len(events))
+
+    async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEvent]:
+        """Every event of the job after `after_seq`, live, until and including its END."""
+        last = after_seq
+        while True:
+            channel = self._channels.get(job_id)
+            watcher = _Watcher(self.watcher_queue_size)
+            # Subscribing and copying the pending events happen with no await in between, so
+            # each event is in the store, in the copy, or still to come through the queue.
+            pending = list(channel.pending) if channel else []
+            if channel is not None:
+                channel.watchers.add(watcher)
+            try:
+                while True:
+                    page = await self.store.events_after(job_id, last, limit=REPLAY_PAGE)
+                    for event in page:
+                        yield event
+                        last = event.seq
+                        if event.type is EventType.END:
+                            return
+                    if len(page) < REPLAY_PAGE:
+                        break
+                for event in pending:
+                    if event.seq > last:
+                        yield event
+                        last = event.seq
+                        if event.type is EventType.END:
+                            return
+                if channel is None:
+                    return  # the job is finished and everything it had is stored
+                while True:
+                    event = await watcher.next()
+                    if event.seq <= last:
+                        continue
+                    yield event
+                    last = event.seq
+                    if event.type is EventType.END:
+                        return
+            except _Overflow:
+                continue
+            finally:
+                if channel is not None:
+                    channel.watchers.discard(watcher)

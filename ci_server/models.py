@@ -1,0 +1,115 @@
+"""The domain: jobs, their states and their events. Free of storage and HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    ERROR = "error"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
+        JobStatus.TIMED_OUT,
+        JobStatus.ERROR,
+    }
+)
+
+
+class EventType(enum.StrEnum):
+    """What a job event carries; see the README's "Events" section."""
+
+    STATUS = "status"  # the job moved to a new status
+    LOG = "log"  # one line of output: from the container ("stdout") or from the CI ("system")
+    END = "end"  # the last event of every job: final status, exit code, success
+
+
+class CIError(Exception):
+    """Root of every error the domain raises; the API maps each subclass to one HTTP status."""
+
+
+class JobNotFound(CIError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class InvalidTransition(CIError):
+    def __init__(self, job_id: str, current: JobStatus, wanted: JobStatus) -> None:
+        super().__init__(f"job {job_id} is {current}, it cannot become {wanted}")
+        self.current = current
+        self.wanted = wanted
+
+
+class InvalidUpload(CIError):
+    """The uploaded project cannot be accepted (not a zip, unsafe entries, too big...)."""
+
+
+class UploadTooLarge(InvalidUpload):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+    created_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    timeout_seconds: float = 1800.0
+    pytest_args: tuple[str, ...] = ()
+
+    @property
+    def success(self) -> bool | None:
+        """True or False once the job has finished, None while it is queued or running."""
+        if not self.status.is_terminal:
+            return None
+        return self.status is JobStatus.SUCCEEDED
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+    def replace(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    job_id: str
+    seq: int
+    type: EventType
+    data: dict[str, Any]
+    time: datetime = field(default_factory=utcnow)

@@ -1,0 +1,141 @@
+"""The Docker executor: one throw-away container per job, through the docker SDK.
+
+The SDK blocks, so every call runs in this executor's own thread pool, never on the event
+loop; output chunks cross back to the loop with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from ci_server.runner.executor import (
+    INSTANCE_LABEL,
+    JOB_LABEL,
+    ExecutorError,
+    OutputSink,
+    RunSpec,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_END = object()
+
+
+class DockerExecutor:
+    def __init__(
+        self, instance: str, *, max_threads: int = 32, base_url: str | None = None
+    ) -> None:
+        self.instance = instance
+        self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="docker")
+        self._base_url = base_url
+        self._client: docker.DockerClient | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, lambda: fn(*args, **kwargs))
+
+    def _connect(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                if self._base_url:
+                    client = docker.DockerClient(base_url=self._base_url, max_pool_size=64)
+                else:
+                    client = docker.from_env(max_pool_size=64)
+                client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+                raise ExecutorError(f"Docker engine unreachable: {e}") from e
+            self._client = client
+        return self._client
+
+    def _create(self, spec: RunSpec) -> Container:
+        client = self._connect()
+        try:
+            return client.containers.create(
+                spec.image,
+                command=["sh", "-c", spec.script],
+                labels={INSTANCE_LABEL: self.instance, JOB_LABEL: spec.job_id},
+                volumes={str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}},
+                environment=dict(spec.env),
+                mem_limit=spec.limits.memory_bytes,
+                memswap_limit=spec.limits.memory_bytes,
+                nano_cpus=int(spec.limits.cpus * 1e9),
+                pids_limit=spec.limits.pids,
+                detach=True,
+            )
+        except docker.errors.ImageNotFound as e:
+            raise ExecutorError(
+                f"runner image {spec.image!r} not found on the Docker engine "
+                "(build one offline with scripts/build-runner-image.sh and set CI_RUNNER_IMAGE)"
+            ) from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            self._client = None
+            raise ExecutorError(f"Docker could not create the container: {e}") from e
+
+    def _pump_output(self, container: Container, deliver: Callable[[object], None]) -> None:
+        try:
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                deliver(chunk)
+        finally:
+            deliver(_END)
+
+    def _wait(self, container: Container) -> int:
+        return int(container.wait()["StatusCode"])
+
+    def _remove(self, container: Container) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+    async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
+        container = await self._call(self._create, spec)
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[object] = asyncio.Queue()
+
+        def deliver(chunk: object) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+        try:
+            try:
+                await self._call(container.start)
+            except docker.errors.DockerException as e:
+                raise ExecutorError(f"Docker could not start the container: {e}") from e
+            pump = loop.run_in_executor(self._threads, self._pump_output, container, deliver)
+            while (chunk := await chunks.get()) is not _END:
+                assert isinstance(chunk, bytes)
+                on_output(chunk)
+            await pump
+            return await self._call(self._wait, container)
+        finally:
+            # Runs on cancellation too: the kill ends the output stream and frees the thread.
+            try:
+                await asyncio.shield(self._call(self._remove, container))
+            except Exception:
+                logger.exception("could not remove container %s", container.id)
+
+    def _remove_orphans(self) -> int:
+        client = self._connect()
+        containers = client.containers.list(
+            all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}
+        )
+        for container in containers:
+            self._remove(container)
+        return len(containers)
+
+    async def remove_orphans(self) -> int:
+        return await self._call(self._remove_orphans)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()

@@ -1,0 +1,53 @@
+"""What runs a job's script in isolation: the interface, whatever the engine behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ci_server.models import CIError
+
+JOB_LABEL = "ci.job-id"
+INSTANCE_LABEL = "ci.instance"
+"""Names the server (its database) that owns a container, so servers sharing an engine
+never remove each other's containers."""
+
+
+class ExecutorError(CIError):
+    """The executor could not run the job: the system failed, not the tests."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerLimits:
+    memory_bytes: int = 2 * 1024**3
+    cpus: float = 1.0
+    pids: int = 512
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    job_id: str
+    image: str
+    script: str
+    """A POSIX shell script; the project is mounted read-only at /src."""
+    workspace: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
+
+
+OutputSink = Callable[[bytes], None]
+
+
+class Executor(Protocol):
+    async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
+        """Run the script to its end and return its exit status, passing output on as it comes.
+
+        Cancelling the call kills the container; it is removed whatever happens.
+        """
+        ...
+
+    async def remove_orphans(self) -> int:
+        """Remove containers this service left behind (after a crash); say how many."""
+        ...

@@ -1,0 +1,61 @@
+"""Turn a container's raw output into bounded log lines."""
+
+from __future__ import annotations
+
+import codecs
+
+
+class LineSplitter:
+    """Split a byte stream into text lines; a line longer than `max_chars` is split in pieces.
+
+    Decoding is incremental, so a UTF-8 character cut between two chunks survives, and bad
+    bytes become U+FFFD instead of an error.
+    """
+
+    def __init__(self, max_chars: int = 4096) -> None:
+        self.max_chars = max_chars
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        text = self._partial + self._decoder.decode(data)
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        out: list[str] = []
+        for line in lines:
+            out.extend(self._cut(line.removesuffix("\r")))
+        while len(self._partial) >= self.max_chars:
+            out.append(self._partial[: self.max_chars])
+            self._partial = self._partial[self.max_chars :]
+        return out
+
+    def finish(self) -> list[str]:
+        rest = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        return self._cut(rest) if rest else []
+
+    def _cut(self, line: str) -> list[str]:
+        if len(line) <= self.max_chars:
+            return [line]
+        return [line[i : i + self.max_chars] for i in range(0, len(line), self.max_chars)]
+
+
+class LogBudget:
+    """Admit log lines until `max_bytes` of text have been kept, then refuse the rest."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.dropped_lines = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.dropped_lines > 0
+
+    def admit(self, line: str) -> bool:
+        size = len(line.encode()) + 1
+        if self.dropped_lines or self.used + size > self.max_bytes:
+            self.dropped_lines += 1
+            return False
+        self.used += size
+        return True

@@ -1,0 +1,287 @@
+"""The queue, the worker pool and the life of a job from `queued` to its final status.
+
+Submissions wait in a FIFO queue; `max_concurrent_jobs` workers take them one at a time.
+Each job runs in its own task, so that cancelling it (or its timeout) kills just that job.
+At start-up, jobs that a crash left `queued` run again; jobs left `running` are marked
+`error` ("interrupted by server restart") and their containers are removed: a re-run could
+repeat side effects the user did not ask for twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ci_server.events import EventHub, JobChannel
+from ci_server.models import CIError, EventType, InvalidUpload, Job, JobStatus, new_job_id
+from ci_server.runner.executor import Executor, ExecutorError, RunSpec
+from ci_server.runner.output import LineSplitter, LogBudget
+from ci_server.runner.project import (
+    INSTALL_FAILED_EXIT,
+    ProjectError,
+    container_script,
+    plan_install,
+)
+from ci_server.runner.workspace import remove_tree, unpack_archive
+from ci_server.settings import Settings
+from ci_server.states import transition
+from ci_server.store.repository import JobStore
+
+logger = logging.getLogger(__name__)
+
+INTERRUPTED_REASON = "interrupted by server restart"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: JobStatus
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class Scheduler:
+    def __init__(
+        self, store: JobStore, hub: EventHub, executor: Executor, settings: Settings
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.executor = executor
+        self.settings = settings
+        self.uploads_dir = settings.resolved_data_dir / "uploads"
+        self.workspaces_dir = settings.resolved_data_dir / "workspaces"
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: dict[str, None] = {}  # FIFO order of waiting jobs, for positions
+        self._running: dict[str, _RunningJob] = {}
+        self._workers: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for directory in (self.uploads_dir, self.workspaces_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        await self._recover()
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"worker-{n}")
+            for n in range(self.settings.max_concurrent_jobs)
+        ]
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def _recover(self) -> None:
+        try:
+            removed = await self.executor.remove_orphans()
+            if removed:
+                logger.warning("removed %d container(s) left by a previous run", removed)
+        except ExecutorError as e:
+            logger.warning("could not look for orphaned containers: %s", e)
+        for job in await self.store.jobs_with_status(JobStatus.RUNNING):
+            channel = self.hub.open(job.id, await self.store.last_event_seq(job.id))
+            await self._finish(job, channel, Outcome(JobStatus.ERROR, reason=INTERRUPTED_REASON))
+        for job in await self.store.jobs_with_status(JobStatus.QUEUED):
+            self.hub.open(job.id, await self.store.last_event_seq(job.id))
+            self._enqueue(job.id)
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        upload: Path,
+        *,
+        timeout_seconds: float | None = None,
+        pytest_args: Sequence[str] = (),
+    ) -> Job:
+        """Take over the checked archive at `upload` and queue a job for it."""
+        limit = self.settings.max_job_timeout
+        job = Job(
+            id=new_job_id(),
+            timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
+            pytest_args=tuple(pytest_args),
+        )
+        await asyncio.to_thread(shutil.move, upload, self._upload_path(job.id))
+        channel = self.hub.open(job.id)
+        await self.store.add_job(job)
+        channel.publish(EventType.STATUS, status=job.status.value)
+        self._enqueue(job.id)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; a finished one is returned unchanged."""
+        job = await self.store.get_job(job_id)
+        if job.status is JobStatus.QUEUED:
+            cancelled = transition(job, JobStatus.CANCELLED, reason="cancelled by user")
+            if await self.store.update_job(cancelled, expected=JobStatus.QUEUED):
+                self._queued.pop(job_id, None)
+                await self._announce_end(cancelled, self.hub.open(job_id))
+                await asyncio.to_thread(self._upload_path(job_id).unlink, missing_ok=True)
+                return cancelled
+            job = await self.store.get_job(job_id)  # a worker took it meanwhile
+        running = self._running.get(job_id)
+        if job.status is JobStatus.RUNNING and running is not None:
+            running.cancel_requested = True
+            running.task.cancel()
+            await running.finished.wait()
+            job = await self.store.get_job(job_id)
+        return job
+
+    def queue_positions(self) -> dict[str, int]:
+        """1 for the next job to run."""
+        return {job_id: n for n, job_id in enumerate(self._queued, start=1)}
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _enqueue(self, job_id: str) -> None:
+        self._queued[job_id] = None
+        self._queue.put_nowait(job_id)
+
+    def _upload_path(self, job_id: str) -> Path:
+        return self.uploads_dir / f"{job_id}.zip"
+
+    async def _work(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            if self._queued.pop(job_id, "gone") == "gone":
+                continue  # cancelled while it waited
+            try:
+                await self._run(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("job %s: unexpected failure in the worker", job_id)
+
+    async def _run(self, job_id: str) -> None:
+        queued = await self.store.get_job(job_id)
+        if queued.status is not JobStatus.QUEUED:
+            return
+        job = transition(queued, JobStatus.RUNNING)
+        if not await self.store.update_job(job, expected=JobStatus.QUEUED):
+            return
+        channel = self.hub.open(job_id)
+        channel.publish(EventType.STATUS, status=job.status.value)
+        task = asyncio.create_task(self._execute(job, channel), name=f"job-{job_id}")
+        running = self._running[job_id] = _RunningJob(task)
+        try:
+            try:
+                # Shielded: cancelling the job's task (a user's cancel) must not cancel the worker.
+                outcome = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not running.cancel_requested:  # the worker itself: the server is stopping
+                    task.cancel()
+                    await asyncio.wait({task})
+                    shutdown = Outcome(JobStatus.ERROR, reason="server shut down")
+                    await self._finish(job, channel, shutdown)
+                    raise
+                outcome = Outcome(JobStatus.CANCELLED, reason="cancelled by user")
+            await self._finish(job, channel, outcome)
+        finally:
+            self._running.pop(job_id, None)
+            running.finished.set()
+            await asyncio.to_thread(self._upload_path(job_id).unlink, missing_ok=True)
+
+    async def _execute(self, job: Job, channel: JobChannel) -> Outcome:
+        workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.workspaces_dir))
+        project = workspace / "src"
+        try:
+            await asyncio.to_thread(
+                unpack_archive, self._upload_path(job.id), project, self.settings.archive_limits
+            )
+            plan = plan_install(project)
+            spec = RunSpec(
+                job_id=job.id,
+                image=self.settings.runner_image,
+                script=container_script(plan, job.pytest_args),
+                workspace=project,
+                env={"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"},
+                limits=self.settings.container_limits,
+            )
+            log = _JobLog(channel, self.settings.max_line_chars, self.settings.max_log_bytes)
+            log.system(f"Running in {spec.image}")
+            try:
+                async with asyncio.timeout(job.timeout_seconds):
+                    exit_code = await self.executor.run(spec, log.feed)
+            except TimeoutError:
+                log.finish()
+                return Outcome(
+                    JobStatus.TIMED_OUT, reason=f"timed out after {job.timeout_seconds:g}s"
+                )
+            log.finish()
+            if exit_code == 0:
+                return Outcome(JobStatus.SUCCEEDED, exit_code)
+            if exit_code == INSTALL_FAILED_EXIT:
+                return Outcome(JobStatus.FAILED, exit_code, "installing dependencies failed")
+            return Outcome(JobStatus.FAILED, exit_code)
+        except (InvalidUpload, ProjectError) as e:
+            return Outcome(JobStatus.FAILED, reason=str(e))
+        except ExecutorError as e:
+            return Outcome(JobStatus.ERROR, reason=str(e))
+        except CIError as e:
+            return Outcome(JobStatus.ERROR, reason=str(e))
+        except OSError as e:
+            logger.exception("job %s: system error", job.id)
+            return Outcome(JobStatus.ERROR, reason=f"system error: {e}")
+        finally:
+            await asyncio.to_thread(remove_tree, workspace)
+
+    async def _finish(self, job: Job, channel: JobChannel, outcome: Outcome) -> None:
+        final = transition(job, outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
+        if not await self.store.update_job(final, expected=job.status):
+            final = await self.store.get_job(job.id)
+        if final.reason:
+            channel.publish(EventType.LOG, stream="system", text=final.reason)
+        await self._announce_end(final, channel)
+
+    async def _announce_end(self, job: Job, channel: JobChannel) -> None:
+        channel.publish(
+            EventType.END,
+            status=job.status.value,
+            exit_code=job.exit_code,
+            success=job.success,
+            reason=job.reason,
+            duration_seconds=job.duration_seconds,
+        )
+        await channel.close()
+
+
+class _RunningJob:
+    def __init__(self, task: asyncio.Task[Outcome]) -> None:
+        self.task = task
+        self.cancel_requested = False
+        self.finished = asyncio.Event()
+
+
+class _JobLog:
+    """Publishes a job's output as bounded log lines."""
+
+    def __init__(self, channel: JobChannel, max_line_chars: int, max_bytes: int) -> None:
+        self.channel = channel
+        self.splitter = LineSplitter(max_line_chars)
+        self.budget = LogBudget(max_bytes)
+
+    def system(self, text: str) -> None:
+        self.channel.publish(EventType.LOG, stream="system", text=text)
+
+    def feed(self, chunk: bytes) -> None:
+        self._emit(self.splitter.feed(chunk))
+
+    def finish(self) -> None:
+        self._emit(self.splitter.finish())
+        if self.budget.exhausted:
+            self.system(f"{self.budget.dropped_lines} more output line(s) not kept")
+
+    def _emit(self, lines: list[str]) -> None:
+        for line in lines:
+            if self.budget.admit(line):
+                self.channel.publish(EventType.LOG, stream="stdout", text=line)
+            elif self.budget.dropped_lines == 1:
+                self.system(
+                    f"log truncated: the job printed more than {self.budget.max_bytes} bytes; "
+                    "the rest of its output is discarded (the job keeps running)"
+                )

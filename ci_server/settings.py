@@ -1,0 +1,67 @@
+"""Every knob of the server in one place, read from CI_* environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ci_server.runner.executor import ContainerLimits
+from ci_server.runner.workspace import ArchiveLimits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CI_", frozen=True)
+
+    db_path: Path = Field(default=Path("ci_jobs.db"), description="SQLite database file")
+    data_dir: Path | None = Field(
+        default=None,
+        description="uploads and workspaces; default: <db_path>.data/ beside the database",
+    )
+    runner_image: str = Field(default="python:3.12-slim", description="image the tests run in")
+    max_concurrent_jobs: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
+        ge=1,
+        description="jobs running at once; the rest wait queued",
+    )
+    job_timeout: float = Field(default=1800.0, gt=0, description="default per-job timeout, seconds")
+    max_job_timeout: float = Field(
+        default=1800.0, gt=0, description="largest timeout a client may ask"
+    )
+    max_upload_bytes: int = Field(
+        default=100 * 1024**2, gt=0, description="largest accepted upload"
+    )
+    max_unpacked_bytes: int = Field(default=1024**3, gt=0, description="largest unpacked project")
+    max_files: int = Field(default=20_000, gt=0, description="most files in one upload")
+    max_log_bytes: int = Field(default=20 * 1024**2, gt=0, description="log kept per job, then cut")
+    max_line_chars: int = Field(default=4096, gt=0, description="longer output lines are split")
+    container_memory_mb: int = Field(default=2048, gt=0, description="memory limit per container")
+    container_cpus: float = Field(default=1.0, gt=0, description="CPU limit per container")
+    container_pids: int = Field(default=512, gt=0, description="process/thread limit per container")
+    docker_host: str | None = Field(
+        default=None, description="Docker engine URL; default DOCKER_HOST"
+    )
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or self.db_path.with_name(self.db_path.name + ".data")
+
+    @property
+    def instance_id(self) -> str:
+        """Stable for one database: labels the containers this server owns."""
+        return hashlib.sha256(str(self.db_path.resolve()).encode()).hexdigest()[:16]
+
+    @property
+    def container_limits(self) -> ContainerLimits:
+        return ContainerLimits(
+            memory_bytes=self.container_memory_mb * 1024**2,
+            cpus=self.container_cpus,
+            pids=self.container_pids,
+        )
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(max_files=self.max_files, max_unpacked_bytes=self.max_unpacked_bytes)

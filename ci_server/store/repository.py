@@ -1,0 +1,69 @@
+"""The abstract repository for jobs and their events.
+
+Every backend (in-memory, SQLite, later PostgreSQL) implements this interface and passes the
+contract suite in tests/unit/test_store_contract.py. A store performs atomic compare-and-set
+updates; which transitions are legal is decided by ci_server.states, never here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from ci_server.models import Job, JobEvent, JobStatus
+
+
+class JobStore(abc.ABC):
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def add_job(self, job: Job) -> None: ...
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> Job:
+        """Return the job or raise JobNotFound."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, *, limit: int = 100, before: str | None = None) -> list[Job]:
+        """Newest first; `before` is the id of the last job of the previous page."""
+
+    @abc.abstractmethod
+    async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
+        """Oldest first: the order in which queued jobs run."""
+
+    @abc.abstractmethod
+    async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
+        """Store `job` only if the stored one still has status `expected`; say if it did."""
+
+    @abc.abstractmethod
+    async def append_events(self, events: Sequence[JobEvent]) -> None:
+        """Store a batch of events in one transaction."""
+
+    @abc.abstractmethod
+    async def events_after(
+        self, job_id: str, after_seq: int = 0, *, limit: int | None = None
+    ) -> list[JobEvent]:
+        """Events with seq > after_seq, in order."""
+
+    @abc.abstractmethod
+    async def last_event_seq(self, job_id: str) -> int:
+        """The highest stored seq of the job, 0 when it has none."""

@@ -1,0 +1,209 @@
+"""The SQLite JobStore, through aiosqlite (one connection, WAL journal)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ci_server.models import EventType, Job, JobEvent, JobNotFound, JobStatus
+from ci_server.store.repository import JobStore
+
+# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        exit_code INTEGER,
+        reason TEXT,
+        timeout_seconds REAL NOT NULL,
+        pytest_args TEXT NOT NULL
+    );
+    CREATE INDEX jobs_by_created ON jobs (created_at, id);
+    CREATE INDEX jobs_by_status ON jobs (status, created_at);
+    CREATE TABLE events (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        time TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    """,
+]
+
+_JOB_COLUMNS = (
+    "id, status, created_at, started_at, finished_at, exit_code, reason, "
+    "timeout_seconds, pytest_args"
+)
+
+
+def _time(value: datetime | None) -> str | None:
+    # Fixed width, so that the text sorts in time order.
+    return None if value is None else value.isoformat(timespec="microseconds")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.status.value,
+        _time(job.created_at),
+        _time(job.started_at),
+        _time(job.finished_at),
+        job.exit_code,
+        job.reason,
+        job.timeout_seconds,
+        json.dumps(list(job.pytest_args)),
+    )
+
+
+def _job_from_row(row: aiosqlite.Row) -> Job:
+    created_at = _parse_time(row["created_at"])
+    assert created_at is not None
+    return Job(
+        id=row["id"],
+        status=JobStatus(row["status"]),
+        created_at=created_at,
+        started_at=_parse_time(row["started_at"]),
+        finished_at=_parse_time(row["finished_at"]),
+        exit_code=row["exit_code"],
+        reason=row["reason"],
+        timeout_seconds=row["timeout_seconds"],
+        pytest_args=tuple(json.loads(row["pytest_args"])),
+    )
+
+
+def _event_from_row(row: aiosqlite.Row) -> JobEvent:
+    time = _parse_time(row["time"])
+    assert time is not None
+    return JobEvent(
+        job_id=row["job_id"],
+        seq=row["seq"],
+        type=EventType(row["type"]),
+        data=json.loads(row["data"]),
+        time=time,
+    )
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path)
+        self._db.row_factory = aiosqlite.Row
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self.db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def add_job(self, job: Job) -> None:
+        await self.db.execute(
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _job_row(job)
+        )
+        await self.db.commit()
+
+    async def get_job(self, job_id: str) -> Job:
+        async with self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:
+            row = await c.fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job_from_row(row)
+
+    async def list_jobs(self, *, limit: int = 100, before: str | None = None) -> list[Job]:
+        if before is None:
+            query = f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?"
+            params: tuple[Any, ...] = (limit,)
+        else:
+            cursor_job = await self.get_job(before)
+            query = (
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE (created_at, id) < (?, ?) "
+                "ORDER BY created_at DESC, id DESC LIMIT ?"
+            )
+            params = (_time(cursor_job.created_at), cursor_job.id, limit)
+        async with self.db.execute(query, params) as cursor:
+            return [_job_from_row(row) for row in await cursor.fetchall()]
+
+    async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
+        marks = ",".join("?" * len(statuses))
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, id"
+        async with self.db.execute(query, [s.value for s in statuses]) as cursor:
+            return [_job_from_row(row) for row in await cursor.fetchall()]
+
+    async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
+        cursor = await self.db.execute(
+            "UPDATE jobs SET status=?, started_at=?, finished_at=?, exit_code=?, reason=?, "
+            "timeout_seconds=?, pytest_args=? WHERE id=? AND status=?",
+            (
+                job.status.value,
+                _time(job.started_at),
+                _time(job.finished_at),
+                job.exit_code,
+                job.reason,
+                job.timeout_seconds,
+                json.dumps(list(job.pytest_args)),
+                job.id,
+                expected.value,
+            ),
+        )
+        await self.db.commit()
+        return cursor.rowcount == 1
+
+    async def append_events(self, events: Sequence[JobEvent]) -> None:
+        if not events:
+            return
+        await self.db.executemany(
+            "INSERT INTO events (job_id, seq, type, data, time) VALUES (?,?,?,?,?)",
+            [(e.job_id, e.seq, e.type.value, json.dumps(e.data), _time(e.time)) for e in events],
+        )
+        await self.db.commit()
+
+    async def events_after(
+        self, job_id: str, after_seq: int = 0, *, limit: int | None = None
+    ) -> list[JobEvent]:
+        query = (
+            "SELECT job_id, seq, type, data, time FROM events WHERE job_id=? AND seq>? ORDER BY seq"
+        )
+        params: tuple[Any, ...] = (job_id, after_seq)
+        if limit is not None:
+            query += " LIMIT ?"
+            params = (*params, limit)
+        async with self.db.execute(query, params) as cursor:
+            return [_event_from_row(row) for row in await cursor.fetchall()]
+
+    async def last_event_seq(self, job_id: str) -> int:
+        async with self.db.execute("SELECT MAX(seq) FROM events WHERE job_id=?", (job_id,)) as c:
+            row = await c.fetchone()
+        return row[0] if row and row[0] is not None else 0
