@@ -1,0 +1,205 @@
+"""`ci`: submit a project's tests, follow jobs, list them. Parsing and printing only.
+
+Exit codes: 0 the job passed; 1 it did not (failed, timed out, cancelled, errored);
+2 a usage or connection problem; 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ci_client.archive import NotAProject, build_archive, check_project_root
+from ci_client.client import DEFAULT_SERVER_URL, CIClient, ClientError
+from ci_client.render import format_event, format_outcome, print_jobs_table
+
+EXIT_PASSED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _say(message: str) -> None:
+    """Messages about the job (not its output) go to stderr, so stdout is the test log."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _exit_code(job: dict[str, Any]) -> int:
+    return EXIT_PASSED if job.get("success") else EXIT_FAILED
+
+
+def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | None) -> int:
+    """Print the job's events until its end; return the exit code for its outcome."""
+    for event in client.events(job_id, after=after, tail=tail):
+        if event.type == "end":
+            _say(format_outcome({"job_id": job_id, **event.data}))
+            return EXIT_PASSED if event.data.get("success") else EXIT_FAILED
+        line = format_event(event)
+        if line is not None:
+            if event.type == "log" and event.data.get("stream") != "system":
+                print(line, flush=True)
+            else:
+                _say(line)
+    raise ClientError("the event stream ended before the job did")
+
+
+def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
+    root = Path.cwd()
+    check_project_root(root)
+    with tempfile.TemporaryDirectory(prefix="ci-upload-") as tmp:
+        archive = Path(tmp) / "project.zip"
+        summary = build_archive(root, archive)
+        _say(
+            f"Uploading {summary.files} files ({_human_size(summary.source_bytes)}, "
+            f"{_human_size(summary.archive_bytes)} zipped) to {client.base_url}"
+        )
+        job = client.submit(archive, timeout_seconds=args.timeout, pytest_args=args.pytest_args)
+    job_id = job["job_id"]
+    if args.run_async:
+        print(f"Job submitted: {job_id}", flush=True)
+        return EXIT_PASSED
+    _say(f"Job {job_id} submitted. Reattach from another terminal with: ci wait {job_id}")
+    try:
+        return _follow(client, job_id, after=0, tail=None)
+    except KeyboardInterrupt:
+        # A foreground job belongs to this terminal: Ctrl-C means the user wants it gone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _say(f"\nInterrupted: cancelling job {job_id}...")
+        try:
+            cancelled, _ = client.cancel(job_id)
+            _say(format_outcome(cancelled))
+        except ClientError as e:
+            _say(f"could not cancel job {job_id}: {e}")
+        return EXIT_INTERRUPTED
+
+
+def cmd_wait(client: CIClient, args: argparse.Namespace) -> int:
+    job = client.get_job(args.job_id)
+    try:
+        if args.all:
+            return _follow(client, args.job_id, after=0, tail=None)
+        if job["success"] is not None:
+            _say(format_outcome(job))
+            return _exit_code(job)
+        return _follow(client, args.job_id, after=None, tail=0)
+    except KeyboardInterrupt:
+        _say(f"\nDetached: job {args.job_id} keeps running. Reattach with: ci wait {args.job_id}")
+        return EXIT_INTERRUPTED
+
+
+def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
+    jobs = client.list_jobs(limit=args.limit)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    elif jobs:
+        print_jobs_table(jobs, sys.stdout)
+    else:
+        _say("No jobs yet. Submit one with: ci submit test")
+    return EXIT_PASSED
+
+
+def cmd_cancel(client: CIClient, args: argparse.Namespace) -> int:
+    job, changed = client.cancel(args.job_id)
+    if changed:
+        _say(format_outcome(job))
+    else:
+        _say(f"Job {args.job_id} had already finished ({job['status']}); nothing to cancel.")
+    return EXIT_PASSED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ci",
+        description="Run your project's tests on a CI server, in a clean container.",
+        epilog="Exit codes: 0 passed, 1 failed (or timed out, cancelled, errored), "
+        "2 usage or connection error, 130 interrupted.",
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("CI_SERVER_URL", DEFAULT_SERVER_URL),
+        help="the CI server's URL (default: $CI_SERVER_URL or %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser(
+        "submit",
+        help="upload the project in the current directory and run its tests",
+        description="Zip the project in the current directory, upload it and run its tests. "
+        "Arguments after `--` go to pytest.",
+    )
+    submit.add_argument("what", choices=["test"], help="what to run (only `test` for now)")
+    submit.add_argument(
+        "--async",
+        dest="run_async",
+        action="store_true",
+        help="print the job id and return at once",
+    )
+    submit.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop the job after this long"
+    )
+    submit.set_defaults(handler=cmd_submit, pytest_args=[])
+
+    wait = commands.add_parser(
+        "wait", help="follow a job's output until it ends", description="Ctrl-C only detaches."
+    )
+    wait.add_argument("job_id")
+    wait.add_argument("--all", action="store_true", help="replay the whole log from the start")
+    wait.set_defaults(handler=cmd_wait)
+
+    listing = commands.add_parser("list", help="show jobs, newest first")
+    listing.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    listing.set_defaults(handler=cmd_list)
+
+    cancel = commands.add_parser("cancel", help="stop a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=cmd_cancel)
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"ci: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, pytest_args = argv[:split], argv[split + 1 :]
+    args = build_parser().parse_args(argv)
+    if pytest_args:
+        if args.command != "submit":
+            _fail("arguments after `--` are passed to pytest, only with `ci submit test`")
+        args.pytest_args = pytest_args
+    client = CIClient(args.server)
+    try:
+        return args.handler(client, args)
+    except (ClientError, NotAProject) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`ci list --json | head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PASSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Talking to the CI server: HTTP with requests, live events over SSE with reconnection."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import sseclient
+from requests_toolbelt.multipart.encoder import MultipartEncoder
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 60.0
+"""Longer than the server's keep-alive interval (15 s): silence past it means a dead link."""
+RECONNECT_FOR_SECONDS = 60.0
+
+
+class ClientError(Exception):
+    """A problem the user must fix (server down, wrong URL, unknown job...): exit code 2."""
+
+
+class JobNotFound(ClientError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+
+class CIClient:
+    def __init__(self, base_url: str, *, session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session or requests.Session()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = f"{self.base_url}{path}"
+        kwargs.setdefault("timeout", (CONNECT_TIMEOUT, READ_TIMEOUT))
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except requests.exceptions.ConnectionError as e:
+            raise ClientError(
+                f"cannot reach the CI server at {self.base_url}: is `ci-server` running? "
+                "(set the address with --server or CI_SERVER_URL)"
+            ) from e
+        except requests.exceptions.Timeout as e:
+            raise ClientError(f"the CI server at {self.base_url} did not answer in time") from e
+        except requests.exceptions.RequestException as e:
+            raise ClientError(f"cannot talk to {self.base_url}: {e}") from e
+        return response
+
+    def _json(self, response: requests.Response, job_id: str | None = None) -> Any:
+        if job_id is not None and response.status_code in (404, 422) and _is_api_error(response):
+            raise JobNotFound(f"no job with id {job_id!r} on {self.base_url}")
+        if response.status_code >= 400:
+            detail = _detail(response)
+            if response.status_code == 404 or detail is None:
+                raise ClientError(
+                    f"{self.base_url} does not look like a CI server "
+                    f"({response.request.method} {response.url} answered "
+                    f"{response.status_code})"
+                )
+            raise ClientError(f"the server refused: {detail} (HTTP {response.status_code})")
+        try:
+            return response.json()
+        except ValueError as e:
+            raise ClientError(f"{self.base_url} does not look like a CI server") from e
+
+    def submit(
+        self,
+        archive: Path,
+        *,
+        timeout_seconds: float | None = None,
+        pytest_args: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        with archive.open("rb") as stream:
+            fields: list[tuple[str, Any]] = [
+                ("archive", ("project.zip", stream, "application/zip"))
+            ]
+            if timeout_seconds is not None:
+                fields.append(("timeout_seconds", str(timeout_seconds)))
+            fields.extend(("pytest_args", arg) for arg in pytest_args)
+            # The encoder streams the file: a large project is never held whole in memory.
+            body = MultipartEncoder(fields=fields)
+            response = self._request(
+                "POST", "/jobs", data=body, headers={"Content-Type": body.content_type}
+            )
+        return self._json(response)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._request("GET", f"/jobs/{job_id}"), job_id)
+
+    def list_jobs(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        return self._json(self._request("GET", "/jobs", params={"limit": limit}))
+
+    def cancel(self, job_id: str) -> tuple[dict[str, Any], bool]:
+        """Cancel the job; say whether this call changed it (False: it had already finished)."""
+        response = self._request("POST", f"/jobs/{job_id}/cancel")
+        if response.status_code == 409:
+            return self.get_job(job_id), False
+        return self._json(response, job_id), True
+
+    def events(
+        self, job_id: str, *, after: int | None = None, tail: int | None = None
+    ) -> Iterator[Event]:
+        """The job's events until its `end` event, resuming by itself when the link drops."""
+        last_seq = after
+        deadline: float | None = None
+        while True:
+            params: dict[str, int] = {}
+            headers = {"Accept": "text/event-stream"}
+            if last_seq is not None:
+                headers["Last-Event-ID"] = str(last_seq)
+            elif tail is not None:
+                params["tail"] = tail
+            try:
+                response = self._request(
+                    "GET", f"/jobs/{job_id}/events", params=params, headers=headers, stream=True
+                )
+            except ClientError:
+                if deadline is None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+                continue
+            if response.status_code != 200:
+                self._json(response, job_id)
+            try:
+                for message in sseclient.SSEClient(response.iter_content(chunk_size=None)).events():
+                    if not message.data:
+                        continue
+                    payload = json.loads(message.data)
+                    event = Event(payload.pop("seq"), payload.pop("type"), payload)
+                    last_seq = event.seq
+                    deadline = None
+                    yield event
+                    if event.type == "end":
+                        return
+            except (requests.exceptions.RequestException, ConnectionError):
+                pass
+            finally:
+                response.close()
+            # The stream ended without an `end` event: the link dropped. Resume after last_seq.
+            if last_seq is None:
+                last_seq = 0
+            if deadline is None:
+                deadline = time.monotonic() + RECONNECT_FOR_SECONDS
+            elif time.monotonic() > deadline:
+                raise ClientError(f"lost the connection to {self.base_url} and could not resume")
+            time.sleep(0.2)
+
+
+def _detail(response: requests.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        return detail if isinstance(detail, str) else json.dumps(detail)
+    return None
+
+
+def _is_api_error(response: requests.Response) -> bool:
+    """Tell our API's answer for an unknown or malformed job id from a URL that is no CI
+    server at all."""
+    detail = _detail(response)
+    return detail is not None and (detail.startswith("no job") or '"job_id"' in detail)
