@@ -20,6 +20,7 @@ setup(
         "requests-toolbelt>=1.0",
         "sseclient-py>=1.8",
         "pathspec>=0.12",
+        "defusedxml>=0.7",
     ],
     extras_require={
         "dev": [

@@ -76,6 +76,48 @@ class UploadTooLarge(InvalidUpload):
     pass
 
 
+class TestOutcome(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    node_id: str
+    outcome: TestOutcome
+    duration_seconds: float
+    message: str | None = None
+    """The failure's one-line message (for failed, errored and skipped tests)."""
+    details: str | None = None
+    """The failure's traceback, cut to a few KB."""
+
+
+@dataclass(frozen=True, slots=True)
+class TestSummary:
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def of(cls, results: list[TestResult]) -> TestSummary:
+        counts = {outcome: 0 for outcome in TestOutcome}
+        for result in results:
+            counts[result.outcome] += 1
+        return cls(
+            passed=counts[TestOutcome.PASSED],
+            failed=counts[TestOutcome.FAILED],
+            errors=counts[TestOutcome.ERROR],
+            skipped=counts[TestOutcome.SKIPPED],
+        )
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.errors + self.skipped
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str
@@ -87,6 +129,8 @@ class Job:
     reason: str | None = None
     timeout_seconds: float = 1800.0
     pytest_args: tuple[str, ...] = ()
+    summary: TestSummary | None = None
+    """Counts from pytest's report, once the job has run tests."""
 
     @property
     def success(self) -> bool | None:

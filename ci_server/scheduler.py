@@ -10,6 +10,7 @@ repeat side effects the user did not ask for twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -18,15 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ci_server.events import EventHub, JobChannel
-from ci_server.models import CIError, EventType, InvalidUpload, Job, JobStatus, new_job_id
+from ci_server.models import (
+    CIError,
+    EventType,
+    InvalidUpload,
+    Job,
+    JobStatus,
+    TestSummary,
+    new_job_id,
+)
+from ci_server.runner.config import ConfigError, load_config
 from ci_server.runner.executor import Executor, ExecutorError, RunSpec
 from ci_server.runner.output import LineSplitter, LogBudget
 from ci_server.runner.project import (
     INSTALL_FAILED_EXIT,
+    JUNIT_FILE,
     ProjectError,
-    container_script,
+    job_script,
     plan_install,
 )
+from ci_server.runner.reports import read_junit_report
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
@@ -42,6 +54,7 @@ class Outcome:
     status: JobStatus
     exit_code: int | None = None
     reason: str | None = None
+    summary: TestSummary | None = None
 
 
 class Scheduler:
@@ -180,6 +193,10 @@ class Scheduler:
                     await self._finish(job, channel, shutdown)
                     raise
                 outcome = Outcome(JobStatus.CANCELLED, reason="cancelled by user")
+            except Exception as e:
+                # A bug or an unexpected executor error: the job must still end.
+                logger.exception("job %s: unexpected failure", job_id)
+                outcome = Outcome(JobStatus.ERROR, reason=f"internal error: {e!r}")
             await self._finish(job, channel, outcome)
         finally:
             self._running.pop(job_id, None)
@@ -189,16 +206,23 @@ class Scheduler:
     async def _execute(self, job: Job, channel: JobChannel) -> Outcome:
         workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.workspaces_dir))
         project = workspace / "src"
+        output = workspace / "output"
         try:
             await asyncio.to_thread(
                 unpack_archive, self._upload_path(job.id), project, self.settings.archive_limits
             )
-            plan = plan_install(project)
+            output.mkdir()
+            output.chmod(0o777)  # the tests run as an unprivileged user
+            config = load_config(project)
+            plan = plan_install(project, config)
             spec = RunSpec(
                 job_id=job.id,
                 image=self.settings.runner_image,
-                script=container_script(plan, job.pytest_args),
+                script=job_script(
+                    plan, [*config.pytest_args, *job.pytest_args], with_dependencies=True
+                ),
                 workspace=project,
+                output_dir=output,
                 env={"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"},
                 limits=self.settings.container_limits,
             )
@@ -213,12 +237,13 @@ class Scheduler:
                     JobStatus.TIMED_OUT, reason=f"timed out after {job.timeout_seconds:g}s"
                 )
             log.finish()
+            summary = await self._store_results(job, output / JUNIT_FILE)
             if exit_code == 0:
-                return Outcome(JobStatus.SUCCEEDED, exit_code)
+                return Outcome(JobStatus.SUCCEEDED, exit_code, summary=summary)
             if exit_code == INSTALL_FAILED_EXIT:
                 return Outcome(JobStatus.FAILED, exit_code, "installing dependencies failed")
-            return Outcome(JobStatus.FAILED, exit_code)
-        except (InvalidUpload, ProjectError) as e:
+            return Outcome(JobStatus.FAILED, exit_code, summary=summary)
+        except (InvalidUpload, ProjectError, ConfigError) as e:
             return Outcome(JobStatus.FAILED, reason=str(e))
         except ExecutorError as e:
             return Outcome(JobStatus.ERROR, reason=str(e))
@@ -230,8 +255,17 @@ class Scheduler:
         finally:
             await asyncio.to_thread(remove_tree, workspace)
 
+    async def _store_results(self, job: Job, report: Path) -> TestSummary | None:
+        results = await asyncio.to_thread(read_junit_report, report)
+        if results is None:
+            return None
+        await self.store.set_test_results(job.id, results)
+        return TestSummary.of(results)
+
     async def _finish(self, job: Job, channel: JobChannel, outcome: Outcome) -> None:
-        final = transition(job, outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
+        final = transition(
+            job, outcome.status, exit_code=outcome.exit_code, reason=outcome.reason
+        ).replace(summary=outcome.summary)
         if not await self.store.update_job(final, expected=job.status):
             final = await self.store.get_job(job.id)
         if final.reason:
@@ -246,6 +280,7 @@ class Scheduler:
             success=job.success,
             reason=job.reason,
             duration_seconds=job.duration_seconds,
+            summary=None if job.summary is None else dataclasses.asdict(job.summary),
         )
         await channel.close()
 

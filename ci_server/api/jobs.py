@@ -24,7 +24,7 @@ from fastapi import (
 from fastapi import Path as PathParam
 from sse_starlette import EventSourceResponse
 
-from ci_server.api.schemas import JobOut
+from ci_server.api.schemas import JobOut, TestResultOut
 from ci_server.events import EventHub
 from ci_server.models import JobEvent
 from ci_server.runner.workspace import check_archive
@@ -98,6 +98,16 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobOut)
 async def get_job(job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)]) -> JobOut:
     return await _job_out(scheduler, job_id)
+
+
+@router.get("/{job_id}/tests", response_model=list[TestResultOut])
+async def list_test_results(
+    job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)]
+) -> list[TestResultOut]:
+    """Per-test results from pytest's report, in the order the tests ran."""
+    await scheduler.store.get_job(job_id)
+    results = await scheduler.store.test_results(job_id)
+    return [TestResultOut.from_result(result) for result in results]
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

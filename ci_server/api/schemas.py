@@ -6,7 +6,45 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from ci_server.models import Job, JobStatus
+from ci_server.models import Job, JobStatus, TestOutcome, TestResult, TestSummary
+
+
+class SummaryOut(BaseModel):
+    passed: int
+    failed: int
+    errors: int
+    skipped: int
+    total: int
+
+    @classmethod
+    def from_summary(cls, summary: TestSummary | None) -> SummaryOut | None:
+        if summary is None:
+            return None
+        return cls(
+            passed=summary.passed,
+            failed=summary.failed,
+            errors=summary.errors,
+            skipped=summary.skipped,
+            total=summary.total,
+        )
+
+
+class TestResultOut(BaseModel):
+    node_id: str
+    outcome: TestOutcome
+    duration_seconds: float
+    message: str | None
+    details: str | None
+
+    @classmethod
+    def from_result(cls, result: TestResult) -> TestResultOut:
+        return cls(
+            node_id=result.node_id,
+            outcome=result.outcome,
+            duration_seconds=result.duration_seconds,
+            message=result.message,
+            details=result.details,
+        )
 
 
 class JobOut(BaseModel):
@@ -22,6 +60,7 @@ class JobOut(BaseModel):
     queue_position: int | None = Field(description="1 = next to run; null unless queued")
     timeout_seconds: float
     pytest_args: list[str]
+    summary: SummaryOut | None = Field(description="test counts from pytest's report")
 
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> JobOut:
@@ -38,6 +77,7 @@ class JobOut(BaseModel):
             queue_position=queue_position,
             timeout_seconds=job.timeout_seconds,
             pytest_args=list(job.pytest_args),
+            summary=SummaryOut.from_summary(job.summary),
         )
 
 

@@ -61,12 +61,15 @@ class DockerExecutor:
 
     def _create(self, spec: RunSpec) -> Container:
         client = self._connect()
+        volumes = {str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}}
+        if spec.output_dir is not None:
+            volumes[str(spec.output_dir.resolve())] = {"bind": "/ci-output", "mode": "rw"}
         try:
             return client.containers.create(
                 spec.image,
                 command=["sh", "-c", spec.script],
                 labels={INSTANCE_LABEL: self.instance, JOB_LABEL: spec.job_id},
-                volumes={str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}},
+                volumes=volumes,
                 environment=dict(spec.env),
                 mem_limit=spec.limits.memory_bytes,
                 memswap_limit=spec.limits.memory_bytes,

@@ -33,6 +33,8 @@ class RunSpec:
     script: str
     """A POSIX shell script; the project is mounted read-only at /src."""
     workspace: Path
+    output_dir: Path | None = None
+    """Mounted writable at /ci-output, for reports the server reads after the run."""
     env: Mapping[str, str] = field(default_factory=dict)
     limits: ContainerLimits = field(default_factory=ContainerLimits)
 

@@ -24,7 +24,9 @@ class LineSplitter:
         out: list[str] = []
         for line in lines:
             out.extend(self._cut(line.removesuffix("\r")))
-        while len(self._partial) >= self.max_chars:
+        # Strictly longer, not counting a final \r: the rest of a full line may still
+        # be a \r\n in the next chunk, which must not make an extra empty line.
+        while len(self._partial.removesuffix("\r")) > self.max_chars:
             out.append(self._partial[: self.max_chars])
             self._partial = self._partial[self.max_chars :]
         return out

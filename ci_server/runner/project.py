@@ -1,19 +1,46 @@
-"""How a project is installed and tested: the shell script a job's container runs."""
+"""How a project is installed and tested, decided from its files.
+
+The install is split in two: the dependencies, decided by a few files only (their content
+keys a reusable environment, see environments.py), and the project itself, installed
+again on every run because its code changes every run.
+"""
 
 from __future__ import annotations
 
+import ast
+import configparser
 import shlex
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ci_server.models import CIError
+from ci_server.runner.config import CONFIG_FILE, ProjectConfig
 
+REQUIREMENTS = "requirements.txt"
+EXTRA_REQUIREMENTS = (
+    "requirements-dev.txt",
+    "requirements-test.txt",
+    "requirements-tests.txt",
+    "requirements_dev.txt",
+    "requirements_test.txt",
+    "dev-requirements.txt",
+    "test-requirements.txt",
+)
+PROJECT_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
+TEST_EXTRAS = ("test", "tests", "testing", "dev")
+DEFAULT_BUILD_REQUIRES = ("setuptools>=64", "wheel")
+PIP = "python -m pip install --progress-bar off"
+ENSURE_PYTEST = f"{{ python -m pytest --version >/dev/null 2>&1 || {PIP} pytest; }}"
 INSTALL_FAILED_EXIT = 100
-"""The script's exit status when installing dependencies failed (pytest uses 0 to 5)."""
-
+"""The script's exit status when installing failed (pytest's own statuses are 0 to 5)."""
 PROJECT_DIR = "/tmp/project"
-DEFAULT_PYTEST_ARGS = ("-v", "-p", "no:cacheprovider")
+OUTPUT_DIR = "/ci-output"
+"""Mounted writable: pytest leaves its JUnit XML report here for the server to read."""
+JUNIT_FILE = "junit.xml"
+DEFAULT_PYTEST_ARGS = ("-v", "-p", "no:cacheprovider", "-o", "junit_family=xunit1")
 
 
 class ProjectError(CIError):
@@ -23,34 +50,226 @@ class ProjectError(CIError):
 @dataclass(frozen=True, slots=True)
 class InstallPlan:
     description: str
-    commands: tuple[str, ...]
+    """Said in the job's log: what was found and what will be installed."""
+    dependency_commands: tuple[str, ...]
+    """Depend only on `key_files` (and ci.toml): reusable from one run to the next."""
+    project_commands: tuple[str, ...]
+    """Install the project's own code: run on every run."""
+    key_files: tuple[str, ...]
 
 
-def plan_install(workspace: Path) -> InstallPlan:
-    if (workspace / "requirements.txt").is_file():
-        return InstallPlan(
-            "requirements.txt",
-            ("python -m pip install --progress-bar off -r requirements.txt",),
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ProjectError(f"{path.name} is not valid TOML: {e}") from e
+
+
+def _setup_py_extras(path: Path) -> set[str]:
+    """Extras named in a literal `extras_require={...}` of setup.py (it is not executed)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except SyntaxError:
+        return set()
+    extras: set[str] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.keyword)
+            and node.arg == "extras_require"
+            and isinstance(node.value, ast.Dict)
+        ):
+            extras |= {
+                key.value
+                for key in node.value.keys
+                if isinstance(key, ast.Constant) and isinstance(key.value, str)
+            }
+    return extras
+
+
+def _setup_py_name(path: Path) -> str | None:
+    """The literal `name="..."` passed to setup() in setup.py, if there is one."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.keyword)
+            and node.arg == "name"
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            return node.value.value
+    return None
+
+
+def _group_requirements(groups: dict[str, Any], name: str, seen: frozenset[str]) -> list[str]:
+    """The requirements of a PEP 735 dependency group, following `include-group`."""
+    if name in seen:
+        raise ProjectError(f"pyproject.toml: dependency group {name!r} includes itself")
+    entries = groups.get(name)
+    if not isinstance(entries, list):
+        raise ProjectError(f"pyproject.toml: dependency group {name!r} is not a list")
+    requirements: list[str] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            requirements.append(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("include-group"), str):
+            requirements += _group_requirements(groups, entry["include-group"], seen | {name})
+        else:
+            raise ProjectError(f"pyproject.toml: bad entry {entry!r} in group {name!r}")
+    return requirements
+
+
+def _quote_all(items: Sequence[str]) -> str:
+    return " ".join(shlex.quote(item) for item in items)
+
+
+def _plan_requirements(root: Path) -> InstallPlan:
+    files = [REQUIREMENTS, *(f for f in EXTRA_REQUIREMENTS if (root / f).is_file())]
+    command = f"{PIP} " + " ".join(f"-r {f}" for f in files)
+    project_commands: tuple[str, ...] = ()
+    key_files = list(files)
+    if any((root / f).is_file() for f in PROJECT_FILES):
+        # A packaged project: its code is installed too, without dependencies again.
+        project_commands = (_project_install(),)
+    return InstallPlan(" + ".join(files), (command,), project_commands, tuple(key_files))
+
+
+def _project_install() -> str:
+    editable = f"{PIP} --quiet --no-deps --no-build-isolation -e ."
+    regular = f"{PIP} --quiet --no-deps --no-build-isolation ."
+    return f"{editable} || {regular}"
+
+
+def _setup_cfg(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error:
+        return configparser.ConfigParser(interpolation=None)
+    return parser
+
+
+def _plan_package(root: Path) -> InstallPlan:
+    """A pyproject.toml / setup.py / setup.cfg project, with its test extra or group."""
+    pyproject = _read_toml(root / "pyproject.toml") if (root / "pyproject.toml").is_file() else {}
+    project_table: dict[str, Any] = pyproject.get("project", {}) or {}
+    optional: dict[str, Any] = project_table.get("optional-dependencies", {}) or {}
+    extras = set(optional)
+    name: str | None = project_table.get("name")
+    if (root / "setup.cfg").is_file():
+        cfg = _setup_cfg(root / "setup.cfg")
+        if cfg.has_section("options.extras_require"):
+            extras |= set(cfg.options("options.extras_require"))
+        name = name or cfg.get("metadata", "name", fallback=None)
+    if (root / "setup.py").is_file():
+        extras |= _setup_py_extras(root / "setup.py")
+        name = name or _setup_py_name(root / "setup.py")
+    groups: dict[str, Any] = pyproject.get("dependency-groups", {}) or {}
+    build_requires = pyproject.get("build-system", {}).get("requires", DEFAULT_BUILD_REQUIRES)
+    source = next(f for f in PROJECT_FILES if (root / f).is_file())
+    extra = next((e for e in TEST_EXTRAS if e in extras), None)
+    group = next((g for g in TEST_EXTRAS if g in groups), None)
+
+    # The build backend stays in the environment: each run's project install needs it.
+    commands = [f"{PIP} {_quote_all(list(build_requires))}"]
+    static = "project" in pyproject and "dependencies" not in project_table.get("dynamic", [])
+    if static and (extra is None or extra in optional):
+        requirements = list(project_table.get("dependencies", []))
+        requirements += optional.get(extra, []) if extra else []
+        if requirements:
+            commands.append(f"{PIP} {_quote_all(requirements)}")
+    else:
+        # Dependencies known only to the build backend: install the project to get them,
+        # then remove it so that each run's own install of the code is the one imported.
+        commands.append(f"{PIP} {_quote_all([f'.[{extra}]' if extra else '.'])}")
+        if name:
+            commands.append(f"python -m pip uninstall --yes --quiet {shlex.quote(name)}")
+    chosen = [f"extra [{extra}]"] if extra else []
+    if group:
+        commands.append(f"{PIP} {_quote_all(_group_requirements(groups, group, frozenset()))}")
+        chosen.append(f"dependency group {group!r}")
+    description = f"{source}, " + (" + ".join(chosen) if chosen else "no test extra or group")
+    key_files = tuple(f for f in PROJECT_FILES if (root / f).is_file())
+    return InstallPlan(description, tuple(commands), (_project_install(),), key_files)
+
+
+def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
+    if (root / REQUIREMENTS).is_file():
+        plan = _plan_requirements(root)
+    elif any((root / f).is_file() for f in PROJECT_FILES):
+        plan = _plan_package(root)
+    elif config.install:
+        plan = InstallPlan(f"{CONFIG_FILE} install commands", (), (), ())
+    else:
+        raise ProjectError(
+            "no requirements.txt in the project root, and no pyproject.toml, setup.py or "
+            "setup.cfg: nothing says how to install the project's test dependencies "
+            "(add a requirements.txt listing them, `pytest` at least)"
         )
-    raise ProjectError(
-        "no requirements.txt in the project root: list the project's test dependencies "
-        "there (one per line, `pytest` at least)"
-    )
+    if config.install:
+        plan = InstallPlan(
+            plan.description + f" + {CONFIG_FILE} install",
+            (*plan.dependency_commands, *config.install),
+            plan.project_commands,
+            (*plan.key_files, CONFIG_FILE),
+        )
+    return plan
 
 
-def container_script(plan: InstallPlan, pytest_args: Sequence[str]) -> str:
-    """The script: copy the read-only source, install, run pytest; its status is pytest's."""
-    install = " && ".join(plan.commands)
-    pytest = shlex.join(["python", "-m", "pytest", *DEFAULT_PYTEST_ARGS, *pytest_args])
+def _copy_source() -> str:
+    return f"mkdir -p {PROJECT_DIR} && cp -R /src/. {PROJECT_DIR} && cd {PROJECT_DIR} || exit 1"
+
+
+def _install_step(title: str, commands: Sequence[str]) -> list[str]:
+    if not commands:
+        return []
+    joined = " && ".join(commands)
+    return [
+        f"echo {shlex.quote(f'==> {title}')}",
+        f"{{ {joined}; }} || {{ echo {shlex.quote(f'==> {title} failed')}; "
+        f"exit {INSTALL_FAILED_EXIT}; }}",
+    ]
+
+
+def environment_script(plan: InstallPlan) -> str:
+    """Install the dependencies (as root, into the image's system Python) to keep them."""
     return "\n".join(
         [
             "set -u",
-            f"mkdir -p {PROJECT_DIR} && cp -R /src/. {PROJECT_DIR} && cd {PROJECT_DIR} || exit 1",
-            f"echo '==> Installing dependencies ({plan.description})'",
-            f"{{ {install}; }} || {{ echo '==> Installing dependencies failed'; "
-            f"exit {INSTALL_FAILED_EXIT}; }}",
-            "python -m pytest --version >/dev/null 2>&1 || "
-            "python -m pip install --progress-bar off pytest",
+            _copy_source(),
+            *_install_step(
+                f"Installing dependencies ({plan.description})",
+                [*plan.dependency_commands, ENSURE_PYTEST],
+            ),
+            f"cd / && rm -rf {PROJECT_DIR}",
+        ]
+    )
+
+
+def job_script(plan: InstallPlan, pytest_args: Sequence[str], *, with_dependencies: bool) -> str:
+    """Copy the read-only source, install what is not in the image, run pytest.
+
+    The script's exit status is pytest's, or INSTALL_FAILED_EXIT.
+    """
+    dependencies = [*plan.dependency_commands, ENSURE_PYTEST] if with_dependencies else []
+    pytest = shlex.join(
+        [
+            "python",
+            "-m",
+            "pytest",
+            *DEFAULT_PYTEST_ARGS,
+            f"--junitxml={OUTPUT_DIR}/{JUNIT_FILE}",
+            *pytest_args,
+        ]
+    )
+    return "\n".join(
+        [
+            "set -u",
+            _copy_source(),
+            *_install_step(f"Installing dependencies ({plan.description})", dependencies),
+            *_install_step("Installing the project", plan.project_commands),
             f"echo {shlex.quote('==> ' + pytest)}",
             f"exec {pytest}",
         ]

@@ -10,12 +10,20 @@ from __future__ import annotations
 import shutil
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ci_server.models import InvalidUpload
 
 COPY_CHUNK = 1024 * 1024
+_DAMAGED_ENTRY_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +92,18 @@ def unpack_archive(path: Path, destination: Path, limits: ArchiveLimits) -> None
             if not target.resolve().is_relative_to(root):
                 raise InvalidUpload(f"archive entry {info.filename!r} points outside the project")
             target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as source, target.open("wb") as sink:
-                while chunk := source.read(COPY_CHUNK):
-                    budget -= len(chunk)
-                    if budget < 0:
-                        raise InvalidUpload(
-                            f"archive unpacks to more than {limits.max_unpacked_bytes} bytes"
-                        )
-                    sink.write(chunk)
+            try:
+                with archive.open(info) as source, target.open("wb") as sink:
+                    while chunk := source.read(COPY_CHUNK):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise InvalidUpload(
+                                f"archive unpacks to more than {limits.max_unpacked_bytes} bytes"
+                            )
+                        sink.write(chunk)
+            except _DAMAGED_ENTRY_ERRORS as e:
+                # Only reading the data finds these (bad CRC, encrypted, unknown compression...).
+                raise InvalidUpload(f"archive entry {info.filename!r} cannot be read: {e}") from e
             # Readable by the unprivileged user the tests run as; executable bits survive.
             executable = (info.external_attr >> 16) & 0o111
             target.chmod(0o755 if executable else 0o644)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from ci_server.models import Job, JobEvent, JobNotFound, JobStatus
+from ci_server.models import Job, JobEvent, JobNotFound, JobStatus, TestResult
 from ci_server.store.repository import JobStore
 
 
@@ -14,6 +14,7 @@ class MemoryJobStore(JobStore):
         self._jobs: dict[str, Job] = {}
         self._order: list[str] = []
         self._events: dict[str, list[JobEvent]] = {}
+        self._results: dict[str, list[TestResult]] = {}
 
     async def open(self) -> None:
         return None
@@ -69,3 +70,9 @@ class MemoryJobStore(JobStore):
     async def last_event_seq(self, job_id: str) -> int:
         stored = self._events.get(job_id)
         return stored[-1].seq if stored else 0
+
+    async def set_test_results(self, job_id: str, results: Sequence[TestResult]) -> None:
+        self._results[job_id] = list(results)
+
+    async def test_results(self, job_id: str) -> list[TestResult]:
+        return list(self._results.get(job_id, []))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
-from ci_server.models import Job, JobEvent, JobStatus
+from ci_server.models import Job, JobEvent, JobStatus, TestResult
 
 
 class JobStore(abc.ABC):
@@ -67,3 +67,11 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def last_event_seq(self, job_id: str) -> int:
         """The highest stored seq of the job, 0 when it has none."""
+
+    @abc.abstractmethod
+    async def set_test_results(self, job_id: str, results: Sequence[TestResult]) -> None:
+        """Store the job's per-test results (replacing any stored before)."""
+
+    @abc.abstractmethod
+    async def test_results(self, job_id: str) -> list[TestResult]:
+        """In the order pytest ran them."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -10,7 +11,16 @@ from typing import Any
 
 import aiosqlite
 
-from ci_server.models import EventType, Job, JobEvent, JobNotFound, JobStatus
+from ci_server.models import (
+    EventType,
+    Job,
+    JobEvent,
+    JobNotFound,
+    JobStatus,
+    TestOutcome,
+    TestResult,
+    TestSummary,
+)
 from ci_server.store.repository import JobStore
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
@@ -38,11 +48,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN summary TEXT;
+    CREATE TABLE test_results (
+        job_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        node_id TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        duration REAL NOT NULL,
+        message TEXT,
+        details TEXT,
+        PRIMARY KEY (job_id, position)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 _JOB_COLUMNS = (
     "id, status, created_at, started_at, finished_at, exit_code, reason, "
-    "timeout_seconds, pytest_args"
+    "timeout_seconds, pytest_args, summary"
 )
 
 
@@ -66,7 +89,12 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.reason,
         job.timeout_seconds,
         json.dumps(list(job.pytest_args)),
+        _summary_json(job.summary),
     )
+
+
+def _summary_json(summary: TestSummary | None) -> str | None:
+    return None if summary is None else json.dumps(dataclasses.asdict(summary))
 
 
 def _job_from_row(row: aiosqlite.Row) -> Job:
@@ -82,6 +110,7 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         reason=row["reason"],
         timeout_seconds=row["timeout_seconds"],
         pytest_args=tuple(json.loads(row["pytest_args"])),
+        summary=TestSummary(**json.loads(row["summary"])) if row["summary"] else None,
     )
 
 
@@ -131,7 +160,7 @@ class SqliteJobStore(JobStore):
 
     async def add_job(self, job: Job) -> None:
         await self.db.execute(
-            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _job_row(job)
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _job_row(job)
         )
         await self.db.commit()
 
@@ -165,7 +194,7 @@ class SqliteJobStore(JobStore):
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
         cursor = await self.db.execute(
             "UPDATE jobs SET status=?, started_at=?, finished_at=?, exit_code=?, reason=?, "
-            "timeout_seconds=?, pytest_args=? WHERE id=? AND status=?",
+            "timeout_seconds=?, pytest_args=?, summary=? WHERE id=? AND status=?",
             (
                 job.status.value,
                 _time(job.started_at),
@@ -174,6 +203,7 @@ class SqliteJobStore(JobStore):
                 job.reason,
                 job.timeout_seconds,
                 json.dumps(list(job.pytest_args)),
+                _summary_json(job.summary),
                 job.id,
                 expected.value,
             ),
@@ -207,3 +237,32 @@ class SqliteJobStore(JobStore):
         async with self.db.execute("SELECT MAX(seq) FROM events WHERE job_id=?", (job_id,)) as c:
             row = await c.fetchone()
         return row[0] if row and row[0] is not None else 0
+
+    async def set_test_results(self, job_id: str, results: Sequence[TestResult]) -> None:
+        await self.db.execute("DELETE FROM test_results WHERE job_id=?", (job_id,))
+        await self.db.executemany(
+            "INSERT INTO test_results (job_id, position, node_id, outcome, duration, message, "
+            "details) VALUES (?,?,?,?,?,?,?)",
+            [
+                (job_id, n, r.node_id, r.outcome.value, r.duration_seconds, r.message, r.details)
+                for n, r in enumerate(results)
+            ],
+        )
+        await self.db.commit()
+
+    async def test_results(self, job_id: str) -> list[TestResult]:
+        async with self.db.execute(
+            "SELECT node_id, outcome, duration, message, details FROM test_results "
+            "WHERE job_id=? ORDER BY position",
+            (job_id,),
+        ) as cursor:
+            return [
+                TestResult(
+                    node_id=row["node_id"],
+                    outcome=TestOutcome(row["outcome"]),
+                    duration_seconds=row["duration"],
+                    message=row["message"],
+                    details=row["details"],
+                )
+                for row in await cursor.fetchall()
+            ]
