@@ -1,7 +1,8 @@
 """`ci`: submit a project's tests, follow jobs, list them. Parsing and printing only.
 
-Exit codes: 0 the job passed; 1 it did not (failed, timed out, cancelled, errored);
-2 a usage or connection problem; 130 interrupted by Ctrl-C.
+Exit codes: 0 the job passed; 1 it did not (tests failed, collection errors, failed install,
+timed out, cancelled, errored); 4 pytest's usage error and 5 no tests collected, as pytest
+says them; 2 a usage or connection problem of `ci` itself; 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, NoReturn
 
 from ci_client.archive import NotAProject, build_archive, check_project_root
 from ci_client.client import DEFAULT_SERVER_URL, CIClient, ClientError
-from ci_client.render import format_event, format_outcome, print_jobs_table
+from ci_client.render import format_event, format_outcome, print_job_details, print_jobs_table
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -39,16 +40,25 @@ def _human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+PYTEST_EXITS_KEPT = (4, 5)
+"""pytest's own meaning kept: 4 usage error (bad arguments after `--`), 5 no tests collected."""
+
+
 def _exit_code(job: dict[str, Any]) -> int:
-    return EXIT_PASSED if job.get("success") else EXIT_FAILED
+    if job.get("success"):
+        return EXIT_PASSED
+    if job.get("status") == "failed" and job.get("exit_code") in PYTEST_EXITS_KEPT:
+        return job["exit_code"]
+    return EXIT_FAILED
 
 
 def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | None) -> int:
     """Print the job's events until its end; return the exit code for its outcome."""
     for event in client.events(job_id, after=after, tail=tail):
         if event.type == "end":
-            _say(format_outcome({"job_id": job_id, **event.data}))
-            return EXIT_PASSED if event.data.get("success") else EXIT_FAILED
+            job = {"job_id": job_id, **event.data}
+            _say(format_outcome(job))
+            return _exit_code(job)
         line = format_event(event)
         if line is not None:
             if event.type == "log" and event.data.get("stream") != "system":
@@ -113,6 +123,18 @@ def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+def cmd_show(client: CIClient, args: argparse.Namespace) -> int:
+    job = client.get_job(args.job_id)
+    print_job_details(job, client.test_results(args.job_id), sys.stdout)
+    return EXIT_PASSED
+
+
+def cmd_logs(client: CIClient, args: argparse.Namespace) -> int:
+    client.get_job(args.job_id)
+    _follow(client, args.job_id, after=0, tail=None)
+    return EXIT_PASSED
+
+
 def cmd_cancel(client: CIClient, args: argparse.Namespace) -> int:
     job, changed = client.cancel(args.job_id)
     if changed:
@@ -127,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ci",
         description="Run your project's tests on a CI server, in a clean container.",
         epilog="Exit codes: 0 passed, 1 failed (or timed out, cancelled, errored), "
-        "2 usage or connection error, 130 interrupted.",
+        "2 usage or connection error, 4/5 pytest usage error/no tests, 130 interrupted.",
     )
     parser.add_argument(
         "--server",
@@ -165,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="a JSON array, for scripts")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
     listing.set_defaults(handler=cmd_list)
+
+    show = commands.add_parser("show", help="a job's summary and its failing tests")
+    show.add_argument("job_id")
+    show.set_defaults(handler=cmd_show)
+
+    logs = commands.add_parser("logs", help="print a job's whole log (following it if running)")
+    logs.add_argument("job_id")
+    logs.set_defaults(handler=cmd_logs)
 
     cancel = commands.add_parser("cancel", help="stop a queued or running job")
     cancel.add_argument("job_id")

@@ -97,6 +97,9 @@ class CIClient:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._request("GET", f"/jobs/{job_id}"), job_id)
 
+    def test_results(self, job_id: str) -> list[dict[str, Any]]:
+        return self._json(self._request("GET", f"/jobs/{job_id}/tests"), job_id)
+
     def list_jobs(self, *, limit: int = 50) -> list[dict[str, Any]]:
         return self._json(self._request("GET", "/jobs", params={"limit": limit}))
 

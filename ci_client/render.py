@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -29,10 +30,30 @@ def format_time(value: str | None) -> str:
     return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def format_counts(summary: dict[str, int] | None) -> str | None:
+    """pytest's way: `2 passed, 1 failed, 1 skipped` (only the counts that are not zero)."""
+    if not summary:
+        return None
+    parts = [
+        f"{summary.get(key, 0)} {label}"
+        for key, label in (
+            ("passed", "passed"),
+            ("failed", "failed"),
+            ("errors", "errors" if summary.get("errors", 0) != 1 else "error"),
+            ("skipped", "skipped"),
+        )
+        if summary.get(key, 0)
+    ]
+    return ", ".join(parts) or "no tests ran"
+
+
 def format_outcome(job: dict[str, Any]) -> str:
-    """One line saying how a job ended, e.g. `Job 1a2b succeeded in 3.2s`."""
+    """One line saying how a job ended, e.g. `Job 1a2b failed: 12 passed, 1 failed in 3.2s`."""
     status = job["status"]
     text = f"Job {job['job_id']} {status.replace('_', ' ')}"
+    counts = format_counts(job.get("summary"))
+    if counts:
+        text += f": {counts}"
     duration = job.get("duration_seconds")
     if duration is not None:
         text += f" in {format_duration(duration)}"
@@ -92,3 +113,27 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
             ).rstrip(),
             file=out,
         )
+
+
+def print_job_details(job: dict[str, Any], results: list[dict[str, Any]], out: TextIO) -> None:
+    """`ci show`: the job's summary, then each test that did not pass, with its message."""
+    print(format_outcome(job), file=out)
+    print(f"  started   {format_time(job.get('start_time'))}", file=out)
+    print(f"  ended     {format_time(job.get('end_time'))}", file=out)
+    if job.get("pytest_args"):
+        print(f"  pytest    {shlex.join(job['pytest_args'])}", file=out)
+    summary = job.get("summary")
+    if summary:
+        print(
+            f"  tests     {summary['passed']} passed, {summary['failed']} failed, "
+            f"{summary['errors']} errors, {summary['skipped']} skipped",
+            file=out,
+        )
+    problems = [r for r in results if r["outcome"] in ("failed", "error")]
+    if problems:
+        print("", file=out)
+        print("Failures:", file=out)
+    for result in problems:
+        print(f"  {result['outcome'].upper()} {result['node_id']}", file=out)
+        for line in (result.get("message") or "").splitlines():
+            print(f"      {line}", file=out)
