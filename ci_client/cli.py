@@ -78,7 +78,12 @@ def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
             f"Uploading {summary.files} files ({_human_size(summary.source_bytes)}, "
             f"{_human_size(summary.archive_bytes)} zipped) to {client.base_url}"
         )
-        job = client.submit(archive, timeout_seconds=args.timeout, pytest_args=args.pytest_args)
+        job = client.submit(
+            archive,
+            timeout_seconds=args.timeout,
+            pytest_args=args.pytest_args,
+            no_cache=args.no_cache,
+        )
     job_id = job["job_id"]
     if args.run_async:
         print(f"Job submitted: {job_id}", flush=True)
@@ -173,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="stop the job after this long"
+    )
+    submit.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="install the dependencies afresh instead of reusing the saved environment",
     )
     submit.set_defaults(handler=cmd_submit, pytest_args=[])
 

@@ -79,6 +79,7 @@ class CIClient:
         *,
         timeout_seconds: float | None = None,
         pytest_args: Sequence[str] = (),
+        no_cache: bool = False,
     ) -> dict[str, Any]:
         with archive.open("rb") as stream:
             fields: list[tuple[str, Any]] = [
@@ -87,6 +88,8 @@ class CIClient:
             if timeout_seconds is not None:
                 fields.append(("timeout_seconds", str(timeout_seconds)))
             fields.extend(("pytest_args", arg) for arg in pytest_args)
+            if no_cache:
+                fields.append(("no_cache", "true"))
             # The encoder streams the file: a large project is never held whole in memory.
             body = MultipartEncoder(fields=fields)
             response = self._request(

@@ -131,6 +131,8 @@ class Job:
     pytest_args: tuple[str, ...] = ()
     summary: TestSummary | None = None
     """Counts from pytest's report, once the job has run tests."""
+    no_cache: bool = False
+    """Rebuild the dependency environment instead of reusing it."""
 
     @property
     def success(self) -> bool | None:

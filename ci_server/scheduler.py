@@ -15,7 +15,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ci_server.events import EventHub, JobChannel
@@ -29,6 +29,7 @@ from ci_server.models import (
     new_job_id,
 )
 from ci_server.runner.config import ConfigError, load_config
+from ci_server.runner.environments import EnvironmentCache, environment_key
 from ci_server.runner.executor import Executor, ExecutorError, RunSpec
 from ci_server.runner.output import LineSplitter, LogBudget
 from ci_server.runner.project import (
@@ -47,6 +48,8 @@ from ci_server.store.repository import JobStore
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_REASON = "interrupted by server restart"
+CONTAINER_ENV = {"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"}
+"""PIP_USER: an unprivileged user installs into its home (the image's Python is root's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Scheduler:
         self.settings = settings
         self.uploads_dir = settings.resolved_data_dir / "uploads"
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
+        self.environments = EnvironmentCache(executor, keep=settings.env_cache_size)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: dict[str, None] = {}  # FIFO order of waiting jobs, for positions
         self._running: dict[str, _RunningJob] = {}
@@ -111,6 +115,7 @@ class Scheduler:
         *,
         timeout_seconds: float | None = None,
         pytest_args: Sequence[str] = (),
+        no_cache: bool = False,
     ) -> Job:
         """Take over the checked archive at `upload` and queue a job for it."""
         limit = self.settings.max_job_timeout
@@ -118,6 +123,7 @@ class Scheduler:
             id=new_job_id(),
             timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
             pytest_args=tuple(pytest_args),
+            no_cache=no_cache,
         )
         await asyncio.to_thread(shutil.move, upload, self._upload_path(job.id))
         channel = self.hub.open(job.id)
@@ -205,55 +211,85 @@ class Scheduler:
 
     async def _execute(self, job: Job, channel: JobChannel) -> Outcome:
         workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.workspaces_dir))
-        project = workspace / "src"
-        output = workspace / "output"
+        log = _JobLog(channel, self.settings.max_line_chars, self.settings.max_log_bytes)
         try:
-            await asyncio.to_thread(
-                unpack_archive, self._upload_path(job.id), project, self.settings.archive_limits
-            )
-            output.mkdir()
-            output.chmod(0o777)  # the tests run as an unprivileged user
-            config = load_config(project)
-            plan = plan_install(project, config)
-            spec = RunSpec(
-                job_id=job.id,
-                image=self.settings.runner_image,
-                script=job_script(
-                    plan, [*config.pytest_args, *job.pytest_args], with_dependencies=True
-                ),
-                workspace=project,
-                output_dir=output,
-                env={"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"},
-                limits=self.settings.container_limits,
-            )
-            log = _JobLog(channel, self.settings.max_line_chars, self.settings.max_log_bytes)
-            log.system(f"Running in {spec.image}")
-            try:
-                async with asyncio.timeout(job.timeout_seconds):
-                    exit_code = await self.executor.run(spec, log.feed)
-            except TimeoutError:
-                log.finish()
-                return Outcome(
-                    JobStatus.TIMED_OUT, reason=f"timed out after {job.timeout_seconds:g}s"
-                )
-            log.finish()
-            summary = await self._store_results(job, output / JUNIT_FILE)
-            if exit_code == 0:
-                return Outcome(JobStatus.SUCCEEDED, exit_code, summary=summary)
-            if exit_code == INSTALL_FAILED_EXIT:
-                return Outcome(JobStatus.FAILED, exit_code, "installing dependencies failed")
-            return Outcome(JobStatus.FAILED, exit_code, summary=summary)
+            async with asyncio.timeout(job.timeout_seconds):
+                return await self._test(job, workspace, log)
+        except TimeoutError:
+            return Outcome(JobStatus.TIMED_OUT, reason=f"timed out after {job.timeout_seconds:g}s")
         except (InvalidUpload, ProjectError, ConfigError) as e:
             return Outcome(JobStatus.FAILED, reason=str(e))
-        except ExecutorError as e:
-            return Outcome(JobStatus.ERROR, reason=str(e))
-        except CIError as e:
+        except CIError as e:  # ExecutorError among them: the system failed, not the tests
             return Outcome(JobStatus.ERROR, reason=str(e))
         except OSError as e:
             logger.exception("job %s: system error", job.id)
             return Outcome(JobStatus.ERROR, reason=f"system error: {e}")
         finally:
+            log.finish()
             await asyncio.to_thread(remove_tree, workspace)
+
+    async def _test(self, job: Job, workspace: Path, log: _JobLog) -> Outcome:
+        """Unpack, pick the environment, run pytest and read its report."""
+        project, output = workspace / "src", workspace / "output"
+        limits = self.settings.archive_limits
+        await asyncio.to_thread(unpack_archive, self._upload_path(job.id), project, limits)
+        output.mkdir()
+        output.chmod(0o777)  # the tests run as an unprivileged user
+        config = load_config(project)
+        image = config.image or self.settings.runner_image
+        if image not in self.settings.allowed_image_set:
+            allowed = ", ".join(sorted(self.settings.allowed_image_set))
+            raise ProjectError(f"ci.toml: image {image!r} is not allowed here (allowed: {allowed})")
+        plan = plan_install(project, config)
+        pytest_args = [*config.pytest_args, *job.pytest_args]
+        spec = RunSpec(
+            job_id=job.id,
+            image=image,
+            script=job_script(plan, pytest_args, with_dependencies=True),
+            workspace=project,
+            output_dir=output,
+            env={**config.env, **CONTAINER_ENV},
+            limits=self.settings.container_limits,
+            user=self.settings.container_user,
+        )
+        log.system(f"Project: {plan.description}")
+        if self.settings.env_cache and plan.dependency_commands:
+            key = await asyncio.to_thread(
+                environment_key, await self.executor.image_id(image), plan, project, config.env
+            )
+            environment = await self.environments.ensure(
+                key,
+                spec,
+                plan,
+                log.feed,
+                rebuild=job.no_cache,
+                on_wait=lambda: log.system("Waiting for another job building this environment"),
+            )
+            if environment.exit_code != 0:
+                return Outcome(
+                    JobStatus.FAILED, environment.exit_code, "installing dependencies failed"
+                )
+            if environment.built:
+                log.system(
+                    f"Environment {key[:12]} built in {environment.build_seconds:.1f}s "
+                    "and kept for the next runs"
+                )
+            else:
+                log.system(f"Environment {key[:12]} reused: dependencies already installed")
+            spec = replace(
+                spec,
+                image=environment.image,
+                script=job_script(plan, pytest_args, with_dependencies=False),
+            )
+        log.system(f"Running in {spec.image}")
+        exit_code = await self.executor.run(spec, log.feed)
+        log.finish()
+        summary = await self._store_results(job, output / JUNIT_FILE)
+        if exit_code == 0:
+            return Outcome(JobStatus.SUCCEEDED, exit_code, summary=summary)
+        if exit_code == INSTALL_FAILED_EXIT:
+            return Outcome(JobStatus.FAILED, exit_code, "installing the project failed")
+        return Outcome(JobStatus.FAILED, exit_code, summary=summary)
 
     async def _store_results(self, job: Job, report: Path) -> TestSummary | None:
         results = await asyncio.to_thread(read_junit_report, report)
@@ -299,6 +335,7 @@ class _JobLog:
         self.channel = channel
         self.splitter = LineSplitter(max_line_chars)
         self.budget = LogBudget(max_bytes)
+        self._finished = False
 
     def system(self, text: str) -> None:
         self.channel.publish(EventType.LOG, stream="system", text=text)
@@ -307,6 +344,9 @@ class _JobLog:
         self._emit(self.splitter.feed(chunk))
 
     def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
         self._emit(self.splitter.finish())
         if self.budget.exhausted:
             self.system(f"{self.budget.dropped_lines} more output line(s) not kept")

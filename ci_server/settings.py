@@ -41,9 +41,23 @@ class Settings(BaseSettings):
     container_memory_mb: int = Field(default=2048, gt=0, description="memory limit per container")
     container_cpus: float = Field(default=1.0, gt=0, description="CPU limit per container")
     container_pids: int = Field(default=512, gt=0, description="process/thread limit per container")
+    container_user: str = Field(
+        default="1000:1000", description="uid:gid the tests run as (never root)"
+    )
+    env_cache: bool = Field(default=True, description="reuse dependency environments")
+    env_cache_size: int = Field(default=20, ge=1, description="environment images kept")
+    allowed_images: str = Field(
+        default="",
+        description="comma-separated images a project's ci.toml may choose, besides runner_image",
+    )
     docker_host: str | None = Field(
         default=None, description="Docker engine URL; default DOCKER_HOST"
     )
+
+    @property
+    def allowed_image_set(self) -> frozenset[str]:
+        extra = {image.strip() for image in self.allowed_images.split(",") if image.strip()}
+        return frozenset({self.runner_image, *extra})
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -75,10 +75,11 @@ async def submit_job(
     settings: Annotated[Settings, Depends(settings)],
     timeout_seconds: Annotated[float | None, Form(gt=0)] = None,
     pytest_args: Annotated[list[str] | None, Form()] = None,
+    no_cache: Annotated[bool, Form(description="rebuild the dependency environment")] = False,
 ) -> JobOut:
     path = await asyncio.to_thread(_save_upload, archive, scheduler.uploads_dir, settings)
     job = await scheduler.submit(
-        path, timeout_seconds=timeout_seconds, pytest_args=pytest_args or ()
+        path, timeout_seconds=timeout_seconds, pytest_args=pytest_args or (), no_cache=no_cache
     )
     return await _job_out(scheduler, job.id)
 

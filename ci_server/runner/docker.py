@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 import docker
@@ -19,9 +21,11 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from ci_server.runner.executor import (
+    ENVIRONMENT_LABEL,
     INSTANCE_LABEL,
     JOB_LABEL,
     ExecutorError,
+    ImageInfo,
     OutputSink,
     RunSpec,
 )
@@ -75,6 +79,7 @@ class DockerExecutor:
                 memswap_limit=spec.limits.memory_bytes,
                 nano_cpus=int(spec.limits.cpus * 1e9),
                 pids_limit=spec.limits.pids,
+                user=spec.user or "",
                 detach=True,
             )
         except docker.errors.ImageNotFound as e:
@@ -101,6 +106,27 @@ class DockerExecutor:
             container.remove(force=True)
 
     async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
+        return await self._run(spec, on_output)
+
+    async def build_image(
+        self, spec: RunSpec, tag: str, labels: Mapping[str, str], on_output: OutputSink
+    ) -> int:
+        return await self._run(spec, on_output, keep_as=(tag, labels))
+
+    def _commit(self, container: Container, tag: str, labels: Mapping[str, str]) -> None:
+        repository, _, version = tag.partition(":")
+        changes = [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()]
+        try:
+            container.commit(repository=repository, tag=version or "latest", changes=changes)
+        except docker.errors.DockerException as e:
+            raise ExecutorError(f"Docker could not save the environment image: {e}") from e
+
+    async def _run(
+        self,
+        spec: RunSpec,
+        on_output: OutputSink,
+        keep_as: tuple[str, Mapping[str, str]] | None = None,
+    ) -> int:
         container = await self._call(self._create, spec)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[object] = asyncio.Queue()
@@ -118,7 +144,10 @@ class DockerExecutor:
                 assert isinstance(chunk, bytes)
                 on_output(chunk)
             await pump
-            return await self._call(self._wait, container)
+            status = await self._call(self._wait, container)
+            if keep_as is not None and status == 0:
+                await self._call(self._commit, container, *keep_as)
+            return status
         finally:
             # Runs on cancellation too: the kill ends the output stream and frees the thread.
             try:
@@ -137,6 +166,39 @@ class DockerExecutor:
 
     async def remove_orphans(self) -> int:
         return await self._call(self._remove_orphans)
+
+    def _image_id(self, image: str) -> str:
+        try:
+            return self._connect().images.get(image).id or image
+        except docker.errors.ImageNotFound as e:
+            raise ExecutorError(
+                f"runner image {image!r} not found on the Docker engine "
+                "(build one offline with scripts/build-runner-image.sh and set CI_RUNNER_IMAGE)"
+            ) from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            self._client = None
+            raise ExecutorError(f"Docker engine unreachable: {e}") from e
+
+    async def image_id(self, image: str) -> str:
+        return await self._call(self._image_id, image)
+
+    def _environment_images(self) -> list[ImageInfo]:
+        images = self._connect().images.list(filters={"label": ENVIRONMENT_LABEL})
+        found = []
+        for image in images:
+            created = datetime.fromisoformat(image.attrs["Created"].replace("Z", "+00:00"))
+            found += [ImageInfo(tag, created.timestamp()) for tag in image.tags]
+        return found
+
+    async def environment_images(self) -> list[ImageInfo]:
+        return await self._call(self._environment_images)
+
+    def _remove_image(self, tag: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._connect().images.remove(tag, noprune=False)
+
+    async def remove_image(self, tag: str) -> None:
+        await self._call(self._remove_image, tag)
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)

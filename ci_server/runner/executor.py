@@ -13,6 +13,8 @@ JOB_LABEL = "ci.job-id"
 INSTANCE_LABEL = "ci.instance"
 """Names the server (its database) that owns a container, so servers sharing an engine
 never remove each other's containers."""
+ENVIRONMENT_LABEL = "ci.environment"
+"""Marks the images of dependency environments (its value is the environment's key)."""
 
 
 class ExecutorError(CIError):
@@ -37,6 +39,15 @@ class RunSpec:
     """Mounted writable at /ci-output, for reports the server reads after the run."""
     env: Mapping[str, str] = field(default_factory=dict)
     limits: ContainerLimits = field(default_factory=ContainerLimits)
+    user: str | None = None
+    """uid:gid to run as; None: the image's default user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    tag: str
+    created: float
+    """Seconds since the epoch."""
 
 
 OutputSink = Callable[[bytes], None]
@@ -53,3 +64,19 @@ class Executor(Protocol):
     async def remove_orphans(self) -> int:
         """Remove containers this service left behind (after a crash); say how many."""
         ...
+
+    async def image_id(self, image: str) -> str:
+        """The content id of an image; ExecutorError when the engine does not have it."""
+        ...
+
+    async def build_image(
+        self, spec: RunSpec, tag: str, labels: Mapping[str, str], on_output: OutputSink
+    ) -> int:
+        """Run the script like `run`; when it exits 0, keep the result as image `tag`."""
+        ...
+
+    async def environment_images(self) -> list[ImageInfo]:
+        """The images carrying ENVIRONMENT_LABEL."""
+        ...
+
+    async def remove_image(self, tag: str) -> None: ...

@@ -61,11 +61,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, position)
     ) WITHOUT ROWID;
     """,
+    "ALTER TABLE jobs ADD COLUMN no_cache INTEGER NOT NULL DEFAULT 0;",
 ]
 
 _JOB_COLUMNS = (
     "id, status, created_at, started_at, finished_at, exit_code, reason, "
-    "timeout_seconds, pytest_args, summary"
+    "timeout_seconds, pytest_args, summary, no_cache"
 )
 
 
@@ -90,6 +91,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.timeout_seconds,
         json.dumps(list(job.pytest_args)),
         _summary_json(job.summary),
+        int(job.no_cache),
     )
 
 
@@ -111,6 +113,7 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         timeout_seconds=row["timeout_seconds"],
         pytest_args=tuple(json.loads(row["pytest_args"])),
         summary=TestSummary(**json.loads(row["summary"])) if row["summary"] else None,
+        no_cache=bool(row["no_cache"]),
     )
 
 
@@ -160,7 +163,7 @@ class SqliteJobStore(JobStore):
 
     async def add_job(self, job: Job) -> None:
         await self.db.execute(
-            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _job_row(job)
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _job_row(job)
         )
         await self.db.commit()
 

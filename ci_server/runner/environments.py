@@ -1,0 +1,122 @@
+"""Dependency environments, built once and reused: derived images of the runner image.
+
+An environment's key is a hash of what decides it: the runner image's content id (so the
+Python version too), the install commands and the content of the files they read
+(requirements*.txt, pyproject.toml, setup.py, setup.cfg, ci.toml) and the project's
+environment variables. A job whose key has an image skips the install and starts pytest at
+once. Two jobs needing the same new environment build it once (the second waits on the
+first); a failed build leaves no image; past `keep` images the least recently used go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ci_server.runner.executor import ENVIRONMENT_LABEL, Executor, OutputSink, RunSpec
+from ci_server.runner.project import InstallPlan, environment_script
+
+logger = logging.getLogger(__name__)
+
+IMAGE_REPOSITORY = "ci-env"
+
+
+def environment_key(
+    base_image_id: str, plan: InstallPlan, project: Path, env: Mapping[str, str]
+) -> str:
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps([base_image_id, plan.dependency_commands, sorted(env.items())]).encode()
+    )
+    for name in sorted(plan.key_files):
+        path = project / name
+        digest.update(name.encode() + b"\0")
+        digest.update(path.read_bytes() if path.is_file() else b"<missing>")
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def image_tag(key: str) -> str:
+    return f"{IMAGE_REPOSITORY}:{key[:20]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    image: str
+    built: bool
+    """False when an existing image was reused."""
+    build_seconds: float | None = None
+    exit_code: int = 0
+    """The build script's status; not 0 means the build failed and `image` is unusable."""
+
+
+class EnvironmentCache:
+    def __init__(self, executor: Executor, *, keep: int) -> None:
+        self.executor = executor
+        self.keep = keep
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._last_used: dict[str, float] = {}
+        self._known: set[str] | None = None
+
+    async def _images(self) -> set[str]:
+        if self._known is None:
+            images = await self.executor.environment_images()
+            self._known = {image.tag for image in images}
+            for image in images:
+                self._last_used.setdefault(image.tag, image.created)
+        return self._known
+
+    async def ensure(
+        self,
+        key: str,
+        spec: RunSpec,
+        plan: InstallPlan,
+        on_output: OutputSink,
+        *,
+        rebuild: bool = False,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Environment:
+        """The environment for `key`, built from `spec` (base image, source) if need be."""
+        tag = image_tag(key)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked() and on_wait is not None:
+            on_wait()
+        async with lock:
+            images = await self._images()
+            if tag in images and not rebuild:
+                self._last_used[tag] = time.time()
+                return Environment(tag, built=False)
+            started = time.monotonic()
+            build = replace(spec, script=environment_script(plan), output_dir=None, user="0:0")
+            status = await self.executor.build_image(
+                build, tag, {ENVIRONMENT_LABEL: key}, on_output
+            )
+            seconds = time.monotonic() - started
+            if status != 0:
+                return Environment(tag, built=True, build_seconds=seconds, exit_code=status)
+            images.add(tag)
+            self._last_used[tag] = time.time()
+        await self._evict()
+        return Environment(tag, built=True, build_seconds=seconds)
+
+    async def _evict(self) -> None:
+        images = await self._images()
+        surplus = len(images) - self.keep
+        if surplus <= 0:
+            return
+        oldest = sorted(images, key=lambda tag: self._last_used.get(tag, 0.0))[:surplus]
+        for tag in oldest:
+            try:
+                await self.executor.remove_image(tag)
+            except Exception as e:
+                # An image a running job still uses cannot go yet: it goes next time.
+                logger.warning("could not remove environment image %s: %s", tag, e)
+                continue
+            images.discard(tag)
+            self._last_used.pop(tag, None)
