@@ -280,6 +280,7 @@ class Scheduler:
                 spec,
                 image=environment.image,
                 script=job_script(plan, pytest_args, with_dependencies=False),
+                network=self.settings.test_network,
             )
         log.system(f"Running in {spec.image}")
         exit_code = await self.executor.run(spec, log.feed)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     container_user: str = Field(
         default="1000:1000", description="uid:gid the tests run as (never root)"
     )
+    test_network: bool = Field(
+        default=False,
+        description="let the tests reach the network; by default a job whose dependencies "
+        "come from a saved environment runs with no network at all",
+    )
     env_cache: bool = Field(default=True, description="reuse dependency environments")
     env_cache_size: int = Field(default=20, ge=1, description="environment images kept")
     allowed_images: str = Field(

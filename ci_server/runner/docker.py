@@ -80,6 +80,10 @@ class DockerExecutor:
                 nano_cpus=int(spec.limits.cpus * 1e9),
                 pids_limit=spec.limits.pids,
                 user=spec.user or "",
+                network_mode=None if spec.network else "none",
+                # The box: no capabilities, no privilege gain through setuid binaries.
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
                 detach=True,
             )
         except docker.errors.ImageNotFound as e:

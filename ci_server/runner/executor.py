@@ -41,6 +41,8 @@ class RunSpec:
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     user: str | None = None
     """uid:gid to run as; None: the image's default user."""
+    network: bool = True
+    """False: the container has no network at all (only loopback)."""
 
 
 @dataclass(frozen=True, slots=True)
