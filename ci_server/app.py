@@ -50,7 +50,7 @@ def create_app(
             finally:
                 await scheduler.stop()
                 if docker_executor is not None:
-                    docker_executor.close()
+                    await docker_executor.aclose()
 
     app = FastAPI(
         title="Self-hosted CI",

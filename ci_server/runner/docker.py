@@ -45,6 +45,7 @@ class DockerExecutor:
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="docker")
         self._base_url = base_url
         self._client: docker.DockerClient | None = None
+        self._removals: set[asyncio.Future[None]] = set()
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -154,10 +155,15 @@ class DockerExecutor:
             return status
         finally:
             # Runs on cancellation too: the kill ends the output stream and frees the thread.
-            try:
-                await asyncio.shield(self._call(self._remove, container))
-            except Exception:
-                logger.exception("could not remove container %s", container.id)
+            # Not awaited, so that a finished job reports at once; aclose() waits for it.
+            removal = asyncio.ensure_future(self._call(self._remove, container))
+            self._removals.add(removal)
+            removal.add_done_callback(self._removed)
+
+    def _removed(self, removal: asyncio.Future[None]) -> None:
+        self._removals.discard(removal)
+        if not removal.cancelled() and removal.exception() is not None:
+            logger.error("could not remove a container: %s", removal.exception())
 
     def _remove_orphans(self) -> int:
         client = self._connect()
@@ -204,7 +210,10 @@ class DockerExecutor:
     async def remove_image(self, tag: str) -> None:
         await self._call(self._remove_image, tag)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Wait for pending container removals, then release the threads and the client."""
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=30)
         self._threads.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
