@@ -145,17 +145,19 @@ async def stream_events(
     """The job's events as Server-Sent Events, ending with its `end` event.
 
     Resume with the `Last-Event-ID` header (or `after`) to get exactly the events after it.
-    The `end` event is always sent, even with `tail=0` on a finished job.
+    The `end` event is always sent, even with `tail=0` or a resume point past the end of a
+    finished job.
     """
     job = await scheduler.store.get_job(job_id)
     start = last_event_id if last_event_id is not None else after
     if start is None:
         start = 0
         if tail is not None:
-            last = await hub.last_seq(job_id)
-            start = max(0, last - tail)
-            if job.status.is_terminal:
-                start = min(start, last - 1)
+            start = max(0, await hub.last_seq(job_id) - tail)
+    if job.status.is_terminal:
+        # Also when resuming past the end: events are written in batches, so a client may
+        # have seen events that a crash lost, and after the restart their numbers are reused.
+        start = max(0, min(start, await hub.last_seq(job_id) - 1))
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for event in hub.stream(job_id, start):
