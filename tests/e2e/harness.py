@@ -129,7 +129,11 @@ def server_env(
 def ci_command() -> list[str]:
     """The installed `ci` console script when there is one, else the same entry point."""
     script = shutil.which("ci")
-    return [script] if script else [sys.executable, "-c", "from ci_client.cli import main; main()"]
+    return (
+        [script]
+        if script
+        else [sys.executable, "-c", "from ci_client.cli import main; raise SystemExit(main())"]
+    )
 
 
 def run_ci(
