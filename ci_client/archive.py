@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
+from ci_client.client import ClientError
+
 PROJECT_MARKERS = (
     "pyproject.toml",
     "setup.py",
@@ -48,8 +50,8 @@ ALWAYS_EXCLUDED_DIRS = frozenset(
 ALWAYS_EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 
 
-class NotAProject(Exception):
-    pass
+class NotAProject(ClientError):
+    """The current directory is not a project root: a usage error (exit code 2)."""
 
 
 @dataclass(frozen=True, slots=True)

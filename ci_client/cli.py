@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ci_client.archive import NotAProject, build_archive, check_project_root
 from ci_client.client import DEFAULT_SERVER_URL, CIClient, ClientError
 from ci_client.render import format_event, format_outcome, print_job_details, print_jobs_table
 
@@ -68,7 +67,11 @@ def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | Non
     raise ClientError("the event stream ended before the job did")
 
 
-def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
+def _upload(client: CIClient, args: argparse.Namespace) -> str:
+    """Zip the project in the current directory, submit it and return the job id."""
+    # Imported here: only `submit` needs them, and every other command starts faster.
+    from ci_client.archive import build_archive, check_project_root
+
     root = Path.cwd()
     check_project_root(root)
     with tempfile.TemporaryDirectory(prefix="ci-upload-") as tmp:
@@ -84,16 +87,24 @@ def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
             pytest_args=args.pytest_args,
             no_cache=args.no_cache,
         )
-    job_id = job["job_id"]
-    if args.run_async:
-        print(f"Job submitted: {job_id}", flush=True)
-        return EXIT_PASSED
-    _say(f"Job {job_id} submitted. Reattach from another terminal with: ci wait {job_id}")
+    return job["job_id"]
+
+
+def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
+    job_id: str | None = None
     try:
+        job_id = _upload(client, args)
+        if args.run_async:
+            print(f"Job submitted: {job_id}", flush=True)
+            return EXIT_PASSED
+        _say(f"Job {job_id} submitted. Reattach from another terminal with: ci wait {job_id}")
         return _follow(client, job_id, after=0, tail=None)
     except KeyboardInterrupt:
         # A foreground job belongs to this terminal: Ctrl-C means the user wants it gone.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if job_id is None:
+            _say("\nInterrupted before the job was submitted.")
+            return EXIT_INTERRUPTED
         _say(f"\nInterrupted: cancelling job {job_id}...")
         try:
             cancelled, _ = client.cancel(job_id)
@@ -231,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = CIClient(args.server)
     try:
         return args.handler(client, args)
-    except (ClientError, NotAProject) as e:
+    except ClientError as e:
         _fail(str(e))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

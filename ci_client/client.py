@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import sseclient
-from requests_toolbelt.multipart.encoder import MultipartEncoder
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT = 5.0
@@ -91,6 +89,8 @@ class CIClient:
             if no_cache:
                 fields.append(("no_cache", "true"))
             # The encoder streams the file: a large project is never held whole in memory.
+            from requests_toolbelt.multipart.encoder import MultipartEncoder
+
             body = MultipartEncoder(fields=fields)
             response = self._request(
                 "POST", "/jobs", data=body, headers={"Content-Type": body.content_type}
@@ -117,6 +117,8 @@ class CIClient:
         self, job_id: str, *, after: int | None = None, tail: int | None = None
     ) -> Iterator[Event]:
         """The job's events until its `end` event, resuming by itself when the link drops."""
+        import sseclient  # only the commands that follow a job need it
+
         last_seq = after
         deadline: float | None = None
         while True:

@@ -120,7 +120,12 @@ class DockerExecutor:
 
     def _commit(self, container: Container, tag: str, labels: Mapping[str, str]) -> None:
         repository, _, version = tag.partition(":")
-        changes = [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()]
+        # The build container's own labels would pass to the image, and from it to every
+        # container started from it: blank them.
+        blanked = {INSTANCE_LABEL: "", JOB_LABEL: ""}
+        changes = [
+            f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in (blanked | dict(labels)).items()
+        ]
         try:
             container.commit(repository=repository, tag=version or "latest", changes=changes)
         except docker.errors.DockerException as e:
@@ -167,11 +172,15 @@ class DockerExecutor:
 
     def _remove_orphans(self) -> int:
         client = self._connect()
-        containers = client.containers.list(
-            all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}
-        )
-        for container in containers:
-            self._remove(container)
+        try:
+            # sparse: no inspection of each container, which fails if one vanishes meanwhile.
+            containers = client.containers.list(
+                all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}, sparse=True
+            )
+            for container in containers:
+                self._remove(container)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            raise ExecutorError(f"could not remove orphaned containers: {e}") from e
         return len(containers)
 
     async def remove_orphans(self) -> int:

@@ -92,6 +92,7 @@ class EnvironmentCache:
             if tag in images and not rebuild:
                 self._last_used[tag] = time.time()
                 return Environment(tag, built=False)
+            replaced = await self.executor.image_id(tag) if tag in images else None
             started = time.monotonic()
             build = replace(spec, script=environment_script(plan), output_dir=None, user="0:0")
             status = await self.executor.build_image(
@@ -102,6 +103,8 @@ class EnvironmentCache:
                 return Environment(tag, built=True, build_seconds=seconds, exit_code=status)
             images.add(tag)
             self._last_used[tag] = time.time()
+            if replaced is not None:
+                await self._remove(replaced)  # the rebuilt image took its tag
         await self._evict()
         return Environment(tag, built=True, build_seconds=seconds)
 
@@ -112,11 +115,15 @@ class EnvironmentCache:
             return
         oldest = sorted(images, key=lambda tag: self._last_used.get(tag, 0.0))[:surplus]
         for tag in oldest:
-            try:
-                await self.executor.remove_image(tag)
-            except Exception as e:
-                # An image a running job still uses cannot go yet: it goes next time.
-                logger.warning("could not remove environment image %s: %s", tag, e)
-                continue
-            images.discard(tag)
-            self._last_used.pop(tag, None)
+            if await self._remove(tag):
+                images.discard(tag)
+                self._last_used.pop(tag, None)
+
+    async def _remove(self, image: str) -> bool:
+        try:
+            await self.executor.remove_image(image)
+        except Exception as e:
+            # An image a running job still uses cannot go yet: it goes next time.
+            logger.warning("could not remove environment image %s: %s", image, e)
+            return False
+        return True
