@@ -146,7 +146,8 @@ class Scheduler:
         running = self._running.get(job_id)
         if job.status is JobStatus.RUNNING and running is not None:
             running.cancel_requested = True
-            running.task.cancel()
+            if running.task is not None:
+                running.task.cancel()
             await running.finished.wait()
             job = await self.store.get_job(job_id)
         return job
@@ -181,13 +182,19 @@ class Scheduler:
         if queued.status is not JobStatus.QUEUED:
             return
         job = transition(queued, JobStatus.RUNNING)
-        if not await self.store.update_job(job, expected=JobStatus.QUEUED):
-            return
-        channel = self.hub.open(job_id)
-        channel.publish(EventType.STATUS, status=job.status.value)
-        task = asyncio.create_task(self._execute(job, channel), name=f"job-{job_id}")
-        running = self._running[job_id] = _RunningJob(task)
+        # Registered before the status is stored, so that a cancel arriving while the store
+        # writes `running` finds the job and is honoured as soon as its task exists.
+        running = self._running[job_id] = _RunningJob()
         try:
+            if not await self.store.update_job(job, expected=JobStatus.QUEUED):
+                return
+            channel = self.hub.open(job_id)
+            channel.publish(EventType.STATUS, status=job.status.value)
+            task = running.task = asyncio.create_task(
+                self._execute(job, channel), name=f"job-{job_id}"
+            )
+            if running.cancel_requested:
+                task.cancel()
             try:
                 # Shielded: cancelling the job's task (a user's cancel) must not cancel the worker.
                 outcome = await asyncio.shield(task)
@@ -253,6 +260,7 @@ class Scheduler:
             user=self.settings.container_user,
         )
         log.system(f"Project: {plan.description}")
+        installs = ["dependencies", "the project"] if plan.project_commands else ["dependencies"]
         if self.settings.env_cache and plan.dependency_commands:
             key = await asyncio.to_thread(
                 environment_key, await self.executor.image_id(image), plan, project, config.env
@@ -282,14 +290,16 @@ class Scheduler:
                 script=job_script(plan, pytest_args, with_dependencies=False),
                 network=self.settings.test_network,
             )
+            installs = installs[1:]  # the environment has the dependencies
         log.system(f"Running in {spec.image}")
         exit_code = await self.executor.run(spec, log.feed)
         log.finish()
         summary = await self._store_results(job, output / JUNIT_FILE)
         if exit_code == 0:
             return Outcome(JobStatus.SUCCEEDED, exit_code, summary=summary)
-        if exit_code == INSTALL_FAILED_EXIT:
-            return Outcome(JobStatus.FAILED, exit_code, "installing the project failed")
+        if exit_code == INSTALL_FAILED_EXIT and installs:
+            reason = f"installing {' or '.join(installs)} failed"
+            return Outcome(JobStatus.FAILED, exit_code, reason)
         return Outcome(JobStatus.FAILED, exit_code, summary=summary)
 
     async def _store_results(self, job: Job, report: Path) -> TestSummary | None:
@@ -323,8 +333,8 @@ class Scheduler:
 
 
 class _RunningJob:
-    def __init__(self, task: asyncio.Task[Outcome]) -> None:
-        self.task = task
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Outcome] | None = None
         self.cancel_requested = False
         self.finished = asyncio.Event()
 
