@@ -91,7 +91,7 @@ def status_label(job: dict[str, Any]) -> str:
 
 
 def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
-    headers = ("JOB ID", "STATUS", "STARTED", "ENDED", "DURATION", "RESULT")
+    headers = ("JOB ID", "STATUS", "STARTED", "ENDED", "DURATION", "RESULT", "TESTS")
     rows = [
         (
             job["job_id"],
@@ -100,6 +100,7 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
             format_time(job.get("end_time")),
             format_duration(job.get("duration_seconds")),
             result_label(job),
+            format_counts(job.get("summary")) or "-",
         )
         for job in jobs
     ]

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     )
     runner_image: str = Field(default="python:3.12-slim", description="image the tests run in")
     max_concurrent_jobs: int = Field(
-        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
+        default_factory=lambda: os.cpu_count() or 2,
         ge=1,
         description="jobs running at once; the rest wait queued",
     )
