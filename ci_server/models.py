@@ -76,6 +76,10 @@ class UploadTooLarge(InvalidUpload):
     pass
 
 
+class StorageFailure(CIError):
+    """The server could not write what it must keep (a full disk, most likely)."""
+
+
 class TestOutcome(enum.StrEnum):
     PASSED = "passed"
     FAILED = "failed"

@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ci_server.models import CIError, InvalidTransition, InvalidUpload, JobNotFound, UploadTooLarge
+from ci_server.models import (
+    CIError,
+    InvalidTransition,
+    InvalidUpload,
+    JobNotFound,
+    StorageFailure,
+    UploadTooLarge,
+)
 from ci_server.runner.project import ProjectError
 
 STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
@@ -14,6 +21,7 @@ STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
     (InvalidUpload, 400),
     (ProjectError, 400),
     (InvalidTransition, 409),
+    (StorageFailure, 507),
 ]
 
 

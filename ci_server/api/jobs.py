@@ -26,7 +26,7 @@ from sse_starlette import EventSourceResponse
 
 from ci_server.api.schemas import JobOut, TestResultOut
 from ci_server.events import EventHub
-from ci_server.models import JobEvent
+from ci_server.models import JobEvent, StorageFailure
 from ci_server.runner.workspace import check_archive
 from ci_server.scheduler import Scheduler
 from ci_server.settings import Settings
@@ -57,11 +57,15 @@ async def _job_out(scheduler: Scheduler, job_id: str) -> JobOut:
 
 def _save_upload(upload: UploadFile, directory: Path, settings: Settings) -> Path:
     """Copy the spooled upload to its own file and check it; runs in a thread."""
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".zip", delete=False) as target:
-        shutil.copyfileobj(upload.file, target, 1024 * 1024)
+    target = tempfile.NamedTemporaryFile(dir=directory, suffix=".zip", delete=False)  # noqa: SIM115
     path = Path(target.name)
     try:
+        with target:
+            shutil.copyfileobj(upload.file, target, 1024 * 1024)
         check_archive(path, settings.archive_limits)
+    except OSError as e:  # a full disk, most likely: nothing already stored is touched
+        path.unlink(missing_ok=True)
+        raise StorageFailure(f"the server could not store the upload: {e.strerror}") from e
     except BaseException:
         path.unlink(missing_ok=True)
         raise
