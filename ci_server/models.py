@@ -137,6 +137,8 @@ class Job:
     """Counts from pytest's report, once the job has run tests."""
     no_cache: bool = False
     """Rebuild the dependency environment instead of reusing it."""
+    owner_id: str | None = None
+    """The user who submitted it; None for jobs from before users existed (admins only)."""
 
     @property
     def success(self) -> bool | None:

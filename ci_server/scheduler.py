@@ -116,14 +116,16 @@ class Scheduler:
         timeout_seconds: float | None = None,
         pytest_args: Sequence[str] = (),
         no_cache: bool = False,
+        owner_id: str | None = None,
     ) -> Job:
-        """Take over the checked archive at `upload` and queue a job for it."""
+        """Take over the checked archive at `upload` and queue a job for `owner_id`."""
         limit = self.settings.max_job_timeout
         job = Job(
             id=new_job_id(),
             timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
             pytest_args=tuple(pytest_args),
             no_cache=no_cache,
+            owner_id=owner_id,
         )
         await asyncio.to_thread(shutil.move, upload, self._upload_path(job.id))
         channel = self.hub.open(job.id)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from datetime import datetime
 
 from ci_server.models import Job, JobEvent, JobNotFound, JobStatus, TestResult
 from ci_server.store.repository import JobStore
+from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
 
 class MemoryJobStore(JobStore):
@@ -15,6 +17,8 @@ class MemoryJobStore(JobStore):
         self._order: list[str] = []
         self._events: dict[str, list[JobEvent]] = {}
         self._results: dict[str, list[TestResult]] = {}
+        self._users: dict[str, User] = {}
+        self._keys: dict[str, ApiKey] = {}
 
     async def open(self) -> None:
         return None
@@ -34,10 +38,16 @@ class MemoryJobStore(JobStore):
         except KeyError:
             raise JobNotFound(job_id) from None
 
-    async def list_jobs(self, *, limit: int = 100, before: str | None = None) -> list[Job]:
-        newest_first = list(reversed(self._order))
+    async def list_jobs(
+        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+    ) -> list[Job]:
+        newest_first = [
+            job_id
+            for job_id in reversed(self._order)
+            if owner_id is None or self._jobs[job_id].owner_id == owner_id
+        ]
         if before is not None:
-            if before not in self._jobs:
+            if before not in newest_first:
                 raise JobNotFound(before)
             newest_first = newest_first[newest_first.index(before) + 1 :]
         return [self._jobs[job_id] for job_id in newest_first[:limit]]
@@ -76,3 +86,55 @@ class MemoryJobStore(JobStore):
 
     async def test_results(self, job_id: str) -> list[TestResult]:
         return list(self._results.get(job_id, []))
+
+    async def add_user(self, user: User) -> None:
+        if any(u.email == user.email for u in self._users.values()):
+            raise EmailTaken(user.email)
+        if user.id in self._users:
+            raise ValueError(f"duplicate user id {user.id}")
+        self._users[user.id] = user
+
+    async def get_user(self, user_id: str) -> User:
+        try:
+            return self._users[user_id]
+        except KeyError:
+            raise UserNotFound(f"no user with id {user_id!r}") from None
+
+    async def get_user_by_email(self, email: str) -> User:
+        for user in self._users.values():
+            if user.email == email:
+                return user
+        raise UserNotFound(f"no user with email {email!r}")
+
+    async def list_users(self) -> list[User]:
+        return list(self._users.values())
+
+    async def set_user_active(self, user_id: str, active: bool) -> User:
+        user = (await self.get_user(user_id)).replace(active=active)
+        self._users[user_id] = user
+        return user
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        await self.get_user(key.user_id)
+        if key.id in self._keys:
+            raise ValueError(f"duplicate API key id {key.id}")
+        self._keys[key.id] = key
+
+    async def get_api_key(self, key_id: str) -> ApiKey:
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise ApiKeyNotFound(f"no API key with id {key_id!r}") from None
+
+    async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        return [k for k in self._keys.values() if user_id is None or k.user_id == user_id]
+
+    async def revoke_api_key(self, key_id: str, at: datetime) -> ApiKey:
+        key = await self.get_api_key(key_id)
+        if key.revoked_at is None:
+            key = self._keys[key_id] = key.replace(revoked_at=at)
+        return key
+
+    async def touch_api_key(self, key_id: str, at: datetime) -> None:
+        if key_id in self._keys:
+            self._keys[key_id] = self._keys[key_id].replace(last_used_at=at)

@@ -1,4 +1,4 @@
-"""The abstract repository for jobs and their events.
+"""The abstract repository for jobs and their events, users and their API keys.
 
 Every backend (in-memory, SQLite, later PostgreSQL) implements this interface and passes the
 contract suite in tests/unit/test_store_contract.py. A store performs atomic compare-and-set
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
 from ci_server.models import Job, JobEvent, JobStatus, TestResult
+from ci_server.users import ApiKey, User
 
 
 class JobStore(abc.ABC):
@@ -43,8 +45,14 @@ class JobStore(abc.ABC):
         """Return the job or raise JobNotFound."""
 
     @abc.abstractmethod
-    async def list_jobs(self, *, limit: int = 100, before: str | None = None) -> list[Job]:
-        """Newest first; `before` is the id of the last job of the previous page."""
+    async def list_jobs(
+        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+    ) -> list[Job]:
+        """Newest first; `before` is the id of the last job of the previous page.
+
+        With `owner_id`, only that user's jobs; `before` must then be one of them too
+        (JobNotFound otherwise, as for an unknown id).
+        """
 
     @abc.abstractmethod
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
@@ -75,3 +83,49 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def test_results(self, job_id: str) -> list[TestResult]:
         """In the order pytest ran them."""
+
+    # -- users and their API keys ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_user(self, user: User) -> None:
+        """Raise EmailTaken if a user already has this email."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> User:
+        """Return the user or raise UserNotFound."""
+
+    @abc.abstractmethod
+    async def get_user_by_email(self, email: str) -> User:
+        """Return the user or raise UserNotFound."""
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[User]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    async def set_user_active(self, user_id: str, active: bool) -> User:
+        """Store the user's new state and return the user; UserNotFound if unknown."""
+
+    @abc.abstractmethod
+    async def add_api_key(self, key: ApiKey) -> None:
+        """Raise UserNotFound if the key's user is unknown."""
+
+    @abc.abstractmethod
+    async def get_api_key(self, key_id: str) -> ApiKey:
+        """Return the key or raise ApiKeyNotFound."""
+
+    @abc.abstractmethod
+    async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        """Oldest first; only the user's keys when `user_id` is given."""
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, key_id: str, at: datetime) -> ApiKey:
+        """Mark the key revoked at `at` unless it already is; return it as stored.
+
+        ApiKeyNotFound if unknown. Only `revoked_at` changes: a concurrent `touch_api_key`
+        can never bring a revoked key back.
+        """
+
+    @abc.abstractmethod
+    async def touch_api_key(self, key_id: str, at: datetime) -> None:
+        """Record that the key was used at `at` (only `last_used_at` changes)."""

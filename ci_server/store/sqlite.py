@@ -1,9 +1,14 @@
-"""The SQLite JobStore, through aiosqlite (one connection, WAL journal)."""
+"""The SQLite JobStore, through aiosqlite (one connection, WAL journal).
+
+The server and `ci-admin` may use one database file at once: WAL and a busy timeout let
+them, and every read sees the other's committed writes (a revoked key stops working at once).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +27,7 @@ from ci_server.models import (
     TestSummary,
 )
 from ci_server.store.repository import JobStore
+from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -62,12 +68,37 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     """,
     "ALTER TABLE jobs ADD COLUMN no_cache INTEGER NOT NULL DEFAULT 0;",
+    # Users and API keys. Jobs from before keep a NULL owner: only admins see them.
+    """
+    ALTER TABLE jobs ADD COLUMN owner_id TEXT;
+    CREATE INDEX jobs_by_owner ON jobs (owner_id, created_at, id);
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL UNIQUE,
+        is_admin INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users (id),
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT,
+        last_used_at TEXT
+    );
+    CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at);
+    """,
 ]
 
 _JOB_COLUMNS = (
     "id, status, created_at, started_at, finished_at, exit_code, reason, "
-    "timeout_seconds, pytest_args, summary, no_cache"
+    "timeout_seconds, pytest_args, summary, no_cache, owner_id"
 )
+_USER_COLUMNS = "id, name, email, is_admin, active, created_at"
+_KEY_COLUMNS = "id, user_id, name, hash, created_at, revoked_at, last_used_at"
 
 
 def _time(value: datetime | None) -> str | None:
@@ -92,6 +123,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         json.dumps(list(job.pytest_args)),
         _summary_json(job.summary),
         int(job.no_cache),
+        job.owner_id,
     )
 
 
@@ -114,6 +146,36 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         pytest_args=tuple(json.loads(row["pytest_args"])),
         summary=TestSummary(**json.loads(row["summary"])) if row["summary"] else None,
         no_cache=bool(row["no_cache"]),
+        owner_id=row["owner_id"],
+    )
+
+
+def _created_at(row: aiosqlite.Row) -> datetime:
+    created_at = _parse_time(row["created_at"])
+    assert created_at is not None  # NOT NULL in the schema
+    return created_at
+
+
+def _user_from_row(row: aiosqlite.Row) -> User:
+    return User(
+        id=row["id"],
+        name=row["name"],
+        email=row["email"],
+        is_admin=bool(row["is_admin"]),
+        active=bool(row["active"]),
+        created_at=_created_at(row),
+    )
+
+
+def _key_from_row(row: aiosqlite.Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        hash=row["hash"],
+        created_at=_created_at(row),
+        revoked_at=_parse_time(row["revoked_at"]),
+        last_used_at=_parse_time(row["last_used_at"]),
     )
 
 
@@ -163,7 +225,7 @@ class SqliteJobStore(JobStore):
 
     async def add_job(self, job: Job) -> None:
         await self.db.execute(
-            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _job_row(job)
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _job_row(job)
         )
         await self.db.commit()
 
@@ -174,18 +236,24 @@ class SqliteJobStore(JobStore):
             raise JobNotFound(job_id)
         return _job_from_row(row)
 
-    async def list_jobs(self, *, limit: int = 100, before: str | None = None) -> list[Job]:
-        if before is None:
-            query = f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?"
-            params: tuple[Any, ...] = (limit,)
-        else:
+    async def list_jobs(
+        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+    ) -> list[Job]:
+        # Keyset pagination; with an owner, the (owner_id, created_at, id) index serves it.
+        conditions: list[str] = []
+        params: list[Any] = []
+        if owner_id is not None:
+            conditions.append("owner_id = ?")
+            params.append(owner_id)
+        if before is not None:
             cursor_job = await self.get_job(before)
-            query = (
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE (created_at, id) < (?, ?) "
-                "ORDER BY created_at DESC, id DESC LIMIT ?"
-            )
-            params = (_time(cursor_job.created_at), cursor_job.id, limit)
-        async with self.db.execute(query, params) as cursor:
+            if owner_id is not None and cursor_job.owner_id != owner_id:
+                raise JobNotFound(before)
+            conditions.append("(created_at, id) < (?, ?)")
+            params += [_time(cursor_job.created_at), cursor_job.id]
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs {where}ORDER BY created_at DESC, id DESC LIMIT ?"
+        async with self.db.execute(query, [*params, limit]) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
@@ -269,3 +337,92 @@ class SqliteJobStore(JobStore):
                 )
                 for row in await cursor.fetchall()
             ]
+
+    # -- users and their API keys ----------------------------------------------------------
+
+    async def add_user(self, user: User) -> None:
+        try:
+            await self.db.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?)",
+                (
+                    user.id,
+                    user.name,
+                    user.email,
+                    int(user.is_admin),
+                    int(user.active),
+                    _time(user.created_at),
+                ),
+            )
+        except sqlite3.IntegrityError as e:
+            await self.db.rollback()
+            if "users.email" in str(e):
+                raise EmailTaken(user.email) from None
+            raise
+        await self.db.commit()
+
+    async def _one_user(self, where: str, value: str, missing: str) -> User:
+        async with self.db.execute(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE {where} = ?", (value,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise UserNotFound(missing)
+        return _user_from_row(row)
+
+    async def get_user(self, user_id: str) -> User:
+        return await self._one_user("id", user_id, f"no user with id {user_id!r}")
+
+    async def get_user_by_email(self, email: str) -> User:
+        return await self._one_user("email", email, f"no user with email {email!r}")
+
+    async def list_users(self) -> list[User]:
+        query = f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id"
+        async with self.db.execute(query) as cursor:
+            return [_user_from_row(row) for row in await cursor.fetchall()]
+
+    async def set_user_active(self, user_id: str, active: bool) -> User:
+        await self.db.execute("UPDATE users SET active=? WHERE id=?", (int(active), user_id))
+        await self.db.commit()
+        return await self.get_user(user_id)
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        await self.get_user(key.user_id)
+        await self.db.execute(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            (
+                key.id,
+                key.user_id,
+                key.name,
+                key.hash,
+                _time(key.created_at),
+                _time(key.revoked_at),
+                _time(key.last_used_at),
+            ),
+        )
+        await self.db.commit()
+
+    async def get_api_key(self, key_id: str) -> ApiKey:
+        query = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?"
+        async with self.db.execute(query, (key_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise ApiKeyNotFound(f"no API key with id {key_id!r}")
+        return _key_from_row(row)
+
+    async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        where, params = ("WHERE user_id = ? ", (user_id,)) if user_id is not None else ("", ())
+        query = f"SELECT {_KEY_COLUMNS} FROM api_keys {where}ORDER BY created_at, id"
+        async with self.db.execute(query, params) as cursor:
+            return [_key_from_row(row) for row in await cursor.fetchall()]
+
+    async def revoke_api_key(self, key_id: str, at: datetime) -> ApiKey:
+        await self.db.execute(
+            "UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+            (_time(at), key_id),
+        )
+        await self.db.commit()
+        return await self.get_api_key(key_id)
+
+    async def touch_api_key(self, key_id: str, at: datetime) -> None:
+        await self.db.execute("UPDATE api_keys SET last_used_at=? WHERE id=?", (_time(at), key_id))
+        await self.db.commit()

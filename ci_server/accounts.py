@@ -1,0 +1,105 @@
+"""What `ci-admin` and the API do with users and keys, over any JobStore.
+
+The rules live here once: how emails are compared, who may get a key, and what makes a
+presented key valid. `ci_server.admin` prints, `ci_server.api.auth` answers HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from ci_server.models import utcnow
+from ci_server.store.repository import JobStore
+from ci_server.users import (
+    ApiKey,
+    ApiKeyNotFound,
+    InvalidAccount,
+    NotAuthenticated,
+    User,
+    UserInactive,
+    issue_key,
+    new_user_id,
+    parse_key,
+)
+
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+MAX_NAME_CHARS = 200
+LAST_USED_PRECISION = timedelta(minutes=1)
+"""`last_used_at` is written at most this often per key: not one write per request."""
+INVALID_KEY = "invalid API key"
+"""One answer for an unknown key id and a wrong secret: a guess learns nothing."""
+
+
+def normalize_email(email: str) -> str:
+    """Emails are compared without case and surrounding blanks."""
+    normalized = email.strip().lower()
+    if not EMAIL.fullmatch(normalized):
+        raise InvalidAccount(f"not an email address: {email!r}")
+    return normalized
+
+
+def _checked_name(name: str, what: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise InvalidAccount(f"{what} must have 1 to {MAX_NAME_CHARS} characters")
+    return name
+
+
+async def create_user(store: JobStore, *, name: str, email: str, is_admin: bool = False) -> User:
+    """EmailTaken if the email is in use, InvalidAccount for an empty name or a bad email."""
+    user = User(
+        id=new_user_id(),
+        name=_checked_name(name, "a user's name"),
+        email=normalize_email(email),
+        is_admin=is_admin,
+    )
+    await store.add_user(user)
+    return user
+
+
+async def user_by_email(store: JobStore, email: str) -> User:
+    return await store.get_user_by_email(normalize_email(email))
+
+
+async def deactivate_user(store: JobStore, email: str) -> User:
+    """The user's keys stop working at once (they are kept, to show in `key list`)."""
+    user = await user_by_email(store, email)
+    return await store.set_user_active(user.id, False)
+
+
+async def create_key(store: JobStore, *, email: str, name: str) -> tuple[ApiKey, User, str]:
+    """A new key for an active user: (stored record, its user, the key to show once)."""
+    user = await user_by_email(store, email)
+    if not user.active:
+        raise UserInactive(f"user {user.email} is deactivated: no key can be created for them")
+    record, key = issue_key(user.id, _checked_name(name, "a key's name"))
+    await store.add_api_key(record)
+    return record, user, key
+
+
+async def revoke_key(store: JobStore, key_id: str) -> ApiKey:
+    """Revoke the key (a revoked one stays as it was)."""
+    return await store.revoke_api_key(key_id, utcnow())
+
+
+async def authenticate(store: JobStore, key: str | None) -> User:
+    """The active user a presented key belongs to; NotAuthenticated says what is wrong."""
+    if not key:
+        raise NotAuthenticated("no API key: send the header `Authorization: Bearer ci_...`")
+    key_id, secret = parse_key(key)
+    try:
+        record = await store.get_api_key(key_id)
+    except ApiKeyNotFound:
+        raise NotAuthenticated(INVALID_KEY) from None
+    if not record.matches(secret):
+        raise NotAuthenticated(INVALID_KEY)
+    if record.revoked:
+        raise NotAuthenticated(f"API key {record.id} ({record.name}) has been revoked")
+    user = await store.get_user(record.user_id)
+    if not user.active:
+        raise NotAuthenticated(f"user {user.email} has been deactivated")
+    now = utcnow()
+    if record.last_used_at is None or now - record.last_used_at >= LAST_USED_PRECISION:
+        await store.touch_api_key(record.id, now)
+    return user
