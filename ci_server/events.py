@@ -22,6 +22,8 @@ from ci_server.store.repository import JobStore
 logger = logging.getLogger(__name__)
 
 REPLAY_PAGE = 1000
+FAIR_SHARE = 100
+"""Events a watcher sends in a row before it lets the event loop run other tasks."""
 
 
 class _Overflow(Exception):
@@ -140,6 +142,12 @@ class EventHub:
                 logger.exception("writing job events to the store failed")
 
     async def flush(self) -> None:
+        # Shielded: a store may finish a write after its caller is cancelled (aiosqlite's
+        # thread does), so the bookkeeping must finish too, or the batch stays pending and
+        # is written twice (the flusher is cancelled at shutdown, workers at stop).
+        await asyncio.shield(self._flush())
+
+    async def _flush(self) -> None:
         async with self._flush_lock:
             batch: list[tuple[JobChannel, int]] = []
             events: list[JobEvent] = []
@@ -157,6 +165,20 @@ class EventHub:
 
     async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEvent]:
         """Every event of the job after `after_seq`, live, until and including its END."""
+        async with contextlib.aclosing(self._stream(job_id, after_seq)) as events:
+            sent = 0
+            async for event in events:
+                yield event
+                sent += 1
+                if sent % FAIR_SHARE == 0:
+                    # Nothing below need ever suspend: a replay page, the pending copy and a
+                    # non-empty queue are at hand, and a socket that a client drains never
+                    # blocks a send. Without this pause one watcher catching up on a flood
+                    # holds the event loop for seconds: the job's output, the flusher and
+                    # every other request wait behind it.
+                    await asyncio.sleep(0)
+
+    async def _stream(self, job_id: str, after_seq: int) -> AsyncIterator[JobEvent]:
         last = after_seq
         while True:
             channel = self._channels.get(job_id)
