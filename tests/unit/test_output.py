@@ -1,0 +1,122 @@
+"""Turning raw container output into bounded log lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from ci_server.runner.output import LineSplitter, LogBudget
+
+
+def split(chunks: list[bytes], max_chars: int = 4096) -> list[str]:
+    splitter = LineSplitter(max_chars)
+    lines: list[str] = []
+    for chunk in chunks:
+        lines.extend(splitter.feed(chunk))
+    lines.extend(splitter.finish())
+    return lines
+
+
+def test_lines_are_joined_across_chunks() -> None:
+    assert split([b"coll", b"ected 3 items\ntest_a", b".py ..", b".\n", b"done\n"]) == [
+        "collected 3 items",
+        "test_a.py ...",
+        "done",
+    ]
+
+
+def test_empty_lines_are_kept() -> None:
+    assert split([b"a\n\n\nb\n"]) == ["a", "", "", "b"]
+
+
+def test_crlf_line_endings_are_removed() -> None:
+    assert split([b"one\r\ntwo\r", b"\nthree\r\n"]) == ["one", "two", "three"]
+
+
+def test_utf8_character_split_across_chunks_survives() -> None:
+    data = "résumé ✓ 🐍\n".encode()
+    chunks = [data[i : i + 1] for i in range(len(data))]  # every multi-byte char is cut
+    assert split(chunks) == ["résumé ✓ 🐍"]
+
+
+def test_invalid_bytes_become_replacement_characters() -> None:
+    assert split([b"bad \xff\xfe byte\n", b"ok\n"]) == ["bad \ufffd\ufffd byte", "ok"]
+
+
+def test_truncated_utf8_at_the_end_becomes_a_replacement_character() -> None:
+    assert split([b"cut \xe2\x9c"]) == ["cut \ufffd"]
+
+
+def test_long_line_is_split_at_max_chars() -> None:
+    assert split([b"a" * 10 + b"\nabc\n"], max_chars=4) == ["aaaa", "aaaa", "aa", "abc"]
+
+
+def test_long_line_without_newline_is_emitted_before_it_ends() -> None:
+    splitter = LineSplitter(4)
+    assert splitter.feed(b"abcdefghij") == ["abcd", "efgh"]  # bounded memory: no waiting
+    assert splitter.feed(b"k\n") == ["ijk"]
+    assert splitter.finish() == []
+
+
+def test_max_chars_counts_characters_not_bytes() -> None:
+    assert split(["éééééé\n".encode()], max_chars=3) == ["ééé", "ééé"]
+
+
+def test_finish_flushes_the_partial_last_line() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"first\nno newline at the end") == ["first"]
+    assert splitter.finish() == ["no newline at the end"]
+    assert splitter.finish() == []
+
+
+def test_finish_without_pending_text_returns_nothing() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"complete\n") == ["complete"]
+    assert splitter.finish() == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"x" * 8 + b"\n" + b"y" * 4 + b"\nz\n",  # lines of exactly a multiple of max_chars
+        b"abc\r\n" + b"abcd\r\n" + b"\r\n",  # CRLF right after max_chars characters
+        "ééééé✓✓✓\nend".encode(),
+        b"no newline at all, quite long",
+    ],
+)
+def test_lines_do_not_depend_on_how_output_is_chunked(data: bytes) -> None:
+    """The same bytes give the same lines whether they arrive at once or byte by byte."""
+    whole = split([data], max_chars=4)
+    for size in (1, 2, 3, 5):
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        assert split(chunks, max_chars=4) == whole, f"chunks of {size} byte(s)"
+
+
+def test_budget_admits_lines_until_the_limit() -> None:
+    budget = LogBudget(max_bytes=12)
+    assert budget.admit("hello")  # 5 bytes + newline = 6
+    assert budget.admit("world")  # 12 in all: exactly at the limit
+    assert not budget.exhausted
+    assert budget.used == 12
+    assert not budget.admit("x")
+    assert budget.exhausted
+    assert budget.dropped_lines == 1
+
+
+def test_budget_counts_utf8_bytes_not_characters() -> None:
+    fits = LogBudget(max_bytes=7)
+    assert fits.admit("✓✓")  # 2 characters, 6 bytes, + newline = 7 bytes
+    assert fits.used == 7
+    too_small = LogBudget(max_bytes=6)
+    assert not too_small.admit("✓✓")  # 3 characters with the newline, but 7 bytes
+    assert too_small.used == 0
+
+
+def test_budget_refuses_everything_after_the_first_refusal() -> None:
+    budget = LogBudget(max_bytes=20)
+    assert budget.admit("a" * 10)
+    assert not budget.admit("b" * 50)
+    # A small line would fit, but the log is already cut: no holes in the kept output.
+    assert not budget.admit("c")
+    assert not budget.admit("")
+    assert budget.dropped_lines == 3
+    assert budget.used == 11

@@ -1,0 +1,513 @@
+"""The scheduler: a job's life from submission to its final status, with a fake executor."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from ci_server.events import EventHub
+from ci_server.models import EventType, Job, JobEvent, JobStatus
+from ci_server.runner.executor import ExecutorError
+from ci_server.scheduler import INTERRUPTED_REASON, Scheduler
+from ci_server.settings import Settings
+from ci_server.states import transition
+from ci_server.store.memory import MemoryJobStore
+from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun, wait_until, write_zip
+
+IMAGE = "runner:test"
+END_KEYS = ("status", "exit_code", "success", "reason", "duration_seconds")
+NO_BUILD_OUTPUT = FakeRun(output=())
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, scheduler: Scheduler, executor: FakeExecutor) -> None:
+        self.tmp_path = tmp_path
+        self.scheduler = scheduler
+        self.executor = executor
+        self.store = scheduler.store
+        self.hub = scheduler.hub
+
+    async def submit(
+        self, files: Mapping[str, str | bytes] = PASSING_PROJECT, **options: Any
+    ) -> Job:
+        upload = write_zip(self.tmp_path / "uploads-in" / f"{uuid.uuid4().hex}.zip", files)
+        job = await self.scheduler.submit(upload, **options)
+        assert not upload.exists()  # the scheduler took the file over
+        return job
+
+    async def events_until_end(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
+        events: list[JobEvent] = []
+        async with asyncio.timeout(10):
+            async for event in self.hub.stream(job_id, after_seq):
+                events.append(event)
+        assert events[-1].type is EventType.END
+        return events
+
+    async def finished(self, job_id: str) -> Job:
+        """Wait for the job's END event; return the job as stored."""
+        await self.events_until_end(job_id)
+        job = await self.store.get_job(job_id)
+        assert job.status.is_terminal
+        return job
+
+    async def wait_running(self, *job_ids: str) -> None:
+        await wait_until(lambda: set(job_ids) <= self.executor.running, what=f"{job_ids} running")
+
+    async def one_running_one_queued(self) -> tuple[Job, Job]:
+        """Two jobs, the first one running (held by the executor's gate), the second waiting."""
+        first, second = await self.submit(), await self.submit()
+        await self.wait_running(first.id)
+        return first, second
+
+    async def uploads_removed(self) -> None:
+        # The upload is deleted just after the END event: wait for it.
+        uploads = self.scheduler.uploads_dir
+        await wait_until(lambda: not any(uploads.iterdir()), what="uploads removed")
+
+
+@asynccontextmanager
+async def harness(
+    tmp_path: Path,
+    executor: FakeExecutor | None = None,
+    *,
+    store: MemoryJobStore | None = None,
+    **settings: Any,
+) -> AsyncIterator[Harness]:
+    executor = executor or FakeExecutor()
+    store = store or MemoryJobStore()
+    settings.setdefault("max_concurrent_jobs", 1)
+    config = Settings(
+        db_path=tmp_path / "db", data_dir=tmp_path / "data", runner_image=IMAGE, **settings
+    )
+    async with EventHub(store, flush_interval=0.02) as hub:
+        scheduler = Scheduler(store, hub, executor, config)
+        await scheduler.start()
+        try:
+            yield Harness(tmp_path, scheduler, executor)
+        finally:
+            await scheduler.stop()
+
+
+def log_lines(events: list[JobEvent], stream: str = "stdout") -> list[str]:
+    return [
+        e.data["text"] for e in events if e.type is EventType.LOG and e.data["stream"] == stream
+    ]
+
+
+def statuses(events: list[JobEvent]) -> list[str]:
+    return [e.data["status"] for e in events if e.type is EventType.STATUS]
+
+
+# -- outcomes --------------------------------------------------------------------------------
+
+
+async def test_exit_code_zero_succeeds_and_output_becomes_log_lines(tmp_path: Path) -> None:
+    run = FakeRun(output=[b"collected 2 items\ntest_a.py::", b"test_one PASSED\n", b"2 passed"])
+    async with harness(tmp_path, FakeExecutor(run)) as h:
+        job = await h.submit(pytest_args=["-k", "one or two"], timeout_seconds=60)
+        events = await h.events_until_end(job.id)
+        done = await h.store.get_job(job.id)
+
+        assert done.status is JobStatus.SUCCEEDED
+        assert done.success is True
+        assert done.exit_code == 0
+        assert done.reason is None
+        assert done.started_at is not None and done.finished_at is not None
+        assert done.created_at <= done.started_at <= done.finished_at
+        assert done.pytest_args == ("-k", "one or two")
+        assert done.timeout_seconds == 60
+
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert statuses(events) == ["queued", "running"]
+        # The install's output, then the tests' output, cut into lines.
+        assert log_lines(events) == [
+            "Successfully installed pytest",
+            "collected 2 items",
+            "test_a.py::test_one PASSED",
+            "2 passed",
+        ]
+        end = events[-1].data
+        assert {key: end[key] for key in END_KEYS} == {
+            "status": "succeeded",
+            "exit_code": 0,
+            "success": True,
+            "reason": None,
+            "duration_seconds": done.duration_seconds,
+        }
+
+        # The dependencies were installed into an environment built from the runner image,
+        # and the tests ran in it with the user's pytest args.
+        [build] = h.executor.builds
+        [spec] = h.executor.specs
+        assert build.spec.image == IMAGE
+        assert "requirements.txt" in build.spec.script
+        assert spec.image == build.tag
+        assert spec.job_id == job.id
+        assert "-k 'one or two'" in spec.script
+        assert spec.user is not None and not spec.user.startswith("0")  # never root
+        assert f"Running in {spec.image}" in log_lines(events, "system")
+        files = h.executor.files_seen[job.id]
+        assert {k: v.decode() for k, v in files.items()} == dict(PASSING_PROJECT)
+        # Nothing is left behind once the job is over.
+        assert not spec.workspace.exists()
+        await h.uploads_removed()
+
+
+async def test_nonzero_exit_code_fails(tmp_path: Path) -> None:
+    run = FakeRun(output=[b"FAILED test_a.py::test_one\n"], exit_code=1)
+    async with harness(tmp_path, FakeExecutor(run)) as h:
+        job = await h.finished((await h.submit()).id)
+        assert job.status is JobStatus.FAILED
+        assert job.success is False
+        assert job.exit_code == 1
+        assert job.reason is None
+
+
+async def test_failed_dependency_install_fails_with_a_reason(tmp_path: Path) -> None:
+    build = FakeRun(output=[b"ERROR: No matching distribution found for nope\n"], exit_code=1)
+    executor = FakeExecutor(build_plan=build)
+    async with harness(tmp_path, executor) as h:
+        submitted = await h.submit()
+        events = await h.events_until_end(submitted.id)
+        job = await h.store.get_job(submitted.id)
+        assert job.status is JobStatus.FAILED
+        assert job.reason is not None and "installing dependencies failed" in job.reason
+        assert "ERROR: No matching distribution found for nope" in log_lines(events)
+        assert job.reason in log_lines(events, "system")  # the user sees why in the log
+        assert events[-1].data["reason"] == job.reason
+        assert executor.specs == []  # no test run
+        assert executor.images == {}  # no half-built environment kept
+
+
+async def test_exit_100_without_environment_cache_blames_the_dependencies(
+    tmp_path: Path,
+) -> None:
+    """Without the cache the job's own script installs the requirements: exit 100 is theirs."""
+    run = FakeRun(output=[b"ERROR: No matching distribution found for nope\n"], exit_code=100)
+    executor = FakeExecutor(run)
+    async with harness(tmp_path, executor, env_cache=False) as h:
+        job = await h.finished((await h.submit()).id)
+        assert job.status is JobStatus.FAILED
+        assert job.exit_code == 100
+        assert job.reason is not None and "installing dependencies failed" in job.reason
+        assert executor.builds == []
+        [spec] = executor.specs
+        assert spec.image == IMAGE
+        assert "requirements.txt" in spec.script
+
+
+async def test_exit_100_from_the_project_install_blames_the_project(tmp_path: Path) -> None:
+    packaged = {**PASSING_PROJECT, "pyproject.toml": '[project]\nname = "sample"\n'}
+    executor = FakeExecutor(FakeRun(exit_code=100))
+    async with harness(tmp_path, executor) as h:
+        job = await h.finished((await h.submit(packaged)).id)
+        assert job.status is JobStatus.FAILED
+        assert job.reason == "installing the project failed"
+        assert len(executor.builds) == 1  # the dependencies did install
+
+
+async def test_exit_100_with_nothing_to_install_is_the_tests_own_status(tmp_path: Path) -> None:
+    """Dependencies from the environment, no project to install: 100 is the tests' doing."""
+    executor = FakeExecutor(FakeRun(exit_code=100))
+    async with harness(tmp_path, executor) as h:
+        job = await h.finished((await h.submit()).id)
+        assert job.status is JobStatus.FAILED
+        assert job.exit_code == 100
+        assert job.reason is None
+
+
+async def test_project_without_requirements_fails_without_running(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        submitted = await h.submit({"test_a.py": "def test_a():\n    pass\n"})
+        events = await h.events_until_end(submitted.id)
+        job = await h.store.get_job(submitted.id)
+        assert job.status is JobStatus.FAILED
+        assert job.reason is not None and "no requirements.txt" in job.reason
+        assert job.exit_code is None
+        assert events[-1].data["reason"] == job.reason
+        assert h.executor.specs == []
+        assert h.executor.builds == []
+
+
+async def test_corrupted_upload_fails_with_a_reason(tmp_path: Path) -> None:
+    """A zip whose directory is fine but whose data is damaged passes the upload check."""
+    async with harness(tmp_path) as h:
+        upload = tmp_path / "corrupt.zip"
+        with zipfile.ZipFile(upload, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("requirements.txt", "pytest\n")
+            zf.writestr("test_a.py", "def test_a():\n    pass\n" * 20)
+        data = bytearray(upload.read_bytes())
+        data[data.index(b"def test_a")] ^= 0xFF
+        upload.write_bytes(bytes(data))
+
+        submitted = await h.scheduler.submit(upload)
+        job = await h.finished(submitted.id)
+        assert job.status is JobStatus.FAILED
+        assert job.reason is not None and "test_a.py" in job.reason
+        assert h.executor.specs == []
+
+
+async def test_executor_error_ends_the_job_in_error(tmp_path: Path) -> None:
+    error = ExecutorError("Docker engine unreachable: connection refused")
+    async with harness(tmp_path, FakeExecutor(FakeRun(error=error))) as h:
+        submitted = await h.submit()
+        events = await h.events_until_end(submitted.id)
+        job = await h.store.get_job(submitted.id)
+        assert job.status is JobStatus.ERROR
+        assert job.reason == "Docker engine unreachable: connection refused"
+        assert events[-1].data["reason"] == job.reason
+        assert events[-1].data["success"] is False
+
+
+async def test_unexpected_executor_exception_still_ends_the_job(tmp_path: Path) -> None:
+    """Not an ExecutorError (say a docker SDK error the executor let through): no job may
+    stay `running` forever."""
+    executor = FakeExecutor(FakeRun(error=ConnectionResetError("engine went away")))
+    async with harness(tmp_path, executor) as h:
+        job = await h.finished((await h.submit()).id)
+        assert job.status is JobStatus.ERROR
+        assert job.reason is not None and "engine went away" in job.reason
+        # The worker is still alive for the next job.
+        executor.plan = FakeRun()
+        assert (await h.finished((await h.submit()).id)).status is JobStatus.SUCCEEDED
+
+
+async def test_upload_lost_before_the_job_runs_ends_it_in_error(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    executor = FakeExecutor(FakeRun(gate=gate))
+    async with harness(tmp_path, executor) as h:
+        first, second = await h.one_running_one_queued()
+        (h.scheduler.uploads_dir / f"{second.id}.zip").unlink()
+        gate.set()
+        job = await h.finished(second.id)
+        assert job.status is JobStatus.ERROR
+        assert job.reason is not None and "system error" in job.reason
+        assert [spec.job_id for spec in executor.specs] == [first.id]
+
+
+# -- the queue -------------------------------------------------------------------------------
+
+
+async def test_more_jobs_than_workers_wait_their_turn(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    executor = FakeExecutor(FakeRun(gate=gate))
+    async with harness(tmp_path, executor, max_concurrent_jobs=2) as h:
+        jobs = [await h.submit() for _ in range(5)]
+        ids = [job.id for job in jobs]
+        await h.wait_running(ids[0], ids[1])
+
+        assert h.scheduler.queue_positions() == {ids[2]: 1, ids[3]: 2, ids[4]: 3}
+        for job_id in ids[2:]:
+            assert (await h.store.get_job(job_id)).status is JobStatus.QUEUED
+
+        gate.set()
+        finished = [await h.finished(job_id) for job_id in ids]
+        assert [job.status for job in finished] == [JobStatus.SUCCEEDED] * 5
+        assert executor.max_running == 2
+        assert sorted(spec.job_id for spec in executor.specs) == sorted(ids)
+        assert h.scheduler.queue_positions() == {}
+
+
+async def test_cancel_queued_job_never_runs_it(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    executor = FakeExecutor(FakeRun(gate=gate))
+    async with harness(tmp_path, executor) as h:
+        first, second = await h.one_running_one_queued()
+
+        cancelled = await h.scheduler.cancel(second.id)
+        assert cancelled.status is JobStatus.CANCELLED
+        assert cancelled.reason == "cancelled by user"
+        assert cancelled.started_at is None
+        assert h.scheduler.queue_positions() == {}
+        events = await h.events_until_end(second.id)
+        assert events[-1].data["status"] == "cancelled"
+        assert statuses(events) == ["queued"]
+
+        gate.set()
+        assert (await h.finished(first.id)).status is JobStatus.SUCCEEDED
+        assert [spec.job_id for spec in executor.specs] == [first.id]
+        assert (await h.store.get_job(second.id)).status is JobStatus.CANCELLED
+        await h.uploads_removed()
+
+
+async def test_cancel_running_job_cancels_the_executor(tmp_path: Path) -> None:
+    executor = FakeExecutor(FakeRun(output=[b"started\n"], gate=asyncio.Event()))
+    async with harness(tmp_path, executor) as h:
+        job = await h.submit()
+        await h.wait_running(job.id)
+
+        cancelled = await h.scheduler.cancel(job.id)
+        assert cancelled.status is JobStatus.CANCELLED
+        assert cancelled.reason == "cancelled by user"
+        assert cancelled.finished_at is not None
+        assert executor.cancelled == [job.id]
+        assert executor.running == set()
+        events = await h.events_until_end(job.id)
+        assert "started" in log_lines(events)
+        assert events[-1].data["status"] == "cancelled"
+        assert not executor.specs[0].workspace.exists()
+
+        # The worker survived the cancellation and takes the next job.
+        executor.plan = FakeRun()
+        assert (await h.finished((await h.submit()).id)).status is JobStatus.SUCCEEDED
+
+
+async def test_cancel_finished_job_returns_it_unchanged(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        job = await h.finished((await h.submit()).id)
+        events = await h.events_until_end(job.id)
+        assert await h.scheduler.cancel(job.id) == job
+        assert await h.store.get_job(job.id) == job
+        assert await h.hub.last_seq(job.id) == len(events)  # no new event either
+
+
+async def test_job_over_its_timeout_is_timed_out(tmp_path: Path) -> None:
+    executor = FakeExecutor(FakeRun(output=[b"sleeping forever"], gate=asyncio.Event()))
+    async with harness(tmp_path, executor) as h:
+        submitted = await h.submit(timeout_seconds=0.2)
+        events = await h.events_until_end(submitted.id)
+        job = await h.store.get_job(submitted.id)
+        assert job.status is JobStatus.TIMED_OUT
+        assert job.success is False
+        assert job.reason == "timed out after 0.2s"
+        assert executor.cancelled == [submitted.id]
+        # The unterminated last line is not lost, and the reason is in the log.
+        assert "sleeping forever" in log_lines(events)
+        assert "timed out after 0.2s" in log_lines(events, "system")
+
+
+async def test_timeout_is_capped_by_the_server_maximum(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_job_timeout=30, job_timeout=10) as h:
+        assert (await h.submit(timeout_seconds=3600)).timeout_seconds == 30
+        assert (await h.submit()).timeout_seconds == 10
+
+
+async def test_stop_marks_running_job_as_error(tmp_path: Path) -> None:
+    executor = FakeExecutor(FakeRun(gate=asyncio.Event()))
+    store = MemoryJobStore()
+    async with harness(tmp_path, executor, store=store) as h:
+        job = await h.submit()
+        await h.wait_running(job.id)
+    stopped = await store.get_job(job.id)
+    assert stopped.status is JobStatus.ERROR
+    assert stopped.reason == "server shut down"
+    assert executor.cancelled == [job.id]
+    events = await store.events_after(job.id)
+    assert events[-1].type is EventType.END
+
+
+async def test_restart_recovers_running_and_queued_jobs(tmp_path: Path) -> None:
+    store = MemoryJobStore()
+    interrupted = transition(Job(id="aaaaaaaaaaaa"), JobStatus.RUNNING)
+    waiting = Job(id="bbbbbbbbbbbb")
+    for job in (interrupted, waiting):
+        await store.add_job(job)
+    await store.append_events(
+        [
+            JobEvent(interrupted.id, 1, EventType.STATUS, {"status": "queued"}),
+            JobEvent(interrupted.id, 2, EventType.STATUS, {"status": "running"}),
+            JobEvent(interrupted.id, 3, EventType.LOG, {"stream": "stdout", "text": "half"}),
+            JobEvent(waiting.id, 1, EventType.STATUS, {"status": "queued"}),
+        ]
+    )
+    write_zip(tmp_path / "data" / "uploads" / f"{waiting.id}.zip", PASSING_PROJECT)
+    executor = FakeExecutor(orphans=1)
+
+    async with harness(tmp_path, executor, store=store) as h:
+        events = await h.events_until_end(interrupted.id)
+        job = await store.get_job(interrupted.id)
+        assert job.status is JobStatus.ERROR
+        assert job.reason == INTERRUPTED_REASON
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+        assert events[3].data == {"stream": "system", "text": INTERRUPTED_REASON}
+        assert events[4].type is EventType.END
+        assert events[4].data["status"] == "error"
+
+        resumed = await h.events_until_end(waiting.id)
+        assert (await store.get_job(waiting.id)).status is JobStatus.SUCCEEDED
+        assert [e.seq for e in resumed] == list(range(1, len(resumed) + 1))
+        assert statuses(resumed) == ["queued", "running"]
+
+        assert executor.remove_orphans_calls == 1
+        assert [spec.job_id for spec in executor.specs] == [waiting.id]
+
+
+# -- the log ---------------------------------------------------------------------------------
+
+
+async def test_log_cap_truncates_and_says_so(tmp_path: Path) -> None:
+    lines = [f"line {n:03}" for n in range(100)]
+    run = FakeRun(output=[f"{line}\n".encode() for line in lines])
+    executor = FakeExecutor(run, build_plan=NO_BUILD_OUTPUT)
+    async with harness(tmp_path, executor, max_log_bytes=200) as h:
+        submitted = await h.submit()
+        events = await h.events_until_end(submitted.id)
+        assert (await h.store.get_job(submitted.id)).status is JobStatus.SUCCEEDED
+
+        kept = log_lines(events)
+        assert 0 < len(kept) < 100
+        assert kept == lines[: len(kept)]  # a prefix: no holes
+        assert sum(len(line) + 1 for line in kept) <= 200
+        notes = log_lines(events, "system")
+        truncated = [n for n in notes if n.startswith("log truncated")]
+        assert len(truncated) == 1
+        assert "200 bytes" in truncated[0]
+        assert f"{100 - len(kept)} more output line(s) not kept" in notes
+        # The truncation notice comes right after the last kept line.
+        texts = [e.data.get("text") for e in events]
+        assert texts.index(truncated[0]) == texts.index(kept[-1]) + 1
+
+
+# -- dependency environments -----------------------------------------------------------------
+
+
+async def test_same_dependencies_reuse_the_environment(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    async with harness(tmp_path, executor) as h:
+        first = await h.finished((await h.submit()).id)
+        other_tests = {**PASSING_PROJECT, "test_more.py": "def test_more():\n    pass\n"}
+        second = await h.submit(other_tests)
+        events = await h.events_until_end(second.id)
+
+        assert first.status is JobStatus.SUCCEEDED
+        assert (await h.store.get_job(second.id)).status is JobStatus.SUCCEEDED
+        assert len(executor.builds) == 1
+        assert executor.specs[0].image == executor.specs[1].image == executor.builds[0].tag
+        assert any("reused" in line for line in log_lines(events, "system"))
+        assert "Successfully installed pytest" not in log_lines(events)
+
+
+async def test_changed_dependencies_build_a_new_environment(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    async with harness(tmp_path, executor) as h:
+        await h.finished((await h.submit()).id)
+        changed = {**PASSING_PROJECT, "requirements.txt": "pytest\nrequests\n"}
+        await h.finished((await h.submit(changed)).id)
+        assert len(executor.builds) == 2
+        assert executor.builds[0].tag != executor.builds[1].tag
+        assert executor.specs[1].image == executor.builds[1].tag
+
+
+async def test_no_cache_rebuilds_the_environment(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    async with harness(tmp_path, executor) as h:
+        await h.finished((await h.submit()).id)
+        job = await h.finished((await h.submit(no_cache=True)).id)
+        assert job.status is JobStatus.SUCCEEDED
+        assert len(executor.builds) == 2
+        assert executor.builds[0].tag == executor.builds[1].tag
+
+
+async def test_failed_build_is_not_kept_and_is_tried_again(tmp_path: Path) -> None:
+    executor = FakeExecutor(build_plan=FakeRun(exit_code=1))
+    async with harness(tmp_path, executor) as h:
+        assert (await h.finished((await h.submit()).id)).status is JobStatus.FAILED
+        executor.build_plan = FakeRun()
+        assert (await h.finished((await h.submit()).id)).status is JobStatus.SUCCEEDED
+        assert len(executor.builds) == 2
+        assert list(executor.images) == [executor.builds[1].tag]

@@ -1,0 +1,265 @@
+"""The JobStore contract: every backend must pass this same suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ci_server.models import EventType, Job, JobEvent, JobNotFound, JobStatus, new_job_id
+from ci_server.store.memory import MemoryJobStore
+from ci_server.store.repository import JobStore
+from ci_server.store.sqlite import SqliteJobStore
+
+BASE_TIME = datetime(2024, 5, 17, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    backend: JobStore
+    if request.param == "memory":
+        backend = MemoryJobStore()
+    else:
+        backend = SqliteJobStore(tmp_path / "jobs.db")
+    async with backend:
+        yield backend
+
+
+def make_job(n: int, **changes: Any) -> Job:
+    """The n-th job: created n seconds (and n microseconds) after BASE_TIME."""
+    created = BASE_TIME + timedelta(seconds=n, microseconds=n)
+    return Job(id=new_job_id(), created_at=created).replace(**changes)
+
+
+def make_event(job_id: str, seq: int, **data: Any) -> JobEvent:
+    return JobEvent(
+        job_id=job_id,
+        seq=seq,
+        type=EventType.LOG,
+        data={"stream": "stdout", "text": f"line {seq}", **data},
+        time=BASE_TIME + timedelta(milliseconds=seq, microseconds=7),
+    )
+
+
+async def add_jobs(store: JobStore, count: int, **changes: Any) -> list[Job]:
+    jobs = [make_job(n, **changes) for n in range(count)]
+    for job in jobs:
+        await store.add_job(job)
+    return jobs
+
+
+async def test_added_job_is_returned_by_get(store: JobStore) -> None:
+    job = make_job(1)
+    await store.add_job(job)
+    assert await store.get_job(job.id) == job
+
+
+async def test_get_unknown_job_raises_job_not_found(store: JobStore) -> None:
+    await add_jobs(store, 2)
+    with pytest.raises(JobNotFound) as raised:
+        await store.get_job("0123456789ab")
+    assert raised.value.job_id == "0123456789ab"
+
+
+async def test_every_field_round_trips_exactly(store: JobStore) -> None:
+    job = Job(
+        id=new_job_id(),
+        status=JobStatus.FAILED,
+        created_at=BASE_TIME,
+        started_at=BASE_TIME + timedelta(seconds=1, microseconds=1),
+        finished_at=BASE_TIME + timedelta(minutes=3, microseconds=999_999),
+        exit_code=1,
+        reason="tests failed: ünïcödé ✓ and 'quotes' \"too\"",
+        timeout_seconds=12.5,
+        pytest_args=("-k", "fast and not slow", "--tb=short", "", "ü"),
+    )
+    await store.add_job(job)
+    stored = await store.get_job(job.id)
+    assert stored == job
+    assert stored.created_at.utcoffset() == timedelta(0)
+    assert isinstance(stored.pytest_args, tuple)
+
+
+async def test_list_is_newest_first_and_limited(store: JobStore) -> None:
+    jobs = await add_jobs(store, 5)
+    newest_first = [job.id for job in reversed(jobs)]
+    assert [job.id for job in await store.list_jobs()] == newest_first
+    assert [job.id for job in await store.list_jobs(limit=2)] == newest_first[:2]
+
+
+async def test_paging_with_before_visits_every_job_once(store: JobStore) -> None:
+    jobs = await add_jobs(store, 25)
+    expected = [job.id for job in reversed(jobs)]
+    seen: list[str] = []
+    pages: list[int] = []
+    before: str | None = None
+    for _ in range(5):  # 3 pages and an empty one; more means the paging never ends
+        page = await store.list_jobs(limit=10, before=before)
+        if not page:
+            break
+        pages.append(len(page))
+        seen.extend(job.id for job in page)
+        before = page[-1].id
+    assert pages == [10, 10, 5]
+    assert seen == expected  # same order, no overlap, no gap
+
+
+async def test_paging_before_unknown_job_raises_job_not_found(store: JobStore) -> None:
+    await add_jobs(store, 3)
+    with pytest.raises(JobNotFound):
+        await store.list_jobs(before="0123456789ab")
+
+
+async def test_jobs_with_status_oldest_first(store: JobStore) -> None:
+    jobs = await add_jobs(store, 6)
+    statuses = [
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+        JobStatus.SUCCEEDED,
+        JobStatus.RUNNING,
+        JobStatus.QUEUED,
+    ]
+    for job, status in zip(jobs, statuses, strict=True):
+        assert await store.update_job(job.replace(status=status), expected=JobStatus.QUEUED)
+
+    queued = await store.jobs_with_status(JobStatus.QUEUED)
+    assert [j.id for j in queued] == [jobs[0].id, jobs[2].id, jobs[5].id]
+    assert all(j.status is JobStatus.QUEUED for j in queued)
+    active = await store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
+    assert [j.id for j in active] == [jobs[i].id for i in (0, 1, 2, 4, 5)]
+    assert await store.jobs_with_status(JobStatus.CANCELLED) == []
+
+
+async def test_update_job_stores_when_status_is_the_expected_one(store: JobStore) -> None:
+    job = make_job(1)
+    await store.add_job(job)
+    running = job.replace(status=JobStatus.RUNNING, started_at=BASE_TIME + timedelta(seconds=5))
+    assert await store.update_job(running, expected=JobStatus.QUEUED) is True
+    assert await store.get_job(job.id) == running
+
+    done = running.replace(
+        status=JobStatus.SUCCEEDED,
+        finished_at=BASE_TIME + timedelta(seconds=9),
+        exit_code=0,
+        reason="all good",
+    )
+    assert await store.update_job(done, expected=JobStatus.RUNNING) is True
+    assert await store.get_job(job.id) == done
+
+
+async def test_update_job_refuses_when_status_differs(store: JobStore) -> None:
+    job = make_job(1)
+    await store.add_job(job)
+    cancelled = job.replace(status=JobStatus.CANCELLED, reason="cancelled by user")
+    assert await store.update_job(cancelled, expected=JobStatus.QUEUED) is True
+
+    late_start = job.replace(status=JobStatus.RUNNING, started_at=BASE_TIME)
+    assert await store.update_job(late_start, expected=JobStatus.QUEUED) is False
+    assert await store.get_job(job.id) == cancelled
+
+
+async def test_update_job_refuses_unknown_job(store: JobStore) -> None:
+    ghost = make_job(1)
+    assert await store.update_job(ghost, expected=JobStatus.QUEUED) is False
+    with pytest.raises(JobNotFound):
+        await store.get_job(ghost.id)
+    assert await store.list_jobs() == []
+
+
+async def test_events_come_back_in_order_per_job(store: JobStore) -> None:
+    first, second = make_job(1), make_job(2)
+    await store.add_job(first)
+    await store.add_job(second)
+    # One batch may mix jobs; a later batch continues the sequence.
+    await store.append_events(
+        [
+            make_event(first.id, 1),
+            make_event(second.id, 1),
+            make_event(first.id, 2),
+            make_event(first.id, 3),
+            make_event(second.id, 2),
+        ]
+    )
+    await store.append_events([make_event(first.id, 4), make_event(first.id, 5)])
+    await store.append_events([])
+
+    events = await store.events_after(first.id)
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert all(e.job_id == first.id for e in events)
+    assert [e.seq for e in await store.events_after(second.id)] == [1, 2]
+
+
+async def test_events_after_honours_after_seq_and_limit(store: JobStore) -> None:
+    job = make_job(1)
+    await store.add_job(job)
+    await store.append_events([make_event(job.id, seq) for seq in range(1, 11)])
+
+    assert [e.seq for e in await store.events_after(job.id, 4)] == [5, 6, 7, 8, 9, 10]
+    assert [e.seq for e in await store.events_after(job.id, limit=3)] == [1, 2, 3]
+    assert [e.seq for e in await store.events_after(job.id, 4, limit=3)] == [5, 6, 7]
+    assert [e.seq for e in await store.events_after(job.id, 8, limit=5)] == [9, 10]
+    assert await store.events_after(job.id, 10) == []
+    assert await store.events_after("0123456789ab") == []
+
+
+async def test_last_event_seq(store: JobStore) -> None:
+    job, other = make_job(1), make_job(2)
+    await store.add_job(job)
+    await store.add_job(other)
+    assert await store.last_event_seq(job.id) == 0
+    await store.append_events([make_event(job.id, seq) for seq in range(1, 8)])
+    assert await store.last_event_seq(job.id) == 7
+    assert await store.last_event_seq(other.id) == 0
+
+
+async def test_events_round_trip_exactly(store: JobStore) -> None:
+    job = make_job(1)
+    await store.add_job(job)
+    events = [
+        JobEvent(job.id, 1, EventType.STATUS, {"status": "running"}, BASE_TIME),
+        JobEvent(
+            job.id,
+            2,
+            EventType.LOG,
+            {"stream": "stdout", "text": "naïve ✓ \t tab \\ backslash \ufffd"},
+            BASE_TIME + timedelta(microseconds=1),
+        ),
+        JobEvent(
+            job.id,
+            3,
+            EventType.END,
+            {
+                "status": "failed",
+                "exit_code": 1,
+                "success": False,
+                "reason": None,
+                "duration_seconds": 1.25,
+            },
+            BASE_TIME + timedelta(hours=1, microseconds=999_999),
+        ),
+    ]
+    await store.append_events(events)
+    assert await store.events_after(job.id) == events
+
+
+async def test_sqlite_data_survives_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "ci.db"
+    async with SqliteJobStore(path) as first:
+        jobs = await add_jobs(first, 3)
+        done = jobs[1].replace(status=JobStatus.ERROR, finished_at=BASE_TIME, reason="boom")
+        assert await first.update_job(done, expected=JobStatus.QUEUED)
+        events = [make_event(jobs[1].id, seq) for seq in (1, 2, 3)]
+        await first.append_events(events)
+
+    async with SqliteJobStore(path) as reopened:
+        assert await reopened.get_job(jobs[1].id) == done
+        assert [j.id for j in await reopened.list_jobs()] == [j.id for j in reversed(jobs)]
+        assert await reopened.events_after(jobs[1].id) == events
+        assert await reopened.last_event_seq(jobs[1].id) == 3
+        # Still writable after the reopen (the schema was not re-created over the data).
+        await reopened.append_events([make_event(jobs[1].id, 4)])
+        assert await reopened.last_event_seq(jobs[1].id) == 4
