@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _END = object()
+TAIL_CHECK_BYTES = 8 * 1024
 
 
 class DockerExecutor:
@@ -137,7 +138,14 @@ class DockerExecutor:
         on_output: OutputSink,
         keep_as: tuple[str, Mapping[str, str]] | None = None,
     ) -> int:
-        container = await self._call(self._create, spec)
+        creation = asyncio.ensure_future(self._call(self._create, spec))
+        try:
+            container = await asyncio.shield(creation)
+        except asyncio.CancelledError:
+            # Cancelled while the engine creates it: wait for the container, then remove it.
+            with contextlib.suppress(Exception):
+                self._schedule_removal(await creation)
+            raise
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[object] = asyncio.Queue()
 
@@ -150,20 +158,46 @@ class DockerExecutor:
             except docker.errors.DockerException as e:
                 raise ExecutorError(f"Docker could not start the container: {e}") from e
             pump = loop.run_in_executor(self._threads, self._pump_output, container, deliver)
+            received = bytearray()
             while (chunk := await chunks.get()) is not _END:
                 assert isinstance(chunk, bytes)
+                received = (received + chunk)[-TAIL_CHECK_BYTES:]
                 on_output(chunk)
             await pump
             status = await self._call(self._wait, container)
+            missing = await self._call(self._missing_tail, container, bytes(received))
+            if missing:
+                on_output(missing)
             if keep_as is not None and status == 0:
                 await self._call(self._commit, container, *keep_as)
             return status
         finally:
             # Runs on cancellation too: the kill ends the output stream and frees the thread.
-            # Not awaited, so that a finished job reports at once; aclose() waits for it.
-            removal = asyncio.ensure_future(self._call(self._remove, container))
-            self._removals.add(removal)
-            removal.add_done_callback(self._removed)
+            self._schedule_removal(container)
+
+    def _schedule_removal(self, container: Container) -> None:
+        """Remove the container in the background, so that a finished job reports at once;
+        aclose() waits for pending removals."""
+        removal = asyncio.ensure_future(self._call(self._remove, container))
+        self._removals.add(removal)
+        removal.add_done_callback(self._removed)
+
+    def _missing_tail(self, container: Container, received: bytes) -> bytes:
+        """What the follow stream lost at the very end, if anything.
+
+        Docker's follow stream sometimes drops a container's last line when it has no
+        newline; the stored log still has it. Only its last line is fetched and compared.
+        """
+        try:
+            last = container.logs(stdout=True, stderr=True, tail=1)
+        except docker.errors.DockerException:
+            return b""
+        if len(last) > TAIL_CHECK_BYTES:
+            return b""  # too long to compare with what was kept; never seen in practice
+        for overlap in range(min(len(last), len(received)), -1, -1):
+            if received.endswith(last[:overlap]):
+                return last[overlap:]
+        return last
 
     def _removed(self, removal: asyncio.Future[None]) -> None:
         self._removals.discard(removal)

@@ -286,7 +286,8 @@ class SqliteJobStore(JobStore):
         if not events:
             return
         await self.db.executemany(
-            "INSERT INTO events (job_id, seq, type, data, time) VALUES (?,?,?,?,?)",
+            # OR IGNORE: a batch retried after a failed commit may be partly written already.
+            "INSERT OR IGNORE INTO events (job_id, seq, type, data, time) VALUES (?,?,?,?,?)",
             [(e.job_id, e.seq, e.type.value, json.dumps(e.data), _time(e.time)) for e in events],
         )
         await self.db.commit()
