@@ -36,6 +36,7 @@ setup(
         "console_scripts": [
             "ci=ci_client.cli:main",
             "ci-server=ci_server.__main__:main",
+            "ci-admin=ci_server.admin:main",
         ],
     },
 )

@@ -337,9 +337,7 @@ def submit(project: Path, server: ServerProcess, *args: str) -> Submit:
     """Run the real `ci submit test` in `project`; it must pass."""
     started_at, started = time.time(), time.monotonic()
     try:
-        result = run_ci(
-            "submit", "test", *args, cwd=project, server=server.url, timeout=SUBMIT_TIMEOUT
-        )
+        result = run_ci("submit", "test", *args, cwd=project, server=server, timeout=SUBMIT_TIMEOUT)
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"`ci submit test` did not end within {SUBMIT_TIMEOUT:g}s") from e
     wall, ended_at = time.monotonic() - started, time.time()
@@ -354,7 +352,7 @@ def submit(project: Path, server: ServerProcess, *args: str) -> Submit:
 
 def job_events(server: ServerProcess, job_id: str) -> list[Event]:
     """A finished job's events, replayed by the server (ends with the `end` event)."""
-    return list(CIClient(server.url).events(job_id, after=0))
+    return list(CIClient(server.url, api_key=server.api_key).events(job_id, after=0))
 
 
 # -- 1. warm overhead --------------------------------------------------------------------------
@@ -560,7 +558,7 @@ def stream_latency(bench: Bench, server: ServerProcess, table: Table) -> None:
     )
     archive = bench.workdir / "stream.zip"
     build_archive(project, archive)
-    client = CIClient(server.url)
+    client = CIClient(server.url, api_key=server.api_key)
     job = client.submit(archive, timeout_seconds=120)
     latencies: list[float] = []
     end: dict[str, Any] = {}
@@ -640,9 +638,7 @@ def timed_get(server: ServerProcess, path: str, expected: int) -> float:
 
 def timed_ci_list(bench: Bench, server: ServerProcess) -> float:
     started = time.monotonic()
-    result = run_ci(
-        "list", "--json", "--limit", "50", cwd=bench.workdir, server=server.url, timeout=60
-    )
+    result = run_ci("list", "--json", "--limit", "50", cwd=bench.workdir, server=server, timeout=60)
     elapsed = time.monotonic() - started
     if result.returncode != 0 or '"job_id"' not in result.stdout:
         raise BenchError(f"`ci list --json` exited {result.returncode}: {result.stderr}")

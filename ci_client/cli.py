@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ci_client.client import DEFAULT_SERVER_URL, CIClient, ClientError
+from ci_client.client import CIClient, ClientError, NotAuthenticated
+from ci_client.config import DEFAULT_SERVER_URL, ConfigError, Connection, config_path, resolve
 from ci_client.render import format_event, format_outcome, print_job_details, print_jobs_table
 
 EXIT_PASSED = 0
@@ -169,8 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--server",
-        default=os.environ.get("CI_SERVER_URL", DEFAULT_SERVER_URL),
-        help="the CI server's URL (default: $CI_SERVER_URL or %(default)s)",
+        help="the CI server's URL (default: $CI_SERVER_URL, else `server` in the config file, "
+        f"else {DEFAULT_SERVER_URL})",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"your API key, ci_... (default: $CI_API_KEY, else `api_key` in {config_path()})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -228,6 +234,21 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
+def _authentication_help(connection: Connection, reason: str) -> str:
+    """One line: what went wrong with the key, and how to get and give a good one."""
+    fix = (
+        "create one with `ci-admin key create --email EMAIL --name NAME` on the server, "
+        "then pass it with --api-key, set CI_API_KEY, or put the line "
+        f'api_key = "ci_..." in {config_path()}'
+    )
+    if connection.api_key is None:
+        return f"{connection.server} requires an API key and none was given: {fix}"
+    return (
+        f"{connection.server} refused the API key from {connection.key_source} ({reason}). "
+        f"To use another key: {fix}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     pytest_args: list[str] = []
@@ -239,9 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "submit":
             _fail("arguments after `--` are passed to pytest, only with `ci submit test`")
         args.pytest_args = pytest_args
-    client = CIClient(args.server)
+    try:
+        connection = resolve(args.server, args.api_key)
+    except ConfigError as e:
+        _fail(str(e))
+    client = CIClient(connection.server, api_key=connection.api_key)
     try:
         return args.handler(client, args)
+    except NotAuthenticated as e:
+        _fail(_authentication_help(connection, str(e)))
     except ClientError as e:
         _fail(str(e))
     except KeyboardInterrupt:

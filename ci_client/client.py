@@ -11,7 +11,6 @@ from typing import Any
 
 import requests
 
-DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
 """Longer than the server's keep-alive interval (15 s): silence past it means a dead link."""
@@ -26,6 +25,10 @@ class JobNotFound(ClientError):
     pass
 
 
+class NotAuthenticated(ClientError):
+    """The server wants a (valid) API key: HTTP 401, with the server's reason."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int
@@ -34,9 +37,17 @@ class Event:
 
 
 class CIClient:
-    def __init__(self, base_url: str, *, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session or requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = f"{self.base_url}{path}"
@@ -55,6 +66,8 @@ class CIClient:
         return response
 
     def _json(self, response: requests.Response, job_id: str | None = None) -> Any:
+        if response.status_code == 401:
+            raise NotAuthenticated(_detail(response) or "authentication required")
         if job_id is not None and response.status_code in (404, 422) and _is_api_error(response):
             raise JobNotFound(f"no job with id {job_id!r} on {self.base_url}")
         if response.status_code >= 400:

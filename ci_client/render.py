@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -104,6 +105,11 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
         )
         for job in jobs
     ]
+    print_table(headers, rows, out)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO) -> None:
+    """Columns as wide as their widest cell, two spaces apart (`ci list`, `ci-admin`)."""
     widths = [
         max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
     ]

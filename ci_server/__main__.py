@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 
 import uvicorn
 
 from ci_server.app import create_app
 from ci_server.settings import Settings
+
+logger = logging.getLogger("ci_server")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine can connect."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    if not settings.auth:
+        if not is_loopback(args.host):
+            parser.error(
+                f"CI_AUTH=off lets anyone who can connect act as an admin, so it is allowed "
+                f"only on a loopback address (127.0.0.1, ::1, localhost), not --host "
+                f"{args.host}. Keep authentication on and create keys with `ci-admin`."
+            )
+        logger.warning("authentication is off (CI_AUTH=off): every request acts as an admin")
     uvicorn.run(
         create_app(settings),
         host=args.host,

@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CI_", frozen=True)
 
     db_path: Path = Field(default=Path("ci_jobs.db"), description="SQLite database file")
+    auth: bool = Field(
+        default=True,
+        description="require an API key (`ci-admin key create`) on every request but /health; "
+        "CI_AUTH=off serves everyone as an admin, and `ci-server` allows it only on a "
+        "loopback address",
+    )
     data_dir: Path | None = Field(
         default=None,
         description="uploads and workspaces; default: <db_path>.data/ beside the database",

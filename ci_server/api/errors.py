@@ -14,9 +14,23 @@ from ci_server.models import (
     UploadTooLarge,
 )
 from ci_server.runner.project import ProjectError
+from ci_server.users import (
+    ApiKeyNotFound,
+    EmailTaken,
+    InvalidAccount,
+    NotAuthenticated,
+    UserInactive,
+    UserNotFound,
+)
 
 STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
+    (NotAuthenticated, 401),
     (JobNotFound, 404),
+    (UserNotFound, 404),
+    (ApiKeyNotFound, 404),
+    (EmailTaken, 409),
+    (UserInactive, 409),
+    (InvalidAccount, 400),
     (UploadTooLarge, 413),
     (InvalidUpload, 400),
     (ProjectError, 400),
@@ -32,9 +46,15 @@ def status_for(error: CIError) -> int:
     return 500
 
 
+def headers_for(error: CIError) -> dict[str, str] | None:
+    if isinstance(error, NotAuthenticated):
+        return {"WWW-Authenticate": "Bearer"}  # RFC 6750: how to authenticate
+    return None
+
+
 async def _handle_ci_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CIError)
-    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -24,14 +24,17 @@ from fastapi import (
 from fastapi import Path as PathParam
 from sse_starlette import EventSourceResponse
 
+from ci_server.api.auth import CurrentUser, current_user
 from ci_server.api.schemas import JobOut, TestResultOut
 from ci_server.events import EventHub
-from ci_server.models import JobEvent, StorageFailure
+from ci_server.models import Job, JobEvent, JobNotFound, StorageFailure
 from ci_server.runner.workspace import check_archive
 from ci_server.scheduler import Scheduler
 from ci_server.settings import Settings
+from ci_server.users import User, can_see, owner_filter
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+# Every route here needs an authenticated user (the dependency is cached per request).
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(current_user)])
 
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="a job id")]
@@ -50,8 +53,15 @@ def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def _job_out(scheduler: Scheduler, job_id: str) -> JobOut:
+async def _visible_job(scheduler: Scheduler, user: User, job_id: str) -> Job:
+    """The job if the user may see it; another user's job is JobNotFound, as an unknown id."""
     job = await scheduler.store.get_job(job_id)
+    if not can_see(user, job):
+        raise JobNotFound(job_id)
+    return job
+
+
+def _job_out(scheduler: Scheduler, job: Job) -> JobOut:
     return JobOut.from_job(job, scheduler.queue_positions().get(job.id))
 
 
@@ -77,48 +87,61 @@ async def submit_job(
     archive: Annotated[UploadFile, File(description="the project, as a zip archive")],
     scheduler: Annotated[Scheduler, Depends(scheduler)],
     settings: Annotated[Settings, Depends(settings)],
+    user: CurrentUser,
     timeout_seconds: Annotated[float | None, Form(gt=0)] = None,
     pytest_args: Annotated[list[str] | None, Form()] = None,
     no_cache: Annotated[bool, Form(description="rebuild the dependency environment")] = False,
 ) -> JobOut:
     path = await asyncio.to_thread(_save_upload, archive, scheduler.uploads_dir, settings)
     job = await scheduler.submit(
-        path, timeout_seconds=timeout_seconds, pytest_args=pytest_args or (), no_cache=no_cache
+        path,
+        timeout_seconds=timeout_seconds,
+        pytest_args=pytest_args or (),
+        no_cache=no_cache,
+        owner_id=user.id,
     )
-    return await _job_out(scheduler, job.id)
+    return _job_out(scheduler, await scheduler.store.get_job(job.id))
 
 
 @router.get("", response_model=list[JobOut])
 async def list_jobs(
     scheduler: Annotated[Scheduler, Depends(scheduler)],
+    user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
 ) -> list[JobOut]:
-    """Newest first; pass the last job_id of a page as `before` to get the next one."""
-    jobs = await scheduler.store.list_jobs(limit=limit, before=before)
+    """Newest first; pass the last job_id of a page as `before` to get the next one.
+
+    A user sees their own jobs; an admin sees every job.
+    """
+    jobs = await scheduler.store.list_jobs(limit=limit, before=before, owner_id=owner_filter(user))
     positions = scheduler.queue_positions()
     return [JobOut.from_job(job, positions.get(job.id)) for job in jobs]
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)]) -> JobOut:
-    return await _job_out(scheduler, job_id)
+async def get_job(
+    job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)], user: CurrentUser
+) -> JobOut:
+    return _job_out(scheduler, await _visible_job(scheduler, user, job_id))
 
 
 @router.get("/{job_id}/tests", response_model=list[TestResultOut])
 async def list_test_results(
-    job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)]
+    job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)], user: CurrentUser
 ) -> list[TestResultOut]:
     """Per-test results from pytest's report, in the order the tests ran."""
-    await scheduler.store.get_job(job_id)
+    await _visible_job(scheduler, user, job_id)
     results = await scheduler.store.test_results(job_id)
     return [TestResultOut.from_result(result) for result in results]
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-async def cancel_job(job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)]) -> JobOut:
+async def cancel_job(
+    job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)], user: CurrentUser
+) -> JobOut:
     """Cancel a queued or running job. A finished job answers 409 and stays as it was."""
-    before = await scheduler.store.get_job(job_id)
+    before = await _visible_job(scheduler, user, job_id)
     if before.status.is_terminal:
         raise HTTPException(409, f"job {job_id} has already finished: {before.status}")
     job = await scheduler.cancel(job_id)
@@ -140,6 +163,7 @@ async def stream_events(
     request: Request,
     scheduler: Annotated[Scheduler, Depends(scheduler)],
     hub: Annotated[EventHub, Depends(hub)],
+    user: CurrentUser,
     after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
     tail: Annotated[
         int | None, Query(ge=0, description="start with the last N events (0: from now)")
@@ -152,7 +176,7 @@ async def stream_events(
     The `end` event is always sent, even with `tail=0` or a resume point past the end of a
     finished job.
     """
-    job = await scheduler.store.get_job(job_id)
+    job = await _visible_job(scheduler, user, job_id)  # before any byte of the stream
     start = last_event_id if last_event_id is not None else after
     if start is None:
         start = 0

@@ -61,6 +61,7 @@ class JobOut(BaseModel):
     timeout_seconds: float
     pytest_args: list[str]
     summary: SummaryOut | None = Field(description="test counts from pytest's report")
+    owner_id: str | None = Field(description="the id of the user who submitted the job")
 
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> JobOut:
@@ -78,6 +79,7 @@ class JobOut(BaseModel):
             timeout_seconds=job.timeout_seconds,
             pytest_args=list(job.pytest_args),
             summary=SummaryOut.from_summary(job.summary),
+            owner_id=job.owner_id,
         )
 
 

@@ -1,4 +1,9 @@
-"""Real server processes and the real `ci` command, for end-to-end tests."""
+"""Real server processes and the real `ci` command, for end-to-end tests.
+
+Each server gets an admin user and API key, made by the real `ci-admin` on its database
+before it starts; `run_ci(..., server=<ServerProcess>)` sends that key, as CI_API_KEY.
+`run_ci(..., server=<url>)` sends none. The CLI never reads the developer's config file.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,19 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+from pydantic import TypeAdapter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
+NO_CONFIG_HOME = REPO_ROOT / "tests" / "e2e" / ".no-config-home"
+"""XDG_CONFIG_HOME of every CLI run: a folder that does not exist, so no config file."""
 T = TypeVar("T")
 
 
@@ -50,16 +59,52 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    host: str = "127.0.0.1"
+    api_key: str | None = None
+    """An admin's key; made at start unless given (or CI_AUTH=off)."""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def auth(self) -> bool:
+        return TypeAdapter(bool).validate_python(self.env.get("CI_AUTH", "on"))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the real `ci-admin` on this server's database."""
+        return subprocess.run(
+            [*admin_command(), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def add_user(self, name: str, *, admin: bool = False) -> str:
+        """A new user (email <name>-<random>@e2e.test) with one key; the key."""
+        email = f"{name}-{uuid.uuid4().hex[:8]}@e2e.test"
+        role = ["--admin"] if admin else []
+        for args in (
+            ("user", "create", "--name", name, "--email", email, *role),
+            ("key", "create", "--email", email, "--name", f"{name}'s key"),
+        ):
+            result = self.admin(*args)
+            assert result.returncode == 0, f"ci-admin {args}:\n{result.stderr}"
+        return result.stdout.strip()
+
     def start(self) -> ServerProcess:
+        if self.api_key is None and self.auth:
+            self.api_key = self.add_user("admin", admin=True)
         self.log_path = self.db_path.with_suffix(f".{self.port}.{time.monotonic_ns()}.log")
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ci_server", "--port", str(self.port)],
+            [sys.executable, "-m", "ci_server", "--host", self.host, "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -96,7 +141,10 @@ class ServerProcess:
         self.stop(signal.SIGKILL)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(f"{self.url}{path}", timeout=10, **kwargs)
+        """GET with this server's admin key (and any other `headers` given)."""
+        kwargs["headers"] = self.headers | kwargs.get("headers", {})
+        kwargs.setdefault("timeout", 10)
+        return requests.get(f"{self.url}{path}", **kwargs)
 
     def job(self, job_id: str) -> dict[str, Any]:
         response = self.get(f"/jobs/{job_id}")
@@ -126,29 +174,46 @@ def server_env(
     return env
 
 
+def _console_script(name: str, module: str) -> list[str]:
+    """The installed console script when there is one, else the same entry point."""
+    script = shutil.which(name)
+    run_main = f"from {module} import main; raise SystemExit(main())"
+    return [script] if script else [sys.executable, "-c", run_main]
+
+
 def ci_command() -> list[str]:
-    """The installed `ci` console script when there is one, else the same entry point."""
-    script = shutil.which("ci")
-    return (
-        [script]
-        if script
-        else [sys.executable, "-c", "from ci_client.cli import main; raise SystemExit(main())"]
-    )
+    return _console_script("ci", "ci_client.cli")
+
+
+def admin_command() -> list[str]:
+    return _console_script("ci-admin", "ci_server.admin")
+
+
+def cli_env(server: ServerProcess | str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The CLI's environment: the server's URL and key, and no key or config of our own."""
+    env = {name: value for name, value in os.environ.items() if name != "CI_API_KEY"}
+    env["XDG_CONFIG_HOME"] = str(NO_CONFIG_HOME)
+    if isinstance(server, ServerProcess):
+        env["CI_SERVER_URL"] = server.url
+        if server.api_key:
+            env["CI_API_KEY"] = server.api_key
+    else:
+        env["CI_SERVER_URL"] = server
+    return env | dict(extra or {})
 
 
 def run_ci(
     *args: str,
     cwd: Path,
-    server: str,
+    server: ServerProcess | str,
     timeout: float = 180,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI to its end and capture what a user would see."""
-    full_env = dict(os.environ) | {"CI_SERVER_URL": server} | dict(env or {})
     return subprocess.run(
         [*ci_command(), *args],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(server, env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -156,13 +221,12 @@ def run_ci(
     )
 
 
-def start_ci(*args: str, cwd: Path, server: str) -> subprocess.Popen[str]:
+def start_ci(*args: str, cwd: Path, server: ServerProcess | str) -> subprocess.Popen[str]:
     """Start the real CLI in the background (to interrupt it or read it line by line)."""
-    env = dict(os.environ) | {"CI_SERVER_URL": server, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [*ci_command(), *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(server, {"PYTHONUNBUFFERED": "1"}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

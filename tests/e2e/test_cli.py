@@ -153,12 +153,12 @@ class Submitted:
 
 
 def submit(project: Path, server: ServerProcess) -> Submitted:
-    result = run_ci("submit", "test", cwd=project, server=server.url)
+    result = run_ci("submit", "test", cwd=project, server=server)
     return Submitted(job_id_from_submit(result.stderr), result)
 
 
 def submit_async(project: Path, server: ServerProcess) -> str:
-    result = run_ci("submit", "test", "--async", cwd=project, server=server.url)
+    result = run_ci("submit", "test", "--async", cwd=project, server=server)
     assert result.returncode == 0, describe(result)
     match = ASYNC_SUBMITTED.match(result.stdout.strip())
     assert match, describe(result)
@@ -271,7 +271,7 @@ def test_project_without_requirements_exits_1_and_says_why(
 def test_output_streams_live_while_the_job_runs(
     server: ServerProcess, project: ProjectFactory
 ) -> None:
-    process = start_ci("submit", "test", cwd=project("slow"), server=server.url)
+    process = start_ci("submit", "test", cwd=project("slow"), server=server)
     assert process.stdout is not None
     assert process.stderr is not None
     stdout = LineReader(process.stdout)
@@ -309,28 +309,28 @@ def test_async_submit_then_wait_and_list(
     # It returned at once: the job has not even finished.
     assert server.job(slow)["status"] in ("queued", "running")
 
-    waited = run_ci("wait", slow, cwd=tmp_path, server=server.url)
+    waited = run_ci("wait", slow, cwd=tmp_path, server=server)
     assert waited.returncode == 0, describe(waited)
     assert outcome_pattern(slow, "succeeded").match(last_line(waited.stderr)), describe(waited)
 
-    replay = run_ci("wait", "--all", slow, cwd=tmp_path, server=server.url)
+    replay = run_ci("wait", "--all", slow, cwd=tmp_path, server=server)
     assert replay.returncode == 0, describe(replay)
     for test in SLOW_TESTS:
         assert passed_line("tests/test_slow.py", test).search(replay.stdout), describe(replay)
     assert outcome_pattern(slow, "succeeded").match(last_line(replay.stderr)), describe(replay)
 
-    again = run_ci("wait", slow, cwd=tmp_path, server=server.url, timeout=30)
+    again = run_ci("wait", slow, cwd=tmp_path, server=server, timeout=30)
     assert again.returncode == 0, describe(again)
     assert again.stdout == "", describe(again)  # no replay: just how it ended
     assert outcome_pattern(slow, "succeeded").match(again.stderr.strip()), describe(again)
     assert len(again.stderr.strip().splitlines()) == 1, describe(again)
 
     failing = submit_async(project("failing"), server)
-    waited = run_ci("wait", failing, cwd=tmp_path, server=server.url)
+    waited = run_ci("wait", failing, cwd=tmp_path, server=server)
     assert waited.returncode == 1, describe(waited)
     assert outcome_pattern(failing, "failed").match(last_line(waited.stderr)), describe(waited)
 
-    listed = run_ci("list", "--json", cwd=tmp_path, server=server.url, timeout=30)
+    listed = run_ci("list", "--json", cwd=tmp_path, server=server, timeout=30)
     assert listed.returncode == 0, describe(listed)
     jobs: list[dict[str, Any]] = json.loads(listed.stdout)
     assert isinstance(jobs, list)
@@ -344,7 +344,7 @@ def test_async_submit_then_wait_and_list(
         assert end.tzinfo is not None, job
         assert start <= end, job
 
-    table = run_ci("list", cwd=tmp_path, server=server.url, timeout=30)
+    table = run_ci("list", cwd=tmp_path, server=server, timeout=30)
     assert table.returncode == 0, describe(table)
     rows = table.stdout.strip().splitlines()
     assert rows[0].split()[:3] == ["JOB", "ID", "STATUS"], describe(table)
@@ -361,7 +361,7 @@ def test_jobs_and_logs_survive_a_server_restart(
     passing = project("passing")
     run = submit(passing, first)
     assert run.result.returncode == 0, describe(run.result)
-    before = run_ci("wait", "--all", run.job_id, cwd=passing, server=first.url)
+    before = run_ci("wait", "--all", run.job_id, cwd=passing, server=first)
     assert before.returncode == 0, describe(before)
     assert before.stdout == run.result.stdout
 
@@ -373,14 +373,14 @@ def test_jobs_and_logs_survive_a_server_restart(
     second = make_server()
     assert second.db_path == first.db_path
 
-    listed = run_ci("list", "--json", cwd=passing, server=second.url, timeout=30)
+    listed = run_ci("list", "--json", cwd=passing, server=second, timeout=30)
     assert listed.returncode == 0, describe(listed)
     [job] = json.loads(listed.stdout)
     assert (job["job_id"], job["status"], job["success"]) == (run.job_id, "succeeded", True)
     assert job["start_time"] == first_job["start_time"], job
     assert job["end_time"] == first_job["end_time"], job
     assert datetime.fromisoformat(job["end_time"]).tzinfo is not None, job
-    after = run_ci("wait", "--all", run.job_id, cwd=passing, server=second.url)
+    after = run_ci("wait", "--all", run.job_id, cwd=passing, server=second)
     assert after.returncode == 0, describe(after)
     assert after.stdout == before.stdout
     for test in PASSING_TESTS:
@@ -454,7 +454,7 @@ def test_a_wrong_path_prefix_is_a_usage_error(
 def test_an_unknown_or_malformed_job_id_is_a_usage_error(
     args: tuple[str, ...], server: ServerProcess, tmp_path: Path
 ) -> None:
-    result = run_ci(*args, cwd=tmp_path, server=server.url, timeout=60)
+    result = run_ci(*args, cwd=tmp_path, server=server, timeout=60)
     assert_usage_error(result, f"no job with id {args[-1]!r}")
 
 

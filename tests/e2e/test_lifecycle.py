@@ -48,7 +48,7 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "error"})
 
 
 def submit_async(project: Path, server: ServerProcess) -> str:
-    result = run_ci("submit", "test", "--async", cwd=project, server=server.url)
+    result = run_ci("submit", "test", "--async", cwd=project, server=server)
     assert result.returncode == 0, result.stderr
     match = JOB_ID.search(result.stdout)
     assert match, f"no job id in: {result.stdout!r}"
@@ -120,8 +120,8 @@ def read_events(
     """
     events: list[Event] = []
     deadline = time.monotonic() + timeout
-    with requests.get(
-        f"{server.url}/jobs/{job_id}/events",
+    with server.get(
+        f"/jobs/{job_id}/events",
         headers={"Accept": "text/event-stream", **(headers or {})},
         params=params,
         stream=True,
@@ -201,7 +201,7 @@ def cancel_and_check(
     server: ServerProcess, docker_client: docker.DockerClient, job_id: str, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     """`ci cancel <id>`: it succeeds, the job is cancelled and its container goes."""
-    result = run_ci("cancel", job_id, cwd=cwd, server=server.url)
+    result = run_ci("cancel", job_id, cwd=cwd, server=server)
     assert result.returncode == 0, result.stderr
     assert server.job(job_id)["status"] == "cancelled"
     assert_no_container_left(docker_client, job_id)
@@ -288,7 +288,7 @@ def start_cli() -> Iterator[CIStarter]:
     started: list[CIProcess] = []
 
     def start(*args: str, cwd: Path, server: ServerProcess) -> CIProcess:
-        cli = CIProcess(start_ci(*args, cwd=cwd, server=server.url))
+        cli = CIProcess(start_ci(*args, cwd=cwd, server=server))
         started.append(cli)
         return cli
 
@@ -352,7 +352,7 @@ def test_jobs_beyond_the_limit_wait_in_order_and_never_run_together(
         job_ids = [submit_async(blocking, server) for _ in range(3)]
 
         def one_running_two_queued() -> list[dict[str, Any]] | None:
-            result = run_ci("list", "--json", cwd=blocking, server=server.url)
+            result = run_ci("list", "--json", cwd=blocking, server=server)
             assert result.returncode == 0, result.stderr
             jobs = {job["job_id"]: job for job in json.loads(result.stdout)}
             listed = [jobs[job_id] for job_id in job_ids]
@@ -411,7 +411,7 @@ def test_cancel_a_running_job(
     assert watcher.finish() == 1, watcher.output()
     assert f"Job {job_id} cancelled" in watcher.stderr
 
-    again = run_ci("cancel", job_id, cwd=hanging, server=server.url)
+    again = run_ci("cancel", job_id, cwd=hanging, server=server)
     assert again.returncode == 0, again.stderr
     assert "already finished" in again.stderr
     assert server.job(job_id)["status"] == "cancelled"
@@ -497,7 +497,7 @@ def test_a_job_past_its_timeout_is_stopped(
 ) -> None:
     server = make_server()
     hanging = project("hanging")
-    result = run_ci("submit", "test", "--timeout", "5", cwd=hanging, server=server.url)
+    result = run_ci("submit", "test", "--timeout", "5", cwd=hanging, server=server)
 
     assert result.returncode == 1, result.stderr
     assert "timed out" in result.stderr
@@ -573,7 +573,9 @@ def test_ci_wait_follows_a_job_across_a_server_crash(
     server.kill()  # mid-output: the newest events are most likely not written yet
 
     # Same database, same address: the watcher reconnects by itself.
-    restarted = ServerProcess(db_path=server.db_path, env=server.env, port=server.port)
+    restarted = ServerProcess(
+        db_path=server.db_path, env=server.env, port=server.port, api_key=server.api_key
+    )
     try:
         restarted.start()
         assert watcher.finish(timeout=90) == 1, watcher.output()

@@ -38,6 +38,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "data_dir": tmp_path / "data",
         "runner_image": "runner:test",
         "max_concurrent_jobs": 1,
+        "auth": False,  # about jobs, as the anonymous admin; keys: test_auth_api.py
     }
     return Settings(**(values | overrides))
 

@@ -1,0 +1,241 @@
+"""`ci-admin`: users and API keys, straight in the server's database (CI_DB_PATH or --db).
+
+It may run while the server does (SQLite, WAL): a new key works at once, a revoked key or
+a deactivated user stops working at once. Exit codes: 0 done, 2 a usage error or a request
+that cannot be done (unknown email, email taken, deactivated user...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from ci_client.render import format_time, print_table
+from ci_server import accounts
+from ci_server.models import CIError
+from ci_server.settings import Settings
+from ci_server.store.repository import JobStore
+from ci_server.store.sqlite import SqliteJobStore
+from ci_server.users import User
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+CONFIG_HINT = "~/.config/ci/config.toml"
+
+Handler = Callable[[JobStore, argparse.Namespace], Awaitable[int]]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _when(value: datetime | None) -> str:
+    return format_time(value.isoformat() if value else None)
+
+
+def _describe(user: User) -> str:
+    return f"{user.name} <{user.email}>"
+
+
+# -- users ------------------------------------------------------------------------------------
+
+
+async def user_create(store: JobStore, args: argparse.Namespace) -> int:
+    user = await accounts.create_user(store, name=args.name, email=args.email, is_admin=args.admin)
+    role = "an admin" if user.is_admin else "a user"
+    print(f"Created {role}: {_describe(user)}, id {user.id}")
+    _say(f"Give them a key with: ci-admin key create --email {user.email} --name NAME")
+    return EXIT_OK
+
+
+async def user_list(store: JobStore, args: argparse.Namespace) -> int:
+    users = await store.list_users()
+    if args.json:
+        rows = [
+            {
+                "id": u.id,
+                "name": u.name,
+                "email": u.email,
+                "is_admin": u.is_admin,
+                "active": u.active,
+                "created_at": u.created_at.isoformat(),
+            }
+            for u in users
+        ]
+        print(json.dumps(rows, indent=2))
+    elif users:
+        headers = ("ID", "NAME", "EMAIL", "ROLE", "STATUS", "CREATED")
+        print_table(
+            headers,
+            [
+                (
+                    u.id,
+                    u.name,
+                    u.email,
+                    "admin" if u.is_admin else "user",
+                    "active" if u.active else "deactivated",
+                    _when(u.created_at),
+                )
+                for u in users
+            ],
+            sys.stdout,
+        )
+    else:
+        _say("No users yet. Create one with: ci-admin user create --name NAME --email EMAIL")
+    return EXIT_OK
+
+
+async def user_deactivate(store: JobStore, args: argparse.Namespace) -> int:
+    before = await accounts.user_by_email(store, args.email)
+    user = await accounts.deactivate_user(store, args.email)
+    if not before.active:
+        print(f"{_describe(user)} was already deactivated.")
+    else:
+        print(f"Deactivated {_describe(user)}: their API keys no longer work.")
+    return EXIT_OK
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+async def key_create(store: JobStore, args: argparse.Namespace) -> int:
+    record, user, key = await accounts.create_key(store, email=args.email, name=args.name)
+    _say(
+        f"Created API key {record.id} ({record.name}) for {_describe(user)}. "
+        "It is shown only this once; keep it secret:"
+    )
+    print(key, flush=True)
+    _say(
+        "Use it with `export CI_API_KEY=<key>`, or `ci --api-key <key> ...`, or the line "
+        f'`api_key = "<key>"` in {CONFIG_HINT} (chmod 600).\n'
+        f"Revoke it with: ci-admin key revoke {record.id}"
+    )
+    return EXIT_OK
+
+
+async def key_list(store: JobStore, args: argparse.Namespace) -> int:
+    """Never shows a key or its hash: they are not needed to manage keys."""
+    owner = await accounts.user_by_email(store, args.email) if args.email else None
+    keys = await store.list_api_keys(owner.id if owner else None)
+    emails = {u.id: u.email for u in await store.list_users()}
+    if not keys:
+        _say("No API keys. Create one with: ci-admin key create --email EMAIL --name NAME")
+        return EXIT_OK
+    headers = ("ID", "NAME", "OWNER", "CREATED", "LAST USED", "REVOKED")
+    rows = [
+        (
+            k.id,
+            k.name,
+            emails.get(k.user_id, k.user_id),
+            _when(k.created_at),
+            _when(k.last_used_at),
+            _when(k.revoked_at),
+        )
+        for k in keys
+    ]
+    print_table(headers, rows, sys.stdout)
+    return EXIT_OK
+
+
+async def key_revoke(store: JobStore, args: argparse.Namespace) -> int:
+    before = await store.get_api_key(args.key_id)
+    key = await accounts.revoke_key(store, args.key_id)
+    if before.revoked:
+        print(f"API key {key.id} ({key.name}) was already revoked on {_when(key.revoked_at)}.")
+    else:
+        print(f"Revoked API key {key.id} ({key.name}): it no longer works.")
+    return EXIT_OK
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ci-admin",
+        description="Manage the CI server's users and API keys, in its database.",
+        epilog="Exit codes: 0 done, 2 usage error or a request that cannot be done.",
+    )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        help="the server's SQLite database (default: $CI_DB_PATH, else ci_jobs.db)",
+    )
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{user,key}")
+
+    users = groups.add_parser("user", help="create, list and deactivate users")
+    user_commands = users.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = user_commands.add_parser("create", help="add a user")
+    create.add_argument("--name", required=True)
+    create.add_argument("--email", required=True, help="unique; names the user in commands")
+    create.add_argument("--admin", action="store_true", help="may see and cancel every job")
+    create.set_defaults(handler=user_create)
+    listing = user_commands.add_parser("list", help="every user")
+    listing.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    listing.set_defaults(handler=user_list)
+    deactivate = user_commands.add_parser(
+        "deactivate", help="lock a user out: their keys stop working"
+    )
+    deactivate.add_argument("--email", required=True)
+    deactivate.set_defaults(handler=user_deactivate)
+
+    keys = groups.add_parser("key", help="create, list and revoke API keys")
+    key_commands = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    key_new = key_commands.add_parser("create", help="a new key for a user, shown once")
+    key_new.add_argument("--email", required=True, help="the user the key acts as")
+    key_new.add_argument("--name", required=True, help="what the key is for, e.g. laptop")
+    key_new.set_defaults(handler=key_create)
+    key_listing = key_commands.add_parser("list", help="keys (never the keys themselves)")
+    key_listing.add_argument("--email", help="only this user's keys")
+    key_listing.set_defaults(handler=key_list)
+    revoke = key_commands.add_parser("revoke", help="stop a key from working, for good")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the ID column of `ci-admin key list`")
+    revoke.set_defaults(handler=key_revoke)
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"ci-admin: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _check_database(path: Path) -> None:
+    """Open the file once, synchronously: a path that cannot be a database fails here with
+    a plain sqlite3/OS error (aiosqlite 0.22 leaves a thread's traceback when it fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version")
+
+
+async def _run(handler: Handler, db_path: Path, args: argparse.Namespace) -> int:
+    async with SqliteJobStore(db_path) as store:
+        return await handler(store, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        db_path: Path = args.db or Settings().db_path
+    except ValidationError as e:
+        _fail(f"invalid CI_* setting: {e}")
+    try:
+        _check_database(db_path)
+        return asyncio.run(_run(args.handler, db_path, args))
+    except CIError as e:
+        _fail(str(e))
+    except (sqlite3.Error, OSError) as e:
+        _fail(f"cannot use the database {db_path}: {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

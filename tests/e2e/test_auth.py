@@ -1,0 +1,134 @@
+"""Who may do what, end to end: real `ci-server` processes, keys from the real `ci-admin`,
+and the real `ci` command.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ServerFactory
+from tests.e2e.harness import ServerProcess, free_port, run_ci, server_env
+from tests.e2e.test_cli import ASYNC_SUBMITTED, assert_usage_error, describe
+
+ProjectFactory = Callable[[str], Path]
+UNKNOWN_ID = "0123456789ab"
+FIX_HINTS = ("ci-admin key create", "--api-key", "CI_API_KEY", "config.toml")
+
+
+def as_user(key: str) -> dict[str, str]:
+    """The CLI's environment for another user than the server's admin."""
+    return {"CI_API_KEY": key}
+
+
+def key_id(key: str) -> str:
+    return key.split("_")[1]  # ci_<key id>_<secret>
+
+
+@pytest.mark.docker
+def test_the_cli_without_a_key_or_with_a_bad_one_says_how_to_fix_it(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    missing = run_ci("list", cwd=tmp_path, server=server.url, timeout=60)  # a URL: no key
+    assert_usage_error(missing, "requires an API key and none was given", *FIX_HINTS)
+
+    wrong = f"ci_{'0' * 12}_not-a-key-of-this-server"
+    bad = run_ci("list", cwd=tmp_path, server=server, timeout=60, env=as_user(wrong))
+    assert_usage_error(bad, "refused the API key from CI_API_KEY (invalid API key)", *FIX_HINTS)
+
+    # The documented config file works too (here under XDG_CONFIG_HOME).
+    config_home = tmp_path / "xdg"
+    (config_home / "ci").mkdir(parents=True)
+    (config_home / "ci" / "config.toml").write_text(
+        f'server = "{server.url}"\napi_key = "{server.api_key}"\n'
+    )
+    configured = run_ci(
+        "list",
+        cwd=tmp_path,
+        server=server.url,
+        timeout=60,
+        env={"XDG_CONFIG_HOME": str(config_home), "CI_SERVER_URL": ""},
+    )
+    assert configured.returncode == 0, describe(configured)
+    assert "No jobs yet" in configured.stderr
+
+
+@pytest.mark.docker
+def test_a_user_cannot_follow_cancel_or_list_another_users_job(
+    server: ServerProcess, project: ProjectFactory, tmp_path: Path
+) -> None:
+    ann, bob = server.add_user("ann"), server.add_user("bob")
+    hanging = project("hanging")
+    submitted = run_ci("submit", "test", "--async", cwd=hanging, server=server, env=as_user(ann))
+    match = ASYNC_SUBMITTED.match(submitted.stdout.strip())
+    assert match, describe(submitted)
+    job_id = match.group(1)
+
+    for command in (("wait",), ("wait", "--all"), ("cancel",), ("show",), ("logs",)):
+        unknown = run_ci(*command, UNKNOWN_ID, cwd=tmp_path, server=server, env=as_user(bob))
+        theirs = run_ci(*command, job_id, cwd=tmp_path, server=server, env=as_user(bob))
+        expected = assert_usage_error(unknown, f"no job with id {UNKNOWN_ID!r}")
+        assert assert_usage_error(theirs) == expected.replace(UNKNOWN_ID, job_id)
+    bobs_list = run_ci("list", "--json", cwd=tmp_path, server=server, env=as_user(bob))
+    assert bobs_list.returncode == 0, describe(bobs_list)
+    assert json.loads(bobs_list.stdout) == []
+    assert server.job(job_id)["status"] in ("queued", "running")  # Bob's cancel did nothing
+
+    anns_list = run_ci("list", "--json", cwd=tmp_path, server=server, env=as_user(ann))
+    assert [job["job_id"] for job in json.loads(anns_list.stdout)] == [job_id]
+    admins_list = run_ci("list", "--json", cwd=tmp_path, server=server)
+    assert [job["job_id"] for job in json.loads(admins_list.stdout)] == [job_id]
+
+    cancelled = run_ci("cancel", job_id, cwd=tmp_path, server=server, env=as_user(ann))
+    assert cancelled.returncode == 0, describe(cancelled)
+    assert server.job(job_id)["status"] == "cancelled"
+
+
+@pytest.mark.docker
+def test_a_revoked_key_is_refused_at_once(server: ServerProcess, tmp_path: Path) -> None:
+    ann = server.add_user("ann")
+    before = run_ci("list", cwd=tmp_path, server=server, env=as_user(ann), timeout=60)
+    assert before.returncode == 0, describe(before)
+
+    revoked = server.admin("key", "revoke", key_id(ann))
+    assert revoked.returncode == 0, revoked.stderr
+
+    after = run_ci("list", cwd=tmp_path, server=server, env=as_user(ann), timeout=60)
+    assert_usage_error(after, f"API key {key_id(ann)}", "has been revoked", *FIX_HINTS)
+    assert server.get("/jobs").status_code == 200  # the admin's key still works
+
+
+def test_auth_off_refuses_to_start_on_a_network_address(tmp_path: Path) -> None:
+    env = server_env(tmp_path, "ci-runner:bookworm", {"CI_AUTH": "off"})
+    result = subprocess.run(
+        [sys.executable, "-m", "ci_server", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "CI_AUTH=off" in result.stderr
+    assert "only on a loopback address" in result.stderr
+    assert "--host 0.0.0.0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.docker
+def test_auth_off_on_loopback_needs_no_key(
+    make_server: ServerFactory, project: ProjectFactory
+) -> None:
+    server = make_server(CI_AUTH="off")
+    assert server.api_key is None
+    passing = project("passing")
+    result = run_ci("submit", "test", cwd=passing, server=server.url)  # a URL: no key sent
+    assert result.returncode == 0, describe(result)
+    listed = run_ci("list", "--json", cwd=passing, server=server.url, timeout=60)
+    [job] = json.loads(listed.stdout)
+    assert (job["status"], job["owner_id"]) == ("succeeded", "anonymous")

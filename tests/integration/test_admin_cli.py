@@ -1,0 +1,158 @@
+"""`ci-admin` on a real SQLite file, in-process: what it prints, and its errors (exit 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ci_server import accounts
+from ci_server.admin import main
+from ci_server.store.sqlite import SqliteJobStore
+from ci_server.users import User, hash_secret, parse_key
+
+KEY = re.compile(r"ci_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+
+class Admin:
+    """Runs `ci-admin --db <file> ...` and keeps what it printed."""
+
+    def __init__(self, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.db = db
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        try:
+            code = main(["--db", str(self.db), *args])
+        except SystemExit as e:
+            code = int(e.code or 0)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def ok(self, *args: str) -> str:
+        code, out, err = self(*args)
+        assert code == 0, err
+        return out
+
+    def fails(self, *args: str) -> str:
+        """Exit 2 and one `ci-admin: error:` line, no traceback; the error's text."""
+        code, out, err = self(*args)
+        assert code == 2, (out, err)
+        assert "Traceback" not in err
+        [error] = [line for line in err.splitlines() if line.startswith("ci-admin: error: ")]
+        return error
+
+    def users(self) -> list[User]:
+        async def read() -> list[User]:
+            async with SqliteJobStore(self.db) as store:
+                return await store.list_users()
+
+        return asyncio.run(read())
+
+
+@pytest.fixture
+def admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Admin:
+    return Admin(tmp_path / "ci.db", capsys)
+
+
+def test_users_are_created_listed_and_deactivated(admin: Admin) -> None:
+    out = admin.ok("user", "create", "--name", "Ann", "--email", "Ann@Example.com", "--admin")
+    [ann] = admin.users()
+    assert out.strip() == f"Created an admin: Ann <ann@example.com>, id {ann.id}"
+    admin.ok("user", "create", "--name", "Bob", "--email", "bob@example.com")
+
+    table = admin.ok("user", "list").splitlines()
+    assert table[0].split() == ["ID", "NAME", "EMAIL", "ROLE", "STATUS", "CREATED"]
+    assert table[1].split()[:5] == [ann.id, "Ann", "ann@example.com", "admin", "active"]
+    assert table[2].split()[2:5] == ["bob@example.com", "user", "active"]
+    listed = json.loads(admin.ok("user", "list", "--json"))
+    assert [(u["email"], u["is_admin"], u["active"]) for u in listed] == [
+        ("ann@example.com", True, True),
+        ("bob@example.com", False, True),
+    ]
+
+    out = admin.ok("user", "deactivate", "--email", "BOB@example.com")
+    assert "Deactivated Bob <bob@example.com>" in out
+    assert "already deactivated" in admin.ok("user", "deactivate", "--email", "bob@example.com")
+    assert [u.active for u in admin.users()] == [True, False]
+
+
+def test_a_key_is_printed_once_and_never_listed(admin: Admin) -> None:
+    admin.ok("user", "create", "--name", "Ann", "--email", "ann@example.com")
+    code, out, err = admin("key", "create", "--email", "ann@example.com", "--name", "laptop")
+    assert code == 0, err
+    key = out.strip()
+    assert KEY.fullmatch(key), out  # stdout is the key alone: KEY=$(ci-admin key create ...)
+    assert key not in err
+    assert "CI_API_KEY" in err
+    assert "config.toml" in err
+    key_id, secret = parse_key(key)
+
+    table = admin.ok("key", "list")
+    assert table.splitlines()[0].split() == [
+        "ID",
+        "NAME",
+        "OWNER",
+        "CREATED",
+        "LAST",
+        "USED",
+        "REVOKED",
+    ]
+    row = table.splitlines()[1].split()
+    assert row[:3] == [key_id, "laptop", "ann@example.com"]
+    assert row[-1] == "-"  # not revoked
+    for secretish in (secret, hash_secret(secret)):
+        assert secretish not in table
+
+    assert "Revoked API key" in admin.ok("key", "revoke", key_id)
+    assert "already revoked" in admin.ok("key", "revoke", key_id)
+    assert admin.ok("key", "list", "--email", "ann@example.com").splitlines()[1].split()[-1] != "-"
+
+
+def test_a_created_key_authenticates_its_user(admin: Admin) -> None:
+    admin.ok("user", "create", "--name", "Ann", "--email", "ann@example.com")
+    key = admin.ok("key", "create", "--email", "ann@example.com", "--name", "ci").strip()
+
+    async def who() -> User:
+        async with SqliteJobStore(admin.db) as store:
+            return await accounts.authenticate(store, key)
+
+    assert asyncio.run(who()).email == "ann@example.com"
+
+
+def test_mistakes_are_clear_errors(admin: Admin) -> None:
+    admin.ok("user", "create", "--name", "Ann", "--email", "ann@example.com")
+    admin.ok("user", "create", "--name", "Bob", "--email", "bob@example.com")
+    admin.ok("user", "deactivate", "--email", "bob@example.com")
+    cases = {
+        ("user", "create", "--name", "A", "--email", "ANN@example.com"): (
+            "a user with email 'ann@example.com' already exists"
+        ),
+        ("user", "create", "--name", "A", "--email", "not-an-email"): "not an email address",
+        ("user", "create", "--name", " ", "--email", "c@example.com"): "name must have",
+        ("user", "deactivate", "--email", "nobody@example.com"): "no user with email",
+        ("key", "create", "--email", "nobody@example.com", "--name", "k"): "no user with email",
+        ("key", "create", "--email", "bob@example.com", "--name", "k"): "is deactivated",
+        ("key", "list", "--email", "nobody@example.com"): "no user with email",
+        ("key", "revoke", "0123456789ab"): "no API key with id '0123456789ab'",
+    }
+    for args, message in cases.items():
+        assert message in admin.fails(*args), args
+    assert len(admin.users()) == 2
+
+
+def test_the_database_comes_from_ci_db_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CI_DB_PATH", str(tmp_path / "from-env.db"))
+    assert main(["user", "create", "--name", "Ann", "--email", "ann@example.com"]) == 0
+    assert (tmp_path / "from-env.db").is_file()
+    capsys.readouterr()
+
+
+def test_a_file_that_is_no_database_is_a_clear_error(admin: Admin) -> None:
+    admin.db.write_text("this is not a database, it is a text file\n" * 100)
+    assert "cannot use the database" in admin.fails("user", "list")

@@ -1,0 +1,245 @@
+"""Who may do what, through the HTTP API (httpx + ASGI) over a real SQLite file.
+
+Users and keys are made the way `ci-admin` makes them: with `accounts` on the same database
+file, before the app starts or while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ci_server import accounts
+from ci_server.settings import Settings
+from ci_server.store.sqlite import SqliteJobStore
+from ci_server.users import ANONYMOUS_ADMIN, parse_key
+from tests.fakes import FakeExecutor, FakeRun
+from tests.integration.test_sqlite_api import (
+    UNKNOWN_ID,
+    finished,
+    make_settings,
+    serve,
+    sse,
+    submit,
+)
+
+
+@dataclass(frozen=True)
+class Person:
+    id: str
+    email: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@dataclass(frozen=True)
+class People:
+    ann: Person
+    bob: Person
+    root: Person
+    """An admin."""
+
+
+async def add_person(settings: Settings, name: str, *, admin: bool = False) -> Person:
+    async with SqliteJobStore(settings.db_path) as store:
+        email = f"{name}@example.com"
+        user = await accounts.create_user(store, name=name, email=email, is_admin=admin)
+        _, _, key = await accounts.create_key(store, email=email, name="laptop")
+    return Person(user.id, user.email, key)
+
+
+def act_as(client: httpx.AsyncClient, person: Person) -> httpx.AsyncClient:
+    """The client's later requests carry this person's key (for the shared helpers)."""
+    client.headers.update(person.headers)
+    return client
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, auth=True)
+
+
+@pytest.fixture
+async def people(settings: Settings) -> People:
+    return People(
+        ann=await add_person(settings, "ann"),
+        bob=await add_person(settings, "bob"),
+        root=await add_person(settings, "root", admin=True),
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings, people: People) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(settings, FakeExecutor()) as client:
+        yield client
+
+
+# -- no key, or a bad one: 401 ----------------------------------------------------------------
+
+ROUTES = [
+    ("GET", "/jobs"),
+    ("POST", "/jobs"),
+    ("GET", f"/jobs/{UNKNOWN_ID}"),
+    ("GET", f"/jobs/{UNKNOWN_ID}/tests"),
+    ("GET", f"/jobs/{UNKNOWN_ID}/events"),
+    ("POST", f"/jobs/{UNKNOWN_ID}/cancel"),
+    ("GET", "/jobs/not-a-job"),  # authentication comes before validation
+]
+
+
+def assert_401(response: httpx.Response, detail: str) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert detail in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_every_route_but_health_needs_a_key(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    assert_401(await client.request(method, path), "no API key")
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_bad_key_is_401_saying_what_is_wrong(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    key_id, secret = parse_key(people.ann.key)
+    cases = {
+        "Basic YW5uOnNlY3JldA==": "the Authorization header must read `Bearer ci_...`",
+        "Bearer": "the Authorization header must read `Bearer ci_...`",
+        "Bearer not-a-key": "malformed API key",
+        f"Bearer ci_{'0' * 12}_{secret}": "invalid API key",
+        f"Bearer ci_{key_id}_{secret}x": "invalid API key",
+    }
+    for header, detail in cases.items():
+        assert_401(await client.get("/jobs", headers={"Authorization": header}), detail)
+    assert (await client.get("/jobs", headers=people.ann.headers)).status_code == 200
+
+
+async def test_a_revoked_key_stops_working_at_once(
+    client: httpx.AsyncClient, settings: Settings, people: People
+) -> None:
+    assert (await client.get("/jobs", headers=people.ann.headers)).status_code == 200
+    key_id, _ = parse_key(people.ann.key)
+    async with SqliteJobStore(settings.db_path) as admin_tool:  # as `ci-admin key revoke`
+        await accounts.revoke_key(admin_tool, key_id)
+    response = await client.get("/jobs", headers=people.ann.headers)
+    assert_401(response, f"API key {key_id} (laptop) has been revoked")
+    assert (await client.get("/jobs", headers=people.bob.headers)).status_code == 200
+
+
+async def test_a_deactivated_users_keys_stop_working(
+    client: httpx.AsyncClient, settings: Settings, people: People
+) -> None:
+    async with SqliteJobStore(settings.db_path) as admin_tool:
+        await accounts.deactivate_user(admin_tool, people.bob.email)
+    assert_401(
+        await client.get("/jobs", headers=people.bob.headers),
+        "bob@example.com has been deactivated",
+    )
+
+
+# -- a user's jobs are theirs -----------------------------------------------------------------
+
+
+async def test_another_users_job_answers_exactly_like_an_unknown_one(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    job_id = (await submit(act_as(client, people.ann))).json()["job_id"]
+    await finished(client, job_id)
+
+    for path in ("", "/tests", "/events"):
+        unknown = await client.get(f"/jobs/{UNKNOWN_ID}{path}", headers=people.bob.headers)
+        theirs = await client.get(f"/jobs/{job_id}{path}", headers=people.bob.headers)
+        assert (unknown.status_code, theirs.status_code) == (404, 404)
+        assert unknown.json() == {"detail": f"no job with id {UNKNOWN_ID!r}"}
+        assert theirs.json() == {"detail": f"no job with id {job_id!r}"}
+        assert unknown.headers.keys() == theirs.headers.keys()
+    bob_cancels = await client.post(f"/jobs/{job_id}/cancel", headers=people.bob.headers)
+    assert (bob_cancels.status_code, bob_cancels.json()) == (
+        404,
+        {"detail": f"no job with id {job_id!r}"},
+    )
+    assert (await client.get(f"/jobs/{job_id}", headers=people.ann.headers)).status_code == 200
+
+
+async def test_a_user_cannot_cancel_another_users_running_job(
+    settings: Settings, people: People
+) -> None:
+    gate = asyncio.Event()
+    executor = FakeExecutor(FakeRun(gate=gate))
+    async with serve(settings, executor) as client:
+        job_id = (await submit(act_as(client, people.ann))).json()["job_id"]
+        response = await client.post(f"/jobs/{job_id}/cancel", headers=people.bob.headers)
+        assert response.status_code == 404
+        assert executor.cancelled == []
+        shown = await client.get(f"/jobs/{job_id}", headers=people.ann.headers)
+        assert shown.json()["status"] in ("queued", "running")
+
+        response = await client.post(f"/jobs/{job_id}/cancel", headers=people.ann.headers)
+        assert response.status_code == 200
+        assert response.json()["status"] == "cancelled"
+
+
+async def test_lists_show_a_user_their_own_jobs_and_an_admin_all(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    owners = [people.ann, people.bob, people.ann, people.root, people.bob, people.ann]
+    ids = [(await submit(act_as(client, owner))).json()["job_id"] for owner in owners]
+    for job_id in ids:
+        await finished(act_as(client, people.root), job_id)
+
+    def listed(response: httpx.Response) -> list[str]:
+        assert response.status_code == 200, response.text
+        return [job["job_id"] for job in response.json()]
+
+    newest_first = list(reversed(list(zip(ids, owners, strict=True))))
+    for person in (people.ann, people.bob):
+        own = [job_id for job_id, owner in newest_first if owner == person]
+        assert listed(await client.get("/jobs", headers=person.headers)) == own
+        # Paging within their own jobs; another's job as the cursor is unknown to them.
+        page = await client.get(
+            "/jobs", params={"limit": 1, "before": own[0]}, headers=person.headers
+        )
+        assert listed(page) == own[1:2]
+    annes_job = next(job_id for job_id, owner in newest_first if owner == people.ann)
+    foreign = await client.get("/jobs", params={"before": annes_job}, headers=people.bob.headers)
+    assert foreign.status_code == 404
+
+    everything = await client.get("/jobs", headers=people.root.headers)
+    assert listed(everything) == [job_id for job_id, _ in newest_first]
+    owner_ids = {job["job_id"]: job["owner_id"] for job in everything.json()}
+    assert owner_ids == {job_id: owner.id for job_id, owner in zip(ids, owners, strict=True)}
+
+
+async def test_an_admin_may_see_and_cancel_any_job(settings: Settings, people: People) -> None:
+    async with serve(settings, FakeExecutor(FakeRun(gate=asyncio.Event()))) as client:
+        job_id = (await submit(act_as(client, people.ann))).json()["job_id"]
+        shown = await client.get(f"/jobs/{job_id}", headers=people.root.headers)
+        assert shown.json()["owner_id"] == people.ann.id
+        cancelled = await client.post(f"/jobs/{job_id}/cancel", headers=people.root.headers)
+        assert cancelled.json()["status"] == "cancelled"
+        events = await sse(client, job_id, headers=people.root.headers)
+        assert events[-1].data["status"] == "cancelled"
+
+
+# -- without authentication -------------------------------------------------------------------
+
+
+async def test_with_auth_off_every_request_is_the_anonymous_admin(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, auth=False)
+    async with serve(settings, FakeExecutor()) as client:
+        job = (await submit(client)).json()
+        assert job["owner_id"] == ANONYMOUS_ADMIN.id
+        await finished(client, job["job_id"])
+        listed = await client.get("/jobs", headers={"Authorization": "Bearer whatever"})
+        assert [j["job_id"] for j in listed.json()] == [job["job_id"]]
