@@ -121,7 +121,11 @@ def build_archive(root: Path, destination: Path) -> ArchiveSummary:
     """Zip the project's files into `destination`, streaming file by file."""
     files = 0
     source_bytes = 0
-    with zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    # Zip cannot store times before 1980, and reproducible builds date files to 1970
+    # (flit's sdists do for PKG-INFO): such files are stored as of 1980-01-01.
+    with zipfile.ZipFile(
+        destination, "w", compression=zipfile.ZIP_DEFLATED, strict_timestamps=False
+    ) as archive:
         for relative in iter_project_files(root):
             path = root / relative
             archive.write(path, relative.as_posix())
