@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import re
 import shlex
 import tomllib
 from collections.abc import Sequence
@@ -151,38 +152,63 @@ def _setup_cfg(path: Path) -> configparser.ConfigParser:
     return parser
 
 
+def _normalized(name: str) -> str:
+    """A project name as PEP 503 compares them: `Foo_Bar.baz` is `foo-bar-baz`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_name(requirement: str) -> str:
+    """The normalized project name of a PEP 508 requirement (`attrs[tests]>=1; ...`)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return _normalized(match.group(1)) if match else ""
+
+
 def _plan_package(root: Path) -> InstallPlan:
     """A pyproject.toml / setup.py / setup.cfg project, with its test extra or group."""
     pyproject = _read_toml(root / "pyproject.toml") if (root / "pyproject.toml").is_file() else {}
     project_table: dict[str, Any] = pyproject.get("project", {}) or {}
     optional: dict[str, Any] = project_table.get("optional-dependencies", {}) or {}
-    extras = set(optional)
+    declared = dict.fromkeys(optional, "pyproject.toml")  # each extra: the file declaring it
     name: str | None = project_table.get("name")
     if (root / "setup.cfg").is_file():
         cfg = _setup_cfg(root / "setup.cfg")
         if cfg.has_section("options.extras_require"):
-            extras |= set(cfg.options("options.extras_require"))
+            for cfg_extra in cfg.options("options.extras_require"):
+                declared.setdefault(cfg_extra, "setup.cfg")
         name = name or cfg.get("metadata", "name", fallback=None)
     if (root / "setup.py").is_file():
-        extras |= _setup_py_extras(root / "setup.py")
+        for py_extra in sorted(_setup_py_extras(root / "setup.py")):
+            declared.setdefault(py_extra, "setup.py")
         name = name or _setup_py_name(root / "setup.py")
     groups: dict[str, Any] = pyproject.get("dependency-groups", {}) or {}
     build_requires = pyproject.get("build-system", {}).get("requires", DEFAULT_BUILD_REQUIRES)
-    source = next(f for f in PROJECT_FILES if (root / f).is_file())
-    extra = next((e for e in TEST_EXTRAS if e in extras), None)
+    extra = next((e for e in TEST_EXTRAS if e in declared), None)
     group = next((g for g in TEST_EXTRAS if g in groups), None)
+    if extra:
+        source = declared[extra]
+    elif group:
+        source = "pyproject.toml"
+    else:
+        source = next(f for f in PROJECT_FILES if (root / f).is_file())
 
     # The build backend stays in the environment: each run's project install needs it.
     commands = [f"{PIP} {_quote_all(list(build_requires))}"]
+    requirements = list(project_table.get("dependencies", []))
+    requirements += optional.get(extra, []) if extra else []
+    # An extra naming the project itself (`tests = ["attrs[tests-no-zope]", ...]`) means
+    # more of the project's own extras: listed as they are, pip would fetch the published
+    # project instead (another version with other extras, or none for a private project).
+    refers_to_itself = name is not None and _normalized(name) in map(
+        _requirement_name, requirements
+    )
     static = "project" in pyproject and "dependencies" not in project_table.get("dynamic", [])
-    if static and (extra is None or extra in optional):
-        requirements = list(project_table.get("dependencies", []))
-        requirements += optional.get(extra, []) if extra else []
+    if static and (extra is None or extra in optional) and not refers_to_itself:
         if requirements:
             commands.append(f"{PIP} {_quote_all(requirements)}")
     else:
-        # Dependencies known only to the build backend: install the project to get them,
-        # then remove it so that each run's own install of the code is the one imported.
+        # Dependencies known only to the build backend, or extras only pip resolves: install
+        # the project to get them, then remove it so that each run's own install of the
+        # code is the one imported.
         commands.append(f"{PIP} {_quote_all([f'.[{extra}]' if extra else '.'])}")
         if name:
             commands.append(f"python -m pip uninstall --yes --quiet {shlex.quote(name)}")
@@ -234,10 +260,17 @@ def _install_step(title: str, commands: Sequence[str]) -> list[str]:
 
 
 def environment_script(plan: InstallPlan) -> str:
-    """Install the dependencies (as root, into the image's system Python) to keep them."""
+    """Install the dependencies (as root, into the image's system Python) to keep them.
+
+    The jobs' environment has PIP_USER set for their unprivileged user. Here, as root, it
+    would put the dependencies in the user site under $HOME and leave $HOME owned by root,
+    where the job's user could then install nothing, not even the project's own code. pip's
+    cache would only make the image bigger.
+    """
     return "\n".join(
         [
             "set -u",
+            "export PIP_USER=0 PIP_NO_CACHE_DIR=1",
             _copy_source(),
             *_install_step(
                 f"Installing dependencies ({plan.description})",

@@ -1,0 +1,181 @@
+"""How a project without requirements.txt is installed, decided from its packaging files.
+
+The cases are the shapes of real published sdists that tests/e2e/test_real_projects.py runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+import textwrap
+from pathlib import Path
+
+from ci_server.runner.config import ProjectConfig
+from ci_server.runner.project import PIP, InstallPlan, environment_script, plan_install
+
+
+def plan(root: Path, **files: str) -> InstallPlan:
+    """The install plan of a project made of `files` (`setup_cfg=` is written setup.cfg)."""
+    for name, text in files.items():
+        filename = name.replace("_", ".")
+        (root / filename).write_text(textwrap.dedent(text), encoding="utf-8")
+    return plan_install(root, ProjectConfig())
+
+
+def argv(commands: tuple[str, ...]) -> list[list[str]]:
+    return [shlex.split(command) for command in commands]
+
+
+def pip(*args: str) -> list[str]:
+    return [*shlex.split(PIP), *args]
+
+
+UNINSTALL = ["python", "-m", "pip", "uninstall", "--yes", "--quiet"]
+
+
+def test_a_static_test_extra_is_installed_without_building_the_project(tmp_path: Path) -> None:
+    # exceptiongroup's shape: flit_scm, a dynamic version, static dependencies and extras.
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [build-system]
+            requires = ["flit_scm"]
+            [project]
+            name = "exceptiongroup"
+            dynamic = ["version"]
+            dependencies = ["typing-extensions >= 4.6.0; python_version < '3.13'"]
+            [project.optional-dependencies]
+            test = ["pytest >= 6"]
+        """,
+    )
+
+    assert result.description == "pyproject.toml, extra [test]"
+    assert argv(result.dependency_commands) == [
+        pip("flit_scm"),
+        pip("typing-extensions >= 4.6.0; python_version < '3.13'", "pytest >= 6"),
+    ]
+    assert result.key_files == ("pyproject.toml",)
+
+
+def test_an_extra_naming_the_project_itself_is_resolved_by_installing_the_project(
+    tmp_path: Path,
+) -> None:
+    # attrs' shape: listed as they are, `attrs[tests-mypy]` would be the published attrs,
+    # whose extras may differ from these (or, for a private project, that does not exist).
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [build-system]
+            requires = ["hatchling", "hatch-vcs"]
+            [project]
+            name = "attrs"
+            dynamic = ["version"]
+            dependencies = []
+            [project.optional-dependencies]
+            tests-mypy = ["mypy>=1.11.1"]
+            tests = ["hypothesis", "pytest>=4.3.0", "Attrs[tests-mypy]"]
+        """,
+    )
+
+    assert result.description == "pyproject.toml, extra [tests]"
+    assert argv(result.dependency_commands) == [
+        pip("hatchling", "hatch-vcs"),
+        pip(".[tests]"),
+        [*UNINSTALL, "attrs"],
+    ]
+    assert not any("Attrs[" in command for command in result.dependency_commands)
+
+
+def test_another_project_of_a_similar_name_is_no_self_reference(tmp_path: Path) -> None:
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [project]
+            name = "attrs"
+            version = "1.0"
+            [project.optional-dependencies]
+            test = ["attrs-strict", "pytest"]
+        """,
+    )
+
+    assert argv(result.dependency_commands)[1:] == [pip("attrs-strict", "pytest")]
+
+
+def test_an_extra_in_setup_cfg_is_named_with_its_file(tmp_path: Path) -> None:
+    # pluggy 1.5's shape: pyproject.toml only names the build backend, setup.cfg the rest.
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [build-system]
+            requires = ["setuptools>=45.0", "setuptools-scm[toml]>=6.2.3"]
+        """,
+        setup_cfg="""
+            [metadata]
+            name = pluggy
+            [options.extras_require]
+            dev =
+                pre-commit
+            testing =
+                pytest
+                pytest-benchmark
+        """,
+        setup_py="from setuptools import setup\nsetup(use_scm_version=True)\n",
+    )
+
+    assert result.description == "setup.cfg, extra [testing]"
+    assert argv(result.dependency_commands) == [
+        pip("setuptools>=45.0", "setuptools-scm[toml]>=6.2.3"),
+        pip(".[testing]"),
+        [*UNINSTALL, "pluggy"],
+    ]
+    assert result.key_files == ("pyproject.toml", "setup.py", "setup.cfg")
+
+
+def test_a_dependency_group_is_installed_as_listed(tmp_path: Path) -> None:
+    # iniconfig's shape: no extra, a PEP 735 group (which pip 23 cannot read itself).
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [build-system]
+            requires = ["setuptools>=77", "setuptools-scm>=8"]
+            [project]
+            name = "iniconfig"
+            dynamic = ["version"]
+            [dependency-groups]
+            lint = ["ruff"]
+            dev = ["pytest>=8.4.2", {include-group = "xdist"}]
+            xdist = ["pytest-xdist>=3.8"]
+        """,
+    )
+
+    assert result.description == "pyproject.toml, dependency group 'dev'"
+    assert argv(result.dependency_commands) == [
+        pip("setuptools>=77", "setuptools-scm>=8"),
+        pip("pytest>=8.4.2", "pytest-xdist>=3.8"),
+    ]
+
+
+def test_a_plain_setup_py_is_installed_for_its_dependencies(tmp_path: Path) -> None:
+    # six's shape: setup.py only, no extra.
+    result = plan(tmp_path, setup_py='from setuptools import setup\nsetup(name="six")\n')
+
+    assert result.description == "setup.py, no test extra or group"
+    assert argv(result.dependency_commands) == [
+        pip("setuptools>=64", "wheel"),
+        pip("."),
+        [*UNINSTALL, "six"],
+    ]
+    assert len(result.project_commands) == 1
+    assert "-e ." in result.project_commands[0]
+
+
+def test_the_environment_is_installed_into_the_system_python_without_a_cache(
+    tmp_path: Path,
+) -> None:
+    # With the jobs' PIP_USER, root would install into $HOME and leave it root's: the
+    # unprivileged job could then not install the project there.
+    script = environment_script(plan(tmp_path, setup_py="from setuptools import setup\n"))
+
+    lines = script.splitlines()
+    export = lines.index("export PIP_USER=0 PIP_NO_CACHE_DIR=1")
+    install = next(i for i, line in enumerate(lines) if PIP in line)
+    assert export < install
