@@ -1,7 +1,8 @@
 """Dependency environments, built once and reused: derived images of the runner image.
 
 An environment's key is a hash of what decides it: the runner image's content id (so the
-Python version too), the install commands and the content of the files they read
+Python version too), the whole build script (so a change to how environments are built
+makes new ones) and the content of the files they read
 (requirements*.txt, pyproject.toml, setup.py, setup.cfg, ci.toml) and the project's
 environment variables. A job whose key has an image skips the install and starts pytest at
 once. Two jobs needing the same new environment build it once (the second waits on the
@@ -32,7 +33,7 @@ def environment_key(
 ) -> str:
     digest = hashlib.sha256()
     digest.update(
-        json.dumps([base_image_id, plan.dependency_commands, sorted(env.items())]).encode()
+        json.dumps([base_image_id, environment_script(plan), sorted(env.items())]).encode()
     )
     for name in sorted(plan.key_files):
         path = project / name
