@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ci_server.api import health, jobs
+from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
 from ci_server.api.limits import BodySizeLimit
 from ci_server.events import EventHub
@@ -59,6 +60,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(AuthenticateUploads)  # outermost: no stranger's body is ever read
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -52,9 +52,15 @@ def headers_for(error: CIError) -> dict[str, str] | None:
     return None
 
 
+def error_response(error: CIError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(error)}, status_code=status_for(error), headers=headers_for(error)
+    )
+
+
 async def _handle_ci_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CIError)
-    return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers_for(exc))
+    return error_response(exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -125,6 +125,28 @@ async def test_a_bad_key_is_401_saying_what_is_wrong(
     assert (await client.get("/jobs", headers=people.ann.headers)).status_code == 200
 
 
+@pytest.mark.parametrize("authorization", [None, "Bearer ci_000000000000_wrong"])
+async def test_an_upload_is_refused_before_its_body_is_read(
+    client: httpx.AsyncClient, authorization: str | None
+) -> None:
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="archive"; filename="p.zip"\r\n\r\n'
+        for _ in range(100):
+            sent += 1
+            yield b"x" * 65536
+        yield b"\r\n--b--\r\n"
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    if authorization:
+        headers["authorization"] = authorization
+    response = await client.post("/jobs", content=body(), headers=headers)
+    assert_401(response, "invalid API key" if authorization else "no API key")
+    assert sent == 0  # not one chunk of the 6.5 MB was asked for
+
+
 async def test_a_revoked_key_stops_working_at_once(
     client: httpx.AsyncClient, settings: Settings, people: People
 ) -> None:
