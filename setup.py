@@ -28,6 +28,8 @@ setup(
             "pytest-asyncio>=0.24",
             "pytest-timeout>=2.3",
             "httpx>=0.27",
+            "schemathesis>=4.32,<5",
+            "hypothesis>=6.100",
             "ruff>=0.6",
             "pyright>=1.1.380",
         ],
