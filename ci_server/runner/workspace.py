@@ -1,16 +1,21 @@
 """Uploaded archives: checked before they are accepted, unpacked safely into a workspace.
 
 A zip is untrusted input. It is refused when it is not a zip, has entries with absolute
-paths, `..` or links, has too many entries, or would unpack past a size limit (the real
-size is counted while writing, not taken from the zip's own headers).
+paths, `..` or links, has too many entries, would unpack past a size limit (the real
+size is counted while writing, not taken from the zip's own headers), or is damaged:
+whatever reading it raises is InvalidUpload. The check reads every entry's header but
+decompresses nothing; damaged data shows only when unpacking.
 """
 
 from __future__ import annotations
 
+import contextlib
+import lzma
 import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -20,10 +25,15 @@ COPY_CHUNK = 1024 * 1024
 _DAMAGED_ENTRY_ERRORS = (
     zipfile.BadZipFile,
     zlib.error,
+    lzma.LZMAError,
     EOFError,
-    NotImplementedError,
-    RuntimeError,
+    NotImplementedError,  # a compression method or zip version this Python cannot read
+    RuntimeError,  # encrypted
+    ValueError,  # a name that is not the UTF-8 its flag claims, a negative seek
+    OSError,  # a header offset past the end of the file, a damaged bzip2 stream
 )
+"""What reading a damaged archive raises. Caught only around reads of the open upload
+(`_refusing_damage`), so an OSError there is the archive's fault, never a full disk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,36 +55,60 @@ def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise InvalidUpload(f"archive entry {info.filename!r} is a symbolic link")
-    if info.is_dir() or not path.parts:
+    if not path.parts or info.is_dir():  # (is_dir fails on an empty name)
         return None
     return path
 
 
 def check_archive(path: Path, limits: ArchiveLimits) -> int:
     """Refuse an unsafe archive with InvalidUpload; return its number of files."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            if len(infos) > limits.max_files:
-                raise InvalidUpload(
-                    f"archive has {len(infos)} entries, more than the limit of {limits.max_files}"
-                )
-            declared = sum(info.file_size for info in infos)
-            compressed = sum(info.compress_size for info in infos)
-            if declared > limits.max_unpacked_bytes:
-                raise InvalidUpload(
-                    f"archive unpacks to {declared} bytes, "
-                    f"more than the limit of {limits.max_unpacked_bytes}"
-                )
-            if compressed and declared / compressed > limits.max_ratio:
-                raise InvalidUpload(
-                    f"archive compression ratio {declared / compressed:.0f} is suspicious "
-                    f"(limit {limits.max_ratio:.0f}): refusing a possible zip bomb"
-                )
-            files = [info for info in infos if _safe_member_path(info) is not None]
-    except zipfile.BadZipFile as e:
-        raise InvalidUpload(f"upload is not a valid zip archive: {e}") from e
+    # Opened first: a missing or unreadable upload is the server's fault, not the archive's.
+    with (
+        path.open("rb") as file,
+        _refusing_damage("upload is not a valid zip archive"),
+        zipfile.ZipFile(file) as archive,
+    ):
+        infos = archive.infolist()
+        if len(infos) > limits.max_files:
+            raise InvalidUpload(
+                f"archive has {len(infos)} entries, more than the limit of {limits.max_files}"
+            )
+        declared = sum(info.file_size for info in infos)
+        compressed = sum(info.compress_size for info in infos)
+        if declared > limits.max_unpacked_bytes:
+            raise InvalidUpload(
+                f"archive unpacks to {declared} bytes, "
+                f"more than the limit of {limits.max_unpacked_bytes}"
+            )
+        if compressed and declared / compressed > limits.max_ratio:
+            raise InvalidUpload(
+                f"archive compression ratio {declared / compressed:.0f} is suspicious "
+                f"(limit {limits.max_ratio:.0f}): refusing a possible zip bomb"
+            )
+        files = [info for info in infos if _safe_member_path(info) is not None]
+        for info in files:
+            _check_local_header(archive, info)
     return len(files)
+
+
+@contextlib.contextmanager
+def _refusing_damage(what: str) -> Iterator[None]:
+    """Around reads of the upload: what a damaged archive raises is InvalidUpload."""
+    try:
+        yield
+    except _DAMAGED_ENTRY_ERRORS as e:
+        raise InvalidUpload(f"{what}: {e}") from e
+
+
+def _unreadable(info: zipfile.ZipInfo) -> str:
+    return f"archive entry {info.filename!r} cannot be read"
+
+
+def _check_local_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Open the entry without decompressing it: its header is there, matches the directory,
+    and names a method and encryption this server can read. Only its data is left unread."""
+    with _refusing_damage(_unreadable(info)), archive.open(info):
+        pass
 
 
 def unpack_archive(path: Path, destination: Path, limits: ArchiveLimits) -> None:
@@ -92,18 +126,22 @@ def unpack_archive(path: Path, destination: Path, limits: ArchiveLimits) -> None
             if not target.resolve().is_relative_to(root):
                 raise InvalidUpload(f"archive entry {info.filename!r} points outside the project")
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with archive.open(info) as source, target.open("wb") as sink:
-                    while chunk := source.read(COPY_CHUNK):
-                        budget -= len(chunk)
-                        if budget < 0:
-                            raise InvalidUpload(
-                                f"archive unpacks to more than {limits.max_unpacked_bytes} bytes"
-                            )
-                        sink.write(chunk)
-            except _DAMAGED_ENTRY_ERRORS as e:
-                # Only reading the data finds these (bad CRC, encrypted, unknown compression...).
-                raise InvalidUpload(f"archive entry {info.filename!r} cannot be read: {e}") from e
+            # Errors reading the archive are its fault; errors writing (a full disk) are not.
+            with _refusing_damage(_unreadable(info)):
+                source = archive.open(info)
+            with source, target.open("wb") as sink:
+                while True:
+                    # Only reading the data finds a bad CRC or a damaged stream.
+                    with _refusing_damage(_unreadable(info)):
+                        chunk = source.read(COPY_CHUNK)
+                    if not chunk:
+                        break
+                    budget -= len(chunk)
+                    if budget < 0:
+                        raise InvalidUpload(
+                            f"archive unpacks to more than {limits.max_unpacked_bytes} bytes"
+                        )
+                    sink.write(chunk)
             # Readable by the unprivileged user the tests run as; executable bits survive.
             executable = (info.external_attr >> 16) & 0o111
             target.chmod(0o755 if executable else 0o644)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import stat
 import uuid
@@ -9,6 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ci_server.models import InvalidUpload
 from ci_server.runner.workspace import ArchiveLimits, check_archive, unpack_archive
@@ -129,19 +132,102 @@ def damage(archive: Path, damage: str) -> None:
     archive.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("kind", ["content", "deflate-stream", "encrypted", "compression"])
-def test_damaged_entry_is_refused_while_unpacking(tmp_path: Path, kind: str) -> None:
-    """The directory is fine, so the check passes; unpacking must refuse, not crash."""
+def damaged_zip(tmp_path: Path, kind: str) -> Path:
     archive = tmp_path / "project.zip"
     method = zipfile.ZIP_DEFLATED if kind == "deflate-stream" else zipfile.ZIP_STORED
     with zipfile.ZipFile(archive, "w", method) as zf:
         zf.writestr("requirements.txt", "pytest\n")
         zf.writestr("test_a.py", "def test_a():\n    pass\n" * 20)
     damage(archive, kind)
+    return archive
 
+
+@pytest.mark.parametrize("kind", ["content", "deflate-stream"])
+def test_damaged_entry_is_refused_while_unpacking(tmp_path: Path, kind: str) -> None:
+    """The directory and headers are fine, so the check passes (it does not decompress);
+    unpacking must refuse, not crash."""
+    archive = damaged_zip(tmp_path, kind)
     assert check_archive(archive, LIMITS) == 2
     with pytest.raises(InvalidUpload, match=re.escape("entry 'test_a.py' cannot be read")):
         unpack_archive(archive, tmp_path / "work" / "src", LIMITS)
+
+
+@pytest.mark.parametrize("kind", ["encrypted", "compression"])
+def test_entry_that_cannot_be_opened_is_refused_by_the_check(tmp_path: Path, kind: str) -> None:
+    archive = damaged_zip(tmp_path, kind)
+    assert_refused(archive, tmp_path, LIMITS, re.escape("entry 'test_a.py' cannot be read"))
+
+
+def patch_central_entry(archive: Path, name: str, offset: int, value: bytes) -> None:
+    """Overwrite bytes of `name`'s entry in the central directory (offset from its start)."""
+    data = bytearray(archive.read_bytes())
+    central = data.rindex(name.encode()) - 46
+    assert data[central : central + 4] == b"PK\x01\x02"
+    data[central + offset : central + offset + len(value)] = value
+    archive.write_bytes(bytes(data))
+
+
+def test_entry_needing_a_newer_zip_version_is_refused(tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "project.zip", {"requirements.txt": "pytest\n"})
+    patch_central_entry(archive, "requirements.txt", 6, (99).to_bytes(2, "little"))
+    assert_refused(archive, tmp_path, LIMITS, "not a valid zip archive: zip file version 9.9")
+
+
+def test_entry_name_that_is_not_the_utf8_it_claims_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "project.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("requirements.txt", "pytest\n")
+        zf.writestr("caf\u00e9.py", "x = 1\n")  # stored with the UTF-8 flag
+    data = archive.read_bytes()
+    archive.write_bytes(data.replace("caf\u00e9".encode(), b"caf\xff\xfe"))
+    assert_refused(archive, tmp_path, LIMITS, "not a valid zip archive")
+
+
+def test_entry_whose_header_lies_outside_the_file_is_refused(tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "project.zip", {"requirements.txt": "pytest\n", "a.py": ""})
+    # Its local header "at" 4 GiB: a seek past the end, then nothing to read.
+    patch_central_entry(archive, "a.py", 42, (0xFFFFFFF0).to_bytes(4, "little"))
+    assert_refused(archive, tmp_path, LIMITS, re.escape("entry 'a.py' cannot be read"))
+
+
+def _damageable() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("requirements.txt", "pytest\n")
+        archive.writestr("pkg/__init__.py", "")
+        archive.writestr("pkg/a.py", "x = 1\n" * 40)
+    return buffer.getvalue()
+
+
+DAMAGEABLE = _damageable()
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    cut=st.one_of(st.none(), st.integers(0, len(DAMAGEABLE) - 1)),
+    flips=st.lists(st.tuples(st.integers(0, len(DAMAGEABLE) - 1), st.integers(0, 255)), max_size=6),
+)
+def test_any_damage_to_a_zip_is_refused_or_harmless(
+    tmp_path_factory: pytest.TempPathFactory, cut: int | None, flips: list[tuple[int, int]]
+) -> None:
+    """Truncated or with bytes overwritten anywhere (headers, directory, data): the check and
+    the unpack either accept the archive or raise InvalidUpload, never anything else, and
+    nothing is written outside the destination."""
+    tmp_path = tmp_path_factory.mktemp("damaged")
+    data = bytearray(DAMAGEABLE)
+    for position, value in flips:
+        data[position] = value
+    if cut is not None:
+        data = data[:cut]
+    archive = tmp_path / "project.zip"
+    archive.write_bytes(bytes(data))
+    try:
+        check_archive(archive, LIMITS)
+        unpack_archive(archive, tmp_path / "work" / "src", LIMITS)
+    except InvalidUpload:
+        pass
+    outside = {"project.zip", "work", "work/src"}
+    assert all(path in outside or path.startswith("work/src/") for path in tree(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["../evil.py", "src/../../evil.py", "..\\evil.py"])
