@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from ci_server.models import (
     CIError,
@@ -63,5 +65,25 @@ async def _handle_ci_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 naming every method the path allows: Starlette names only those of the first
+    route on the path, and `GET /jobs` and `POST /jobs` are two routes."""
+    assert isinstance(exc, HTTPException)
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    headers = {"Allow": ", ".join(allowed)} if allowed else exc.headers
+    return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CIError, _handle_ci_error)
+    app.add_exception_handler(405, _method_not_allowed)

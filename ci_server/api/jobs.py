@@ -25,7 +25,7 @@ from fastapi import Path as PathParam
 from sse_starlette import EventSourceResponse
 
 from ci_server.api.auth import CurrentUser, current_user
-from ci_server.api.schemas import JobOut, TestResultOut
+from ci_server.api.schemas import EVENT_STREAM_SCHEMA, ErrorOut, JobOut, TestResultOut
 from ci_server.events import EventHub
 from ci_server.models import Job, JobEvent, JobNotFound, StorageFailure
 from ci_server.runner.workspace import check_archive
@@ -33,12 +33,34 @@ from ci_server.scheduler import Scheduler
 from ci_server.settings import Settings
 from ci_server.users import User, can_see, owner_filter
 
+ERRORS = {
+    400: "the upload is not a safe zip archive",
+    401: "no API key, or not a valid one",
+    404: "no job with this id (for a listing: the `before` job); another user's is unknown too",
+    409: "the job has already finished",
+    413: "the upload is larger than the server's limit",
+    507: "the server could not store the upload",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of the error answers a route may give (api/errors.py)."""
+    return {status: {"model": ErrorOut, "description": ERRORS[status]} for status in statuses}
+
+
 # Every route here needs an authenticated user (the dependency is cached per request).
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(current_user)])
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(current_user)],
+    responses=documented(401),
+)
 
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="a job id")]
 KEEPALIVE_SECONDS = 15
+MAX_SEQ = 2**63 - 1
+"""Event seqs are SQLite integers: a resume point past this is refused (422), not looked up."""
 
 
 def scheduler(request: Request) -> Scheduler:
@@ -82,7 +104,7 @@ def _save_upload(upload: UploadFile, directory: Path, settings: Settings) -> Pat
     return path
 
 
-@router.post("", status_code=201, response_model=JobOut)
+@router.post("", status_code=201, response_model=JobOut, responses=documented(400, 413, 507))
 async def submit_job(
     archive: Annotated[UploadFile, File(description="the project, as a zip archive")],
     scheduler: Annotated[Scheduler, Depends(scheduler)],
@@ -103,7 +125,7 @@ async def submit_job(
     return _job_out(scheduler, await scheduler.store.get_job(job.id))
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut], responses=documented(404))
 async def list_jobs(
     scheduler: Annotated[Scheduler, Depends(scheduler)],
     user: CurrentUser,
@@ -119,14 +141,14 @@ async def list_jobs(
     return [JobOut.from_job(job, positions.get(job.id)) for job in jobs]
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=documented(404))
 async def get_job(
     job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)], user: CurrentUser
 ) -> JobOut:
     return _job_out(scheduler, await _visible_job(scheduler, user, job_id))
 
 
-@router.get("/{job_id}/tests", response_model=list[TestResultOut])
+@router.get("/{job_id}/tests", response_model=list[TestResultOut], responses=documented(404))
 async def list_test_results(
     job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)], user: CurrentUser
 ) -> list[TestResultOut]:
@@ -136,7 +158,7 @@ async def list_test_results(
     return [TestResultOut.from_result(result) for result in results]
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))
 async def cancel_job(
     job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)], user: CurrentUser
 ) -> JobOut:
@@ -157,18 +179,30 @@ def _sse(event: JobEvent) -> dict[str, Any]:
     }
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "the job's events, as Server-Sent Events, up to its `end` event",
+            "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
+        },
+        **documented(404),
+    },
+)
 async def stream_events(
     job_id: JobId,
     request: Request,
     scheduler: Annotated[Scheduler, Depends(scheduler)],
     hub: Annotated[EventHub, Depends(hub)],
     user: CurrentUser,
-    after: Annotated[int | None, Query(ge=0, description="resume after this seq")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="resume after this seq")
+    ] = None,
     tail: Annotated[
         int | None, Query(ge=0, description="start with the last N events (0: from now)")
     ] = None,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_SEQ)] = None,
 ) -> EventSourceResponse:
     """The job's events as Server-Sent Events, ending with its `end` event.
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ci_server.models import Job, JobStatus, TestOutcome, TestResult, TestSummary
+from ci_server.models import EventType, Job, JobStatus, TestOutcome, TestResult, TestSummary
 
 
 class SummaryOut(BaseModel):
@@ -85,3 +86,34 @@ class JobOut(BaseModel):
 
 class Health(BaseModel):
     status: str = "ok"
+
+
+class ErrorOut(BaseModel):
+    """Every refusal but 422 (FastAPI's own validation shape)."""
+
+    detail: str = Field(description="what is wrong, in words for a person")
+
+
+EVENT_STREAM_SCHEMA: dict[str, Any] = {
+    "description": "one Server-Sent Event; the fields of `data` by type: README, Events",
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the event's seq"},
+        "event": {"enum": [event_type.value for event_type in EventType]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["seq", "type", "time"],
+                "properties": {
+                    "seq": {"type": "integer", "minimum": 1},
+                    "type": {"enum": [event_type.value for event_type in EventType]},
+                    "time": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    },
+}
+"""The OpenAPI description of one event of GET /jobs/{id}/events (text/event-stream)."""
