@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from ci_server.models import EventType, JobEvent
@@ -178,7 +178,7 @@ class EventHub:
                     # every other request wait behind it.
                     await asyncio.sleep(0)
 
-    async def _stream(self, job_id: str, after_seq: int) -> AsyncIterator[JobEvent]:
+    async def _stream(self, job_id: str, after_seq: int) -> AsyncGenerator[JobEvent, None]:
         last = after_seq
         while True:
             channel = self._channels.get(job_id)
