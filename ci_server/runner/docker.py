@@ -41,6 +41,13 @@ CHUNKS_PER_TURN = 1000
 """Output chunks passed on in one go before the loop may run other tasks."""
 
 
+def _image_missing(image: str) -> ExecutorError:
+    return ExecutorError(
+        f"runner image {image!r} not found on the Docker engine "
+        "(build one offline with scripts/build-runner-image.sh and set CI_RUNNER_IMAGE)"
+    )
+
+
 class _Handover:
     """Output chunks from the pump thread to the event loop, with one wake-up at most pending.
 
@@ -133,10 +140,7 @@ class DockerExecutor:
                 detach=True,
             )
         except docker.errors.ImageNotFound as e:
-            raise ExecutorError(
-                f"runner image {spec.image!r} not found on the Docker engine "
-                "(build one offline with scripts/build-runner-image.sh and set CI_RUNNER_IMAGE)"
-            ) from e
+            raise _image_missing(spec.image) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             self._client = None
             raise ExecutorError(f"Docker could not create the container: {e}") from e
@@ -269,10 +273,7 @@ class DockerExecutor:
         try:
             return self._connect().images.get(image).id or image
         except docker.errors.ImageNotFound as e:
-            raise ExecutorError(
-                f"runner image {image!r} not found on the Docker engine "
-                "(build one offline with scripts/build-runner-image.sh and set CI_RUNNER_IMAGE)"
-            ) from e
+            raise _image_missing(image) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             self._client = None
             raise ExecutorError(f"Docker engine unreachable: {e}") from e
