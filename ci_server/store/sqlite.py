@@ -93,10 +93,20 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_JOB_COLUMNS = (
-    "id, status, created_at, started_at, finished_at, exit_code, reason, "
-    "timeout_seconds, pytest_args, summary, no_cache, owner_id"
+_LIFECYCLE_COLUMNS = ("status", "started_at", "finished_at", "exit_code", "reason", "summary")
+"""What changes over a job's life; the other columns are fixed when it is submitted."""
+_JOB_COLUMNS = ", ".join(
+    (
+        "id",
+        *_LIFECYCLE_COLUMNS,
+        "created_at",
+        "timeout_seconds",
+        "pytest_args",
+        "no_cache",
+        "owner_id",
+    )
 )
+_JOB_MARKS = ",".join("?" * len(_JOB_COLUMNS.split(", ")))
 _USER_COLUMNS = "id, name, email, is_admin, active, created_at"
 _KEY_COLUMNS = "id, user_id, name, hash, created_at, revoked_at, last_used_at"
 
@@ -110,18 +120,26 @@ def _parse_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _job_row(job: Job) -> tuple[Any, ...]:
+def _lifecycle_values(job: Job) -> tuple[Any, ...]:
+    """The values of _LIFECYCLE_COLUMNS, in that order."""
     return (
-        job.id,
         job.status.value,
-        _time(job.created_at),
         _time(job.started_at),
         _time(job.finished_at),
         job.exit_code,
         job.reason,
+        _summary_json(job.summary),
+    )
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    """The values of _JOB_COLUMNS, in that order."""
+    return (
+        job.id,
+        *_lifecycle_values(job),
+        _time(job.created_at),
         job.timeout_seconds,
         json.dumps(list(job.pytest_args)),
-        _summary_json(job.summary),
         int(job.no_cache),
         job.owner_id,
     )
@@ -225,7 +243,7 @@ class SqliteJobStore(JobStore):
 
     async def add_job(self, job: Job) -> None:
         await self.db.execute(
-            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _job_row(job)
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_MARKS})", _job_row(job)
         )
         await self.db.commit()
 
@@ -263,21 +281,10 @@ class SqliteJobStore(JobStore):
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
+        assignments = ", ".join(f"{column}=?" for column in _LIFECYCLE_COLUMNS)
         cursor = await self.db.execute(
-            "UPDATE jobs SET status=?, started_at=?, finished_at=?, exit_code=?, reason=?, "
-            "timeout_seconds=?, pytest_args=?, summary=? WHERE id=? AND status=?",
-            (
-                job.status.value,
-                _time(job.started_at),
-                _time(job.finished_at),
-                job.exit_code,
-                job.reason,
-                job.timeout_seconds,
-                json.dumps(list(job.pytest_args)),
-                _summary_json(job.summary),
-                job.id,
-                expected.value,
-            ),
+            f"UPDATE jobs SET {assignments} WHERE id=? AND status=?",
+            (*_lifecycle_values(job), job.id, expected.value),
         )
         await self.db.commit()
         return cursor.rowcount == 1
