@@ -155,7 +155,7 @@ async def list_test_results(
     """Per-test results from pytest's report, in the order the tests ran."""
     await _visible_job(scheduler, user, job_id)
     results = await scheduler.store.test_results(job_id)
-    return [TestResultOut.from_result(result) for result in results]
+    return [TestResultOut.model_validate(result) for result in results]
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from ci_server.models import EventType, Job, JobStatus, TestOutcome, TestResult, TestSummary
+from ci_server.models import EventType, Job, JobStatus, TestOutcome
 
 
 class SummaryOut(BaseModel):
@@ -17,17 +17,8 @@ class SummaryOut(BaseModel):
     skipped: int
     total: int
 
-    @classmethod
-    def from_summary(cls, summary: TestSummary | None) -> SummaryOut | None:
-        if summary is None:
-            return None
-        return cls(
-            passed=summary.passed,
-            failed=summary.failed,
-            errors=summary.errors,
-            skipped=summary.skipped,
-            total=summary.total,
-        )
+    # Read straight from the domain's TestSummary (its `total` property included).
+    model_config = ConfigDict(from_attributes=True)
 
 
 class TestResultOut(BaseModel):
@@ -37,15 +28,7 @@ class TestResultOut(BaseModel):
     message: str | None
     details: str | None
 
-    @classmethod
-    def from_result(cls, result: TestResult) -> TestResultOut:
-        return cls(
-            node_id=result.node_id,
-            outcome=result.outcome,
-            duration_seconds=result.duration_seconds,
-            message=result.message,
-            details=result.details,
-        )
+    model_config = ConfigDict(from_attributes=True)  # read from the domain's TestResult
 
 
 class JobOut(BaseModel):
@@ -79,7 +62,7 @@ class JobOut(BaseModel):
             queue_position=queue_position,
             timeout_seconds=job.timeout_seconds,
             pytest_args=list(job.pytest_args),
-            summary=SummaryOut.from_summary(job.summary),
+            summary=None if job.summary is None else SummaryOut.model_validate(job.summary),
             owner_id=job.owner_id,
         )
 
