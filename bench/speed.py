@@ -10,8 +10,11 @@ real Docker engine, in four parts:
    the same environment image (source mounted read-only and copied to /tmp as the job script
    does, user 1000:1000, no network) and, for reference, of `docker run --rm <image> true`.
    Median, p90, the ratio of medians (goal: <= 1.3) and where the time goes, phase by
-   phase: from the client's clock, the engine's container events (create, start, die) and,
-   for a job, the times the server stamps on its events (all one host clock).
+   phase: from the client's clock, the engine's container events (start, or rename for a
+   container started ahead and handed the job; die) and, for a job, the times the server
+   stamps on its events (all one host clock). The server runs with its defaults, so with
+   warm containers (CI_WARM_CONTAINERS): the warm-up submit leaves one ready for the first
+   measured run, and each run leaves one for the next.
 2. Cold run: a project needing downloads (pytest, attrs, six, iniconfig) on a fresh server
    that has no environment for it, against "the old way" (`docker run --rm` of the runner
    image doing `pip install -r requirements.txt && pytest` as root with the network; once
@@ -64,9 +67,11 @@ if str(REPO_ROOT) not in sys.path:
 from ci_client.archive import build_archive  # noqa: E402
 from ci_client.client import CIClient, ClientError, Event  # noqa: E402
 from ci_server.models import Job, JobStatus, TestSummary, new_job_id, utcnow  # noqa: E402
-from ci_server.runner.executor import ENVIRONMENT_LABEL, JOB_LABEL  # noqa: E402
+from ci_server.runner.docker import container_name  # noqa: E402
+from ci_server.runner.executor import ENVIRONMENT_LABEL, INSTANCE_LABEL  # noqa: E402
+from ci_server.settings import Settings  # noqa: E402
 from ci_server.store.sqlite import _JOB_COLUMNS, SqliteJobStore, _job_row  # noqa: E402
-from tests.e2e.harness import ServerProcess, ci_command, run_ci, server_env  # noqa: E402
+from tests.e2e.harness import ServerProcess, ci_command, run_ci, server_env, wait_for  # noqa: E402
 
 DEFAULT_IMAGE = "ci-runner:bookworm"
 SUBMIT_TIMEOUT = 300.0
@@ -363,26 +368,25 @@ class Timeline:
     """One run's marks, in time.time() seconds: the client's, the engine's, the server's."""
 
     client_start: float
-    created: float
-    started: float
+    ready: float
+    """The container started (made for the run) or was handed the job (warm)."""
     died: float
     client_end: float
+    warm: bool = False
     server: list[float] = field(default_factory=list)
     """A job's marks between the client's start and its end, as CI_PHASES split them."""
 
 
 SHARED_PHASES = (
-    "client start -> container created",
-    "created -> started",
-    "started -> died (sh, cp, pytest, exit)",
+    "client start -> container runs the script",
+    "-> died (sh, cp, pytest, exit)",
     "died -> client exits",
 )
 CI_PHASES = (
     "CLI start, zip, upload (-> job created)",
     "queue (-> job running)",
     "unpack, environment lookup (-> 'Running in')",
-    "create the container (-> created)",
-    "start it (-> started)",
+    "warm container handed the job (-> renamed)",
     "sh, cp, echo (-> 1st output line)",
     "python + pytest start-up (-> 'test session starts')",
     "collect + run 2 tests + report (-> last line)",
@@ -392,23 +396,31 @@ CI_PHASES = (
 )
 
 
-def engine_marks(container: dict[str, float], what: str) -> tuple[float, float, float]:
+def engine_mark(container: dict[str, float], action: str, what: str) -> float:
     try:
-        return container["create"], container["start"], container["die"]
+        return container[action]
     except KeyError as e:
         raise BenchError(f"{what}: the engine reported no {e} event ({container})") from e
 
 
 def docker_timeline(client: docker.DockerClient, run: DockerRun) -> Timeline:
     container = container_events(client, run.started_at - 1, container=run.name)
-    created, started, died = engine_marks(container, f"container {run.name}")
-    return Timeline(run.started_at, created, started, died, run.ended_at)
+    started = engine_mark(container, "start", f"container {run.name}")
+    died = engine_mark(container, "die", f"container {run.name}")
+    return Timeline(run.started_at, started, died, run.ended_at)
 
 
 def job_timeline(client: docker.DockerClient, server: ServerProcess, run: Submit) -> Timeline:
-    """A warm job's marks, from the engine's events and the times the server gave its own."""
-    container = container_events(client, run.started_at - 1, label=f"{JOB_LABEL}={run.job_id}")
-    created, started, died = engine_marks(container, f"job {run.job_id}")
+    """A warm job's marks, from the engine's events and the times the server gave its own.
+
+    A container started ahead for the job took its name when it was handed the job
+    (the engine's "rename" event); one made for the job has it from its creation.
+    """
+    name = container_name(run.job_id)
+    container = container_events(client, run.started_at - 1, container=name)
+    warm = "rename" in container
+    ready = engine_mark(container, "rename" if warm else "start", f"job {run.job_id}")
+    died = engine_mark(container, "die", f"job {run.job_id}")
     job = server.job(run.job_id)
     events = job_events(server, run.job_id)
 
@@ -435,15 +447,14 @@ def job_timeline(client: docker.DockerClient, server: ServerProcess, run: Submit
         timestamp(job["created_at"]),
         timestamp(job["start_time"]),
         running_in,
-        created,
-        started,
+        ready,
         first_output,
         session,
         last_line,
         died,
         end,
     ]
-    return Timeline(run.started_at, created, started, died, run.ended_at, server_marks)
+    return Timeline(run.started_at, ready, died, run.ended_at, warm, server_marks)
 
 
 def phase_medians(marks: Sequence[Sequence[float]]) -> list[float]:
@@ -460,6 +471,25 @@ def command_start_up(command: Sequence[str], repeats: int) -> float:
         subprocess.run(command, capture_output=True, timeout=60, check=True)
         times.append(time.monotonic() - started)
     return statistics.median(times)
+
+
+def settle(client: docker.DockerClient, server: ServerProcess, job_id: str) -> None:
+    """Wait until the server's work after a job is done: the job's container removed and the
+    next one started ahead, so that work never overlaps the next measured run."""
+    instance = Settings(db_path=server.db_path).instance_id
+
+    def settled() -> bool:
+        containers = client.containers.list(
+            all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}, sparse=True
+        )
+        names = [name for c in containers for name in c.attrs.get("Names", [])]
+        return not any(job_id in name for name in names) and any(
+            name.startswith("/ci-warm-") and c.attrs.get("State") == "running"
+            for c in containers
+            for name in c.attrs.get("Names", [])
+        )
+
+    wait_for(settled, timeout=60, what=f"the server to settle after job {job_id}")
 
 
 def warm_overhead(bench: Bench, server: ServerProcess, runs: int, table: Table) -> None:
@@ -479,7 +509,9 @@ def warm_overhead(bench: Bench, server: ServerProcess, runs: int, table: Table) 
         for kind in order:
             # Each run's container events are read at once: the engine keeps only a few.
             if kind == "ci":
-                ci_runs.append(job_timeline(bench.docker, server, submit(project, server)))
+                job = submit(project, server)
+                ci_runs.append(job_timeline(bench.docker, server, job))
+                settle(bench.docker, server, job.job_id)
             else:
                 run = docker_run([*mounted, image, "sh", "-c", COPY_AND_TEST])
                 docker_runs.append(docker_timeline(bench.docker, run))
@@ -492,6 +524,7 @@ def warm_overhead(bench: Bench, server: ServerProcess, runs: int, table: Table) 
     table.add("`ci submit test`", spread(ci_times))
     table.add("`docker run --rm` pytest, same image", spread(docker_times))
     table.add("ratio of medians (goal <= 1.3)", f"{ratio:.2f}")
+    table.add("`ci` runs handed a warm container", f"{sum(r.warm for r in ci_runs)} of {runs}")
     table.add("`docker run --rm <image> true`", spread(true_times))
     ci = ci_command()
     table.add(f"`ci --help` ({ci[-1]})", seconds(command_start_up([*ci, "--help"], 5)))
@@ -502,9 +535,7 @@ def warm_overhead(bench: Bench, server: ServerProcess, runs: int, table: Table) 
 
     table.section("1b. where the time goes: median of each phase, `ci submit` | `docker run`")
     shared = [
-        phase_medians(
-            [[r.client_start, r.created, r.started, r.died, r.client_end] for r in timelines]
-        )
+        phase_medians([[r.client_start, r.ready, r.died, r.client_end] for r in timelines])
         for timelines in (ci_runs, docker_runs)
     ]
     for name, ci, by_hand in zip(SHARED_PHASES, *shared, strict=True):

@@ -34,7 +34,12 @@ def create_app(
         docker_executor = None
         job_executor = executor
         if job_executor is None:
-            docker_executor = DockerExecutor(settings.instance_id, base_url=settings.docker_host)
+            docker_executor = DockerExecutor(
+                settings.instance_id,
+                base_url=settings.docker_host,
+                warm_dir=settings.resolved_data_dir / "warm",
+                warm_containers=settings.warm_containers,
+            )
             job_executor = docker_executor
         async with (
             store or SqliteJobStore(settings.db_path) as job_store,

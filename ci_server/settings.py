@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     )
     env_cache: bool = Field(default=True, description="reuse dependency environments")
     env_cache_size: int = Field(default=20, ge=1, description="environment images kept")
+    warm_containers: int = Field(
+        default=2,
+        ge=0,
+        description="containers started ahead for the next jobs, one per recently used image "
+        "and settings, so a job skips its container's start; 0: none",
+    )
     allowed_images: str = Field(
         default="",
         description="comma-separated images a project's ci.toml may choose, besides runner_image",

@@ -2,6 +2,11 @@
 
 The SDK blocks, so every call runs in this executor's own thread pool, never on the event
 loop; output chunks cross back to the loop with call_soon_threadsafe, coalesced.
+
+A job's container is either created and started for it, or taken from the WarmPool: started
+earlier with the same settings, its shell waiting for a script on stdin, an empty directory
+of its own mounted at /src. Taking one moves the project's files into that directory, names
+the container after the job and writes the script to its stdin.
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -24,12 +33,13 @@ from docker.models.containers import Container
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     INSTANCE_LABEL,
-    JOB_LABEL,
     ExecutorError,
     ImageInfo,
     OutputSink,
     RunSpec,
 )
+from ci_server.runner.warm import Profile, WarmPool
+from ci_server.runner.workspace import remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,45 @@ _END = object()
 TAIL_CHECK_BYTES = 8 * 1024
 CHUNKS_PER_TURN = 1000
 """Output chunks passed on in one go before the loop may run other tasks."""
+WAITING_SHELL = 'script=$(cat) && exec sh -c "$script"'
+"""A warm container's command: read the job's script from stdin to its end, then run it."""
+
+
+def container_name(job_id: str, *, build: bool = False) -> str:
+    """What `docker ps` shows for a job's container (and its environment build's)."""
+    return f"ci-{job_id}-build" if build else f"ci-{job_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Box:
+    """A job's container; `slot` is the directory mounted at /src and /ci-output when the
+    container was started before its job (warm), None when it was made for the job."""
+
+    container: Container
+    slot: Path | None = None
+
+    @property
+    def image_id(self) -> str:
+        return str(self.container.attrs.get("Image", ""))
+
+
+def _move_entries(source: Path, destination: Path) -> None:
+    """Move what is in `source` into `destination` (same file system: renames only)."""
+    for entry in source.iterdir():
+        entry.rename(destination / entry.name)
+
+
+def _write_stdin(container: Container, data: bytes) -> None:
+    """Write `data` to a running container's stdin, then close it (the container sees EOF)."""
+    stream = container.attach_socket(params={"stdin": 1, "stream": 1})
+    raw = getattr(stream, "_sock", None)
+    try:
+        if not isinstance(raw, socket.socket):
+            raise OSError(f"cannot write to a container's stdin through {type(stream).__name__}")
+        raw.sendall(data)
+        raw.shutdown(socket.SHUT_WR)
+    finally:
+        stream.close()
 
 
 def _image_missing(image: str) -> ExecutorError:
@@ -91,13 +140,27 @@ class _Handover:
 
 class DockerExecutor:
     def __init__(
-        self, instance: str, *, max_threads: int = 32, base_url: str | None = None
+        self,
+        instance: str,
+        *,
+        max_threads: int = 32,
+        base_url: str | None = None,
+        warm_dir: Path | None = None,
+        warm_containers: int = 0,
     ) -> None:
+        """`warm_containers` > 0 keeps that many containers started ahead (WarmPool), their
+        directories under `warm_dir`, which must be on the workspaces' file system."""
         self.instance = instance
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="docker")
         self._base_url = base_url
         self._client: docker.DockerClient | None = None
         self._removals: set[asyncio.Future[None]] = set()
+        self._warm_dir = warm_dir
+        self._pool = WarmPool[_Box](
+            warm_containers if warm_dir is not None else 0,
+            make=lambda profile: self._call(self._start_warm, profile),
+            discard=lambda box: self._call(self._remove, box),
+        )
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -116,34 +179,105 @@ class DockerExecutor:
             self._client = client
         return self._client
 
-    def _create(self, spec: RunSpec) -> Container:
+    def _create(
+        self,
+        profile: Profile,
+        command: list[str],
+        volumes: dict[str, dict[str, str]],
+        name: str,
+        *,
+        stdin: bool = False,
+    ) -> Container:
         client = self._connect()
-        volumes = {str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}}
-        if spec.output_dir is not None:
-            volumes[str(spec.output_dir.resolve())] = {"bind": "/ci-output", "mode": "rw"}
         try:
             return client.containers.create(
-                spec.image,
-                command=["sh", "-c", spec.script],
-                labels={INSTANCE_LABEL: self.instance, JOB_LABEL: spec.job_id},
+                profile.image,
+                command=command,
+                name=name,
+                labels={INSTANCE_LABEL: self.instance},
                 volumes=volumes,
-                environment=dict(spec.env),
-                mem_limit=spec.limits.memory_bytes,
-                memswap_limit=spec.limits.memory_bytes,
-                nano_cpus=int(spec.limits.cpus * 1e9),
-                pids_limit=spec.limits.pids,
-                user=spec.user or "",
-                network_mode=None if spec.network else "none",
+                environment=dict(profile.env),
+                mem_limit=profile.limits.memory_bytes,
+                memswap_limit=profile.limits.memory_bytes,
+                nano_cpus=int(profile.limits.cpus * 1e9),
+                pids_limit=profile.limits.pids,
+                user=profile.user or "",
+                network_mode=None if profile.network else "none",
                 # The box: no capabilities, no privilege gain through setuid binaries.
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                detach=True,
+                # stdin: open, and closed when the one writer is done (the SDK ties
+                # StdinOnce to attached mode; the container still runs in the background).
+                stdin_open=stdin,
+                detach=not stdin,
             )
         except docker.errors.ImageNotFound as e:
-            raise _image_missing(spec.image) from e
+            raise _image_missing(profile.image) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             self._client = None
             raise ExecutorError(f"Docker could not create the container: {e}") from e
+
+    def _start(self, box: _Box) -> _Box:
+        try:
+            box.container.start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            self._remove(box)
+            raise ExecutorError(f"Docker could not start the container: {e}") from e
+        return box
+
+    def _launch(self, spec: RunSpec, warm: _Box | None, *, build: bool) -> _Box:
+        """The job's container, running its script: the warm one if it takes the job."""
+        if warm is not None and self._hand_over(warm, spec):
+            return warm
+        volumes = {str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}}
+        if spec.output_dir is not None:
+            volumes[str(spec.output_dir.resolve())] = {"bind": "/ci-output", "mode": "rw"}
+        name = container_name(spec.job_id, build=build)
+        command = ["sh", "-c", spec.script]
+        return self._start(_Box(self._create(Profile.of(spec), command, volumes, name)))
+
+    def _start_warm(self, profile: Profile) -> _Box:
+        assert self._warm_dir is not None
+        self._warm_dir.mkdir(parents=True, exist_ok=True)
+        slot = Path(tempfile.mkdtemp(dir=self._warm_dir))
+        (slot / "src").mkdir()
+        (slot / "output").mkdir()
+        (slot / "output").chmod(0o777)  # the tests run as an unprivileged user
+        volumes = {
+            str(slot / "src"): {"bind": "/src", "mode": "ro"},
+            str(slot / "output"): {"bind": "/ci-output", "mode": "rw"},
+        }
+        try:
+            command = ["sh", "-c", WAITING_SHELL]
+            container = self._create(profile, command, volumes, f"ci-warm-{slot.name}", stdin=True)
+        except BaseException:
+            remove_tree(slot)
+            raise
+        return self._start(_Box(container, slot))
+
+    def _hand_over(self, warm: _Box, spec: RunSpec) -> bool:
+        """Give a waiting container the job: its files, its name, its script.
+
+        False if it cannot take it (it died meanwhile, say): it is then removed, and the
+        project's files are where they were.
+        """
+        assert warm.slot is not None
+        container = warm.container
+        try:
+            container.reload()
+            if container.status == "running":
+                container.rename(container_name(spec.job_id))
+                _move_entries(spec.workspace, warm.slot / "src")
+                try:
+                    _write_stdin(container, spec.script.encode())
+                    return True
+                except OSError:
+                    _move_entries(warm.slot / "src", spec.workspace)
+                    raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+            logger.warning("a warm container could not take job %s: %s", spec.job_id, e)
+        self._remove(warm)
+        return False
 
     def _pump_output(self, container: Container, deliver: Callable[[object], None]) -> None:
         try:
@@ -155,12 +289,17 @@ class DockerExecutor:
     def _wait(self, container: Container) -> int:
         return int(container.wait()["StatusCode"])
 
-    def _remove(self, container: Container) -> None:
+    def _remove(self, box: _Box) -> None:
         with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+            box.container.remove(force=True)
+        if box.slot is not None:
+            remove_tree(box.slot)
 
     async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
-        return await self._run(spec, on_output)
+        profile = Profile.of(spec)
+        status = await self._run(spec, on_output, warm=self._pool.take(profile))
+        self._pool.replenish(profile)  # for the next job, now that this one's tests are done
+        return status
 
     async def build_image(
         self, spec: RunSpec, tag: str, labels: Mapping[str, str], on_output: OutputSink
@@ -171,7 +310,7 @@ class DockerExecutor:
         repository, _, version = tag.partition(":")
         # The build container's own labels would pass to the image, and from it to every
         # container started from it: blank them.
-        blanked = {INSTANCE_LABEL: "", JOB_LABEL: ""}
+        blanked = {INSTANCE_LABEL: ""}
         changes = [
             f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in (blanked | dict(labels)).items()
         ]
@@ -184,23 +323,24 @@ class DockerExecutor:
         self,
         spec: RunSpec,
         on_output: OutputSink,
+        *,
         keep_as: tuple[str, Mapping[str, str]] | None = None,
+        warm: _Box | None = None,
     ) -> int:
-        creation = asyncio.ensure_future(self._call(self._create, spec))
+        launching = asyncio.ensure_future(
+            self._call(self._launch, spec, warm, build=keep_as is not None)
+        )
         try:
-            container = await asyncio.shield(creation)
+            box = await asyncio.shield(launching)
         except asyncio.CancelledError:
-            # Cancelled while the engine creates it: wait for the container, then remove it.
+            # Cancelled while the engine starts it: wait for the container, then remove it.
             with contextlib.suppress(Exception):
-                self._schedule_removal(await creation)
+                self._schedule_removal(await launching)
             raise
+        container = box.container
         loop = asyncio.get_running_loop()
         output = _Handover(loop)
         try:
-            try:
-                await self._call(container.start)
-            except docker.errors.DockerException as e:
-                raise ExecutorError(f"Docker could not start the container: {e}") from e
             pump = loop.run_in_executor(self._threads, self._pump_output, container, output.put)
             received = bytearray()
             ended = False
@@ -217,17 +357,19 @@ class DockerExecutor:
             missing = await self._call(self._missing_tail, container, bytes(received))
             if missing:
                 on_output(missing)
+            if box.slot is not None and spec.output_dir is not None:
+                await self._call(_move_entries, box.slot / "output", spec.output_dir)
             if keep_as is not None and status == 0:
                 await self._call(self._commit, container, *keep_as)
             return status
         finally:
             # Runs on cancellation too: the kill ends the output stream and frees the thread.
-            self._schedule_removal(container)
+            self._schedule_removal(box)
 
-    def _schedule_removal(self, container: Container) -> None:
+    def _schedule_removal(self, box: _Box) -> None:
         """Remove the container in the background, so that a finished job reports at once;
         aclose() waits for pending removals."""
-        removal = asyncio.ensure_future(self._call(self._remove, container))
+        removal = asyncio.ensure_future(self._call(self._remove, box))
         self._removals.add(removal)
         removal.add_done_callback(self._removed)
 
@@ -261,9 +403,12 @@ class DockerExecutor:
                 all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}, sparse=True
             )
             for container in containers:
-                self._remove(container)
+                self._remove(_Box(container))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise ExecutorError(f"could not remove orphaned containers: {e}") from e
+        if self._warm_dir is not None and self._warm_dir.is_dir():
+            for slot in self._warm_dir.iterdir():
+                remove_tree(slot)  # the directories of warm containers gone with them
         return len(containers)
 
     async def remove_orphans(self) -> int:
@@ -297,10 +442,13 @@ class DockerExecutor:
             self._connect().images.remove(tag, noprune=False)
 
     async def remove_image(self, tag: str) -> None:
+        await self._pool.drop(lambda profile, box: tag in (profile.image, box.image_id))
         await self._call(self._remove_image, tag)
 
     async def aclose(self) -> None:
-        """Wait for pending container removals, then release the threads and the client."""
+        """Remove the warm containers, wait for pending removals, then release the threads
+        and the client."""
+        await self._pool.aclose()
         if self._removals:
             await asyncio.wait(self._removals, timeout=30)
         self._threads.shutdown(wait=False, cancel_futures=True)

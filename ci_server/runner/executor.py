@@ -9,7 +9,6 @@ from typing import Protocol
 
 from ci_server.models import CIError
 
-JOB_LABEL = "ci.job-id"
 INSTANCE_LABEL = "ci.instance"
 """Names the server (its database) that owns a container, so servers sharing an engine
 never remove each other's containers."""
@@ -35,6 +34,7 @@ class RunSpec:
     script: str
     """A POSIX shell script; the project is mounted read-only at /src."""
     workspace: Path
+    """The project's files; an executor may move them away (they are not there after)."""
     output_dir: Path | None = None
     """Mounted writable at /ci-output, for reports the server reads after the run."""
     env: Mapping[str, str] = field(default_factory=dict)

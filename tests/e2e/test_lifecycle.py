@@ -58,7 +58,9 @@ def submit_async(project: Path, server: ServerProcess) -> str:
 def containers_of(docker_client: docker.DockerClient, job_id: str) -> list[Any]:
     # sparse: no inspection of each container, which fails on one removed meanwhile.
     return docker_client.containers.list(
-        all=True, sparse=True, filters={"label": f"ci.job-id={job_id}"}
+        all=True,
+        sparse=True,
+        filters={"name": job_id},  # named ci-<job id>
     )
 
 

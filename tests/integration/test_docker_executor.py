@@ -18,7 +18,6 @@ from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     INSTANCE_LABEL,
-    JOB_LABEL,
     ContainerLimits,
     ExecutorError,
     RunSpec,
@@ -67,7 +66,7 @@ async def job_containers(client: docker.DockerClient, job_id: str) -> list[Conta
     return await asyncio.to_thread(
         client.containers.list,
         all=True,
-        filters={"label": f"{JOB_LABEL}={job_id}"},
+        filters={"name": job_id},  # its name: ci-<job id>
         ignore_removed=True,
     )
 
@@ -161,7 +160,7 @@ async def test_remove_orphans_removes_only_this_instances_containers(
         container = docker_client.containers.create(
             runner_image,
             command=["sleep", "300"],
-            labels={INSTANCE_LABEL: instance, JOB_LABEL: unique("")},
+            labels={INSTANCE_LABEL: instance},
         )
         container.start()
         return container

@@ -1,0 +1,244 @@
+"""Warm containers: the DockerExecutor's pool against the real Docker engine.
+
+A job's script prints $HOSTNAME, which Docker sets to the first 12 characters of the
+container's id: that tells which container ran the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+from docker.models.containers import Container
+
+from ci_server.runner.docker import DockerExecutor
+from ci_server.runner.executor import INSTANCE_LABEL, RunSpec
+from tests.fakes import wait_until
+from tests.integration.test_docker_executor import RUN_TIMEOUT, containers_gone, run, unique
+
+pytestmark = pytest.mark.docker
+
+SHOW_HOST = "echo host=$HOSTNAME"
+
+
+def warm_executor(instance: str, warm_dir: Path, size: int = 2) -> DockerExecutor:
+    return DockerExecutor(instance, warm_dir=warm_dir, warm_containers=size)
+
+
+@pytest.fixture
+async def executor(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> AsyncIterator[DockerExecutor]:
+    executor = warm_executor(unique("test-warm-"), tmp_path / "warm")
+    yield executor
+    await executor.aclose()
+    leftovers = docker_client.containers.list(
+        all=True, filters={"label": f"{INSTANCE_LABEL}={executor.instance}"}, ignore_removed=True
+    )
+    for container in leftovers:
+        container.remove(force=True)
+
+
+def new_spec(tmp_path: Path, image: str, script: str) -> RunSpec:
+    """A job with a fresh workspace (a job's files are moved away by the run)."""
+    job_id = unique("")
+    workspace = tmp_path / job_id / "src"
+    output = tmp_path / job_id / "output"
+    workspace.mkdir(parents=True)
+    output.mkdir()
+    output.chmod(0o777)
+    (workspace / "hello.txt").write_text(f"hello from {job_id}\n")
+    return RunSpec(
+        job_id=job_id,
+        image=image,
+        script=script,
+        workspace=workspace,
+        output_dir=output,
+        env={"GREETING": "hi"},
+        user="1000:1000",
+        network=False,
+    )
+
+
+def warm_containers(client: docker.DockerClient, instance: str) -> list[Container]:
+    return [
+        container
+        for container in client.containers.list(
+            filters={"label": f"{INSTANCE_LABEL}={instance}", "name": "ci-warm-"},
+            ignore_removed=True,
+        )
+        if container.status == "running"
+    ]
+
+
+async def one_warm_container(client: docker.DockerClient, instance: str) -> Container:
+    """Wait for the pool to have a container ready (it is made in the background)."""
+    found: list[Container] = []
+
+    def ready() -> bool:
+        found[:] = warm_containers(client, instance)
+        return len(found) == 1
+
+    await wait_until(lambda: asyncio.to_thread(ready), what="a warm container", within=60)
+    return found[0]
+
+
+def host_of(output: bytes) -> str:
+    for line in output.decode().splitlines():
+        if line.startswith("host="):
+            return line.removeprefix("host=")
+    raise AssertionError(f"no host line in {output!r}")
+
+
+async def test_the_next_job_runs_in_the_container_started_for_it(
+    executor: DockerExecutor, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    script = (
+        f"{SHOW_HOST}; id -u; echo $GREETING; ls /sys/class/net; cat /src/hello.txt; "
+        "touch /src/new 2>/dev/null || echo read-only; echo report > /ci-output/report.txt"
+    )
+    first = new_spec(tmp_path, runner_image, script)
+    status, output = await run(executor, first)
+    assert status == 0, output
+    waiting = await one_warm_container(docker_client, executor.instance)
+    assert waiting.id is not None
+
+    second = new_spec(tmp_path, runner_image, script)
+    status, output = await run(executor, second)
+    assert status == 0, output
+    lines = output.decode().splitlines()
+    assert host_of(output) == waiting.id[:12]
+    # The same box as a container made for the job: user, env, no network, files, report.
+    assert lines[1:] == ["1000", "hi", "lo", f"hello from {second.job_id}", "read-only"]
+    assert second.output_dir is not None
+    assert (second.output_dir / "report.txt").read_text() == "report\n"
+    await containers_gone(docker_client, second.job_id)
+    # The warm container was the job's, and went with it; a new one waits.
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(waiting.id)
+    assert (await one_warm_container(docker_client, executor.instance)).id != waiting.id
+
+
+async def test_a_warm_container_is_named_after_its_job_and_cancelling_removes_it(
+    executor: DockerExecutor, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    await run(executor, new_spec(tmp_path, runner_image, "true"))
+    waiting = await one_warm_container(docker_client, executor.instance)
+
+    started = asyncio.Event()
+    sleeper = new_spec(tmp_path, runner_image, f"{SHOW_HOST}; echo started; sleep 300")
+    task = asyncio.ensure_future(
+        executor.run(sleeper, lambda chunk: started.set() if b"started" in chunk else None)
+    )
+    async with asyncio.timeout(RUN_TIMEOUT):
+        await started.wait()
+    waiting.reload()
+    assert waiting.name == f"ci-{sleeper.job_id}"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(RUN_TIMEOUT):
+            await task
+    await containers_gone(docker_client, sleeper.job_id)
+
+
+async def test_the_job_reads_an_empty_stdin(
+    executor: DockerExecutor, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    await run(executor, new_spec(tmp_path, runner_image, "true"))
+    await one_warm_container(docker_client, executor.instance)
+    script = "python3 -c 'import sys; print(repr(sys.stdin.read()))'"
+    status, output = await run(executor, new_spec(tmp_path, runner_image, script))
+    assert (status, output) == (0, b"''\n")
+
+
+async def test_a_dead_warm_container_is_passed_over(
+    executor: DockerExecutor, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    await run(executor, new_spec(tmp_path, runner_image, "true"))
+    waiting = await one_warm_container(docker_client, executor.instance)
+    waiting.kill()
+
+    job = new_spec(tmp_path, runner_image, f"{SHOW_HOST}; cat /src/hello.txt")
+    status, output = await run(executor, job)
+    assert status == 0, output
+    assert waiting.id is not None and host_of(output) != waiting.id[:12]
+    assert f"hello from {job.job_id}" in output.decode()
+
+
+async def test_other_settings_get_a_container_of_their_own(
+    executor: DockerExecutor, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    await run(executor, new_spec(tmp_path, runner_image, "true"))
+    waiting = await one_warm_container(docker_client, executor.instance)
+
+    other = new_spec(tmp_path, runner_image, f"{SHOW_HOST}; echo $GREETING")
+    other = replace(other, env={"GREETING": "hello"})
+    status, output = await run(executor, other)
+    assert status == 0, output
+    assert waiting.id is not None and host_of(output) != waiting.id[:12]
+    assert output.decode().splitlines()[1] == "hello"
+    waiting.reload()
+    assert waiting.status == "running"  # still there for a job with its settings
+
+
+async def test_removing_an_image_removes_its_warm_containers_first(
+    executor: DockerExecutor, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    tag = f"ci-test-warm:{unique('')}"
+    build = new_spec(tmp_path, runner_image, "echo built > /etc/ci-built")
+    build = replace(build, user="0:0", output_dir=None)
+    assert await executor.build_image(build, tag, {}, lambda _: None) == 0
+    try:
+        await run(executor, new_spec(tmp_path, tag, "cat /etc/ci-built"))
+        waiting = await one_warm_container(docker_client, executor.instance)
+
+        await executor.remove_image(tag)
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(tag)
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(waiting.id or "")
+    finally:
+        for container in warm_containers(docker_client, executor.instance):
+            container.remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag)
+
+
+async def test_closing_removes_warm_containers_and_their_directories(
+    docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    warm_dir = tmp_path / "warm"
+    executor = warm_executor(unique("test-warm-"), warm_dir)
+    try:
+        await run(executor, new_spec(tmp_path, runner_image, "true"))
+        waiting = await one_warm_container(docker_client, executor.instance)
+        assert any(warm_dir.iterdir())
+    finally:
+        await executor.aclose()
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(waiting.id or "")
+    assert not any(warm_dir.iterdir())
+
+
+async def test_a_restarted_server_removes_the_warm_containers_left_behind(
+    docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    instance, warm_dir = unique("test-warm-"), tmp_path / "warm"
+    crashed = warm_executor(instance, warm_dir)
+    await run(crashed, new_spec(tmp_path, runner_image, "true"))
+    waiting = await one_warm_container(docker_client, instance)
+    # No aclose: the process died. The next server on the same database cleans up.
+    restarted = warm_executor(instance, warm_dir)
+    try:
+        assert await restarted.remove_orphans() >= 1
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.containers.get(waiting.id or "")
+        assert not any(warm_dir.iterdir())
+    finally:
+        await restarted.aclose()
