@@ -566,6 +566,7 @@ def cold_run(bench: Bench, table: Table) -> None:
     environment = ENVIRONMENT_RE.search(cold.stderr)
     if environment is None or environment.group(2) != "built":
         raise BenchError(f"the first submit did not build an environment:\n{cold.stderr}")
+    settle(bench.docker, server, cold.job_id)
     warm = submit(project, server)
     old_after = docker_run(old_way).wall
     built = BUILT_IN_RE.search(cold.stderr)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 
 from tests.e2e.harness import (
@@ -89,16 +90,20 @@ def test_an_escape_attempt_fails_inside_the_container(
     assert_every_attempt_failed(server, job_id_from_submit(result.stderr))
 
 
-def output_dir(server: ServerProcess, job_id: str) -> Path | None:
-    """The host side of a running job's /ci-output (the one way in, for the release file)."""
-    workspaces = Path(server.env["CI_DATA_DIR"]) / "workspaces"
-    found = [path / "output" for path in workspaces.glob(f"{job_id}-*")]
-    return found[0] if found and found[0].is_dir() else None
+def output_dir(client: docker.DockerClient, job_id: str) -> Path | None:
+    """The host side of a running job's /ci-output (the one way in, for the release file),
+    from its container's mounts: a container started ahead has a directory of its own."""
+    try:
+        mounts = client.containers.get(f"ci-{job_id}").attrs["Mounts"]
+    except docker.errors.NotFound:
+        return None
+    found = [m["Source"] for m in mounts if m["Destination"] == "/ci-output"]
+    return Path(found[0]) if found else None
 
 
 @pytest.mark.docker
 def test_jobs_next_to_a_fork_bomb_and_a_memory_hog_run_and_see_nothing_of_them(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     bomb = escape_project("escape_forkbomb", server, tmp_path)
     (bomb / NEIGHBOUR_FILE).write_text("the fork bomb's, for no other job to see\n")
@@ -117,7 +122,7 @@ def test_jobs_next_to_a_fork_bomb_and_a_memory_hog_run_and_see_nothing_of_them(
             def holding(job_id: str = job_id, marker: str = marker) -> Path | None:
                 if server.job(job_id)["status"] not in ("queued", "running"):
                     raise AssertionError(f"job {job_id} ended early: {server.job(job_id)}")
-                output = output_dir(server, job_id)
+                output = output_dir(docker_client, job_id)
                 return output if output and (output / f"{marker}.holding").exists() else None
 
             outputs[job_id] = wait_for(
