@@ -497,6 +497,7 @@ def warm_overhead(bench: Bench, server: ServerProcess, runs: int, table: Table) 
         bench.workdir / "warm", bench.requirements("pytest"), {"tests/test_two.py": TWO_TESTS}
     )
     warm_up = submit(project, server)
+    settle(bench.docker, server, warm_up.job_id)
     image = environment_image(bench.docker, warm_up.stderr)
     bench.environments.add(image)
     mounted = ["-v", f"{project}:/src:ro", "--user", "1000:1000", "--network", "none"]
