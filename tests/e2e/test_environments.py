@@ -1,0 +1,168 @@
+"""Dependency environments end to end: the real `ci`, a real server, real Docker images.
+
+Each project's requirements.txt carries a comment unique to the test, so its environment is
+new; the images the tests made are removed at the end.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from tests.e2e.conftest import ServerFactory
+from tests.e2e.harness import ServerProcess, copy_fixture, run_ci
+from tests.e2e.test_cli import ASYNC_SUBMITTED, describe
+
+pytestmark = pytest.mark.docker
+
+ENVIRONMENT = re.compile(r"^\[ci\] Environment ([0-9a-f]{12}) (reused|built)\b", re.MULTILINE)
+STAMP = re.compile(r"\bSTAMP (\d+)$", re.MULTILINE)  # after the test's name (pytest -v)
+STAMP_TEST = """\
+from pathlib import Path
+
+
+def test_prints_the_build_stamp():
+    print("STAMP", Path("/opt/ci-build-stamp").read_text().strip())
+"""
+STAMPING_CONFIG = 'install = ["date +%s%N > /opt/ci-build-stamp"]\n'
+"""Every build of the environment writes a different stamp; the tests print theirs."""
+
+
+@pytest.fixture
+def environment_keys(docker_client: docker.DockerClient) -> Iterator[set[str]]:
+    """Keys (12 characters) of the environments a test made: their images go at the end."""
+    keys: set[str] = set()
+    yield keys
+    for image in docker_client.images.list(filters={"label": "ci.environment"}):
+        if image.labels["ci.environment"][:12] in keys:
+            for tag in image.tags or [image.id]:
+                docker_client.images.remove(tag, force=True)
+
+
+def environment_images(client: docker.DockerClient, key: str) -> list[str]:
+    images = client.images.list(filters={"label": "ci.environment"})
+    return [str(image.id) for image in images if image.labels["ci.environment"].startswith(key)]
+
+
+def new_project(tmp_path: Path, name: str, *, stamped: bool = False) -> Path:
+    project = copy_fixture("passing", tmp_path / name)
+    requirements = project / "requirements.txt"
+    requirements.write_text(f"{requirements.read_text()}# {name} {uuid.uuid4().hex}\n")
+    if stamped:
+        (project / "ci.toml").write_text(STAMPING_CONFIG)
+        (project / "tests" / "test_stamp.py").write_text(STAMP_TEST)
+    return project
+
+
+def submit(
+    project: Path, server: ServerProcess, keys: set[str], *args: str
+) -> tuple[str, str, subprocess.CompletedProcess[str]]:
+    """`ci submit test` that passes: (environment key, "reused" or "built", the result)."""
+    result = run_ci("submit", "test", *args, cwd=project, server=server)
+    assert result.returncode == 0, describe(result)
+    match = ENVIRONMENT.search(result.stderr)
+    assert match, describe(result)
+    keys.add(match.group(1))
+    return match.group(1), match.group(2), result
+
+
+def stamp(result: subprocess.CompletedProcess[str]) -> str:
+    match = STAMP.search(result.stdout)
+    assert match, describe(result)
+    return match.group(1)
+
+
+def test_unchanged_requirements_reuse_the_environment_and_changed_ones_build_a_new_one(
+    server: ServerProcess,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    environment_keys: set[str],
+) -> None:
+    project = new_project(tmp_path, "reuse")
+    key, how, first = submit(project, server, environment_keys)
+    assert how == "built", describe(first)
+    assert re.search(rf"Environment {key} built in [\d.]+s", first.stderr), describe(first)
+
+    for _ in range(2):
+        again, how, result = submit(project, server, environment_keys)
+        assert (again, how) == (key, "reused"), describe(result)
+    assert len(environment_images(docker_client, key)) == 1
+
+    with (project / "requirements.txt").open("a") as requirements:
+        requirements.write("iniconfig\n")  # preinstalled in the runner image: no download
+    changed, how, result = submit(project, server, environment_keys)
+    assert changed != key and how == "built", describe(result)
+    assert len(environment_images(docker_client, changed)) == 1
+
+
+def test_no_cache_rebuilds_and_later_jobs_run_in_the_new_build(
+    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
+) -> None:
+    project = new_project(tmp_path, "rebuild", stamped=True)
+    _, how, first = submit(project, server, environment_keys, "--", "-s")
+    assert how == "built"
+    _, how, reused = submit(project, server, environment_keys, "--", "-s")
+    assert how == "reused" and stamp(reused) == stamp(first)
+
+    # The job before left a container started ahead on the old build: it must not be used.
+    _, how, rebuilt = submit(project, server, environment_keys, "--no-cache", "--", "-s")
+    assert how == "built" and stamp(rebuilt) != stamp(first), describe(rebuilt)
+    _, how, after = submit(project, server, environment_keys, "--", "-s")
+    assert how == "reused" and stamp(after) == stamp(rebuilt), describe(after)
+
+
+def test_two_jobs_needing_the_same_new_environment_build_it_once(
+    make_server: ServerFactory,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    environment_keys: set[str],
+) -> None:
+    server = make_server(CI_MAX_CONCURRENT_JOBS="2")
+    project = new_project(tmp_path, "together", stamped=True)
+    job_ids = []
+    for _ in range(2):
+        submitted = run_ci("submit", "test", "--async", "--", "-s", cwd=project, server=server)
+        match = ASYNC_SUBMITTED.match(submitted.stdout.strip())
+        assert match, describe(submitted)
+        job_ids.append(match.group(1))
+
+    logs: list[subprocess.CompletedProcess[str]] = []
+    for job_id in job_ids:
+        assert server.wait_for_status(job_id, "succeeded", "failed", "error")["status"] == (
+            "succeeded"
+        )
+        logs.append(run_ci("logs", job_id, cwd=tmp_path, server=server))
+    found = [ENVIRONMENT.search(log.stdout + log.stderr) for log in logs]
+    assert all(found), [describe(log) for log in logs]
+    keys = {match.group(1) for match in found if match}
+    environment_keys.update(keys)
+    assert sorted(match.group(2) for match in found if match) == ["built", "reused"]
+    [key] = keys
+    assert len(environment_images(docker_client, key)) == 1
+    assert stamp(logs[0]) == stamp(logs[1])  # one build, both jobs in it
+
+
+def test_a_failed_build_is_not_kept(
+    server: ServerProcess, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    def environments() -> set[str]:
+        images = docker_client.images.list(filters={"label": "ci.environment"})
+        return {str(image.id) for image in images}
+
+    before = environments()
+    project = new_project(tmp_path, "broken")
+    (project / "ci.toml").write_text('install = ["echo cannot install; exit 3"]\n')
+    for _ in range(2):  # the second job tries again: nothing of the first was kept
+        result = run_ci("submit", "test", cwd=project, server=server)
+        assert result.returncode == 1, describe(result)
+        assert "installing dependencies failed" in result.stderr, describe(result)
+        assert "cannot install" in result.stdout, describe(result)
+        assert ENVIRONMENT.search(result.stderr) is None, describe(result)
+    assert environments() == before
