@@ -22,8 +22,8 @@ from ci_server.store.repository import JobStore
 logger = logging.getLogger(__name__)
 
 REPLAY_PAGE = 1000
-FAIR_SHARE = 100
-"""Events a watcher sends in a row before it lets the event loop run other tasks."""
+BATCH_SIZE = 1000
+"""Most live events a watcher takes from its queue at once."""
 
 
 class _Overflow(Exception):
@@ -43,10 +43,14 @@ class _Watcher:
         except asyncio.QueueFull:
             self.overflowed = True
 
-    async def next(self) -> JobEvent:
+    async def next_batch(self, limit: int) -> list[JobEvent]:
+        """The next event (waiting for it), and up to `limit` - 1 more already queued."""
         if self.overflowed and self.queue.empty():
             raise _Overflow
-        return await self.queue.get()
+        batch = [await self.queue.get()]
+        while len(batch) < limit and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
 
 
 class JobChannel:
@@ -165,20 +169,28 @@ class EventHub:
 
     async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEvent]:
         """Every event of the job after `after_seq`, live, until and including its END."""
-        async with contextlib.aclosing(self._stream(job_id, after_seq)) as events:
-            sent = 0
-            async for event in events:
-                yield event
-                sent += 1
-                if sent % FAIR_SHARE == 0:
-                    # Nothing below need ever suspend: a replay page, the pending copy and a
-                    # non-empty queue are at hand, and a socket that a client drains never
-                    # blocks a send. Without this pause one watcher catching up on a flood
-                    # holds the event loop for seconds: the job's output, the flusher and
-                    # every other request wait behind it.
-                    await asyncio.sleep(0)
+        async with contextlib.aclosing(self.batches(job_id, after_seq)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
 
-    async def _stream(self, job_id: str, after_seq: int) -> AsyncGenerator[JobEvent, None]:
+    async def batches(
+        self, job_id: str, after_seq: int = 0
+    ) -> AsyncGenerator[list[JobEvent], None]:
+        """The events of `stream`, in lists of what is at hand at once (a replay page, the
+        pending events, what waits in the watcher's queue), so that a watcher falling
+        behind catches up with one write per list instead of one per event."""
+        async with contextlib.aclosing(self._batches(job_id, after_seq)) as batches:
+            async for batch in batches:
+                yield batch
+                # Nothing below need ever suspend: a replay page, the pending copy and a
+                # non-empty queue are at hand, and a socket that a client drains never
+                # blocks a send. Without this pause one watcher catching up on a flood
+                # holds the event loop for seconds: the job's output, the flusher and
+                # every other request wait behind it.
+                await asyncio.sleep(0)
+
+    async def _batches(self, job_id: str, after_seq: int) -> AsyncGenerator[list[JobEvent], None]:
         last = after_seq
         while True:
             channel = self._channels.get(job_id)
@@ -191,31 +203,42 @@ class EventHub:
             try:
                 while True:
                     page = await self.store.events_after(job_id, last, limit=REPLAY_PAGE)
-                    for event in page:
-                        yield event
-                        last = event.seq
-                        if event.type is EventType.END:
-                            return
+                    batch, ended = _newer(page, last)
+                    if batch:
+                        yield batch
+                        last = batch[-1].seq
+                    if ended:
+                        return
                     if len(page) < REPLAY_PAGE:
                         break
-                for event in pending:
-                    if event.seq > last:
-                        yield event
-                        last = event.seq
-                        if event.type is EventType.END:
-                            return
-                if channel is None:
-                    return  # the job is finished and everything it had is stored
+                batch, ended = _newer(pending, last)
+                if batch:
+                    yield batch
+                    last = batch[-1].seq
+                if ended or channel is None:
+                    return  # a finished job has everything it had in the store
                 while True:
-                    event = await watcher.next()
-                    if event.seq <= last:
-                        continue
-                    yield event
-                    last = event.seq
-                    if event.type is EventType.END:
+                    batch, ended = _newer(await watcher.next_batch(BATCH_SIZE), last)
+                    if batch:
+                        yield batch
+                        last = batch[-1].seq
+                    if ended:
                         return
             except _Overflow:
                 continue
             finally:
                 if channel is not None:
                     channel.watchers.discard(watcher)
+
+
+def _newer(events: list[JobEvent], last: int) -> tuple[list[JobEvent], bool]:
+    """The events after seq `last` up to the job's END; and whether END was among them."""
+    batch: list[JobEvent] = []
+    for event in events:
+        if event.seq <= last:
+            continue
+        batch.append(event)
+        last = event.seq
+        if event.type is EventType.END:
+            return batch, True
+    return batch, False

@@ -22,7 +22,7 @@ from fastapi import (
     UploadFile,
 )
 from fastapi import Path as PathParam
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ci_server.api.auth import CurrentUser, current_user
 from ci_server.api.schemas import EVENT_STREAM_SCHEMA, ErrorOut, JobOut, TestResultOut
@@ -170,13 +170,14 @@ async def cancel_job(
     return JobOut.from_job(job)
 
 
-def _sse(event: JobEvent) -> dict[str, Any]:
-    payload = {"seq": event.seq, "type": event.type.value, "time": event.time.isoformat()}
-    return {
-        "id": str(event.seq),
-        "event": event.type.value,
-        "data": json.dumps(payload | event.data),
-    }
+def _sse(events: list[JobEvent]) -> bytes:
+    """Events as SSE frames, in one piece: one write for all of them."""
+    frames = []
+    for event in events:
+        payload = {"seq": event.seq, "type": event.type.value, "time": event.time.isoformat()}
+        data = json.dumps(payload | event.data)
+        frames.append(ServerSentEvent(data, event=event.type.value, id=str(event.seq)).encode())
+    return b"".join(frames)
 
 
 @router.get(
@@ -221,9 +222,9 @@ async def stream_events(
         # have seen events that a crash lost, and after the restart their numbers are reused.
         start = max(0, min(start, await hub.last_seq(job_id) - 1))
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        async for event in hub.stream(job_id, start):
-            yield _sse(event)
+    async def events() -> AsyncIterator[bytes]:
+        async for batch in hub.batches(job_id, start):
+            yield _sse(batch)
 
     return EventSourceResponse(
         events(),
