@@ -275,3 +275,24 @@ async def test_failed_write_is_retried_without_loss_or_duplicate() -> None:
         end(channel)
         await channel.close()
         assert [first, *await rest(watched)] == [*published, *(await store.events_after(JOB))[10:]]
+
+
+async def test_a_watcher_gets_what_waits_for_it_in_one_batch() -> None:
+    """Stored events in one batch, pending ones in the next, and whatever queued up while
+    the watcher was busy in one more: one write each, not one per event."""
+    store = MemoryJobStore()
+    async with EventHub(store, flush_interval=NEVER) as hub:
+        channel = hub.open(JOB)
+        log(channel, 5)
+        await hub.flush()
+        log(channel, 2)
+        batches = hub.batches(JOB)
+        async with asyncio.timeout(10):
+            assert seqs(await anext(batches)) == [1, 2, 3, 4, 5]
+            assert seqs(await anext(batches)) == [6, 7]
+            log(channel, 3)  # while the watcher is away
+            end(channel)
+            log(channel, 1)  # a stray event after END: never delivered
+            assert seqs(await anext(batches)) == [8, 9, 10, 11]
+            assert [batch async for batch in batches] == []
+        await channel.close()
