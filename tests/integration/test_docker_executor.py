@@ -80,6 +80,30 @@ async def containers_gone(client: docker.DockerClient, job_id: str) -> None:
     await wait_until(gone, what=f"job {job_id}'s container removed", within=60, interval=0.2)
 
 
+async def start_running(executor: DockerExecutor, spec: RunSpec) -> asyncio.Future[int]:
+    """Start a run whose script prints "started" then waits; return once it printed."""
+    started = asyncio.Event()
+
+    def on_output(chunk: bytes) -> None:
+        if b"started" in chunk:
+            started.set()
+
+    task = asyncio.ensure_future(executor.run(spec, on_output))
+    async with asyncio.timeout(RUN_TIMEOUT):
+        await started.wait()
+    return task
+
+
+async def cancel_and_see_it_removed(
+    task: asyncio.Future[int], client: docker.DockerClient, job_id: str
+) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(RUN_TIMEOUT):
+            await task
+    await containers_gone(client, job_id)
+
+
 async def test_output_arrives_and_exit_status_is_returned(
     executor: DockerExecutor, spec: RunSpec
 ) -> None:
@@ -133,24 +157,10 @@ async def test_output_dir_is_writable_and_user_and_network_apply(
 async def test_cancelling_run_removes_the_container(
     executor: DockerExecutor, spec: RunSpec, docker_client: docker.DockerClient
 ) -> None:
-    started = asyncio.Event()
-
-    def on_output(chunk: bytes) -> None:
-        if b"started" in chunk:
-            started.set()
-
-    sleeper = replace(spec, script="echo started; sleep 300")
-    task = asyncio.ensure_future(executor.run(sleeper, on_output))
-    async with asyncio.timeout(RUN_TIMEOUT):
-        await started.wait()
+    task = await start_running(executor, replace(spec, script="echo started; sleep 300"))
     [container] = await job_containers(docker_client, spec.job_id)
     assert container.labels[INSTANCE_LABEL] == executor.instance
-
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        async with asyncio.timeout(RUN_TIMEOUT):
-            await task
-    await containers_gone(docker_client, spec.job_id)
+    await cancel_and_see_it_removed(task, docker_client, spec.job_id)
 
 
 async def test_remove_orphans_removes_only_this_instances_containers(

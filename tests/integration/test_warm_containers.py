@@ -20,7 +20,13 @@ from docker.models.containers import Container
 from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import INSTANCE_LABEL, RunSpec
 from tests.fakes import wait_until
-from tests.integration.test_docker_executor import RUN_TIMEOUT, containers_gone, run, unique
+from tests.integration.test_docker_executor import (
+    cancel_and_see_it_removed,
+    containers_gone,
+    run,
+    start_running,
+    unique,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -131,20 +137,11 @@ async def test_a_warm_container_is_named_after_its_job_and_cancelling_removes_it
     await run(executor, new_spec(tmp_path, runner_image, "true"))
     waiting = await one_warm_container(docker_client, executor.instance)
 
-    started = asyncio.Event()
-    sleeper = new_spec(tmp_path, runner_image, f"{SHOW_HOST}; echo started; sleep 300")
-    task = asyncio.ensure_future(
-        executor.run(sleeper, lambda chunk: started.set() if b"started" in chunk else None)
-    )
-    async with asyncio.timeout(RUN_TIMEOUT):
-        await started.wait()
+    sleeper = new_spec(tmp_path, runner_image, "echo started; sleep 300")
+    task = await start_running(executor, sleeper)
     waiting.reload()
     assert waiting.name == f"ci-{sleeper.job_id}"
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        async with asyncio.timeout(RUN_TIMEOUT):
-            await task
-    await containers_gone(docker_client, sleeper.job_id)
+    await cancel_and_see_it_removed(task, docker_client, sleeper.job_id)
 
 
 async def test_the_job_reads_an_empty_stdin(
