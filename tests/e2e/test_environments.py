@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ import docker
 import docker.errors
 import pytest
 
+from ci_server.runner.executor import INSTANCE_LABEL
+from ci_server.settings import Settings
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.harness import ServerProcess, copy_fixture, run_ci
-from tests.e2e.test_cli import ASYNC_SUBMITTED, describe
+from tests.e2e.harness import ServerProcess, copy_fixture, run_ci, wait_for
+from tests.e2e.test_cli import ASYNC_SUBMITTED, describe, job_id_from_submit
 
 pytestmark = pytest.mark.docker
 
@@ -166,3 +169,34 @@ def test_a_failed_build_is_not_kept(
         assert "cannot install" in result.stdout, describe(result)
         assert ENVIRONMENT.search(result.stderr) is None, describe(result)
     assert environments() == before
+
+
+def test_the_next_run_takes_the_container_started_ahead_for_it(
+    server: ServerProcess,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    environment_keys: set[str],
+) -> None:
+    project = new_project(tmp_path, "warm")
+    submit(project, server, environment_keys)
+    instance = Settings(db_path=server.db_path).instance_id
+
+    def waiting() -> list[str]:
+        containers = docker_client.containers.list(
+            filters={"label": f"{INSTANCE_LABEL}={instance}", "name": "ci-warm-"}
+        )
+        return [str(container.id) for container in containers]
+
+    [ahead] = wait_for(waiting, what="a container started ahead for the next run")
+    since = time.time() - 1
+    _, how, result = submit(project, server, environment_keys)
+    assert how == "reused", describe(result)
+    job_id = job_id_from_submit(result.stderr)
+    # The engine's own record: the waiting container became the job's, renamed ci-<job id>.
+    renames = docker_client.events(
+        since=since,
+        until=time.time(),
+        filters={"type": "container", "event": "rename", "container": ahead},
+        decode=True,
+    )
+    assert [event["Actor"]["Attributes"]["name"] for event in renames] == [f"ci-{job_id}"]
