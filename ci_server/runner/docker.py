@@ -276,7 +276,10 @@ class DockerExecutor:
                     raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             logger.warning("a warm container could not take job %s: %s", spec.job_id, e)
-        self._remove(warm)
+        try:
+            self._remove(warm)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            logger.warning("could not remove a warm container: %s", e)  # gone at next start
         return False
 
     def _pump_output(self, container: Container, deliver: Callable[[object], None]) -> None:

@@ -85,12 +85,18 @@ class WarmPool(Generic[T]):
             logger.warning("could not prepare a container for %s: %s", profile.image, e)
             return
         if self._closed or profile in self._idle:
-            await self._discard(item)
+            await self._let_go(item)
             return
         self._idle[profile] = item
         while len(self._idle) > self.size:
             _, oldest = self._idle.popitem(last=False)
-            await self._discard(oldest)
+            await self._let_go(oldest)
+
+    async def _let_go(self, item: T) -> None:
+        try:
+            await self._discard(item)
+        except Exception as e:  # the engine is down, say: what is left goes at the next start
+            logger.warning("could not remove a waiting container: %s", e)
 
     async def drop(self, unwanted: Callable[[Profile, T], bool]) -> None:
         """Discard the waiting containers `unwanted` picks (say, before their image goes);
@@ -99,11 +105,11 @@ class WarmPool(Generic[T]):
         for profile, item in list(self._idle.items()):
             if unwanted(profile, item):
                 del self._idle[profile]
-                await self._discard(item)
+                await self._let_go(item)
 
     async def aclose(self) -> None:
         """Discard every waiting container; make no more."""
         self._closed = True
         await asyncio.gather(*self._making.values(), return_exceptions=True)
         while self._idle:
-            await self._discard(self._idle.popitem()[1])
+            await self._let_go(self._idle.popitem()[1])

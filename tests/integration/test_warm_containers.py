@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -18,7 +20,7 @@ import pytest
 from docker.models.containers import Container
 
 from ci_server.runner.docker import DockerExecutor
-from ci_server.runner.executor import INSTANCE_LABEL, RunSpec
+from ci_server.runner.executor import INSTANCE_LABEL, ExecutorError, RunSpec
 from tests.fakes import wait_until
 from tests.integration.test_docker_executor import (
     cancel_and_see_it_removed,
@@ -239,3 +241,77 @@ async def test_a_restarted_server_removes_the_warm_containers_left_behind(
         assert not any(warm_dir.iterdir())
     finally:
         await restarted.aclose()
+
+
+class EngineLink:
+    """A unix socket passing bytes to and from the Docker engine, which a test can cut: the
+    engine goes down for an executor connected through it, and for it alone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"unix://{path}"
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> EngineLink:
+        self._server = await asyncio.start_unix_server(self._forward, self.path)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cut()
+
+    async def _engine(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if host.startswith("unix://"):
+            return await asyncio.open_unix_connection(host.removeprefix("unix://"))
+        address = urlsplit(host)
+        return await asyncio.open_connection(address.hostname, address.port)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        engine_reader, engine_writer = await self._engine()
+        self._writers |= {writer, engine_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            if sink.can_write_eof():
+                with contextlib.suppress(OSError):
+                    sink.write_eof()  # a half-close (the end of a container's stdin) passes
+
+        await asyncio.gather(pipe(reader, engine_writer), pipe(engine_reader, writer))
+        for each in (writer, engine_writer):
+            each.close()
+            self._writers.discard(each)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+        self.path.unlink(missing_ok=True)
+
+
+async def test_an_engine_gone_while_a_container_waits_is_an_executor_error(
+    docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    instance = unique("test-warm-")
+    async with EngineLink(tmp_path / "engine.sock") as link:
+        executor = DockerExecutor(
+            instance, base_url=link.url, warm_dir=tmp_path / "warm", warm_containers=2
+        )
+        try:
+            status, output = await run(executor, new_spec(tmp_path, runner_image, "echo ran"))
+            assert (status, output) == (0, b"ran\n")
+            waiting = await one_warm_container(docker_client, instance)
+
+            await link.cut()
+            job = new_spec(tmp_path, runner_image, "echo ran")
+            with pytest.raises(ExecutorError, match="Docker"):
+                await run(executor, job)
+            assert (job.workspace / "hello.txt").is_file()  # the job's files are where they were
+        finally:
+            await executor.aclose()  # cannot remove the waiting container: says so, and ends
+    waiting.remove(force=True)

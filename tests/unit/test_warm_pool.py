@@ -24,6 +24,7 @@ class Maker:
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail = False
+        self.fail_discards = False
 
     async def make(self, profile: Profile) -> str:
         await self.gate.wait()
@@ -34,6 +35,8 @@ class Maker:
         return item
 
     async def discard(self, item: str) -> None:
+        if self.fail_discards:
+            raise RuntimeError("engine down")
         self.discarded.append(item)
 
 
@@ -133,3 +136,17 @@ async def test_closing_discards_every_idle_one_and_makes_no_more(maker: Maker) -
     await settled(pool)
     assert len(maker.made) == 2
     assert pool.take(profile("a")) is None
+
+
+async def test_a_failed_discard_is_logged_and_the_rest_still_goes(
+    maker: Maker, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = WarmPool(1, maker.make, maker.discard)
+    pool.replenish(profile("a"))
+    await settled(pool)
+    maker.fail_discards = True
+    pool.replenish(profile("b"))  # pushes "a" out, which cannot be removed
+    await settled(pool)
+    await pool.aclose()  # neither can "b": closing still ends
+    assert pool.idle() == []
+    assert caplog.text.count("could not remove a waiting container: engine down") == 2
