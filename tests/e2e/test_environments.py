@@ -54,10 +54,17 @@ def environment_images(client: docker.DockerClient, key: str) -> list[str]:
     return [str(image.id) for image in images if image.labels["ci.environment"].startswith(key)]
 
 
-def new_project(tmp_path: Path, name: str, *, stamped: bool = False) -> Path:
-    project = copy_fixture("passing", tmp_path / name)
-    requirements = project / "requirements.txt"
-    requirements.write_text(f"{requirements.read_text()}# {name} {uuid.uuid4().hex}\n")
+def new_project(
+    tmp_path: Path, name: str, *, stamped: bool = False, fixture: str = "passing"
+) -> Path:
+    """A copy of the fixture with a key file made unique: its environment is new."""
+    project = copy_fixture(fixture, tmp_path / name)
+    key_file = next(
+        path
+        for path in (project / "requirements.txt", project / "pyproject.toml")
+        if path.is_file()
+    )
+    key_file.write_text(f"{key_file.read_text()}# {name} {uuid.uuid4().hex}\n")
     if stamped:
         (project / "ci.toml").write_text(STAMPING_CONFIG)
         (project / "tests" / "test_stamp.py").write_text(STAMP_TEST)
@@ -200,3 +207,54 @@ def test_the_next_run_takes_the_container_started_ahead_for_it(
         decode=True,
     )
     assert [event["Actor"]["Attributes"]["name"] for event in renames] == [f"ci-{job_id}"]
+
+
+INSTALLED = "==> The project is installed in the environment (editable)"
+INSTALLING = "==> Installing the project\n"
+
+
+def test_a_packaged_project_is_installed_with_its_environment_and_runs_its_new_code(
+    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
+) -> None:
+    """Its jobs install nothing, yet each runs the code it was sent: a change, a new module;
+    and a module its build wrote (not in its source) is there."""
+    project = new_project(tmp_path, "packaged", fixture="packaged")
+    key, _, first = submit(project, server, environment_keys)
+    assert INSTALLED in first.stdout and INSTALLING not in first.stdout, describe(first)
+    assert "2 passed" in first.stdout, describe(first)
+
+    code = project / "src" / "calcpkg" / "__init__.py"
+    code.write_text(code.read_text().replace("a + b", "a - b"))
+    broken = run_ci("submit", "test", cwd=project, server=server)
+    assert broken.returncode == 1, describe(broken)
+    assert "test_calcpkg.py::test_add FAILED" in broken.stdout, describe(broken)
+    assert f"Environment {key} reused" in broken.stderr, describe(broken)
+
+    code.write_text(code.read_text().replace("a - b", "a + b"))
+    (project / "src" / "calcpkg" / "mul.py").write_text("def mul(a, b):\n    return a * b\n")
+    (project / "tests" / "test_mul.py").write_text(
+        "from calcpkg.mul import mul\n\n\ndef test_mul():\n    assert mul(2, 3) == 6\n"
+    )
+    again, how, fixed = submit(project, server, environment_keys)
+    assert (again, how) == (key, "reused"), describe(fixed)
+    assert INSTALLED in fixed.stdout and "3 passed" in fixed.stdout, describe(fixed)
+
+
+def test_a_project_whose_build_compiles_extensions_is_installed_on_every_run(
+    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
+) -> None:
+    project = new_project(tmp_path, "compiled", fixture="packaged")
+    setup_py = project / "setup.py"
+    compiled = '("src", "calcpkg", "_speedups.so").write_bytes(b"")\nsetup()'
+    setup_py.write_text(
+        setup_py.read_text().replace("setup()", f"Path(__file__).parent.joinpath{compiled}")
+    )
+    for how in ("built", "reused"):
+        _, said, result = submit(project, server, environment_keys)
+        assert said == how, describe(result)
+        assert INSTALLING in result.stdout and INSTALLED not in result.stdout, describe(result)
+        assert "2 passed" in result.stdout, describe(result)
+        if how == "built":
+            assert "It has compiled extensions: it will be installed on every run" in (
+                result.stdout
+            ), describe(result)
