@@ -304,7 +304,9 @@ def _keep_project_installed() -> list[str]:
         f"echo {shlex.quote('==> Installing the project in editable mode')}",
         f"if {PIP} --quiet --no-deps --no-build-isolation -e .; then",
         f"  mkdir -p {generated}",
-        "  find . -type f | while IFS= read -r f; do",
+        # build/ and dist/: what a regular install copied or packed, not the source tree's.
+        "  find . \\( -path ./build -o -path ./dist \\) -prune -o -type f -print "
+        "| while IFS= read -r f; do",
         f'    [ -e "/src/$f" ] || {{ mkdir -p "{generated}/${{f%/*}}" && {keep}; }}',
         "  done",
         f"  if [ -n \"$(find {generated} -name '*.so' -o -name '*.pyd')\" ]; then",

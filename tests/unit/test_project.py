@@ -179,3 +179,16 @@ def test_the_environment_is_installed_into_the_system_python_without_a_cache(
     export = lines.index("export PIP_USER=0 PIP_NO_CACHE_DIR=1")
     install = next(i for i, line in enumerate(lines) if PIP in line)
     assert export < install
+
+
+def test_the_packaging_files_of_a_project_with_requirements_key_its_environment(
+    tmp_path: Path,
+) -> None:
+    """The environment installs the project too, so changing how it is packaged (an entry
+    point, a package) must make a new environment."""
+    packaged, plain = tmp_path / "packaged", tmp_path / "plain"
+    packaged.mkdir()
+    plain.mkdir()
+    result = plan(packaged, requirements_txt="pytest\n", pyproject_toml='[project]\nname = "x"\n')
+    assert result.key_files == ("requirements.txt", "pyproject.toml")
+    assert plan(plain, requirements_txt="pytest\n").key_files == ("requirements.txt",)
