@@ -1,9 +1,9 @@
 """Speed benchmark: what `ci submit test` costs over running pytest in Docker by hand.
 
-    python bench/speed.py [--runs 10] [--jobs 100000] [--parts 1234] [--keep]
+    python bench/speed.py [--runs 10] [--jobs 100000] [--parts 12345] [--keep]
 
 Real `ci-server` processes (free ports, temporary databases), the real `ci` command and the
-real Docker engine, in four parts:
+real Docker engine, in five parts:
 
 1. Warm overhead: a two-test project, after one warm-up submit. Alternating, --runs times
    each: the wall time of `ci submit test` (a subprocess), of `docker run --rm` of pytest in
@@ -31,6 +31,11 @@ Every requirements.txt carries a comment unique to this run, so its environment 
 new (nobody else's are reused, and the servers keep up to 1000 so none are evicted); the
 benchmark removes them at the end, with every server and container it started. The exit
 status is 0 when every part ran, 2 when one could not (no Docker, no image, a job failed...).
+5. A packaged project (tests/fixtures/packaged: pyproject.toml, src layout, setuptools),
+   warm, --runs times each, alternating: `ci submit test` (its environment has the project
+   installed, editable) against `docker run --rm` of pytest alone in the same image, and
+   of installing the project first (`pip install -e .`), as every run did before.
+
 `--parts 13` runs only some parts; `--keep` keeps the folder with the servers' logs.
 """
 
@@ -69,6 +74,7 @@ from ci_client.client import CIClient, ClientError, Event  # noqa: E402
 from ci_server.models import Job, JobStatus, TestSummary, new_job_id, utcnow  # noqa: E402
 from ci_server.runner.docker import container_name  # noqa: E402
 from ci_server.runner.executor import ENVIRONMENT_LABEL, INSTANCE_LABEL  # noqa: E402
+from ci_server.runner.project import INSTALLED_PROJECT  # noqa: E402
 from ci_server.settings import Settings  # noqa: E402
 from ci_server.store.sqlite import _JOB_COLUMNS, SqliteJobStore, _job_row  # noqa: E402
 from tests.e2e.harness import ServerProcess, ci_command, run_ci, server_env, wait_for  # noqa: E402
@@ -88,6 +94,16 @@ BUILT_IN_RE = re.compile(r"Environment [0-9a-f]{12} built in ([\d.]+)s")
 STREAM_LINE_RE = re.compile(r"\bT (\d+\.\d+)")
 COPY_AND_TEST = (
     "cp -R /src/. /tmp/project && cd /tmp/project && python -m pytest -v -p no:cacheprovider"
+)
+INSTALLED_AND_TEST = (
+    f"mkdir -p /tmp/project && cp -R {INSTALLED_PROJECT}/generated/. /tmp/project && "
+    + COPY_AND_TEST
+)
+"""pytest alone in an environment holding the project: what its build wrote, then its source."""
+INSTALL_AND_TEST = (
+    "cp -R /src/. /tmp/project && cd /tmp/project && "
+    "python -m pip install --progress-bar off --quiet --no-deps --no-build-isolation -e . && "
+    "python -m pytest -v -p no:cacheprovider"
 )
 OLD_WAY = (
     "cp -R /src/. /tmp/project && cd /tmp/project && "
@@ -580,6 +596,42 @@ def cold_run(bench: Bench, table: Table) -> None:
     table.add("`ci submit test` again (warm)", seconds(warm.wall))
 
 
+# -- 5. a packaged project ----------------------------------------------------------------
+
+
+def packaged_project(bench: Bench, server: ServerProcess, runs: int, table: Table) -> None:
+    project = bench.workdir / "packaged"
+    shutil.copytree(REPO_ROOT / "tests" / "fixtures" / "packaged", project)
+    for path in [project, *project.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # bind-mounted for user 1000
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(f"{pyproject.read_text()}# ci bench run {bench.tag}\n")
+    warm_up = submit(project, server)
+    settle(bench.docker, server, warm_up.job_id)
+    image = environment_image(bench.docker, warm_up.stderr)
+    bench.environments.add(image)
+    mounted = ["-v", f"{project}:/src:ro", "--user", "1000:1000", "--network", "none", image]
+
+    times: dict[str, list[float]] = {"ci": [], "pytest": [], "install": []}
+    for n in range(runs):
+        kinds = ("ci", "pytest", "install")
+        for kind in kinds if n % 2 == 0 else reversed(kinds):
+            if kind == "ci":
+                job = submit(project, server)
+                times["ci"].append(job.wall)
+                settle(bench.docker, server, job.job_id)
+            else:
+                script = INSTALLED_AND_TEST if kind == "pytest" else INSTALL_AND_TEST
+                times[kind].append(docker_run([*mounted, "sh", "-c", script]).wall)
+
+    ratio = statistics.median(times["ci"]) / statistics.median(times["pytest"])
+    table.section(f"5. a packaged project, warm ({runs} runs each, alternating; image {image})")
+    table.add("`ci submit test` (project installed in the environment)", spread(times["ci"]))
+    table.add("`docker run --rm` pytest, same image", spread(times["pytest"]))
+    table.add("ratio of medians", f"{ratio:.2f}")
+    table.add("`docker run --rm` pip install -e . + pytest", spread(times["install"]))
+
+
 # -- 3. stream latency -------------------------------------------------------------------------
 
 
@@ -733,13 +785,15 @@ def run(options: argparse.Namespace, workdir: Path) -> None:
     table.add("load average 1/5/15 min, at start", load_average())
     bench = Bench(workdir, options.image, connect_docker(options.image))
     try:
-        warm = bench.start_server("warm") if {"1", "3"} & set(options.parts) else None
+        warm = bench.start_server("warm") if {"1", "3", "5"} & set(options.parts) else None
         if "1" in options.parts and warm is not None:
             warm_overhead(bench, warm, options.runs, table)
         if "2" in options.parts:
             cold_run(bench, table)
         if "3" in options.parts and warm is not None:
             stream_latency(bench, warm, table)
+        if "5" in options.parts and warm is not None:
+            packaged_project(bench, warm, options.runs, table)
         if warm is not None:
             warm.stop()
         if "4" in options.parts:
@@ -755,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=10, help="warm runs of each kind (part 1)")
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs in the database (part 4)")
-    parser.add_argument("--parts", default="1234", help="which parts to run (default: 1234)")
+    parser.add_argument("--parts", default="12345", help="which parts to run (default: 12345)")
     parser.add_argument(
         "--image",
         default=os.environ.get("CI_RUNNER_IMAGE") or DEFAULT_IMAGE,
@@ -763,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     options = parser.parse_args(argv)
-    if options.runs < 1 or options.jobs < 1000 or not set(options.parts) <= set("1234"):
+    if options.runs < 1 or options.jobs < 1000 or not set(options.parts) <= set("12345"):
         parser.error("--runs must be >= 1, --jobs >= 1000, --parts digits among 1234")
 
     with contextlib.ExitStack() as cleanup:
