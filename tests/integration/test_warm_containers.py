@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,17 +40,22 @@ def warm_executor(instance: str, warm_dir: Path, size: int = 2) -> DockerExecuto
 
 
 @pytest.fixture
-async def executor(
-    docker_client: docker.DockerClient, tmp_path: Path
-) -> AsyncIterator[DockerExecutor]:
-    executor = warm_executor(unique("test-warm-"), tmp_path / "warm")
-    yield executor
-    await executor.aclose()
+def instance(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A server instance id of the test's own: whatever containers it leaves go at the end."""
+    instance = unique("test-warm-")
+    yield instance
     leftovers = docker_client.containers.list(
-        all=True, filters={"label": f"{INSTANCE_LABEL}={executor.instance}"}, ignore_removed=True
+        all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}, ignore_removed=True
     )
     for container in leftovers:
         container.remove(force=True)
+
+
+@pytest.fixture
+async def executor(instance: str, tmp_path: Path) -> AsyncIterator[DockerExecutor]:
+    executor = warm_executor(instance, tmp_path / "warm")
+    yield executor
+    await executor.aclose()
 
 
 def new_spec(tmp_path: Path, image: str, script: str) -> RunSpec:
@@ -210,10 +215,10 @@ async def test_removing_an_image_removes_its_warm_containers_first(
 
 
 async def test_closing_removes_warm_containers_and_their_directories(
-    docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+    instance: str, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
 ) -> None:
     warm_dir = tmp_path / "warm"
-    executor = warm_executor(unique("test-warm-"), warm_dir)
+    executor = warm_executor(instance, warm_dir)
     try:
         await run(executor, new_spec(tmp_path, runner_image, "true"))
         waiting = await one_warm_container(docker_client, executor.instance)
@@ -226,9 +231,9 @@ async def test_closing_removes_warm_containers_and_their_directories(
 
 
 async def test_a_restarted_server_removes_the_warm_containers_left_behind(
-    docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+    instance: str, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
 ) -> None:
-    instance, warm_dir = unique("test-warm-"), tmp_path / "warm"
+    warm_dir = tmp_path / "warm"
     crashed = warm_executor(instance, warm_dir)
     await run(crashed, new_spec(tmp_path, runner_image, "true"))
     waiting = await one_warm_container(docker_client, instance)
@@ -295,9 +300,8 @@ class EngineLink:
 
 
 async def test_an_engine_gone_while_a_container_waits_is_an_executor_error(
-    docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+    instance: str, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
 ) -> None:
-    instance = unique("test-warm-")
     async with EngineLink(tmp_path / "engine.sock") as link:
         executor = DockerExecutor(
             instance, base_url=link.url, warm_dir=tmp_path / "warm", warm_containers=2
@@ -305,7 +309,7 @@ async def test_an_engine_gone_while_a_container_waits_is_an_executor_error(
         try:
             status, output = await run(executor, new_spec(tmp_path, runner_image, "echo ran"))
             assert (status, output) == (0, b"ran\n")
-            waiting = await one_warm_container(docker_client, instance)
+            await one_warm_container(docker_client, instance)
 
             await link.cut()
             job = new_spec(tmp_path, runner_image, "echo ran")
@@ -314,4 +318,3 @@ async def test_an_engine_gone_while_a_container_waits_is_an_executor_error(
             assert (job.workspace / "hello.txt").is_file()  # the job's files are where they were
         finally:
             await executor.aclose()  # cannot remove the waiting container: says so, and ends
-    waiting.remove(force=True)
