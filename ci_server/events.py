@@ -5,7 +5,8 @@ sequence number, pushes it at once to every watcher's queue and leaves it pendin
 flusher writes pending events of all jobs to the store in one transaction (every
 `flush_interval` seconds, or sooner once `batch_size` events wait). A watcher replays what the
 store has, then the pending events, then what arrives live: by sequence number, with no gap
-and no duplicate. A watcher too slow for its queue is dropped back to the replay path.
+and no duplicate, in batches of whatever is at hand at once (`batches`). A watcher too slow
+for its queue is dropped back to the replay path.
 """
 
 from __future__ import annotations
