@@ -135,16 +135,38 @@ def _quote_all(items: Sequence[str]) -> str:
     return " ".join(shlex.quote(item) for item in items)
 
 
+def _packaging_files(root: Path) -> list[str]:
+    """The files that make the project a package to install: setup.py; a pyproject.toml
+    with a [project] or [build-system] table; a setup.cfg with [metadata] or [options].
+    A pyproject.toml or setup.cfg holding only tools' settings (pytest's, a linter's) does
+    not: `pip install .` of such a project fails or installs a package nobody meant."""
+    found = []
+    for name in PROJECT_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        if name == "pyproject.toml":
+            packaging = bool({"project", "build-system"} & _read_toml(path).keys())
+        elif name == "setup.cfg":
+            cfg = _setup_cfg(path)
+            packaging = cfg.has_section("metadata") or cfg.has_section("options")
+        else:
+            packaging = True
+        if packaging:
+            found.append(name)
+    return found
+
+
 def _plan_requirements(root: Path) -> InstallPlan:
     files = [REQUIREMENTS, *(f for f in EXTRA_REQUIREMENTS if (root / f).is_file())]
     command = f"{PIP} " + " ".join(f"-r {f}" for f in files)
     project_commands: tuple[str, ...] = ()
     key_files = list(files)
-    if any((root / f).is_file() for f in PROJECT_FILES):
+    if packaging := _packaging_files(root):
         # A packaged project: its code is installed too, without dependencies again, and
         # its packaging files decide that install (kept in the environment).
         project_commands = (_project_install(),)
-        key_files += [f for f in PROJECT_FILES if (root / f).is_file()]
+        key_files += packaging
     return InstallPlan(" + ".join(files), (command,), project_commands, tuple(key_files))
 
 
@@ -235,15 +257,15 @@ def _plan_package(root: Path) -> InstallPlan:
 def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     if (root / REQUIREMENTS).is_file():
         plan = _plan_requirements(root)
-    elif any((root / f).is_file() for f in PROJECT_FILES):
+    elif _packaging_files(root):
         plan = _plan_package(root)
     elif config.install:
         plan = InstallPlan(f"{CONFIG_FILE} install commands", (), (), ())
     else:
         raise ProjectError(
             "no requirements.txt in the project root, and no pyproject.toml, setup.py or "
-            "setup.cfg: nothing says how to install the project's test dependencies "
-            "(add a requirements.txt listing them, `pytest` at least)"
+            "setup.cfg that packages the project: nothing says how to install its test "
+            "dependencies (add a requirements.txt listing them, `pytest` at least)"
         )
     if config.install:
         plan = InstallPlan(

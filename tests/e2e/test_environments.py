@@ -258,3 +258,24 @@ def test_a_project_whose_build_compiles_extensions_is_installed_on_every_run(
             assert "It has compiled extensions: it will be installed on every run" in (
                 result.stdout
             ), describe(result)
+
+
+def test_a_pyproject_with_only_tool_settings_is_not_installed(
+    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
+) -> None:
+    """requirements.txt, a pyproject.toml holding pytest's settings, two top-level packages:
+    run as the developer runs it (`pip install -r requirements.txt && pytest`); installing
+    it with pip would fail on the two packages."""
+    project = new_project(tmp_path, "settings")
+    (project / "pyproject.toml").write_text('[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
+    (project / "pytest.ini").unlink()  # the settings live in pyproject.toml here
+    for package in ("app", "lib"):
+        (project / package).mkdir()
+        (project / package / "__init__.py").write_text("VALUE = 1\n")
+    (project / "tests" / "test_packages.py").write_text(
+        "import app\nimport lib\n\n\ndef test_both():\n    assert app.VALUE + lib.VALUE == 2\n"
+    )
+    _, _, result = submit(project, server, environment_keys)
+    assert "[ci] Project: requirements.txt\n" in result.stderr, describe(result)
+    assert "Installing the project" not in result.stdout, describe(result)
+    assert "test_packages.py::test_both PASSED" in result.stdout, describe(result)

@@ -9,8 +9,16 @@ import shlex
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from ci_server.runner.config import ProjectConfig
-from ci_server.runner.project import PIP, InstallPlan, environment_script, plan_install
+from ci_server.runner.project import (
+    PIP,
+    InstallPlan,
+    ProjectError,
+    environment_script,
+    plan_install,
+)
 
 
 def plan(root: Path, **files: str) -> InstallPlan:
@@ -192,3 +200,37 @@ def test_the_packaging_files_of_a_project_with_requirements_key_its_environment(
     result = plan(packaged, requirements_txt="pytest\n", pyproject_toml='[project]\nname = "x"\n')
     assert result.key_files == ("requirements.txt", "pyproject.toml")
     assert plan(plain, requirements_txt="pytest\n").key_files == ("requirements.txt",)
+
+
+def test_tool_settings_alone_do_not_make_a_package(tmp_path: Path) -> None:
+    """A pyproject.toml or setup.cfg with only pytest's or a linter's settings is not
+    installed: `pip install .` of such a flat project fails or makes an unwanted package."""
+    result = plan(
+        tmp_path,
+        requirements_txt="pytest\n",
+        pyproject_toml='[tool.pytest.ini_options]\ntestpaths = ["tests"]\n',
+        setup_cfg="[flake8]\nmax-line-length = 100\n",
+    )
+    assert result.project_commands == ()
+    assert result.key_files == ("requirements.txt",)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"pyproject_toml": '[project]\nname = "x"\nversion = "1"\n'},
+        {"pyproject_toml": '[build-system]\nrequires = ["setuptools"]\n'},
+        {"setup_cfg": "[metadata]\nname = x\n"},
+        {"setup_py": "from setuptools import setup\nsetup()\n"},
+    ],
+    ids=["pyproject [project]", "pyproject [build-system]", "setup.cfg [metadata]", "setup.py"],
+)
+def test_packaging_tables_make_a_package(tmp_path: Path, files: dict[str, str]) -> None:
+    result = plan(tmp_path, requirements_txt="pytest\n", **files)
+    assert len(result.project_commands) == 1
+    assert len(result.key_files) == 2
+
+
+def test_tool_settings_without_requirements_say_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError, match="nothing says how to install"):
+        plan(tmp_path, pyproject_toml="[tool.ruff]\nline-length = 100\n")
