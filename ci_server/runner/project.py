@@ -135,26 +135,39 @@ def _quote_all(items: Sequence[str]) -> str:
     return " ".join(shlex.quote(item) for item in items)
 
 
-def _packaging_files(root: Path) -> list[str]:
-    """The files that make the project a package to install: setup.py; a pyproject.toml
-    with a [project] or [build-system] table; a setup.cfg with [metadata] or [options].
-    A pyproject.toml or setup.cfg holding only tools' settings (pytest's, a linter's) does
-    not: `pip install .` of such a project fails or installs a package nobody meant."""
+def _project_files(root: Path) -> list[str]:
+    """The files that describe the project, its dependencies or its build: setup.py; a
+    pyproject.toml with [project], [build-system] or [dependency-groups]; a setup.cfg with
+    [metadata] or [options]. One holding only tools' settings (pytest's, a linter's) does
+    not count: `pip install .` of such a project fails or makes a package nobody meant."""
     found = []
     for name in PROJECT_FILES:
         path = root / name
         if not path.is_file():
             continue
         if name == "pyproject.toml":
-            packaging = bool({"project", "build-system"} & _read_toml(path).keys())
+            tables = {"project", "build-system", "dependency-groups"}
+            counts = bool(tables & _read_toml(path).keys())
         elif name == "setup.cfg":
             cfg = _setup_cfg(path)
-            packaging = cfg.has_section("metadata") or cfg.has_section("options")
+            counts = cfg.has_section("metadata") or cfg.has_section("options")
         else:
-            packaging = True
-        if packaging:
+            counts = True
+        if counts:
             found.append(name)
     return found
+
+
+def _is_built(root: Path, project_files: list[str]) -> bool:
+    """Whether the project itself is installed, not only its dependencies: it has a build
+    (setup.py, setuptools metadata in setup.cfg, or a pyproject.toml [build-system]).
+    A pyproject.toml without [build-system] is an application, as uv takes it: its
+    dependencies are installed, the project is not."""
+    if "setup.py" in project_files or "setup.cfg" in project_files:
+        return True
+    return "pyproject.toml" in project_files and (
+        "build-system" in _read_toml(root / "pyproject.toml")
+    )
 
 
 def _plan_requirements(root: Path) -> InstallPlan:
@@ -162,11 +175,12 @@ def _plan_requirements(root: Path) -> InstallPlan:
     command = f"{PIP} " + " ".join(f"-r {f}" for f in files)
     project_commands: tuple[str, ...] = ()
     key_files = list(files)
-    if packaging := _packaging_files(root):
+    project_files = _project_files(root)
+    if _is_built(root, project_files):
         # A packaged project: its code is installed too, without dependencies again, and
         # its packaging files decide that install (kept in the environment).
         project_commands = (_project_install(),)
-        key_files += packaging
+        key_files += project_files
     return InstallPlan(" + ".join(files), (command,), project_commands, tuple(key_files))
 
 
@@ -196,7 +210,7 @@ def _requirement_name(requirement: str) -> str:
     return _normalized(match.group(1)) if match else ""
 
 
-def _plan_package(root: Path) -> InstallPlan:
+def _plan_package(root: Path, project_files: list[str]) -> InstallPlan:
     """A pyproject.toml / setup.py / setup.cfg project, with its test extra or group."""
     pyproject = _read_toml(root / "pyproject.toml") if (root / "pyproject.toml").is_file() else {}
     project_table: dict[str, Any] = pyproject.get("project", {}) or {}
@@ -222,10 +236,11 @@ def _plan_package(root: Path) -> InstallPlan:
     elif group:
         source = "pyproject.toml"
     else:
-        source = next(f for f in PROJECT_FILES if (root / f).is_file())
+        source = project_files[0]
 
-    # The build backend stays in the environment: each run's project install needs it.
-    commands = [f"{PIP} {_quote_all(list(build_requires))}"]
+    built = _is_built(root, project_files)
+    # The build backend stays in the environment: the project's install needs it.
+    commands = [f"{PIP} {_quote_all(list(build_requires))}"] if built else []
     requirements = list(project_table.get("dependencies", []))
     requirements += optional.get(extra, []) if extra else []
     # An extra naming the project itself (`tests = ["attrs[tests-no-zope]", ...]`) means
@@ -250,15 +265,17 @@ def _plan_package(root: Path) -> InstallPlan:
         commands.append(f"{PIP} {_quote_all(_group_requirements(groups, group, frozenset()))}")
         chosen.append(f"dependency group {group!r}")
     description = f"{source}, " + (" + ".join(chosen) if chosen else "no test extra or group")
-    key_files = tuple(f for f in PROJECT_FILES if (root / f).is_file())
-    return InstallPlan(description, tuple(commands), (_project_install(),), key_files)
+    if not built:
+        description += " (no [build-system]: the project itself is not installed)"
+    project_commands = (_project_install(),) if built else ()
+    return InstallPlan(description, tuple(commands), project_commands, tuple(project_files))
 
 
 def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     if (root / REQUIREMENTS).is_file():
         plan = _plan_requirements(root)
-    elif _packaging_files(root):
-        plan = _plan_package(root)
+    elif project_files := _project_files(root):
+        plan = _plan_package(root, project_files)
     elif config.install:
         plan = InstallPlan(f"{CONFIG_FILE} install commands", (), (), ())
     else:

@@ -279,3 +279,27 @@ def test_a_pyproject_with_only_tool_settings_is_not_installed(
     assert "[ci] Project: requirements.txt\n" in result.stderr, describe(result)
     assert "Installing the project" not in result.stdout, describe(result)
     assert "test_packages.py::test_both PASSED" in result.stdout, describe(result)
+
+
+def test_a_pyproject_without_build_system_is_run_as_an_application(
+    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
+) -> None:
+    """uv's application shape: [project] with dependencies, a dev group, no [build-system],
+    two top-level packages. Its dependencies are installed, the project is not (pip could not
+    build it), and its tests run."""
+    project = tmp_path / "application"
+    (project / "tests").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        f'[project]\nname = "application"\nversion = "0.1.0"\ndependencies = ["iniconfig"]\n'
+        f'\n[dependency-groups]\ndev = ["pytest"]\n\n# {uuid.uuid4().hex}\n'
+    )
+    for package in ("app", "lib"):
+        (project / package).mkdir()
+        (project / package / "__init__.py").write_text("VALUE = 1\n")
+    (project / "tests" / "test_packages.py").write_text(
+        "import app\nimport iniconfig\nimport lib\n\n\n"
+        "def test_both():\n    assert app.VALUE + lib.VALUE == 2\n"
+    )
+    _, _, result = submit(project, server, environment_keys)
+    assert "the project itself is not installed" in result.stderr, describe(result)
+    assert "test_packages.py::test_both PASSED" in result.stdout, describe(result)

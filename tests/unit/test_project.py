@@ -97,6 +97,8 @@ def test_another_project_of_a_similar_name_is_no_self_reference(tmp_path: Path) 
     result = plan(
         tmp_path,
         pyproject_toml="""
+            [build-system]
+            requires = ["hatchling"]
             [project]
             name = "attrs"
             version = "1.0"
@@ -197,7 +199,8 @@ def test_the_packaging_files_of_a_project_with_requirements_key_its_environment(
     packaged, plain = tmp_path / "packaged", tmp_path / "plain"
     packaged.mkdir()
     plain.mkdir()
-    result = plan(packaged, requirements_txt="pytest\n", pyproject_toml='[project]\nname = "x"\n')
+    pyproject = '[build-system]\nrequires = ["setuptools"]\n[project]\nname = "x"\n'
+    result = plan(packaged, requirements_txt="pytest\n", pyproject_toml=pyproject)
     assert result.key_files == ("requirements.txt", "pyproject.toml")
     assert plan(plain, requirements_txt="pytest\n").key_files == ("requirements.txt",)
 
@@ -218,12 +221,11 @@ def test_tool_settings_alone_do_not_make_a_package(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "files",
     [
-        {"pyproject_toml": '[project]\nname = "x"\nversion = "1"\n'},
         {"pyproject_toml": '[build-system]\nrequires = ["setuptools"]\n'},
         {"setup_cfg": "[metadata]\nname = x\n"},
         {"setup_py": "from setuptools import setup\nsetup()\n"},
     ],
-    ids=["pyproject [project]", "pyproject [build-system]", "setup.cfg [metadata]", "setup.py"],
+    ids=["pyproject [build-system]", "setup.cfg [metadata]", "setup.py"],
 )
 def test_packaging_tables_make_a_package(tmp_path: Path, files: dict[str, str]) -> None:
     result = plan(tmp_path, requirements_txt="pytest\n", **files)
@@ -234,3 +236,23 @@ def test_packaging_tables_make_a_package(tmp_path: Path, files: dict[str, str]) 
 def test_tool_settings_without_requirements_say_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(ProjectError, match="nothing says how to install"):
         plan(tmp_path, pyproject_toml="[tool.ruff]\nline-length = 100\n")
+
+
+def test_a_pyproject_without_build_system_is_an_application(tmp_path: Path) -> None:
+    """As uv takes it: its dependencies and its dev group are installed, the project is not
+    (a flat layout of several packages could not be)."""
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [project]
+            name = "app"
+            version = "0.1.0"
+            dependencies = ["attrs"]
+            [dependency-groups]
+            dev = ["pytest"]
+        """,
+    )
+    assert argv(result.dependency_commands) == [pip("attrs"), pip("pytest")]
+    assert result.project_commands == ()
+    assert "the project itself is not installed" in result.description
+    assert "-e ." not in environment_script(result)

@@ -202,7 +202,8 @@ async def test_exit_100_without_environment_cache_blames_the_dependencies(
 
 
 async def test_exit_100_from_the_project_install_blames_the_project(tmp_path: Path) -> None:
-    packaged = {**PASSING_PROJECT, "pyproject.toml": '[project]\nname = "sample"\n'}
+    pyproject = '[build-system]\nrequires = ["setuptools"]\n[project]\nname = "sample"\n'
+    packaged = {**PASSING_PROJECT, "pyproject.toml": pyproject}
     executor = FakeExecutor(FakeRun(exit_code=100))
     async with harness(tmp_path, executor) as h:
         job = await h.finished((await h.submit(packaged)).id)
