@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import posixpath
 import re
 import shlex
 import tomllib
@@ -170,11 +171,37 @@ def _is_built(root: Path, project_files: list[str]) -> bool:
     )
 
 
+_INCLUDED_FILE = re.compile(
+    r"^\s*(?:-[rc]\s*|--(?:requirement|constraint)(?:\s*=\s*|\s+))(\S+)", re.MULTILINE
+)
+"""A requirements file's `-r other.txt` or `-c constraints.txt` line: the file it names."""
+
+
+def _with_included_files(root: Path, names: Sequence[str]) -> list[str]:
+    """The requirements files and every file they include (-r) or constrain with (-c),
+    relative to the root: all their content decides the environment. A file outside the
+    project (never read: `-r /dev/zero` would hang the server) or missing is left to pip,
+    which says so."""
+    found: list[str] = []
+    pending = list(names)
+    while pending:
+        name = pending.pop(0)
+        path = root / name
+        outside = posixpath.isabs(name) or name == ".." or name.startswith("../")
+        if name in found or outside or not path.is_file():
+            continue
+        found.append(name)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for included in _INCLUDED_FILE.findall(text):
+            pending.append(posixpath.normpath(posixpath.join(posixpath.dirname(name), included)))
+    return found
+
+
 def _plan_requirements(root: Path) -> InstallPlan:
     files = [REQUIREMENTS, *(f for f in EXTRA_REQUIREMENTS if (root / f).is_file())]
     command = f"{PIP} " + " ".join(f"-r {f}" for f in files)
     project_commands: tuple[str, ...] = ()
-    key_files = list(files)
+    key_files = _with_included_files(root, files)
     project_files = _project_files(root)
     if _is_built(root, project_files):
         # A packaged project: its code is installed too, without dependencies again, and

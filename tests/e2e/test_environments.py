@@ -303,3 +303,20 @@ def test_a_pyproject_without_build_system_is_run_as_an_application(
     _, _, result = submit(project, server, environment_keys)
     assert "the project itself is not installed" in result.stderr, describe(result)
     assert "test_packages.py::test_both PASSED" in result.stdout, describe(result)
+
+
+def test_changing_an_included_requirements_file_builds_a_new_environment(
+    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
+) -> None:
+    project = new_project(tmp_path, "included")
+    (project / "requirements").mkdir()
+    base = project / "requirements" / "base.txt"
+    base.write_text(f"pytest\n# {uuid.uuid4().hex}\n")
+    (project / "requirements.txt").write_text("-r requirements/base.txt\n")
+    key, how, result = submit(project, server, environment_keys)
+    assert how == "built", describe(result)
+    assert submit(project, server, environment_keys)[:2] == (key, "reused")
+
+    base.write_text(f"{base.read_text()}iniconfig\n")  # preinstalled: no download
+    changed, how, result = submit(project, server, environment_keys)
+    assert changed != key and how == "built", describe(result)

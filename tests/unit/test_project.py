@@ -256,3 +256,29 @@ def test_a_pyproject_without_build_system_is_an_application(tmp_path: Path) -> N
     assert result.project_commands == ()
     assert "the project itself is not installed" in result.description
     assert "-e ." not in environment_script(result)
+
+
+def test_files_a_requirements_file_includes_key_the_environment(tmp_path: Path) -> None:
+    """A change to requirements/base.txt, included by requirements.txt, must make a new
+    environment; a file outside the project is never read."""
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "base.txt").write_text("attrs\n-c constraints.txt\n")
+    (tmp_path / "requirements" / "constraints.txt").write_text("attrs<30\n")
+    (tmp_path / "requirements" / "more.txt").write_text("--requirement=base.txt\n")
+    result = plan(
+        tmp_path,
+        requirements_txt="""
+            -r requirements/base.txt
+            -rrequirements/more.txt
+            -r /dev/zero
+            -r ../outside.txt
+            -r requirements/missing.txt
+            pytest
+        """,
+    )
+    assert result.key_files == (
+        "requirements.txt",
+        "requirements/base.txt",
+        "requirements/more.txt",
+        "requirements/constraints.txt",
+    )
