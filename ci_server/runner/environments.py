@@ -2,9 +2,9 @@
 
 An environment's key is a hash of what decides it: the runner image's content id (so the
 Python version too), the whole build script (so a change to how environments are built
-makes new ones) and the content of the files they read
-(requirements*.txt, pyproject.toml, setup.py, setup.cfg, ci.toml) and the project's
-environment variables. A job whose key has an image skips the install and starts pytest at
+makes new ones), the content of the files they read (requirements*.txt and the files and
+local package folders those name, pyproject.toml, setup.py, setup.cfg, ci.toml) and the
+project's environment variables. A job whose key has an image skips the install and starts pytest at
 once. Two jobs needing the same new environment build it once (the second waits on the
 first); a failed build leaves no image; past `keep` images the least recently used go.
 """
@@ -37,9 +37,11 @@ def environment_key(
     )
     for name in sorted(plan.key_files):
         path = project / name
-        digest.update(name.encode() + b"\0")
-        digest.update(path.read_bytes() if path.is_file() else b"<missing>")
-        digest.update(b"\0")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(project).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes() if file.is_file() else b"<missing>")
+            digest.update(b"\0")
     return digest.hexdigest()
 
 

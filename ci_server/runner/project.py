@@ -67,6 +67,8 @@ class InstallPlan:
     project_commands: tuple[str, ...]
     """Install the project's own code: run on every run."""
     key_files: tuple[str, ...]
+    """Relative paths whose content keys the environment: files, and folders of local
+    packages the requirements install (every file in them counts)."""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -177,23 +179,46 @@ _INCLUDED_FILE = re.compile(
 """A requirements file's `-r other.txt` or `-c constraints.txt` line: the file it names."""
 
 
+def _inside(name: str) -> bool:
+    """Whether a normalized relative path stays in the project (never read one that does
+    not: `-r /dev/zero` would hang the server)."""
+    return not (posixpath.isabs(name) or name == ".." or name.startswith("../"))
+
+
+def _local_folder(line: str) -> str | None:
+    """The folder a requirement line installs from, as pip takes it (`./libs/foo`,
+    `libs/foo[extra]`: a path, relative to where pip runs, the project root), if it is one.
+    Not `-e` lines (jobs see their fresh copy), nor URLs, nor the project itself (`.`)."""
+    requirement = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].split(";")[0].strip()
+    if not requirement or requirement.startswith("-") or "://" in requirement:
+        return None
+    if "@" in requirement:
+        return None
+    token = re.sub(r"\[.*\]$", "", requirement.split()[0])
+    if not (token.startswith(".") or "/" in token):
+        return None
+    folder = posixpath.normpath(token)
+    return folder if folder != "." else None
+
+
 def _with_included_files(root: Path, names: Sequence[str]) -> list[str]:
-    """The requirements files and every file they include (-r) or constrain with (-c),
-    relative to the root: all their content decides the environment. A file outside the
-    project (never read: `-r /dev/zero` would hang the server) or missing is left to pip,
-    which says so."""
+    """The requirements files, every file they include (-r) or constrain with (-c), and the
+    project's folders they install as packages: all their content decides the environment.
+    What is outside the project or missing is left to pip, which says so."""
     found: list[str] = []
     pending = list(names)
     while pending:
         name = pending.pop(0)
         path = root / name
-        outside = posixpath.isabs(name) or name == ".." or name.startswith("../")
-        if name in found or outside or not path.is_file():
+        if name in found or not _inside(name) or not path.exists():
             continue
         found.append(name)
+        if path.is_dir():
+            continue
         text = path.read_text(encoding="utf-8", errors="replace")
         for included in _INCLUDED_FILE.findall(text):
             pending.append(posixpath.normpath(posixpath.join(posixpath.dirname(name), included)))
+        pending += [folder for line in text.splitlines() if (folder := _local_folder(line))]
     return found
 
 

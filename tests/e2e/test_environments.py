@@ -320,3 +320,31 @@ def test_changing_an_included_requirements_file_builds_a_new_environment(
     base.write_text(f"{base.read_text()}iniconfig\n")  # preinstalled: no download
     changed, how, result = submit(project, server, environment_keys)
     assert changed != key and how == "built", describe(result)
+
+
+def test_a_local_package_the_requirements_install_is_rebuilt_when_its_code_changes(
+    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
+) -> None:
+    """requirements.txt installs ./libs/greeting as it is (not editable): the environment
+    holds a copy, so a change to its code must build a new one, never run the old copy."""
+    project = new_project(tmp_path, "monorepo")
+    library = project / "libs" / "greeting"
+    (library / "greeting").mkdir(parents=True)
+    (library / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'\n[project]\nname = "greeting"\nversion = "1.0"\n# {uuid.uuid4().hex}\n'
+    )
+    code = library / "greeting" / "__init__.py"
+    code.write_text('WORD = "hello"\n')
+    with (project / "requirements.txt").open("a") as requirements:
+        requirements.write("./libs/greeting\n")
+    (project / "tests" / "test_greeting.py").write_text(
+        "import greeting\n\n\ndef test_word():\n    print('WORD', greeting.WORD)\n"
+    )
+    key, how, first = submit(project, server, environment_keys, "--", "-s")
+    assert how == "built" and "WORD hello" in first.stdout, describe(first)
+
+    code.write_text('WORD = "goodbye"\n')
+    changed, how, second = submit(project, server, environment_keys, "--", "-s")
+    assert changed != key and how == "built", describe(second)
+    assert "WORD goodbye" in second.stdout, describe(second)

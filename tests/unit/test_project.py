@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ci_server.runner.config import ProjectConfig
+from ci_server.runner.environments import environment_key
 from ci_server.runner.project import (
     PIP,
     InstallPlan,
@@ -282,3 +283,34 @@ def test_files_a_requirements_file_includes_key_the_environment(tmp_path: Path) 
         "requirements/more.txt",
         "requirements/constraints.txt",
     )
+
+
+def test_local_packages_the_requirements_install_key_the_environment(tmp_path: Path) -> None:
+    """`./libs/foo` is installed into the environment as it is: a change to its code must
+    make a new environment. Editable ones, URLs and the project itself need not."""
+    for folder in ("libs/foo", "libs/bar", "libs/baz", "tools/qux"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "setup.py").write_text("from setuptools import setup\nsetup()\n")
+    result = plan(
+        tmp_path,
+        requirements_txt="""
+            ./libs/foo
+            libs/bar[extra] ; python_version >= "3.8"  # a comment
+            -e ./libs/baz
+            pkg @ file:///srv/pkg
+            https://example.org/pkg.zip
+            ../outside
+            .
+            tools/qux
+            pytest
+        """,
+    )
+    assert result.key_files == ("requirements.txt", "libs/foo", "libs/bar", "tools/qux")
+
+    def key() -> str:
+        return environment_key("sha256:base", result, tmp_path, {})
+
+    before = key()
+    assert key() == before
+    (tmp_path / "libs" / "foo" / "foo.py").write_text("VALUE = 2\n")
+    assert key() != before
