@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from ci_server.api import health, jobs
 from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
+from ci_server.api.frames import SseFrames
 from ci_server.api.limits import BodySizeLimit
 from ci_server.events import EventHub
 from ci_server.runner.docker import DockerExecutor
@@ -49,6 +50,7 @@ def create_app(
             app.state.settings = settings
             app.state.store = job_store
             app.state.hub = hub
+            app.state.frames = SseFrames()
             app.state.scheduler = scheduler
             await scheduler.start()
             try:

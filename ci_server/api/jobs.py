@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,12 +21,13 @@ from fastapi import (
     UploadFile,
 )
 from fastapi import Path as PathParam
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from ci_server.api.auth import CurrentUser, current_user
+from ci_server.api.frames import SseFrames
 from ci_server.api.schemas import EVENT_STREAM_SCHEMA, ErrorOut, JobOut, TestResultOut
 from ci_server.events import EventHub
-from ci_server.models import Job, JobEvent, JobNotFound, StorageFailure
+from ci_server.models import Job, JobNotFound, StorageFailure
 from ci_server.runner.workspace import check_archive
 from ci_server.scheduler import Scheduler
 from ci_server.settings import Settings
@@ -69,6 +69,10 @@ def scheduler(request: Request) -> Scheduler:
 
 def hub(request: Request) -> EventHub:
     return request.app.state.hub
+
+
+def frames(request: Request) -> SseFrames:
+    return request.app.state.frames
 
 
 def settings(request: Request) -> Settings:
@@ -170,16 +174,6 @@ async def cancel_job(
     return JobOut.from_job(job)
 
 
-def _sse(events: list[JobEvent]) -> bytes:
-    """Events as SSE frames, in one piece: one write for all of them."""
-    frames = []
-    for event in events:
-        payload = {"seq": event.seq, "type": event.type.value, "time": event.time.isoformat()}
-        data = json.dumps(payload | event.data)
-        frames.append(ServerSentEvent(data, event=event.type.value, id=str(event.seq)).encode())
-    return b"".join(frames)
-
-
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
@@ -196,6 +190,7 @@ async def stream_events(
     request: Request,
     scheduler: Annotated[Scheduler, Depends(scheduler)],
     hub: Annotated[EventHub, Depends(hub)],
+    frames: Annotated[SseFrames, Depends(frames)],
     user: CurrentUser,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_SEQ, description="resume after this seq")
@@ -224,7 +219,7 @@ async def stream_events(
 
     async def events() -> AsyncIterator[bytes]:
         async for batch in hub.batches(job_id, start):
-            yield _sse(batch)
+            yield frames.of(job_id, batch)
 
     return EventSourceResponse(
         events(),
