@@ -74,7 +74,7 @@ from ci_client.client import CIClient, ClientError, Event  # noqa: E402
 from ci_server.models import Job, JobStatus, TestSummary, new_job_id, utcnow  # noqa: E402
 from ci_server.runner.docker import container_name  # noqa: E402
 from ci_server.runner.executor import ENVIRONMENT_LABEL, INSTANCE_LABEL  # noqa: E402
-from ci_server.runner.project import INSTALLED_PROJECT  # noqa: E402
+from ci_server.runner.scripts import INSTALLED_PROJECT  # noqa: E402
 from ci_server.settings import Settings  # noqa: E402
 from ci_server.store.sqlite import _JOB_COLUMNS, SqliteJobStore, _job_row  # noqa: E402
 from tests.e2e.harness import ServerProcess, ci_command, run_ci, server_env, wait_for  # noqa: E402

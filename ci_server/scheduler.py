@@ -32,14 +32,9 @@ from ci_server.runner.config import ConfigError, load_config
 from ci_server.runner.environments import EnvironmentCache, environment_key
 from ci_server.runner.executor import Executor, ExecutorError, RunSpec
 from ci_server.runner.output import LineSplitter, LogBudget
-from ci_server.runner.project import (
-    INSTALL_FAILED_EXIT,
-    JUNIT_FILE,
-    ProjectError,
-    job_script,
-    plan_install,
-)
+from ci_server.runner.project import ProjectError, plan_install
 from ci_server.runner.reports import read_junit_report
+from ci_server.runner.scripts import INSTALL_FAILED_EXIT, JUNIT_FILE, job_script
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
 from ci_server.states import transition

@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ci_server.runner.executor import ENVIRONMENT_LABEL, Executor, OutputSink, RunSpec
-from ci_server.runner.project import InstallPlan, environment_script
+from ci_server.runner.project import InstallPlan
+from ci_server.runner.scripts import environment_script
 
 logger = logging.getLogger(__name__)
 

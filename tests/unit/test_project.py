@@ -13,13 +13,8 @@ import pytest
 
 from ci_server.runner.config import ProjectConfig
 from ci_server.runner.environments import environment_key
-from ci_server.runner.project import (
-    PIP,
-    InstallPlan,
-    ProjectError,
-    environment_script,
-    plan_install,
-)
+from ci_server.runner.project import PIP, InstallPlan, ProjectError, plan_install
+from ci_server.runner.scripts import environment_script
 
 
 def plan(root: Path, **files: str) -> InstallPlan:
