@@ -31,7 +31,6 @@ EXTRA_REQUIREMENTS = (
     "dev-requirements.txt",
     "test-requirements.txt",
 )
-PROJECT_FILES = ("pyproject.toml", "setup.py", "setup.cfg")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_BUILD_REQUIRES = ("setuptools>=64", "wheel")
 PIP = "python -m pip install --progress-bar off"
@@ -48,7 +47,8 @@ class InstallPlan:
     dependency_commands: tuple[str, ...]
     """Depend only on `key_files` (and ci.toml): reusable from one run to the next."""
     project_commands: tuple[str, ...]
-    """Install the project's own code: run on every run."""
+    """Install the project's own code: in its environment when it can be (scripts.py),
+    else on every run."""
     key_files: tuple[str, ...]
     """Relative paths whose content keys the environment: files, and folders of local
     packages the requirements install (every file in them counts)."""
@@ -121,39 +121,38 @@ def _quote_all(items: Sequence[str]) -> str:
     return " ".join(shlex.quote(item) for item in items)
 
 
-def _project_files(root: Path) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class _Packaging:
+    """What the project's packaging files say, each read once."""
+
+    pyproject: dict[str, Any]
+    """pyproject.toml's tables; empty without one."""
+    files: list[str]
     """The files that describe the project, its dependencies or its build: setup.py; a
     pyproject.toml with [project], [build-system] or [dependency-groups]; a setup.cfg with
     [metadata] or [options]. One holding only tools' settings (pytest's, a linter's) does
     not count: `pip install .` of such a project fails or makes a package nobody meant."""
-    found = []
-    for name in PROJECT_FILES:
-        path = root / name
-        if not path.is_file():
-            continue
-        if name == "pyproject.toml":
-            tables = {"project", "build-system", "dependency-groups"}
-            counts = bool(tables & _read_toml(path).keys())
-        elif name == "setup.cfg":
-            cfg = _setup_cfg(path)
-            counts = cfg.has_section("metadata") or cfg.has_section("options")
-        else:
-            counts = True
-        if counts:
-            found.append(name)
-    return found
-
-
-def _is_built(root: Path, project_files: list[str]) -> bool:
+    built: bool
     """Whether the project itself is installed, not only its dependencies: it has a build
     (setup.py, setuptools metadata in setup.cfg, or a pyproject.toml [build-system]).
     A pyproject.toml without [build-system] is an application, as uv takes it: its
     dependencies are installed, the project is not."""
-    if "setup.py" in project_files or "setup.cfg" in project_files:
-        return True
-    return "pyproject.toml" in project_files and (
-        "build-system" in _read_toml(root / "pyproject.toml")
-    )
+
+
+def _packaging(root: Path) -> _Packaging:
+    pyproject_path = root / "pyproject.toml"
+    pyproject = _read_toml(pyproject_path) if pyproject_path.is_file() else {}
+    files = []
+    if {"project", "build-system", "dependency-groups"} & pyproject.keys():
+        files.append("pyproject.toml")
+    if (root / "setup.py").is_file():
+        files.append("setup.py")
+    if (root / "setup.cfg").is_file():
+        cfg = _setup_cfg(root / "setup.cfg")
+        if cfg.has_section("metadata") or cfg.has_section("options"):
+            files.append("setup.cfg")
+    built = "build-system" in pyproject or "setup.py" in files or "setup.cfg" in files
+    return _Packaging(pyproject, files, built)
 
 
 _INCLUDED_FILE = re.compile(
@@ -173,9 +172,7 @@ def _local_folder(line: str) -> str | None:
     `libs/foo[extra]`: a path, relative to where pip runs, the project root), if it is one.
     Not `-e` lines (jobs see their fresh copy), nor URLs, nor the project itself (`.`)."""
     requirement = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].split(";")[0].strip()
-    if not requirement or requirement.startswith("-") or "://" in requirement:
-        return None
-    if "@" in requirement:
+    if not requirement or requirement.startswith("-") or "://" in requirement or "@" in requirement:
         return None
     token = re.sub(r"\[.*\]$", "", requirement.split()[0])
     if not (token.startswith(".") or "/" in token):
@@ -205,17 +202,16 @@ def _with_included_files(root: Path, names: Sequence[str]) -> list[str]:
     return found
 
 
-def _plan_requirements(root: Path) -> InstallPlan:
+def _plan_requirements(root: Path, packaging: _Packaging) -> InstallPlan:
     files = [REQUIREMENTS, *(f for f in EXTRA_REQUIREMENTS if (root / f).is_file())]
     command = f"{PIP} " + " ".join(f"-r {f}" for f in files)
     project_commands: tuple[str, ...] = ()
     key_files = _with_included_files(root, files)
-    project_files = _project_files(root)
-    if _is_built(root, project_files):
+    if packaging.built:
         # A packaged project: its code is installed too, without dependencies again, and
         # its packaging files decide that install (kept in the environment).
         project_commands = (_project_install(),)
-        key_files += project_files
+        key_files += packaging.files
     return InstallPlan(" + ".join(files), (command,), project_commands, tuple(key_files))
 
 
@@ -245,9 +241,9 @@ def _requirement_name(requirement: str) -> str:
     return _normalized(match.group(1)) if match else ""
 
 
-def _plan_package(root: Path, project_files: list[str]) -> InstallPlan:
+def _plan_package(root: Path, packaging: _Packaging) -> InstallPlan:
     """A pyproject.toml / setup.py / setup.cfg project, with its test extra or group."""
-    pyproject = _read_toml(root / "pyproject.toml") if (root / "pyproject.toml").is_file() else {}
+    pyproject, built = packaging.pyproject, packaging.built
     project_table: dict[str, Any] = pyproject.get("project", {}) or {}
     optional: dict[str, Any] = project_table.get("optional-dependencies", {}) or {}
     declared = dict.fromkeys(optional, "pyproject.toml")  # each extra: the file declaring it
@@ -271,9 +267,8 @@ def _plan_package(root: Path, project_files: list[str]) -> InstallPlan:
     elif group:
         source = "pyproject.toml"
     else:
-        source = project_files[0]
+        source = packaging.files[0]
 
-    built = _is_built(root, project_files)
     # The build backend stays in the environment: the project's install needs it.
     commands = [f"{PIP} {_quote_all(list(build_requires))}"] if built else []
     requirements = list(project_table.get("dependencies", []))
@@ -303,14 +298,15 @@ def _plan_package(root: Path, project_files: list[str]) -> InstallPlan:
     if not built:
         description += " (no [build-system]: the project itself is not installed)"
     project_commands = (_project_install(),) if built else ()
-    return InstallPlan(description, tuple(commands), project_commands, tuple(project_files))
+    return InstallPlan(description, tuple(commands), project_commands, tuple(packaging.files))
 
 
 def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
+    packaging = _packaging(root)
     if (root / REQUIREMENTS).is_file():
-        plan = _plan_requirements(root)
-    elif project_files := _project_files(root):
-        plan = _plan_package(root, project_files)
+        plan = _plan_requirements(root, packaging)
+    elif packaging.files:
+        plan = _plan_package(root, packaging)
     elif config.install:
         plan = InstallPlan(f"{CONFIG_FILE} install commands", (), (), ())
     else:
