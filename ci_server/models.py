@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -85,41 +86,65 @@ class TestOutcome(enum.StrEnum):
     FAILED = "failed"
     ERROR = "error"
     SKIPPED = "skipped"
+    XFAILED = "xfailed"
 
 
 @dataclass(frozen=True, slots=True)
 class TestResult:
     node_id: str
+    """pytest's node id; for an error collecting a module, its path (no `::`)."""
     outcome: TestOutcome
     duration_seconds: float
     message: str | None = None
-    """The failure's one-line message (for failed, errored and skipped tests)."""
+    """The failure's one-line message (for failed, errored, skipped and xfailed tests)."""
     details: str | None = None
     """The failure's traceback, cut to a few KB."""
+    position: int = 0
+    """Its place in the report, from 0: the order the tests ran, and the key results page by."""
 
 
 @dataclass(frozen=True, slots=True)
 class TestSummary:
+    """pytest's counts of a job's tests, and what a reader must know about them."""
+
     passed: int = 0
     failed: int = 0
     errors: int = 0
     skipped: int = 0
+    xfailed: int = 0
+    xpassed: int = 0
+    """Unexpected passes of xfail tests (not strict): pytest's report lists them as passed."""
+    rerun: int = 0
+    """Runs a plugin repeated (pytest-rerunfailures): not tests, not in `total`."""
+    results_kept: int | None = None
+    """How many per-test results were kept, when fewer than the report has (a limit)."""
+    warning: str | None = None
+    """Set when the counts contradict the job's exit code (the report is the tests' own)."""
 
     @classmethod
-    def of(cls, results: list[TestResult]) -> TestSummary:
-        counts = {outcome: 0 for outcome in TestOutcome}
-        for result in results:
-            counts[result.outcome] += 1
+    def of(cls, outcomes: Mapping[TestOutcome, int]) -> TestSummary:
+        """The counts of a report's tests, by outcome."""
         return cls(
-            passed=counts[TestOutcome.PASSED],
-            failed=counts[TestOutcome.FAILED],
-            errors=counts[TestOutcome.ERROR],
-            skipped=counts[TestOutcome.SKIPPED],
+            passed=outcomes.get(TestOutcome.PASSED, 0),
+            failed=outcomes.get(TestOutcome.FAILED, 0),
+            errors=outcomes.get(TestOutcome.ERROR, 0),
+            skipped=outcomes.get(TestOutcome.SKIPPED, 0),
+            xfailed=outcomes.get(TestOutcome.XFAILED, 0),
         )
 
     @property
     def total(self) -> int:
-        return self.passed + self.failed + self.errors + self.skipped
+        return self.passed + self.failed + self.errors + self.skipped + self.xfailed + self.xpassed
+
+    def checked(self, exit_code: int) -> TestSummary:
+        """The summary, with a warning if it contradicts `exit_code` (pytest's).
+
+        pytest exits 0 exactly when no test failed or errored: a report that says otherwise,
+        either way, was not written by pytest alone (or not for this run).
+        """
+        if self.total == 0 or (exit_code == 0) == (self.failed + self.errors == 0):
+            return self
+        return dataclasses.replace(self, warning=f"report disagrees with exit code {exit_code}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from ci_server.runner.environments import EnvironmentCache, environment_key
 from ci_server.runner.executor import Executor, ExecutorError, RunSpec
 from ci_server.runner.output import LineSplitter, LogBudget
 from ci_server.runner.project import ProjectError, plan_install
-from ci_server.runner.reports import read_junit_report
+from ci_server.runner.reports import OutputTail, ReportRefused, read_report, with_pytest_counts
 from ci_server.runner.scripts import INSTALL_FAILED_EXIT, JUNIT_FILE, job_script
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
@@ -289,22 +289,42 @@ class Scheduler:
             )
             installs = installs[1:]  # the environment has the dependencies
         log.system(f"Running in {spec.image}")
-        exit_code = await self.executor.run(spec, log.feed)
+        tail = OutputTail()
+        exit_code = await self.executor.run(spec, tail.following(log.feed))
         log.finish()
-        summary = await self._store_results(job, output / JUNIT_FILE)
-        if exit_code == 0:
-            return Outcome(JobStatus.SUCCEEDED, exit_code, summary=summary)
         if exit_code == INSTALL_FAILED_EXIT and installs:
             reason = f"installing {' or '.join(installs)} failed"
             return Outcome(JobStatus.FAILED, exit_code, reason)
-        return Outcome(JobStatus.FAILED, exit_code, summary=summary)
+        summary = await self._store_results(job, output, exit_code, tail, log)
+        status = JobStatus.SUCCEEDED if exit_code == 0 else JobStatus.FAILED
+        return Outcome(status, exit_code, summary=summary)
 
-    async def _store_results(self, job: Job, report: Path) -> TestSummary | None:
-        results = await asyncio.to_thread(read_junit_report, report)
-        if results is None:
+    async def _store_results(
+        self, job: Job, output: Path, exit_code: int, tail: OutputTail, log: _JobLog
+    ) -> TestSummary | None:
+        """Keep the results of the report pytest left in `output`, and say in the log when
+        it is refused, capped, or says what the exit code denies."""
+        limits = self.settings.report_limits
+        try:
+            report = await asyncio.to_thread(read_report, output, JUNIT_FILE, limits)
+        except ReportRefused as e:
+            log.system(f"Test report not used: {e}")
             return None
-        await self.store.set_test_results(job.id, results)
-        return TestSummary.of(results)
+        if report is None:
+            return None
+        summary = with_pytest_counts(report.summary, tail.pytest_counts()).checked(exit_code)
+        if summary.results_kept is not None:
+            log.system(
+                f"Test report capped: it has {summary.total:,} tests; the results of the first "
+                f"{summary.results_kept:,} are kept (CI_MAX_TEST_RESULTS), all are counted"
+            )
+        if summary.warning:
+            log.system(
+                f"Test report disagrees with the exit code: it says {summary.failed:,} failed "
+                f"and {summary.errors:,} errors, pytest exited with {exit_code}"
+            )
+        await self.store.set_test_results(job.id, report.results)
+        return summary
 
     async def _finish(self, job: Job, channel: JobChannel, outcome: Outcome) -> None:
         final = transition(

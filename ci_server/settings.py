@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ci_server.runner.executor import ContainerLimits
+from ci_server.runner.reports import ReportLimits
 from ci_server.runner.workspace import ArchiveLimits
 
 
@@ -44,6 +45,14 @@ class Settings(BaseSettings):
     max_files: int = Field(default=20_000, gt=0, description="most files in one upload")
     max_log_bytes: int = Field(default=20 * 1024**2, gt=0, description="log kept per job, then cut")
     max_line_chars: int = Field(default=4096, gt=0, description="longer output lines are split")
+    max_report_bytes: int = Field(
+        default=50 * 1024**2, gt=0, description="largest test report read; a larger one is refused"
+    )
+    max_test_results: int = Field(
+        default=50_000,
+        gt=0,
+        description="per-test results kept from one report; the rest are counted, not kept",
+    )
     container_memory_mb: int = Field(default=2048, gt=0, description="memory limit per container")
     container_cpus: float = Field(default=1.0, gt=0, description="CPU limit per container")
     container_pids: int = Field(default=512, gt=0, description="process/thread limit per container")
@@ -92,6 +101,10 @@ class Settings(BaseSettings):
             cpus=self.container_cpus,
             pids=self.container_pids,
         )
+
+    @property
+    def report_limits(self) -> ReportLimits:
+        return ReportLimits(max_bytes=self.max_report_bytes, max_results=self.max_test_results)
 
     @property
     def archive_limits(self) -> ArchiveLimits:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ci_server.runner.executor import ImageInfo, OutputSink, RunSpec
+from ci_server.runner.scripts import JUNIT_FILE
 
 PASSING_PROJECT: Mapping[str, str] = {
     "requirements.txt": "pytest\n",
@@ -56,12 +57,14 @@ async def wait_until(
 
 @dataclass(frozen=True)
 class FakeRun:
-    """What one fake run does: emit `output`, wait for `gate` if any, then exit or raise."""
+    """What one fake run does: emit `output`, wait for `gate` if any, then exit or raise;
+    a test run leaves `report` as its JUnit report."""
 
     output: Sequence[bytes] = (b"test_sample.py::test_ok PASSED\n",)
     exit_code: int = 0
     gate: asyncio.Event | None = None
     error: Exception | None = None
+    report: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class FakeExecutor:
             for p in spec.workspace.rglob("*")
             if p.is_file()
         }
+        if self.plan.report is not None and spec.output_dir is not None:
+            (spec.output_dir / JUNIT_FILE).write_text(self.plan.report)
         return await self._play(spec, self.plan, on_output)
 
     async def build_image(

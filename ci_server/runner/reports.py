@@ -1,22 +1,193 @@
-"""Per-test results from the JUnit XML report pytest writes in the container.
+"""A job's test results: pytest's JUnit XML report, and its summary line for what the report
+cannot tell.
 
-The report is written by the project's own code, so it is parsed as hostile input
-(defusedxml refuses entity expansion bombs) and read only up to a size limit.
+The report is written where the tests can write, so it is hostile input. It is opened relative
+to its folder without following a link and only if it is a regular file (never a link to a
+host file, never a FIFO that would block the reader), read up to a size limit, and parsed
+incrementally (defusedxml: no entity expansion bombs, no external entities): each test case
+is dropped from the tree once read, so memory stays bounded by the limits, not by the report.
+All test cases are counted; the first `max_results` are kept.
+
+pytest's report (xunit1) marks an xfailed test as `<skipped type="pytest.xfail">`, an
+unexpected pass (xfail, not strict) as a plain pass, and a rerun (pytest-rerunfailures) as an
+extra passing test case. Its terminal summary line (`2 passed, 1 xpassed, 1 rerun in 0.1s`)
+counts those two; `with_pytest_counts` moves them out of the passes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import stat
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeElementTree
-from defusedxml.common import DefusedXmlException
+from defusedxml.common import DefusedXmlException, EntitiesForbidden
 
-from ci_server.models import TestOutcome, TestResult
+from ci_server.models import TestOutcome, TestResult, TestSummary
 
-MAX_REPORT_BYTES = 50 * 1024**2
 MAX_MESSAGE_CHARS = 2000
 MAX_DETAILS_CHARS = 8000
+MAX_NODE_ID_CHARS = 1000
+MAX_DEPTH = 64
+"""pytest nests four levels (testsuites, testsuite, testcase, failure)."""
+PROBLEMS = (
+    ("failure", TestOutcome.FAILED),
+    ("error", TestOutcome.ERROR),
+    ("skipped", TestOutcome.SKIPPED),
+)
+"""A test case's child elements that give its outcome, the first found deciding."""
+PROBLEM_TAGS = frozenset(tag for tag, _ in PROBLEMS)
+XFAIL_TYPE = "pytest.xfail"
+COLLECTION_FAILURE = "collection failure"
+"""pytest's message for an error collecting a module; the real one is in the traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportLimits:
+    max_bytes: int
+    """A larger report is refused, not read."""
+    max_results: int
+    """Test cases past this many are counted, not kept."""
+
+
+class ReportRefused(Exception):
+    """The job left a report the server will not use; the message says why, for its log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    results: list[TestResult]
+    """The first `max_results` test cases, in the order they ran."""
+    summary: TestSummary
+    """The counts of every test case in the report (`results_kept` set when capped)."""
+
+
+def read_report(folder: Path, name: str, limits: ReportLimits) -> Report | None:
+    """The report `name` in `folder`; None when there is none; ReportRefused when unusable.
+
+    Blocking: run it in a thread.
+    """
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            seen = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        _check_regular(seen.st_mode)  # before opening: opening a FIFO or a device has effects
+        try:
+            descriptor = os.open(
+                name,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                dir_fd=directory,
+            )
+        except OSError as e:  # replaced since: by a link (ELOOP) or nothing
+            raise ReportRefused(f"it could not be opened: {e.strerror}") from e
+    finally:
+        os.close(directory)
+    with os.fdopen(descriptor, "rb") as stream:
+        opened = os.fstat(stream.fileno())
+        _check_regular(opened.st_mode)
+        if opened.st_size > limits.max_bytes:
+            raise ReportRefused(_too_big(limits.max_bytes))
+        return _parse(_BoundedReader(stream, limits.max_bytes), limits.max_results)
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds: tuple[tuple[Callable[[int], bool], str], ...] = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((word for test, word in kinds if test(mode)), "a device")
+    raise ReportRefused(f"it is {kind}, not a regular file")
+
+
+def _too_big(max_bytes: int) -> str:
+    return f"it is larger than the limit of {max_bytes:,} bytes (CI_MAX_REPORT_BYTES)"
+
+
+class _BoundedReader:
+    """A file that refuses to be read past `limit` bytes (should it grow while read)."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(chunk)
+        if self.left < 0:
+            raise ReportRefused(_too_big(self.limit))
+        return chunk
+
+
+def _parse(stream: _BoundedReader, max_results: int) -> Report:
+    counts: Counter[TestOutcome] = Counter()
+    kept: list[TestResult] = []
+    try:
+        for position, result in enumerate(_test_cases(stream)):
+            counts[result.outcome] += 1
+            if position < max_results:
+                kept.append(dataclasses.replace(result, position=position))
+    except EntitiesForbidden as e:
+        raise ReportRefused("it declares XML entities (a possible entity expansion bomb)") from e
+    except DefusedXmlException as e:
+        raise ReportRefused(f"it uses a forbidden XML feature ({type(e).__name__})") from e
+    except SafeElementTree.ParseError as e:
+        raise ReportRefused(f"it is not well-formed XML ({e})") from e
+    summary = TestSummary.of(counts)
+    if len(kept) < counts.total():
+        summary = dataclasses.replace(summary, results_kept=len(kept))
+    return Report(kept, summary)
+
+
+def _test_cases(stream: _BoundedReader) -> Iterator[TestResult]:
+    """Each test case of the report as it is read, keeping no more of the tree than needed.
+
+    An element is removed from its parent when it ends, unless it decides the outcome of
+    the test case it is in (one per kind): the tree holds the open elements and those.
+    """
+    open_elements: list[Element] = []
+    for event, element in SafeElementTree.iterparse(stream, events=("start", "end")):
+        if event == "start":
+            if not open_elements and element.tag not in ("testsuites", "testsuite"):
+                raise ReportRefused(f"it is not a JUnit XML report (its root is <{element.tag}>)")
+            open_elements.append(element)
+            if len(open_elements) > MAX_DEPTH:
+                raise ReportRefused(f"its elements nest more than {MAX_DEPTH} deep")
+            continue
+        open_elements.pop()
+        if element.tag == "testcase":
+            yield _result(element)
+        parent = open_elements[-1] if open_elements else None
+        if parent is None:
+            continue
+        keep = (
+            parent.tag == "testcase"
+            and element.tag in PROBLEM_TAGS
+            and sum(1 for child in parent if child.tag == element.tag) == 1
+        )
+        if not keep:
+            parent.remove(element)
+
+
+def _cut(text: str | None, limit: int, marker: str = "\n[... cut]") -> str | None:
+    if not text:
+        return None
+    return text if len(text) <= limit else text[:limit] + marker
 
 
 def _node_id(case: Element) -> str:
@@ -32,20 +203,16 @@ def _node_id(case: Element) -> str:
     return "::".join(parts)
 
 
-def _cut(text: str | None, limit: int) -> str | None:
-    if not text:
-        return None
-    return text if len(text) <= limit else text[:limit] + "\n[... cut]"
+def _collection_error(details: str | None) -> str | None:
+    """The error pytest met collecting a module: the last `E   ` line of its traceback."""
+    lines = [line.strip() for line in (details or "").splitlines() if line.strip()]
+    errors = [line.removeprefix("E").strip() for line in lines if line.startswith("E ")]
+    return (errors or lines or [None])[-1]
 
 
 def _result(case: Element) -> TestResult:
-    outcome = TestOutcome.PASSED
-    problem: Element | None = None
-    for tag, tag_outcome in (
-        ("failure", TestOutcome.FAILED),
-        ("error", TestOutcome.ERROR),
-        ("skipped", TestOutcome.SKIPPED),
-    ):
+    outcome, problem = TestOutcome.PASSED, None
+    for tag, tag_outcome in PROBLEMS:
         problem = case.find(tag)
         if problem is not None:
             outcome = tag_outcome
@@ -54,21 +221,73 @@ def _result(case: Element) -> TestResult:
         duration = float(case.get("time", "0"))
     except ValueError:
         duration = 0.0
+    node_id = _node_id(case)
     message = details = None
     if problem is not None:
-        message = _cut(problem.get("message"), MAX_MESSAGE_CHARS)
-        details = _cut(problem.text, MAX_DETAILS_CHARS)
-    return TestResult(_node_id(case), outcome, duration, message, details)
+        if outcome is TestOutcome.SKIPPED and problem.get("type") == XFAIL_TYPE:
+            outcome = TestOutcome.XFAILED
+        message, details = problem.get("message"), problem.text
+        if outcome is TestOutcome.ERROR and message == COLLECTION_FAILURE:
+            node_id = case.get("file") or case.get("name", "?")
+            message = _collection_error(details)
+    return TestResult(
+        _cut(node_id, MAX_NODE_ID_CHARS, "[...]") or "?",
+        outcome,
+        duration,
+        _cut(message, MAX_MESSAGE_CHARS),
+        _cut(details, MAX_DETAILS_CHARS),
+    )
 
 
-def read_junit_report(path: Path) -> list[TestResult] | None:
-    """The tests in the report, or None when there is no usable report."""
-    if not path.is_file() or path.stat().st_size > MAX_REPORT_BYTES:
+# -- pytest's summary line -------------------------------------------------------------------
+
+ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
+SUMMARY_LINE = re.compile(
+    r"^=*\s*(?P<counts>\d+ [a-z][a-z ]*(?:, \d+ [a-z][a-z ]*)*) in [\d.]+s\b.*$"
+)
+"""pytest's last line: `2 failed, 3 passed, 1 xpassed in 0.42s`, between `=` unless -q."""
+
+
+class OutputTail:
+    """The end of a job's output, where pytest prints its summary line."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._tail = (self._tail + chunk)[-self.size :]
+
+    def following(self, feed: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        """`feed`, which also keeps the tail of what it is given."""
+
+        def both(chunk: bytes) -> None:
+            feed(chunk)
+            self.feed(chunk)
+
+        return both
+
+    def pytest_counts(self) -> dict[str, int] | None:
+        """The counts of pytest's last summary line (`{"passed": 3, "xpassed": 1}`), if any."""
+        text = ANSI_SGR.sub("", self._tail.decode(errors="replace"))
+        for line in reversed(text.splitlines()):
+            match = SUMMARY_LINE.match(line.strip())
+            if match:
+                items = (item.split(" ", 1) for item in match["counts"].split(", "))
+                return {word: int(count) for count, word in items}
         return None
-    try:
-        root = SafeElementTree.parse(path).getroot()
-    except (SafeElementTree.ParseError, DefusedXmlException, OSError):
-        return None
-    if root is None:
-        return None
-    return [_result(case) for case in root.iter("testcase")]
+
+
+def with_pytest_counts(summary: TestSummary, counts: Mapping[str, int] | None) -> TestSummary:
+    """The report's counts, with the unexpected passes and reruns pytest's line counted.
+
+    Unless the line cannot be about the same run (more of them than the report has passes).
+    """
+    if not counts:
+        return summary
+    xpassed, rerun = counts.get("xpassed", 0), counts.get("rerun", 0)
+    if xpassed + rerun > summary.passed:
+        return summary
+    return dataclasses.replace(
+        summary, passed=summary.passed - xpassed - rerun, xpassed=xpassed, rerun=rerun
+    )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import itertools
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from ci_server.models import Job, JobEvent, JobNotFound, JobStatus, TestResult
+from ci_server.models import Job, JobEvent, JobNotFound, JobStatus, TestOutcome, TestResult
 from ci_server.store.repository import JobStore
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
@@ -84,8 +85,21 @@ class MemoryJobStore(JobStore):
     async def set_test_results(self, job_id: str, results: Sequence[TestResult]) -> None:
         self._results[job_id] = list(results)
 
-    async def test_results(self, job_id: str) -> list[TestResult]:
-        return list(self._results.get(job_id, []))
+    async def test_results(
+        self,
+        job_id: str,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        outcomes: Collection[TestOutcome] = (),
+    ) -> list[TestResult]:
+        chosen = (
+            result
+            for result in self._results.get(job_id, [])
+            if (after is None or result.position > after)
+            and (not outcomes or result.outcome in outcomes)
+        )
+        return list(itertools.islice(chosen, limit))
 
     async def add_user(self, user: User) -> None:
         if any(u.email == user.email for u in self._users.values()):

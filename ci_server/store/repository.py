@@ -8,12 +8,12 @@ updates; which transitions are legal is decided by ci_server.states, never here.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Self
 
-from ci_server.models import Job, JobEvent, JobStatus, TestResult
+from ci_server.models import Job, JobEvent, JobStatus, TestOutcome, TestResult
 from ci_server.users import ApiKey, User
 
 
@@ -78,11 +78,20 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def set_test_results(self, job_id: str, results: Sequence[TestResult]) -> None:
-        """Store the job's per-test results (replacing any stored before)."""
+        """Store the job's per-test results (replacing any stored before); their `position`s
+        must rise."""
 
     @abc.abstractmethod
-    async def test_results(self, job_id: str) -> list[TestResult]:
-        """In the order pytest ran them."""
+    async def test_results(
+        self,
+        job_id: str,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        outcomes: Collection[TestOutcome] = (),
+    ) -> list[TestResult]:
+        """By position, the order pytest ran them: those past position `after` (a page's
+        last), of one of `outcomes` if any are given, at most `limit`."""
 
     # -- users and their API keys ----------------------------------------------------------
 

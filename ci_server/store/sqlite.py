@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at);
     """,
+    # `ci show` pages through a job's failures only (GET /jobs/{id}/tests?outcome=failed).
+    "CREATE INDEX test_results_by_outcome ON test_results (job_id, outcome, position);",
 ]
 
 _LIFECYCLE_COLUMNS = ("status", "started_at", "finished_at", "exit_code", "reason", "summary")
@@ -323,18 +325,41 @@ class SqliteJobStore(JobStore):
             "INSERT INTO test_results (job_id, position, node_id, outcome, duration, message, "
             "details) VALUES (?,?,?,?,?,?,?)",
             [
-                (job_id, n, r.node_id, r.outcome.value, r.duration_seconds, r.message, r.details)
-                for n, r in enumerate(results)
+                (
+                    job_id,
+                    r.position,
+                    r.node_id,
+                    r.outcome.value,
+                    r.duration_seconds,
+                    r.message,
+                    r.details,
+                )
+                for r in results
             ],
         )
         await self.db.commit()
 
-    async def test_results(self, job_id: str) -> list[TestResult]:
-        async with self.db.execute(
-            "SELECT node_id, outcome, duration, message, details FROM test_results "
-            "WHERE job_id=? ORDER BY position",
-            (job_id,),
-        ) as cursor:
+    async def test_results(
+        self,
+        job_id: str,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        outcomes: Collection[TestOutcome] = (),
+    ) -> list[TestResult]:
+        conditions: list[str] = ["job_id = ?"]
+        params: list[Any] = [job_id]
+        if after is not None:
+            conditions.append("position > ?")
+            params.append(after)
+        if outcomes:
+            conditions.append(f"outcome IN ({','.join('?' * len(outcomes))})")
+            params += [outcome.value for outcome in outcomes]
+        query = (
+            "SELECT position, node_id, outcome, duration, message, details FROM test_results "
+            f"WHERE {' AND '.join(conditions)} ORDER BY position LIMIT ?"
+        )
+        async with self.db.execute(query, [*params, -1 if limit is None else limit]) as cursor:
             return [
                 TestResult(
                     node_id=row["node_id"],
@@ -342,6 +367,7 @@ class SqliteJobStore(JobStore):
                     duration_seconds=row["duration"],
                     message=row["message"],
                     details=row["details"],
+                    position=row["position"],
                 )
                 for row in await cursor.fetchall()
             ]

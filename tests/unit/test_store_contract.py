@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from ci_server.models import EventType, Job, JobEvent, JobNotFound, JobStatus, new_job_id
+from ci_server.models import (
+    EventType,
+    Job,
+    JobEvent,
+    JobNotFound,
+    JobStatus,
+    new_job_id,
+)
+from ci_server.models import TestOutcome as Outcome
+from ci_server.models import TestResult as Result
+from ci_server.models import TestSummary as Summary
 from ci_server.store.memory import MemoryJobStore
 from ci_server.store.repository import JobStore
 from ci_server.store.sqlite import SqliteJobStore
@@ -263,3 +275,74 @@ async def test_sqlite_data_survives_reopening_the_file(tmp_path: Path) -> None:
         # Still writable after the reopen (the schema was not re-created over the data).
         await reopened.append_events([make_event(jobs[1].id, 4)])
         assert await reopened.last_event_seq(jobs[1].id) == 4
+
+
+def make_results(count: int) -> list[Result]:
+    """Every third failed with a message, the others passed, at positions 0..count-1."""
+    return [
+        Result(
+            f"tests/test_x.py::test_{n}",
+            Outcome.FAILED if n % 3 == 0 else Outcome.PASSED,
+            n / 100,
+            message=f"assert {n} == 0" if n % 3 == 0 else None,
+            details="Traceback ✓\n\tline" if n % 3 == 0 else None,
+            position=n,
+        )
+        for n in range(count)
+    ]
+
+
+async def test_test_results_come_back_in_order_and_page_by_position(store: JobStore) -> None:
+    job, other = await add_jobs(store, 2)
+    results = make_results(10)
+    await store.set_test_results(job.id, results)
+    await store.set_test_results(other.id, make_results(2))
+
+    assert await store.test_results(job.id) == results
+    assert await store.test_results(job.id, limit=4) == results[:4]
+    assert await store.test_results(job.id, after=3, limit=4) == results[4:8]
+    assert await store.test_results(job.id, after=7, limit=4) == results[8:]
+    assert await store.test_results(job.id, after=9) == []
+    failed = await store.test_results(job.id, outcomes=[Outcome.FAILED], after=0, limit=2)
+    assert failed == [results[3], results[6]]
+    assert await store.test_results(job.id, outcomes=[Outcome.XFAILED]) == []
+
+
+async def test_set_test_results_replaces_the_job_s_results(store: JobStore) -> None:
+    (job,) = await add_jobs(store, 1)
+    await store.set_test_results(job.id, make_results(5))
+    await store.set_test_results(job.id, make_results(2))
+    assert await store.test_results(job.id) == make_results(2)
+
+
+async def test_a_summary_round_trips_with_its_warning_and_kept_count(store: JobStore) -> None:
+    (job,) = await add_jobs(store, 1)
+    summary = Summary(
+        passed=3, failed=1, xfailed=2, xpassed=1, rerun=4, results_kept=5, warning="w"
+    )
+    done = job.replace(status=JobStatus.FAILED, exit_code=1, summary=summary)
+    assert await store.update_job(done, expected=JobStatus.QUEUED)
+    assert (await store.get_job(job.id)).summary == summary
+
+
+async def test_sqlite_keeps_summaries_and_results_from_before_xfailed_counts(
+    tmp_path: Path,
+) -> None:
+    """A summary stored with four counts reads back with the new ones at 0."""
+    path = tmp_path / "old.db"
+    async with SqliteJobStore(path) as store:
+        (job,) = await add_jobs(store, 1)
+        await store.set_test_results(job.id, make_results(3))
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "UPDATE jobs SET summary = ? WHERE id = ?",
+            ('{"passed": 2, "failed": 1, "errors": 0, "skipped": 0}', job.id),
+        )
+        db.commit()
+
+    async with SqliteJobStore(path) as reopened:
+        summary = (await reopened.get_job(job.id)).summary
+        assert summary == Summary(passed=2, failed=1)
+        assert await reopened.test_results(job.id, outcomes=[Outcome.FAILED]) == [
+            make_results(3)[0]
+        ]
