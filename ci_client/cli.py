@@ -19,7 +19,13 @@ from typing import Any, NoReturn
 
 from ci_client.client import CIClient, ClientError, NotAuthenticated
 from ci_client.config import DEFAULT_SERVER_URL, ConfigError, Connection, config_path, resolve
-from ci_client.render import format_event, format_outcome, print_job_details, print_jobs_table
+from ci_client.render import (
+    PROBLEM_OUTCOMES,
+    format_event,
+    format_outcome,
+    print_job_details,
+    print_jobs_table,
+)
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -142,7 +148,8 @@ def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
 
 def cmd_show(client: CIClient, args: argparse.Namespace) -> int:
     job = client.get_job(args.job_id)
-    print_job_details(job, client.test_results(args.job_id), sys.stdout)
+    failures = client.test_results(args.job_id, outcomes=PROBLEM_OUTCOMES)
+    print_job_details(job, failures, sys.stdout)
     return EXIT_PASSED
 
 

@@ -15,6 +15,8 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
 """Longer than the server's keep-alive interval (15 s): silence past it means a dead link."""
 RECONNECT_FOR_SECONDS = 60.0
+TESTS_PAGE_SIZE = 500
+"""Test results asked per request (the server answers at most 1000)."""
 
 
 class ClientError(Exception):
@@ -113,8 +115,18 @@ class CIClient:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._request("GET", f"/jobs/{job_id}"), job_id)
 
-    def test_results(self, job_id: str) -> list[dict[str, Any]]:
-        return self._json(self._request("GET", f"/jobs/{job_id}/tests"), job_id)
+    def test_results(
+        self, job_id: str, *, outcomes: Sequence[str] = (), page_size: int = TESTS_PAGE_SIZE
+    ) -> Iterator[dict[str, Any]]:
+        """The job's per-test results in the order they ran (only `outcomes`, if given),
+        fetched a page at a time as they are consumed."""
+        params: dict[str, Any] = {"limit": page_size, "outcome": list(outcomes)}
+        while True:
+            page = self._json(self._request("GET", f"/jobs/{job_id}/tests", params=params), job_id)
+            yield from page
+            if len(page) < page_size or "position" not in page[-1]:
+                return
+            params["after"] = page[-1]["position"]
 
     def list_jobs(self, *, limit: int = 50) -> list[dict[str, Any]]:
         return self._json(self._request("GET", "/jobs", params={"limit": limit}))

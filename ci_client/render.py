@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -31,21 +31,25 @@ def format_time(value: str | None) -> str:
     return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def format_counts(summary: dict[str, int] | None) -> str | None:
-    """pytest's way: `2 passed, 1 failed, 1 skipped` (only the counts that are not zero)."""
+COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "rerun")
+"""A summary's counts, in the order they are shown."""
+PROBLEM_OUTCOMES = ("failed", "error")
+
+
+def format_counts(summary: dict[str, Any] | None) -> str | None:
+    """pytest's way: `2 passed, 1 failed, 1 xfailed` (only the counts that are not zero),
+    then the summary's warning if it has one: `4 passed (report disagrees with exit code 1)`."""
     if not summary:
         return None
     parts = [
-        f"{summary.get(key, 0)} {label}"
-        for key, label in (
-            ("passed", "passed"),
-            ("failed", "failed"),
-            ("errors", "errors" if summary.get("errors", 0) != 1 else "error"),
-            ("skipped", "skipped"),
-        )
-        if summary.get(key, 0)
+        f"{summary[key]} {'error' if key == 'errors' and summary[key] == 1 else key}"
+        for key in COUNTS
+        if summary.get(key)
     ]
-    return ", ".join(parts) or "no tests ran"
+    text = ", ".join(parts) or "no tests ran"
+    if summary.get("warning"):
+        text += f" ({summary['warning']})"
+    return text
 
 
 def format_outcome(job: dict[str, Any]) -> str:
@@ -122,8 +126,12 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: T
         )
 
 
-def print_job_details(job: dict[str, Any], results: list[dict[str, Any]], out: TextIO) -> None:
-    """`ci show`: the job's summary, then each test that did not pass, with its message."""
+def print_job_details(job: dict[str, Any], results: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """`ci show`: the job's summary, then each test that did not pass, with its message.
+
+    A collection error (its node id is a module's path, without `::`) takes one line:
+    `ERROR collecting tests/test_x.py: ModuleNotFoundError: No module named 'foo'`.
+    """
     print(format_outcome(job), file=out)
     print(f"  started   {format_time(job.get('start_time'))}", file=out)
     print(f"  ended     {format_time(job.get('end_time'))}", file=out)
@@ -131,16 +139,30 @@ def print_job_details(job: dict[str, Any], results: list[dict[str, Any]], out: T
         print(f"  pytest    {shlex.join(job['pytest_args'])}", file=out)
     summary = job.get("summary")
     if summary:
-        print(
-            f"  tests     {summary['passed']} passed, {summary['failed']} failed, "
-            f"{summary['errors']} errors, {summary['skipped']} skipped",
-            file=out,
-        )
-    problems = [r for r in results if r["outcome"] in ("failed", "error")]
-    if problems:
-        print("", file=out)
-        print("Failures:", file=out)
-    for result in problems:
+        counts = [f"{summary.get(key, 0)} {key}" for key in COUNTS[:-1]]
+        if summary.get("rerun"):
+            counts.append(f"{summary['rerun']} rerun")
+        print(f"  tests     {', '.join(counts)}", file=out)
+        if summary.get("warning"):
+            print(f"  warning   {summary['warning']}: the status follows the exit code", file=out)
+        if summary.get("results_kept") is not None:
+            print(
+                f"  kept      the results of the first {summary['results_kept']:,} of "
+                f"{summary['total']:,} tests (the server's limit)",
+                file=out,
+            )
+    heading = False
+    for result in results:
+        if result["outcome"] not in PROBLEM_OUTCOMES:
+            continue
+        if not heading:
+            print("\nFailures:", file=out)
+            heading = True
+        message = result.get("message") or ""
+        if result["outcome"] == "error" and "::" not in result["node_id"]:
+            error = f": {message}" if message else ""
+            print(f"  ERROR collecting {result['node_id']}{error}", file=out)
+            continue
         print(f"  {result['outcome'].upper()} {result['node_id']}", file=out)
-        for line in (result.get("message") or "").splitlines():
+        for line in message.splitlines():
             print(f"      {line}", file=out)

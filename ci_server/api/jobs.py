@@ -18,6 +18,7 @@ from fastapi import (
     HTTPException,
     Query,
     Request,
+    Response,
     UploadFile,
 )
 from fastapi import Path as PathParam
@@ -27,7 +28,7 @@ from ci_server.api.auth import CurrentUser, current_user
 from ci_server.api.frames import SseFrames
 from ci_server.api.schemas import EVENT_STREAM_SCHEMA, ErrorOut, JobOut, TestResultOut
 from ci_server.events import EventHub
-from ci_server.models import Job, JobNotFound, StorageFailure
+from ci_server.models import Job, JobNotFound, StorageFailure, TestOutcome, TestResult
 from ci_server.runner.workspace import check_archive
 from ci_server.scheduler import Scheduler
 from ci_server.settings import Settings
@@ -61,6 +62,9 @@ JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="a job id")
 KEEPALIVE_SECONDS = 15
 MAX_SEQ = 2**63 - 1
 """Event seqs are SQLite integers: a resume point past this is refused (422), not looked up."""
+DEFAULT_TESTS_PAGE = 500
+MAX_TESTS_PAGE = 1000
+"""A page of test results: up to a few MB when every test failed with a long traceback."""
 
 
 def scheduler(request: Request) -> Scheduler:
@@ -154,12 +158,30 @@ async def get_job(
 
 @router.get("/{job_id}/tests", response_model=list[TestResultOut], responses=documented(404))
 async def list_test_results(
-    job_id: JobId, scheduler: Annotated[Scheduler, Depends(scheduler)], user: CurrentUser
-) -> list[TestResultOut]:
-    """Per-test results from pytest's report, in the order the tests ran."""
+    job_id: JobId,
+    scheduler: Annotated[Scheduler, Depends(scheduler)],
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=MAX_TESTS_PAGE)] = DEFAULT_TESTS_PAGE,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    outcome: Annotated[list[TestOutcome] | None, Query()] = None,
+) -> Response:
+    """Per-test results from pytest's report, in the order the tests ran, `limit` at a time.
+
+    Pass the last `position` of a page as `after` to get the next one; `outcome` (repeated)
+    keeps only the tests with those outcomes.
+    """
     await _visible_job(scheduler, user, job_id)
-    results = await scheduler.store.test_results(job_id)
-    return [TestResultOut.model_validate(result) for result in results]
+    results = await scheduler.store.test_results(
+        job_id, after=after, limit=limit, outcomes=outcome or ()
+    )
+    return Response(await asyncio.to_thread(_results_json, results), media_type="application/json")
+
+
+def _results_json(results: list[TestResult]) -> bytes:
+    """The page as JSON, one result at a time: a thread encoding a large page in one call
+    would hold the GIL, and so stall the event loop, until it is done."""
+    encoded = (TestResultOut.model_validate(result).model_dump_json() for result in results)
+    return f"[{','.join(encoded)}]".encode()
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))

@@ -15,14 +15,24 @@ class SummaryOut(BaseModel):
     failed: int
     errors: int
     skipped: int
+    xfailed: int
+    xpassed: int
+    rerun: int = Field(description="runs a plugin repeated; not tests, not in `total`")
     total: int
+    results_kept: int | None = Field(
+        description="per-test results kept, when fewer than the tests (the server's limit)"
+    )
+    warning: str | None = Field(
+        description="set when the counts contradict the exit code (the report is the tests' own)"
+    )
 
     # Read straight from the domain's TestSummary (its `total` property included).
     model_config = ConfigDict(from_attributes=True)
 
 
 class TestResultOut(BaseModel):
-    node_id: str
+    position: int = Field(description="its place in the run, from 0; pass a page's last as `after`")
+    node_id: str = Field(description="pytest's node id; a module's path for a collection error")
     outcome: TestOutcome
     duration_seconds: float
     message: str | None
