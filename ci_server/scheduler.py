@@ -33,7 +33,7 @@ from ci_server.runner.environments import EnvironmentCache, environment_key
 from ci_server.runner.executor import Executor, ExecutorError, RunSpec
 from ci_server.runner.output import LineSplitter, LogBudget
 from ci_server.runner.project import ProjectError, plan_install
-from ci_server.runner.reports import OutputTail, ReportRefused, read_report, with_pytest_counts
+from ci_server.runner.reports import OutputTail, ReportReader, ReportRefused, with_pytest_counts
 from ci_server.runner.scripts import INSTALL_FAILED_EXIT, JUNIT_FILE, job_script
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
@@ -66,6 +66,7 @@ class Scheduler:
         self.uploads_dir = settings.resolved_data_dir / "uploads"
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
         self.environments = EnvironmentCache(executor, keep=settings.env_cache_size)
+        self.reports = ReportReader(settings.report_limits)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: dict[str, None] = {}  # FIFO order of waiting jobs, for positions
         self._running: dict[str, _RunningJob] = {}
@@ -87,6 +88,7 @@ class Scheduler:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        self.reports.close()
 
     async def _recover(self) -> None:
         try:
@@ -304,9 +306,8 @@ class Scheduler:
     ) -> TestSummary | None:
         """Keep the results of the report pytest left in `output`, and say in the log when
         it is refused, capped, or says what the exit code denies."""
-        limits = self.settings.report_limits
         try:
-            report = await asyncio.to_thread(read_report, output, JUNIT_FILE, limits)
+            report = await self.reports.read(output, JUNIT_FILE)
         except ReportRefused as e:
             log.system(f"Test report not used: {e}")
             return None

@@ -324,7 +324,7 @@ class SqliteJobStore(JobStore):
         await self.db.executemany(
             "INSERT INTO test_results (job_id, position, node_id, outcome, duration, message, "
             "details) VALUES (?,?,?,?,?,?,?)",
-            [
+            (  # a generator: aiosqlite's thread makes the rows, not the event loop
                 (
                     job_id,
                     r.position,
@@ -335,7 +335,7 @@ class SqliteJobStore(JobStore):
                     r.details,
                 )
                 for r in results
-            ],
+            ),
         )
         await self.db.commit()
 
