@@ -320,9 +320,14 @@ class Scheduler:
                 f"{summary.results_kept:,} are kept (CI_MAX_TEST_RESULTS), all are counted"
             )
         if summary.warning:
+            says = (
+                f"{summary.failed:,} failed and {summary.errors:,} errors"
+                if summary.failed or summary.errors
+                else "no test failed"
+            )
             log.system(
-                f"Test report disagrees with the exit code: it says {summary.failed:,} failed "
-                f"and {summary.errors:,} errors, pytest exited with {exit_code}"
+                f"Test report disagrees with the exit code: it says {says}, pytest exited with "
+                f"{exit_code}; the job's status follows the exit code"
             )
         await self.store.set_test_results(job.id, report.results)
         return summary
