@@ -108,7 +108,10 @@ def read_report(folder: Path, name: str, limits: ReportLimits) -> Report | None:
     """
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"not a file name: {name!r}")
-    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
     try:
         try:
             seen = os.stat(name, dir_fd=directory, follow_symlinks=False)

@@ -103,6 +103,7 @@ def test_every_outcome_pytest_writes_is_read(tmp_path: Path) -> None:
 
 def test_no_report_is_none(tmp_path: Path) -> None:
     assert read_report(tmp_path, NAME, LIMITS) is None
+    assert read_report(tmp_path / "no-folder", NAME, LIMITS) is None
 
 
 def test_a_symbolic_link_is_never_followed(tmp_path: Path) -> None:
