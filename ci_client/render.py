@@ -5,7 +5,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 from ci_client.client import Event
 
@@ -91,7 +94,7 @@ def status_label(job: dict[str, Any]) -> str:
     return job["status"]
 
 
-def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
+def print_jobs_table(jobs: list[dict[str, Any]], out: SupportsWrite[str]) -> None:
     headers = ("JOB ID", "STATUS", "STARTED", "ENDED", "DURATION", "RESULT", "TESTS")
     rows = [
         (
@@ -108,7 +111,9 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
     print_table(headers, rows, out)
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], out: SupportsWrite[str]
+) -> None:
     """Columns as wide as their widest cell, two spaces apart (`ci list`, `ci-admin`)."""
     widths = [
         max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
@@ -122,7 +127,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: T
         )
 
 
-def print_job_details(job: dict[str, Any], results: list[dict[str, Any]], out: TextIO) -> None:
+def print_job_details(
+    job: dict[str, Any], results: list[dict[str, Any]], out: SupportsWrite[str]
+) -> None:
     """`ci show`: the job's summary, then each test that did not pass, with its message."""
     print(format_outcome(job), file=out)
     print(f"  started   {format_time(job.get('start_time'))}", file=out)
