@@ -27,6 +27,9 @@ EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 MAX_NAME_CHARS = 200
 LAST_USED_PRECISION = timedelta(minutes=1)
 """`last_used_at` is written at most this often per key: not one write per request."""
+RECHECK_SECONDS = 2.0
+"""How soon what a key holds open learns that it was revoked or its user deactivated (by
+`ci-admin`, in another process): open event streams close, a user's queued jobs cancel."""
 INVALID_KEY = "invalid API key"
 """One answer for an unknown key id and a wrong secret: a guess learns nothing."""
 

@@ -2,25 +2,51 @@
 
 Every route but /health depends on `current_user`. With CI_AUTH=off (allowed on loopback
 only, see `ci_server.__main__`) every request is the built-in anonymous admin.
-`AuthenticateUploads` runs the same check for uploads before their body is read.
+`AuthenticateUploads` runs the same check for uploads before their body is read;
+`while_authenticated` runs it again and again for as long as an event stream is open.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sse_starlette import ServerSentEvent
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ci_server.accounts import authenticate
+from ci_server.accounts import RECHECK_SECONDS, authenticate
 from ci_server.api.errors import error_response
 from ci_server.users import ANONYMOUS_ADMIN, NotAuthenticated, User
 
 USER_SCOPE_KEY = "ci.user"
 """Where AuthenticateUploads leaves the user it found, for `current_user` to reuse."""
 UPLOAD_ROUTES = frozenset({("POST", "/jobs")})
+UNAUTHORIZED_EVENT = "unauthorized"
+"""The last event of a stream whose key stopped working; `data` is a 401's JSON body."""
+UNAUTHORIZED_EVENT_SCHEMA: dict[str, Any] = {
+    "description": "the last event of a stream whose API key was revoked or whose user was "
+    "deactivated meanwhile",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"const": UNAUTHORIZED_EVENT},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["status", "detail"],
+                "properties": {"status": {"const": 401}, "detail": {"type": "string"}},
+            },
+        },
+    },
+}
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -53,6 +79,54 @@ async def current_user(
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+async def while_authenticated(
+    connection: HTTPConnection,
+    frames: AsyncGenerator[bytes, None],
+    *,
+    every: float = RECHECK_SECONDS,
+) -> AsyncIterator[bytes]:
+    """The `frames` of a stream for as long as its key works, checked at least `every`
+    seconds, whether frames flood in or the stream idles; then an `unauthorized` event.
+
+    A key is checked when a request comes in; a stream may stay open for hours after.
+    `ci-admin` revokes keys from another process, so the store is asked again (two reads
+    by primary key).
+    """
+    if not connection.app.state.settings.auth:
+        async for frame in frames:
+            yield frame
+        return
+    loop = asyncio.get_running_loop()
+    check_at = loop.time() + every
+    following: asyncio.Task[bytes | None] | None = None
+    try:
+        while True:
+            # In a task of its own: waiting for the next frame must not stop the checks, and
+            # cancelling that wait would end the generator.
+            following = following or asyncio.create_task(anext(frames, None))
+            await asyncio.wait({following}, timeout=max(0.0, check_at - loop.time()))
+            if following.done():
+                frame = following.result()
+                following = None
+                if frame is None:
+                    return
+                yield frame
+            if loop.time() >= check_at:
+                try:
+                    await resolve_user(connection)
+                except NotAuthenticated as e:
+                    payload = json.dumps({"status": 401, "detail": str(e)})
+                    yield ServerSentEvent(payload, event=UNAUTHORIZED_EVENT).encode()
+                    return
+                check_at = loop.time() + every
+    finally:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        await frames.aclose()
 
 
 class AuthenticateUploads:
