@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import docker
 import pytest
 
+from ci_server.settings import Settings
 from tests.e2e.conftest import ServerFactory
 from tests.e2e.harness import ServerProcess, free_port, run_ci, server_env, start_ci
 from tests.e2e.test_cli import ASYNC_SUBMITTED, LineReader, assert_usage_error, describe
@@ -33,6 +35,31 @@ def as_user(key: str) -> dict[str, str]:
 
 def key_id(key: str) -> str:
     return key.split("_")[1]  # ci_<key id>_<secret>
+
+
+def email_of(server: ServerProcess, name: str) -> str:
+    listed = server.admin("user", "list", "--json")
+    [email] = [user["email"] for user in json.loads(listed.stdout) if user["name"] == name]
+    return email
+
+
+def container_names(
+    docker_client: docker.DockerClient, server: ServerProcess, since: float
+) -> set[str]:
+    """The names this server's containers were created or renamed with since then (a warm
+    container takes its job's name when it takes the job)."""
+    instance = Settings(db_path=server.db_path).instance_id
+    events = docker_client.events(
+        since=since,
+        until=time.time(),
+        filters={
+            "type": "container",
+            "event": ["create", "rename"],
+            "label": f"ci.instance={instance}",
+        },
+        decode=True,
+    )
+    return {event["Actor"]["Attributes"]["name"] for event in events}
 
 
 def submit_as(key: str, project: Path, server: ServerProcess) -> str:
@@ -149,6 +176,49 @@ def test_revoking_a_key_ends_the_ci_wait_open_with_it_within_seconds(
     assert server.job(job_id)["status"] == "running"
     cancelled = run_ci("cancel", job_id, cwd=tmp_path, server=server, timeout=60)
     assert cancelled.returncode == 0, describe(cancelled)
+
+
+@pytest.mark.docker
+def test_deactivating_a_user_cancels_their_queued_jobs_which_never_start(
+    make_server: ServerFactory,
+    project: ProjectFactory,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    server = make_server(CI_MAX_CONCURRENT_JOBS="1")
+    ann, passing = server.add_user("ann"), project("passing")
+    since = time.time()
+    assert server.api_key is not None
+    blocking = submit_as(server.api_key, project("hanging"), server)  # an admin's
+    server.wait_for_status(blocking, "running")
+    queued = [submit_as(ann, passing, server) for _ in range(2)]
+    watching = start_ci("wait", "--all", queued[0], cwd=tmp_path, server=server)  # the admin
+    assert watching.stderr is not None
+    watched = LineReader(watching.stderr)
+    try:
+        watched.wait_for_line(re.compile(r"^\[ci\] Job is queued$"), timeout=60)
+
+        deactivated = server.admin("user", "deactivate", "--email", email_of(server, "ann"))
+        assert deactivated.returncode == 0, deactivated.stderr
+        assert "cancels their 2 queued job(s)" in deactivated.stderr
+        for job_id in queued:
+            job = server.wait_for_status(job_id, "cancelled", timeout=LOCKED_OUT_WITHIN)
+            assert job["reason"] == "cancelled: owner deactivated"
+            assert job["start_time"] is None
+        assert watching.wait(LOCKED_OUT_WITHIN) == 1
+    finally:
+        if watching.poll() is None:
+            watching.kill()
+            watching.wait(30)
+    outcome = watched.rest(timeout=10).splitlines()[-1]
+    assert outcome == f"Job {queued[0]} cancelled (cancelled: owner deactivated)"
+
+    assert server.job(blocking)["status"] == "running"  # they did not wait for a worker
+    cancelled = run_ci("cancel", blocking, cwd=tmp_path, server=server, timeout=60)
+    assert cancelled.returncode == 0, describe(cancelled)
+    names = container_names(docker_client, server, since)
+    assert f"ci-{blocking}" in names
+    assert not {name for name in names if any(job_id in name for job_id in queued)}, names
 
 
 def test_auth_off_refuses_to_start_on_a_network_address(tmp_path: Path) -> None:

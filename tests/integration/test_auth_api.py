@@ -305,6 +305,61 @@ async def test_a_key_that_stops_working_ends_its_open_streams_within_seconds(
             assert roots.events()[-1] == "end"
 
 
+# -- a deactivated user's queued jobs are cancelled -------------------------------------------
+
+
+async def test_deactivating_a_user_cancels_their_queued_jobs_and_watchers_see_them_end(
+    settings: Settings, people: People
+) -> None:
+    gate = asyncio.Event()
+    executor = FakeExecutor(FakeRun(gate=gate))
+    async with running_app(settings, executor) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ci.test") as client:
+            running = (await submit(act_as(client, people.root))).json()["job_id"]
+            await wait_until(lambda: executor.running == {running}, what="the first job running")
+            anns = [(await submit(act_as(client, people.ann))).json()["job_id"] for _ in "ab"]
+            bobs = (await submit(act_as(client, people.bob))).json()["job_id"]
+            watcher = OpenStream(app, anns[0], people.root)
+            await wait_until(lambda: b"queued" in watcher.body, what="the watcher attached")
+
+            await deactivate_ann(settings, people)
+            async with asyncio.timeout(10):
+                await watcher.ended.wait()
+
+            assert watcher.events()[-1] == "end"
+            act_as(client, people.root)
+            for job_id in anns:
+                job = await finished(client, job_id)
+                assert (job["status"], job["reason"]) == (
+                    "cancelled",
+                    "cancelled: owner deactivated",
+                )
+                assert job["start_time"] is None
+            assert (await client.get(f"/jobs/{bobs}")).json()["status"] == "queued"
+            gate.set()
+            assert (await finished(client, bobs))["status"] == "succeeded"
+            assert [spec.job_id for spec in executor.specs] == [running, bobs]
+
+
+async def test_a_worker_does_not_start_a_job_whose_owner_was_just_deactivated(
+    settings: Settings, people: People
+) -> None:
+    gate = asyncio.Event()
+    executor = FakeExecutor(FakeRun(gate=gate))
+    async with serve(settings, executor) as client:
+        running = (await submit(act_as(client, people.root))).json()["job_id"]
+        await wait_until(lambda: executor.running == {running}, what="the first job running")
+        queued = (await submit(act_as(client, people.ann))).json()["job_id"]
+
+        await deactivate_ann(settings, people)
+        gate.set()  # the worker is free at once, long before the owners are looked up again
+
+        job = await finished(act_as(client, people.root), queued)
+        assert (job["status"], job["reason"]) == ("cancelled", "cancelled: owner deactivated")
+        assert [spec.job_id for spec in executor.specs] == [running]
+
+
 # -- a user's jobs are theirs -----------------------------------------------------------------
 
 
