@@ -308,16 +308,31 @@ async def test_a_key_that_stops_working_ends_its_open_streams_within_seconds(
 # -- a deactivated user's queued jobs are cancelled -------------------------------------------
 
 
+@pytest.fixture
+def gate() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+def gated(gate: asyncio.Event) -> FakeExecutor:
+    """Every job runs until the gate opens."""
+    return FakeExecutor(FakeRun(gate=gate))
+
+
+async def holding_the_worker(client: httpx.AsyncClient, people: People, ex: FakeExecutor) -> str:
+    """An admin's job that the executor holds running: the next jobs wait in the queue."""
+    job_id = (await submit(act_as(client, people.root))).json()["job_id"]
+    await wait_until(lambda: ex.running == {job_id}, what="the first job running")
+    return job_id
+
+
 async def test_deactivating_a_user_cancels_their_queued_jobs_and_watchers_see_them_end(
-    settings: Settings, people: People
+    settings: Settings, people: People, gate: asyncio.Event, gated: FakeExecutor
 ) -> None:
-    gate = asyncio.Event()
-    executor = FakeExecutor(FakeRun(gate=gate))
-    async with running_app(settings, executor) as app:
+    async with running_app(settings, gated) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ci.test") as client:
-            running = (await submit(act_as(client, people.root))).json()["job_id"]
-            await wait_until(lambda: executor.running == {running}, what="the first job running")
+            running = await holding_the_worker(client, people, gated)
             anns = [(await submit(act_as(client, people.ann))).json()["job_id"] for _ in "ab"]
             bobs = (await submit(act_as(client, people.bob))).json()["job_id"]
             watcher = OpenStream(app, anns[0], people.root)
@@ -339,17 +354,14 @@ async def test_deactivating_a_user_cancels_their_queued_jobs_and_watchers_see_th
             assert (await client.get(f"/jobs/{bobs}")).json()["status"] == "queued"
             gate.set()
             assert (await finished(client, bobs))["status"] == "succeeded"
-            assert [spec.job_id for spec in executor.specs] == [running, bobs]
+            assert [spec.job_id for spec in gated.specs] == [running, bobs]
 
 
 async def test_a_worker_does_not_start_a_job_whose_owner_was_just_deactivated(
-    settings: Settings, people: People
+    settings: Settings, people: People, gate: asyncio.Event, gated: FakeExecutor
 ) -> None:
-    gate = asyncio.Event()
-    executor = FakeExecutor(FakeRun(gate=gate))
-    async with serve(settings, executor) as client:
-        running = (await submit(act_as(client, people.root))).json()["job_id"]
-        await wait_until(lambda: executor.running == {running}, what="the first job running")
+    async with serve(settings, gated) as client:
+        running = await holding_the_worker(client, people, gated)
         queued = (await submit(act_as(client, people.ann))).json()["job_id"]
 
         await deactivate_ann(settings, people)
@@ -357,7 +369,7 @@ async def test_a_worker_does_not_start_a_job_whose_owner_was_just_deactivated(
 
         job = await finished(act_as(client, people.root), queued)
         assert (job["status"], job["reason"]) == ("cancelled", "cancelled: owner deactivated")
-        assert [spec.job_id for spec in executor.specs] == [running]
+        assert [spec.job_id for spec in gated.specs] == [running]
 
 
 # -- a user's jobs are theirs -----------------------------------------------------------------
