@@ -26,6 +26,7 @@ from ci_client.render import (
     print_job_details,
     print_jobs_table,
 )
+from ci_client.terminal import SafeStream
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -34,8 +35,10 @@ EXIT_INTERRUPTED = 130
 
 
 def _say(message: str) -> None:
-    """Messages about the job (not its output) go to stderr, so stdout is the test log."""
-    print(message, file=sys.stderr, flush=True)
+    """Messages about the job (not its output) go to stderr, so stdout is the test log.
+
+    Like everything `ci` prints that a job may have written, through a `SafeStream`."""
+    print(message, file=SafeStream(sys.stderr), flush=True)
 
 
 def _human_size(size: float) -> str:
@@ -60,6 +63,7 @@ def _exit_code(job: dict[str, Any]) -> int:
 
 def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | None) -> int:
     """Print the job's events until its end; return the exit code for its outcome."""
+    out = SafeStream(sys.stdout)
     for event in client.events(job_id, after=after, tail=tail):
         if event.type == "end":
             job = {"job_id": job_id, **event.data}
@@ -68,7 +72,7 @@ def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | Non
         line = format_event(event)
         if line is not None:
             if event.type == "log" and event.data.get("stream") != "system":
-                print(line, flush=True)
+                print(line, file=out, flush=True)
             else:
                 _say(line)
     raise ClientError("the event stream ended before the job did")
@@ -138,9 +142,9 @@ def cmd_wait(client: CIClient, args: argparse.Namespace) -> int:
 def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
     jobs = client.list_jobs(limit=args.limit)
     if args.json:
-        print(json.dumps(jobs, indent=2))
+        print(json.dumps(jobs, indent=2))  # JSON escapes every control character but DEL
     elif jobs:
-        print_jobs_table(jobs, sys.stdout)
+        print_jobs_table(jobs, SafeStream(sys.stdout))
     else:
         _say("No jobs yet. Submit one with: ci submit test")
     return EXIT_PASSED
@@ -149,7 +153,7 @@ def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
 def cmd_show(client: CIClient, args: argparse.Namespace) -> int:
     job = client.get_job(args.job_id)
     failures = client.test_results(args.job_id, outcomes=PROBLEM_OUTCOMES)
-    print_job_details(job, failures, sys.stdout)
+    print_job_details(job, failures, SafeStream(sys.stdout))
     return EXIT_PASSED
 
 
@@ -237,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"ci: error: {message}", file=sys.stderr)
+    print(f"ci: error: {message}", file=SafeStream(sys.stderr))
     raise SystemExit(EXIT_USAGE)
 
 

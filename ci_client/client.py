@@ -168,6 +168,8 @@ class CIClient:
                 for message in sseclient.SSEClient(response.iter_content(chunk_size=None)).events():
                     if not message.data:
                         continue
+                    if message.event == "unauthorized":  # the key stopped working meanwhile
+                        raise NotAuthenticated(json.loads(message.data)["detail"])
                     payload = json.loads(message.data)
                     event = Event(payload.pop("seq"), payload.pop("type"), payload)
                     last_seq = event.seq

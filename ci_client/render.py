@@ -5,7 +5,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 from ci_client.client import Event
 
@@ -95,7 +98,7 @@ def status_label(job: dict[str, Any]) -> str:
     return job["status"]
 
 
-def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
+def print_jobs_table(jobs: list[dict[str, Any]], out: SupportsWrite[str]) -> None:
     headers = ("JOB ID", "STATUS", "STARTED", "ENDED", "DURATION", "RESULT", "TESTS")
     rows = [
         (
@@ -112,7 +115,9 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: TextIO) -> None:
     print_table(headers, rows, out)
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], out: SupportsWrite[str]
+) -> None:
     """Columns as wide as their widest cell, two spaces apart (`ci list`, `ci-admin`)."""
     widths = [
         max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
@@ -126,7 +131,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: T
         )
 
 
-def print_job_details(job: dict[str, Any], results: Iterable[dict[str, Any]], out: TextIO) -> None:
+def print_job_details(
+    job: dict[str, Any], results: Iterable[dict[str, Any]], out: SupportsWrite[str]
+) -> None:
     """`ci show`: the job's summary, then each test that did not pass, with its message.
 
     A collection error (its node id is a module's path, without `::`) takes one line:

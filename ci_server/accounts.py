@@ -18,6 +18,7 @@ from ci_server.users import (
     NotAuthenticated,
     User,
     UserInactive,
+    UserNotFound,
     issue_key,
     new_user_id,
     parse_key,
@@ -27,6 +28,9 @@ EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 MAX_NAME_CHARS = 200
 LAST_USED_PRECISION = timedelta(minutes=1)
 """`last_used_at` is written at most this often per key: not one write per request."""
+RECHECK_SECONDS = 2.0
+"""How soon what a key holds open learns that it was revoked or its user deactivated (by
+`ci-admin`, in another process): open event streams close, a user's queued jobs cancel."""
 INVALID_KEY = "invalid API key"
 """One answer for an unknown key id and a wrong secret: a guess learns nothing."""
 
@@ -63,9 +67,21 @@ async def user_by_email(store: JobStore, email: str) -> User:
 
 
 async def deactivate_user(store: JobStore, email: str) -> User:
-    """The user's keys stop working at once (they are kept, to show in `key list`)."""
+    """The user's keys stop working at once (they are kept, to show in `key list`); within
+    RECHECK_SECONDS their open streams close and the server cancels their queued jobs."""
     user = await user_by_email(store, email)
     return await store.set_user_active(user.id, False)
+
+
+async def is_active(store: JobStore, user_id: str | None) -> bool:
+    """Whether a job's owner may still have it run. No owner, or one the store does not
+    know (the anonymous admin of CI_AUTH=off), is no one to lock out."""
+    if user_id is None:
+        return True
+    try:
+        return (await store.get_user(user_id)).active
+    except UserNotFound:
+        return True
 
 
 async def create_key(store: JobStore, *, email: str, name: str) -> tuple[ApiKey, User, str]:

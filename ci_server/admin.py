@@ -1,8 +1,10 @@
 """`ci-admin`: users and API keys, straight in the server's database (CI_DB_PATH or --db).
 
 It may run while the server does (SQLite, WAL): a new key works at once, a revoked key or
-a deactivated user stops working at once. Exit codes: 0 done, 2 a usage error or a request
-that cannot be done (unknown email, email taken, deactivated user...).
+a deactivated user stops working at once for new requests and within a few seconds for
+open event streams; the server cancels a deactivated user's queued jobs (it alone changes
+jobs, so that their watchers get their `end` event). Exit codes: 0 done, 2 a usage error
+or a request that cannot be done (unknown email, email taken, deactivated user...).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pydantic import ValidationError
 
 from ci_client.render import format_time, print_table
 from ci_server import accounts
-from ci_server.models import CIError
+from ci_server.models import CIError, JobStatus
 from ci_server.settings import Settings
 from ci_server.store.repository import JobStore
 from ci_server.store.sqlite import SqliteJobStore
@@ -100,8 +102,13 @@ async def user_deactivate(store: JobStore, args: argparse.Namespace) -> int:
     user = await accounts.deactivate_user(store, args.email)
     if not before.active:
         print(f"{_describe(user)} was already deactivated.")
-    else:
-        print(f"Deactivated {_describe(user)}: their API keys no longer work.")
+        return EXIT_OK
+    print(f"Deactivated {_describe(user)}: their API keys no longer work.")
+    queued = [j for j in await store.jobs_with_status(JobStatus.QUEUED) if j.owner_id == user.id]
+    _say(
+        f"Within {accounts.RECHECK_SECONDS:g}s a running server closes their open event "
+        f"streams and cancels their {len(queued)} queued job(s); running jobs may finish."
+    )
     return EXIT_OK
 
 

@@ -2,6 +2,9 @@
 
 Submissions wait in a FIFO queue; `max_concurrent_jobs` workers take them one at a time.
 Each job runs in its own task, so that cancelling it (or its timeout) kills just that job.
+A deactivated user's jobs do not run: `ci-admin` deactivates users from another process, so
+the owners of waiting jobs are looked up every `RECHECK_SECONDS` and again when a worker
+takes a job, and their queued jobs are cancelled here, where their watchers get the `end`.
 At start-up, jobs that a crash left `queued` run again; jobs left `running` are marked
 `error` ("interrupted by server restart") and their containers are removed: a re-run could
 repeat side effects the user did not ask for twice.
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ci_server import accounts
 from ci_server.events import EventHub, JobChannel
 from ci_server.models import (
     CIError,
@@ -43,6 +47,8 @@ from ci_server.store.repository import JobStore
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_REASON = "interrupted by server restart"
+CANCELLED_REASON = "cancelled by user"
+OWNER_DEACTIVATED_REASON = "cancelled: owner deactivated"
 CONTAINER_ENV = {"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"}
 """PIP_USER: an unprivileged user installs into its home (the image's Python is root's)."""
 
@@ -68,9 +74,10 @@ class Scheduler:
         self.environments = EnvironmentCache(executor, keep=settings.env_cache_size)
         self.reports = ReportReader(settings.report_limits)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: dict[str, None] = {}  # FIFO order of waiting jobs, for positions
+        self._queued: dict[str, str | None] = {}  # waiting jobs' owners, in FIFO order
         self._running: dict[str, _RunningJob] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._owner_watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -82,12 +89,14 @@ class Scheduler:
             asyncio.create_task(self._work(), name=f"worker-{n}")
             for n in range(self.settings.max_concurrent_jobs)
         ]
+        self._owner_watch = asyncio.create_task(self._watch_owners(), name="owner-watch")
 
     async def stop(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        tasks = [*self._workers, *([self._owner_watch] if self._owner_watch else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._workers, self._owner_watch = [], None
         self.reports.close()
 
     async def _recover(self) -> None:
@@ -102,7 +111,7 @@ class Scheduler:
             await self._finish(job, channel, Outcome(JobStatus.ERROR, reason=INTERRUPTED_REASON))
         for job in await self.store.jobs_with_status(JobStatus.QUEUED):
             self.hub.open(job.id, await self.store.last_event_seq(job.id))
-            self._enqueue(job.id)
+            self._enqueue(job)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -128,18 +137,15 @@ class Scheduler:
         channel = self.hub.open(job.id)
         await self.store.add_job(job)
         channel.publish(EventType.STATUS, status=job.status.value)
-        self._enqueue(job.id)
+        self._enqueue(job)
         return job
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job; a finished one is returned unchanged."""
         job = await self.store.get_job(job_id)
         if job.status is JobStatus.QUEUED:
-            cancelled = transition(job, JobStatus.CANCELLED, reason="cancelled by user")
-            if await self.store.update_job(cancelled, expected=JobStatus.QUEUED):
-                self._queued.pop(job_id, None)
-                await self._announce_end(cancelled, self.hub.open(job_id))
-                await asyncio.to_thread(self._upload_path(job_id).unlink, missing_ok=True)
+            cancelled = await self._cancel_queued(job, CANCELLED_REASON)
+            if cancelled is not None:
                 return cancelled
             job = await self.store.get_job(job_id)  # a worker took it meanwhile
         running = self._running.get(job_id)
@@ -151,15 +157,26 @@ class Scheduler:
             job = await self.store.get_job(job_id)
         return job
 
+    async def _cancel_queued(self, job: Job, reason: str) -> Job | None:
+        """Cancel a job that waits (it never starts): the job as cancelled, or None if it
+        no longer waited (a worker took it, or another cancel came first)."""
+        cancelled = transition(job, JobStatus.CANCELLED, reason=reason)
+        if not await self.store.update_job(cancelled, expected=JobStatus.QUEUED):
+            return None
+        self._queued.pop(job.id, None)
+        await self._announce_end(cancelled, self.hub.open(job.id))
+        await asyncio.to_thread(self._upload_path(job.id).unlink, missing_ok=True)
+        return cancelled
+
     def queue_positions(self) -> dict[str, int]:
         """1 for the next job to run."""
         return {job_id: n for n, job_id in enumerate(self._queued, start=1)}
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _enqueue(self, job_id: str) -> None:
-        self._queued[job_id] = None
-        self._queue.put_nowait(job_id)
+    def _enqueue(self, job: Job) -> None:
+        self._queued[job.id] = job.owner_id
+        self._queue.put_nowait(job.id)
 
     def _upload_path(self, job_id: str) -> Path:
         return self.uploads_dir / f"{job_id}.zip"
@@ -167,8 +184,9 @@ class Scheduler:
     async def _work(self) -> None:
         while True:
             job_id = await self._queue.get()
-            if self._queued.pop(job_id, "gone") == "gone":
+            if job_id not in self._queued:
                 continue  # cancelled while it waited
+            del self._queued[job_id]
             try:
                 await self._run(job_id)
             except asyncio.CancelledError:
@@ -179,6 +197,9 @@ class Scheduler:
     async def _run(self, job_id: str) -> None:
         queued = await self.store.get_job(job_id)
         if queued.status is not JobStatus.QUEUED:
+            return
+        if not await accounts.is_active(self.store, queued.owner_id):
+            await self._cancel_queued(queued, OWNER_DEACTIVATED_REASON)
             return
         job = transition(queued, JobStatus.RUNNING)
         # Registered before the status is stored, so that a cancel arriving while the store
@@ -204,7 +225,7 @@ class Scheduler:
                     shutdown = Outcome(JobStatus.ERROR, reason="server shut down")
                     await self._finish(job, channel, shutdown)
                     raise
-                outcome = Outcome(JobStatus.CANCELLED, reason="cancelled by user")
+                outcome = Outcome(JobStatus.CANCELLED, reason=CANCELLED_REASON)
             except Exception as e:
                 # A bug or an unexpected executor error: the job must still end.
                 logger.exception("job %s: unexpected failure", job_id)
@@ -214,6 +235,24 @@ class Scheduler:
             self._running.pop(job_id, None)
             running.finished.set()
             await asyncio.to_thread(self._upload_path(job_id).unlink, missing_ok=True)
+
+    async def _watch_owners(self) -> None:
+        """Cancel the waiting jobs of users deactivated meanwhile, every RECHECK_SECONDS
+        (one read per owner)."""
+        while True:
+            await asyncio.sleep(accounts.RECHECK_SECONDS)
+            try:
+                for owner in set(self._queued.values()):
+                    if not await accounts.is_active(self.store, owner):
+                        await self._cancel_jobs_of(owner, OWNER_DEACTIVATED_REASON)
+            except Exception:
+                logger.exception("checking the owners of queued jobs failed")
+
+    async def _cancel_jobs_of(self, owner: str | None, reason: str) -> None:
+        for job_id in [job_id for job_id, of in self._queued.items() if of == owner]:
+            job = await self.store.get_job(job_id)
+            if job.status is JobStatus.QUEUED:
+                await self._cancel_queued(job, reason)
 
     async def _execute(self, job: Job, channel: JobChannel) -> Outcome:
         workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.workspaces_dir))

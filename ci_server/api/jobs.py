@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +24,12 @@ from fastapi import (
 from fastapi import Path as PathParam
 from sse_starlette import EventSourceResponse
 
-from ci_server.api.auth import CurrentUser, current_user
+from ci_server.api.auth import (
+    UNAUTHORIZED_EVENT_SCHEMA,
+    CurrentUser,
+    current_user,
+    while_authenticated,
+)
 from ci_server.api.frames import SseFrames
 from ci_server.api.schemas import EVENT_STREAM_SCHEMA, ErrorOut, JobOut, TestResultOut
 from ci_server.events import EventHub
@@ -201,8 +206,13 @@ async def cancel_job(
     response_class=EventSourceResponse,
     responses={
         200: {
-            "description": "the job's events, as Server-Sent Events, up to its `end` event",
-            "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
+            "description": "the job's events, as Server-Sent Events, up to its `end` event "
+            "(or an `unauthorized` event if the API key stops working meanwhile)",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"oneOf": [EVENT_STREAM_SCHEMA, UNAUTHORIZED_EVENT_SCHEMA]}
+                }
+            },
         },
         **documented(404),
     },
@@ -226,7 +236,8 @@ async def stream_events(
 
     Resume with the `Last-Event-ID` header (or `after`) to get exactly the events after it.
     The `end` event is always sent, even with `tail=0` or a resume point past the end of a
-    finished job.
+    finished job, unless the API key is revoked or its user deactivated meanwhile: then the
+    stream ends within a few seconds with an `unauthorized` event.
     """
     job = await _visible_job(scheduler, user, job_id)  # before any byte of the stream
     start = last_event_id if last_event_id is not None else after
@@ -239,12 +250,12 @@ async def stream_events(
         # have seen events that a crash lost, and after the restart their numbers are reused.
         start = max(0, min(start, await hub.last_seq(job_id) - 1))
 
-    async def events() -> AsyncIterator[bytes]:
+    async def events() -> AsyncGenerator[bytes, None]:
         async for batch in hub.batches(job_id, start):
             yield frames.of(job_id, batch)
 
     return EventSourceResponse(
-        events(),
+        while_authenticated(request, events()),
         ping=KEEPALIVE_SECONDS,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

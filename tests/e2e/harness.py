@@ -221,12 +221,14 @@ def run_ci(
     )
 
 
-def start_ci(*args: str, cwd: Path, server: ServerProcess | str) -> subprocess.Popen[str]:
+def start_ci(
+    *args: str, cwd: Path, server: ServerProcess | str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
     """Start the real CLI in the background (to interrupt it or read it line by line)."""
     return subprocess.Popen(
         [*ci_command(), *args],
         cwd=cwd,
-        env=cli_env(server, {"PYTHONUNBUFFERED": "1"}),
+        env=cli_env(server, {"PYTHONUNBUFFERED": "1", **(env or {})}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,9 +11,12 @@ import pytest
 
 from ci_server import accounts
 from ci_server.admin import main
+from ci_server.models import Job, JobStatus, new_job_id
+from ci_server.states import transition
 from ci_server.store.sqlite import SqliteJobStore
 from ci_server.users import User, hash_secret, parse_key
 
+QUEUED = JobStatus.QUEUED
 KEY = re.compile(r"ci_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
 
@@ -78,6 +81,28 @@ def test_users_are_created_listed_and_deactivated(admin: Admin) -> None:
     assert "Deactivated Bob <bob@example.com>" in out
     assert "already deactivated" in admin.ok("user", "deactivate", "--email", "bob@example.com")
     assert [u.active for u in admin.users()] == [True, False]
+
+
+def test_deactivating_says_what_happens_to_open_streams_and_queued_jobs(admin: Admin) -> None:
+    admin.ok("user", "create", "--name", "Bob", "--email", "bob@example.com")
+    [bob] = admin.users()
+
+    async def add_jobs() -> None:
+        async with SqliteJobStore(admin.db) as store:
+            for owner in (bob.id, bob.id, "someone"):
+                await store.add_job(Job(new_job_id(), owner_id=owner))
+            finished = Job(new_job_id(), owner_id=bob.id)
+            await store.add_job(finished)
+            await store.update_job(transition(finished, JobStatus.CANCELLED), expected=QUEUED)
+
+    asyncio.run(add_jobs())
+    code, out, err = admin("user", "deactivate", "--email", "bob@example.com")
+    assert code == 0, err
+    assert out == "Deactivated Bob <bob@example.com>: their API keys no longer work.\n"
+    assert err == (
+        "Within 2s a running server closes their open event streams and cancels their "
+        "2 queued job(s); running jobs may finish.\n"
+    )
 
 
 def test_a_key_is_printed_once_and_never_listed(admin: Admin) -> None:

@@ -7,22 +7,31 @@ file, before the app starts or while it runs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from starlette.types import Message
 
 from ci_server import accounts
+from ci_server.app import create_app
+from ci_server.runner.executor import OutputSink, RunSpec
 from ci_server.settings import Settings
 from ci_server.store.sqlite import SqliteJobStore
 from ci_server.users import ANONYMOUS_ADMIN, parse_key
-from tests.fakes import FakeExecutor, FakeRun
+from tests.fakes import FakeExecutor, FakeRun, wait_until
 from tests.integration.test_sqlite_api import (
     UNKNOWN_ID,
     finished,
     make_settings,
+    parse_sse,
     serve,
     sse,
     submit,
@@ -168,6 +177,199 @@ async def test_a_deactivated_users_keys_stop_working(
         await client.get("/jobs", headers=people.bob.headers),
         "bob@example.com has been deactivated",
     )
+
+
+# -- a key that stops working closes the streams open with it -------------------------------
+
+
+@dataclass
+class OpenStream:
+    """GET /jobs/{id}/events straight through the app's ASGI interface, so that the test
+    sees each write of the stream as it happens (httpx's ASGI transport waits for the end)."""
+
+    app: FastAPI
+    job_id: str
+    person: Person
+    body: bytearray = field(default_factory=bytearray)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        path = f"/jobs/{self.job_id}/events"
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"authorization", self.person.headers["Authorization"].encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("ci.test", 80),
+        }
+        self.task = asyncio.create_task(self.app(scope, self._receive, self._send))
+
+    async def _receive(self) -> Message:
+        await asyncio.Event().wait()  # the client never goes away
+        raise AssertionError("unreachable")
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200, message
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                self.ended.set()
+
+    async def closed(self, within: float) -> dict[str, Any]:
+        """Wait for the stream to end; the data of its last event, `unauthorized`."""
+        async with asyncio.timeout(within):
+            await self.ended.wait()
+        last = re.split(r"\r?\n\r?\n", self.body.decode().strip())[-1]
+        lines = dict(line.split(": ", 1) for line in last.splitlines())
+        assert lines["event"] == "unauthorized", last
+        return json.loads(lines["data"])
+
+    def events(self) -> list[str]:
+        return [event.event for event in parse_sse(self.body.decode())]
+
+
+@dataclass
+class FloodingExecutor(FakeExecutor):
+    """Prints as fast as the event loop lets it until `stop` is set."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
+        while not self.stop.is_set():
+            on_output(b"flood\n" * 20)
+            await asyncio.sleep(0.001)
+        return 0
+
+
+@asynccontextmanager
+async def running_app(settings: Settings, executor: FakeExecutor) -> AsyncIterator[FastAPI]:
+    app = create_app(settings, executor=executor)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def revoke_anns_key(settings: Settings, people: People) -> str:
+    key_id, _ = parse_key(people.ann.key)
+    async with SqliteJobStore(settings.db_path) as admin_tool:  # as `ci-admin key revoke`
+        await accounts.revoke_key(admin_tool, key_id)
+    return f"API key {key_id} (laptop) has been revoked"
+
+
+async def deactivate_ann(settings: Settings, people: People) -> str:
+    async with SqliteJobStore(settings.db_path) as admin_tool:  # as `ci-admin user deactivate`
+        await accounts.deactivate_user(admin_tool, people.ann.email)
+    return "user ann@example.com has been deactivated"
+
+
+LockOut = Callable[[Settings, People], Awaitable[str]]
+
+
+@pytest.mark.parametrize("output", ["idle", "flood"])
+@pytest.mark.parametrize(
+    "lock_out", [revoke_anns_key, deactivate_ann], ids=["revoke", "deactivate"]
+)
+async def test_a_key_that_stops_working_ends_its_open_streams_within_seconds(
+    settings: Settings, people: People, output: str, lock_out: LockOut
+) -> None:
+    gate = asyncio.Event()
+    executor = FakeExecutor(FakeRun(gate=gate)) if output == "idle" else FloodingExecutor()
+    async with running_app(settings, executor) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ci.test") as client:
+            job_id = (await submit(act_as(client, people.ann))).json()["job_id"]
+            anns, roots = OpenStream(app, job_id, people.ann), OpenStream(app, job_id, people.root)
+            await wait_until(lambda: "running" in anns.body.decode(), what="ann's stream")
+            if output == "flood":
+                await wait_until(lambda: anns.body.count(b"flood") > 100, what="a flood")
+
+            detail = await lock_out(settings, people)
+            closing = await anns.closed(within=10)
+
+            assert closing == {"status": 401, "detail": detail}
+            assert roots.task.done() is False  # an admin's stream goes on, and so does the job
+            job = (await client.get(f"/jobs/{job_id}", headers=people.root.headers)).json()
+            assert job["status"] == "running"
+            gate.set()
+            if isinstance(executor, FloodingExecutor):
+                executor.stop.set()
+            async with asyncio.timeout(10):
+                await roots.ended.wait()
+            assert roots.events()[-1] == "end"
+
+
+# -- a deactivated user's queued jobs are cancelled -------------------------------------------
+
+
+@pytest.fixture
+def gate() -> asyncio.Event:
+    return asyncio.Event()
+
+
+@pytest.fixture
+def gated(gate: asyncio.Event) -> FakeExecutor:
+    """Every job runs until the gate opens."""
+    return FakeExecutor(FakeRun(gate=gate))
+
+
+async def holding_the_worker(client: httpx.AsyncClient, people: People, ex: FakeExecutor) -> str:
+    """An admin's job that the executor holds running: the next jobs wait in the queue."""
+    job_id = (await submit(act_as(client, people.root))).json()["job_id"]
+    await wait_until(lambda: ex.running == {job_id}, what="the first job running")
+    return job_id
+
+
+async def test_deactivating_a_user_cancels_their_queued_jobs_and_watchers_see_them_end(
+    settings: Settings, people: People, gate: asyncio.Event, gated: FakeExecutor
+) -> None:
+    async with running_app(settings, gated) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ci.test") as client:
+            running = await holding_the_worker(client, people, gated)
+            anns = [(await submit(act_as(client, people.ann))).json()["job_id"] for _ in "ab"]
+            bobs = (await submit(act_as(client, people.bob))).json()["job_id"]
+            watcher = OpenStream(app, anns[0], people.root)
+            await wait_until(lambda: b"queued" in watcher.body, what="the watcher attached")
+
+            await deactivate_ann(settings, people)
+            async with asyncio.timeout(10):
+                await watcher.ended.wait()
+
+            assert watcher.events()[-1] == "end"
+            act_as(client, people.root)
+            for job_id in anns:
+                job = await finished(client, job_id)
+                assert (job["status"], job["reason"]) == (
+                    "cancelled",
+                    "cancelled: owner deactivated",
+                )
+                assert job["start_time"] is None
+            assert (await client.get(f"/jobs/{bobs}")).json()["status"] == "queued"
+            gate.set()
+            assert (await finished(client, bobs))["status"] == "succeeded"
+            assert [spec.job_id for spec in gated.specs] == [running, bobs]
+
+
+async def test_a_worker_does_not_start_a_job_whose_owner_was_just_deactivated(
+    settings: Settings, people: People, gate: asyncio.Event, gated: FakeExecutor
+) -> None:
+    async with serve(settings, gated) as client:
+        running = await holding_the_worker(client, people, gated)
+        queued = (await submit(act_as(client, people.ann))).json()["job_id"]
+
+        await deactivate_ann(settings, people)
+        gate.set()  # the worker is free at once, long before the owners are looked up again
+
+        job = await finished(act_as(client, people.root), queued)
+        assert (job["status"], job["reason"]) == ("cancelled", "cancelled: owner deactivated")
+        assert [spec.job_id for spec in gated.specs] == [running]
 
 
 # -- a user's jobs are theirs -----------------------------------------------------------------
