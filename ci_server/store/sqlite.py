@@ -26,7 +26,7 @@ from ci_server.models import (
     TestResult,
     TestSummary,
 )
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import JobStore, claim_template
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
@@ -93,9 +93,18 @@ MIGRATIONS: list[str] = [
     """,
     # `ci show` pages through a job's failures only (GET /jobs/{id}/tests?outcome=failed).
     "CREATE INDEX test_results_by_outcome ON test_results (job_id, outcome, position);",
+    "ALTER TABLE jobs ADD COLUMN worker TEXT;",
 ]
 
-_LIFECYCLE_COLUMNS = ("status", "started_at", "finished_at", "exit_code", "reason", "summary")
+_LIFECYCLE_COLUMNS = (
+    "status",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "reason",
+    "summary",
+    "worker",
+)
 """What changes over a job's life; the other columns are fixed when it is submitted."""
 _JOB_COLUMNS = ", ".join(
     (
@@ -131,6 +140,7 @@ def _lifecycle_values(job: Job) -> tuple[Any, ...]:
         job.exit_code,
         job.reason,
         _summary_json(job.summary),
+        job.worker,
     )
 
 
@@ -167,6 +177,7 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         summary=TestSummary(**json.loads(row["summary"])) if row["summary"] else None,
         no_cache=bool(row["no_cache"]),
         owner_id=row["owner_id"],
+        worker=row["worker"],
     )
 
 
@@ -290,6 +301,25 @@ class SqliteJobStore(JobStore):
         )
         await self.db.commit()
         return cursor.rowcount == 1
+
+    async def claim_next_job(self, worker: str) -> Job | None:
+        # One statement: SQLite takes the write lock before it reads, so no other
+        # connection (store, process) can claim between the choice and the update.
+        running = claim_template(worker)
+        async with self.db.execute(
+            f"UPDATE jobs SET status=?, started_at=?, worker=? WHERE id = ("
+            "SELECT id FROM jobs WHERE status=? ORDER BY created_at, id LIMIT 1"
+            f") RETURNING {_JOB_COLUMNS}",
+            (
+                running.status.value,
+                _time(running.started_at),
+                running.worker,
+                JobStatus.QUEUED.value,
+            ),
+        ) as cursor:
+            row = await cursor.fetchone()
+        await self.db.commit()
+        return None if row is None else _job_from_row(row)
 
     async def append_events(self, events: Sequence[JobEvent]) -> None:
         if not events:
