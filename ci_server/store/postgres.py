@@ -30,8 +30,6 @@ from ci_server.models import (
 from ci_server.store.repository import JobStore, claim_template
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
-URL_SCHEMES = ("postgresql://", "postgres://")
-
 # Each entry migrates the schema from version i to i + 1 (a row in schema_migrations).
 MIGRATIONS: list[str] = [
     """
