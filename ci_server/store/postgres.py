@@ -27,6 +27,13 @@ from ci_server.models import (
     TestResult,
     TestSummary,
 )
+from ci_server.store.columns import (
+    JOB_COLUMN_NAMES,
+    JOB_COLUMNS,
+    KEY_COLUMNS,
+    LIFECYCLE_COLUMNS,
+    USER_COLUMNS,
+)
 from ci_server.store.repository import JobStore, claim_template
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
@@ -96,29 +103,7 @@ MIGRATIONS: list[str] = [
 MIGRATION_LOCK = 0x63692D736368656D
 """The advisory lock key that serializes migrations (the bytes of "ci-schem")."""
 
-_LIFECYCLE_COLUMNS = (
-    "status",
-    "started_at",
-    "finished_at",
-    "exit_code",
-    "reason",
-    "summary",
-    "worker",
-)
-"""What changes over a job's life; the other columns are fixed when it is submitted."""
-_JOB_COLUMN_NAMES = (
-    "id",
-    *_LIFECYCLE_COLUMNS,
-    "created_at",
-    "timeout_seconds",
-    "pytest_args",
-    "no_cache",
-    "owner_id",
-)
-_JOB_COLUMNS = ", ".join(_JOB_COLUMN_NAMES)
 _RESULT_COLUMNS = ("job_id", "position", "node_id", "outcome", "duration", "message", "details")
-_USER_COLUMNS = "id, name, email, is_admin, active, created_at"
-_KEY_COLUMNS = "id, user_id, name, hash, created_at, revoked_at, last_used_at"
 
 
 def marks(count: int, start: int = 1) -> str:
@@ -136,7 +121,7 @@ def redacted(url: str) -> str:
 
 
 def _lifecycle_values(job: Job) -> tuple[Any, ...]:
-    """The values of _LIFECYCLE_COLUMNS, in that order."""
+    """The values of LIFECYCLE_COLUMNS, in that order."""
     summary = None if job.summary is None else dataclasses.asdict(job.summary)
     return (
         job.status.value,
@@ -150,7 +135,7 @@ def _lifecycle_values(job: Job) -> tuple[Any, ...]:
 
 
 def _job_row(job: Job) -> tuple[Any, ...]:
-    """The values of _JOB_COLUMN_NAMES, in that order."""
+    """The values of JOB_COLUMN_NAMES, in that order."""
     return (
         job.id,
         *_lifecycle_values(job),
@@ -247,12 +232,12 @@ class PostgresJobStore(JobStore):
 
     async def add_job(self, job: Job) -> None:
         await self.pool.execute(
-            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({marks(len(_JOB_COLUMN_NAMES))})",
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks(len(JOB_COLUMN_NAMES))})",
             *_job_row(job),
         )
 
     async def get_job(self, job_id: str) -> Job:
-        row = await self.pool.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        row = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
         if row is None:
             raise JobNotFound(job_id)
         return _job_from_row(row)
@@ -274,24 +259,22 @@ class PostgresJobStore(JobStore):
             conditions.append(f"(created_at, id) < (${len(params) - 1}, ${len(params)})")
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         query = (
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
+            f"SELECT {JOB_COLUMNS} FROM jobs {where}"
             f"ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}"
         )
         return [_job_from_row(row) for row in await self.pool.fetch(query, *params, limit)]
 
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
         rows = await self.pool.fetch(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ANY($1::text[]) "
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ANY($1::text[]) "
             "ORDER BY created_at, id",
             [status.value for status in statuses],
         )
         return [_job_from_row(row) for row in rows]
 
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
-        count = len(_LIFECYCLE_COLUMNS)
-        assignments = ", ".join(
-            f"{column} = ${n}" for n, column in enumerate(_LIFECYCLE_COLUMNS, 1)
-        )
+        count = len(LIFECYCLE_COLUMNS)
+        assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(LIFECYCLE_COLUMNS, 1))
         status = await self.pool.execute(
             f"UPDATE jobs SET {assignments} WHERE id = ${count + 1} AND status = ${count + 2}",
             *_lifecycle_values(job),
@@ -308,7 +291,7 @@ class PostgresJobStore(JobStore):
         row = await self.pool.fetchrow(
             "UPDATE jobs SET status = $1, started_at = $2, worker = $3 WHERE id = ("
             "SELECT id FROM jobs WHERE status = $4 ORDER BY created_at, id "
-            f"FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING {_JOB_COLUMNS}",
+            f"FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING {JOB_COLUMNS}",
             running.status.value,
             running.started_at,
             running.worker,
@@ -407,7 +390,7 @@ class PostgresJobStore(JobStore):
     async def add_user(self, user: User) -> None:
         try:
             await self.pool.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ({marks(6)})",
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES ({marks(6)})",
                 user.id,
                 user.name,
                 user.email,
@@ -422,7 +405,7 @@ class PostgresJobStore(JobStore):
 
     async def _one_user(self, where: str, value: str, missing: str) -> User:
         row = await self.pool.fetchrow(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE {where} = $1", value
+            f"SELECT {USER_COLUMNS} FROM users WHERE {where} = $1", value
         )
         if row is None:
             raise UserNotFound(missing)
@@ -435,12 +418,12 @@ class PostgresJobStore(JobStore):
         return await self._one_user("email", email, f"no user with email {email!r}")
 
     async def list_users(self) -> list[User]:
-        rows = await self.pool.fetch(f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id")
+        rows = await self.pool.fetch(f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id")
         return [User(**dict(row.items())) for row in rows]
 
     async def set_user_active(self, user_id: str, active: bool) -> User:
         row = await self.pool.fetchrow(
-            f"UPDATE users SET active = $1 WHERE id = $2 RETURNING {_USER_COLUMNS}",
+            f"UPDATE users SET active = $1 WHERE id = $2 RETURNING {USER_COLUMNS}",
             active,
             user_id,
         )
@@ -451,7 +434,7 @@ class PostgresJobStore(JobStore):
     async def add_api_key(self, key: ApiKey) -> None:
         try:
             await self.pool.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({marks(7)})",
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({marks(7)})",
                 key.id,
                 key.user_id,
                 key.name,
@@ -464,14 +447,14 @@ class PostgresJobStore(JobStore):
             raise UserNotFound(f"no user with id {key.user_id!r}") from None
 
     async def get_api_key(self, key_id: str) -> ApiKey:
-        row = await self.pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
         if row is None:
             raise ApiKeyNotFound(f"no API key with id {key_id!r}")
         return ApiKey(**dict(row.items()))
 
     async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
         rows = await self.pool.fetch(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR user_id = $1 "
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR user_id = $1 "
             "ORDER BY created_at, id",
             user_id,
         )
@@ -481,7 +464,7 @@ class PostgresJobStore(JobStore):
         # One statement: a key revoked before keeps its first revocation time.
         row = await self.pool.fetchrow(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 "
-            f"RETURNING {_KEY_COLUMNS}",
+            f"RETURNING {KEY_COLUMNS}",
             at,
             key_id,
         )
