@@ -59,6 +59,14 @@ def test_a_server_on_postgresql_runs_a_job_and_keeps_it_there(
         run.job_id,
     )
     assert last == [{"type": "end"}]
+    results = fetch(
+        postgres_database,
+        "SELECT node_id, outcome FROM test_results WHERE job_id = $1 ORDER BY position",
+        run.job_id,
+    )
+    assert results == [
+        {"node_id": f"tests/test_calc.py::{test}", "outcome": "passed"} for test in PASSING_TESTS
+    ]
     assert not Path(server.env["CI_DB_PATH"]).exists()  # no SQLite file beside
 
     # Another server process on the same database: the same key, the whole log.
