@@ -15,6 +15,7 @@ setup(
         "pydantic-settings>=2.4",
         "sse-starlette>=2.1",
         "aiosqlite>=0.20",
+        "asyncpg>=0.29",
         "docker>=7.1",
         "requests>=2.32",
         "requests-toolbelt>=1.0",
@@ -32,6 +33,7 @@ setup(
             "hypothesis>=6.100",
             "ruff>=0.6",
             "pyright>=1.1.380",
+            "asyncpg-stubs>=0.29",
         ],
     },
     entry_points={

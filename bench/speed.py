@@ -76,7 +76,8 @@ from ci_server.runner.docker import container_name  # noqa: E402
 from ci_server.runner.executor import ENVIRONMENT_LABEL, INSTANCE_LABEL  # noqa: E402
 from ci_server.runner.scripts import INSTALLED_PROJECT  # noqa: E402
 from ci_server.settings import Settings  # noqa: E402
-from ci_server.store.sqlite import _JOB_COLUMNS, SqliteJobStore, _job_row  # noqa: E402
+from ci_server.store.columns import JOB_COLUMNS  # noqa: E402
+from ci_server.store.sqlite import SqliteJobStore, _job_row  # noqa: E402
 from tests.e2e.harness import ServerProcess, ci_command, run_ci, server_env, wait_for  # noqa: E402
 
 DEFAULT_IMAGE = "ci-runner:bookworm"
@@ -704,7 +705,7 @@ async def fill_database(path: Path, count: int) -> list[str]:
     try:
         rows = [_job_row(job) for job in finished_jobs(count)]
         marks = ",".join("?" * len(rows[0]))
-        await store.db.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({marks})", rows)
+        await store.db.executemany(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", rows)
         await store.db.commit()
     finally:
         await store.close()

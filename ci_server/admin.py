@@ -1,10 +1,12 @@
-"""`ci-admin`: users and API keys, straight in the server's database (CI_DB_PATH or --db).
+"""`ci-admin`: users and API keys, straight in the server's database: --db (a file or a
+postgresql:// URL), else CI_DATABASE_URL, else CI_DB_PATH.
 
-It may run while the server does (SQLite, WAL): a new key works at once, a revoked key or
-a deactivated user stops working at once for new requests and within a few seconds for
-open event streams; the server cancels a deactivated user's queued jobs (it alone changes
-jobs, so that their watchers get their `end` event). Exit codes: 0 done, 2 a usage error
-or a request that cannot be done (unknown email, email taken, deactivated user...).
+It may run while the server does (SQLite in WAL mode, or PostgreSQL): a new key works at
+once, a revoked key or a deactivated user stops working at once for new requests and within
+a few seconds for open event streams; the server cancels a deactivated user's queued jobs
+(it alone changes jobs, so that their watchers get their `end` event). Exit codes: 0 done,
+2 a usage error or a request that cannot be done (unknown email, email taken, deactivated
+user...).
 """
 
 from __future__ import annotations
@@ -20,14 +22,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
+import asyncpg
 from pydantic import ValidationError
 
 from ci_client.render import format_time, print_table
 from ci_server import accounts
 from ci_server.models import CIError, JobStatus
 from ci_server.settings import Settings
+from ci_server.store.factory import (
+    Database,
+    configured_database,
+    describe,
+    parse_database,
+    store_at,
+)
 from ci_server.store.repository import JobStore
-from ci_server.store.sqlite import SqliteJobStore
 from ci_server.users import User
 
 EXIT_OK = 0
@@ -167,6 +176,13 @@ async def key_revoke(store: JobStore, args: argparse.Namespace) -> int:
 # -- the command line -------------------------------------------------------------------------
 
 
+def _database_argument(value: str) -> Database:
+    try:
+        return parse_database(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ci-admin",
@@ -175,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--db",
-        type=Path,
-        help="the server's SQLite database (default: $CI_DB_PATH, else ci_jobs.db)",
+        type=_database_argument,
+        help="the server's database: an SQLite file or a postgresql:// URL "
+        "(default: $CI_DATABASE_URL, else $CI_DB_PATH, else ci_jobs.db)",
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="{user,key}")
 
@@ -224,24 +241,25 @@ def _check_database(path: Path) -> None:
         db.execute("PRAGMA user_version")
 
 
-async def _run(handler: Handler, db_path: Path, args: argparse.Namespace) -> int:
-    async with SqliteJobStore(db_path) as store:
+async def _run(handler: Handler, database: Database, args: argparse.Namespace) -> int:
+    async with store_at(database) as store:
         return await handler(store, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        db_path: Path = args.db or Settings().db_path
+        database: Database = args.db or configured_database(Settings())
     except ValidationError as e:
         _fail(f"invalid CI_* setting: {e}")
     try:
-        _check_database(db_path)
-        return asyncio.run(_run(args.handler, db_path, args))
+        if isinstance(database, Path):
+            _check_database(database)
+        return asyncio.run(_run(args.handler, database, args))
     except CIError as e:
         _fail(str(e))
-    except (sqlite3.Error, OSError) as e:
-        _fail(f"cannot use the database {db_path}: {e}")
+    except (sqlite3.Error, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        _fail(f"cannot use the database {describe(database)}: {e}")
 
 
 if __name__ == "__main__":

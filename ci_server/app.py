@@ -17,8 +17,8 @@ from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import Executor
 from ci_server.scheduler import Scheduler
 from ci_server.settings import Settings
+from ci_server.store.factory import open_store
 from ci_server.store.repository import JobStore
-from ci_server.store.sqlite import SqliteJobStore
 
 
 def create_app(
@@ -27,7 +27,8 @@ def create_app(
     store: JobStore | None = None,
     executor: Executor | None = None,
 ) -> FastAPI:
-    """Build the app; `store` and `executor` default to SQLite and Docker (tests may swap them)."""
+    """Build the app; `store` defaults to the settings' (PostgreSQL at CI_DATABASE_URL, else
+    SQLite), `executor` to Docker (tests may swap them)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -43,7 +44,7 @@ def create_app(
             )
             job_executor = docker_executor
         async with (
-            store or SqliteJobStore(settings.db_path) as job_store,
+            store or open_store(settings) as job_store,
             EventHub(job_store) as hub,
         ):
             scheduler = Scheduler(job_store, hub, job_executor, settings)

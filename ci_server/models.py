@@ -164,6 +164,8 @@ class Job:
     """Rebuild the dependency environment instead of reusing it."""
     owner_id: str | None = None
     """The user who submitted it; None for jobs from before users existed (admins only)."""
+    worker: str | None = None
+    """The name of the worker that claimed it; None until a worker claims it."""
 
     @property
     def success(self) -> bool | None:

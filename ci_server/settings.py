@@ -5,19 +5,38 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ci_server.runner.executor import ContainerLimits
 from ci_server.runner.reports import ReportLimits
 from ci_server.runner.workspace import ArchiveLimits
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+"""How a database URL starts; anything else names an SQLite file."""
+
+
+def check_postgres_url(url: str) -> str:
+    """Return `url` if it can name a PostgreSQL database; ValueError says why not."""
+    if not url.startswith(POSTGRES_SCHEMES):
+        raise ValueError("a database URL must start with postgresql://")
+    urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number
+    return url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CI_", frozen=True)
 
-    db_path: Path = Field(default=Path("ci_jobs.db"), description="SQLite database file")
+    db_path: Path = Field(
+        default=Path("ci_jobs.db"), description="SQLite database file, unless database_url is set"
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://user:password@host:port/database: keep jobs, events, users "
+        "and keys in PostgreSQL instead of the SQLite file",
+    )
     auth: bool = Field(
         default=True,
         description="require an API key (`ci-admin key create`) on every request but /health; "
@@ -80,6 +99,11 @@ class Settings(BaseSettings):
         default=None, description="Docker engine URL; default DOCKER_HOST"
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, url: str | None) -> str | None:
+        return check_postgres_url(url) if url else None
+
     @property
     def allowed_image_set(self) -> frozenset[str]:
         extra = {image.strip() for image in self.allowed_images.split(",") if image.strip()}
@@ -92,7 +116,13 @@ class Settings(BaseSettings):
     @property
     def instance_id(self) -> str:
         """Stable for one database: labels the containers this server owns."""
-        return hashlib.sha256(str(self.db_path.resolve()).encode()).hexdigest()[:16]
+        if self.database_url:
+            # Host, port and database name: a new password is still the same database.
+            url = urlsplit(self.database_url)
+            database = f"{url.hostname}:{url.port}{url.path}"
+        else:
+            database = str(self.db_path.resolve())
+        return hashlib.sha256(database.encode()).hexdigest()[:16]
 
     @property
     def container_limits(self) -> ContainerLimits:

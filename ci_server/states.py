@@ -45,3 +45,8 @@ def transition(
         changes["exit_code"] = exit_code
         changes["reason"] = reason
     return job.replace(**changes)
+
+
+def claim(job: Job, worker: str) -> Job:
+    """Return queued `job` as `worker` takes it: running from now on, run by `worker`."""
+    return transition(job, JobStatus.RUNNING).replace(worker=worker)

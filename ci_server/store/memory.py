@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from ci_server.models import Job, JobEvent, JobNotFound, JobStatus, TestOutcome, TestResult
+from ci_server.states import claim
 from ci_server.store.repository import JobStore
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
@@ -62,6 +63,15 @@ class MemoryJobStore(JobStore):
             return False
         self._jobs[job.id] = job
         return True
+
+    async def claim_next_job(self, worker: str) -> Job | None:
+        # No await between the look and the write: atomic on the event loop.
+        queued = [job for job in self._jobs.values() if job.status is JobStatus.QUEUED]
+        if not queued:
+            return None
+        oldest = min(queued, key=lambda job: (job.created_at, job.id))
+        self._jobs[oldest.id] = claimed = claim(oldest, worker)
+        return claimed
 
     async def append_events(self, events: Sequence[JobEvent]) -> None:
         for event in events:

@@ -1,8 +1,9 @@
 """The abstract repository for jobs and their events, users and their API keys.
 
-Every backend (in-memory, SQLite, later PostgreSQL) implements this interface and passes the
-contract suite in tests/unit/test_store_contract.py. A store performs atomic compare-and-set
-updates; which transitions are legal is decided by ci_server.states, never here.
+Every backend (in-memory, SQLite, PostgreSQL) implements this interface and passes the
+contract suites in tests/unit/test_store_contract.py and test_user_store_contract.py. A store
+performs atomic compare-and-set updates and the claim of a queued job; which transitions are
+legal is decided by ci_server.states, never here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import TracebackType
 from typing import Self
 
 from ci_server.models import Job, JobEvent, JobStatus, TestOutcome, TestResult
+from ci_server.states import claim
 from ci_server.users import ApiKey, User
 
 
@@ -61,6 +63,14 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
         """Store `job` only if the stored one still has status `expected`; say if it did."""
+
+    @abc.abstractmethod
+    async def claim_next_job(self, worker: str) -> Job | None:
+        """Take the oldest queued job for `worker`, atomically; None when none is queued.
+
+        The job becomes what `states.claim` makes of it (running, started now, `worker`
+        set), and no other claim, from this process or another, can take it too.
+        """
 
     @abc.abstractmethod
     async def append_events(self, events: Sequence[JobEvent]) -> None:
@@ -138,3 +148,13 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def touch_api_key(self, key_id: str, at: datetime) -> None:
         """Record that the key was used at `at` (only `last_used_at` changes)."""
+
+
+def claim_template(worker: str) -> Job:
+    """What `states.claim` makes of a queued job, for stores that claim in one statement.
+
+    They copy its `status`, `started_at` and `worker` (the fields a claim changes: a queued
+    job has no other lifecycle value yet) onto the row they take, so the rule stays in
+    states.py while the SQL sets the columns.
+    """
+    return claim(Job(id=""), worker)

@@ -26,7 +26,14 @@ from ci_server.models import (
     TestResult,
     TestSummary,
 )
-from ci_server.store.repository import JobStore
+from ci_server.store.columns import (
+    JOB_COLUMN_NAMES,
+    JOB_COLUMNS,
+    KEY_COLUMNS,
+    LIFECYCLE_COLUMNS,
+    USER_COLUMNS,
+)
+from ci_server.store.repository import JobStore, claim_template
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
@@ -93,24 +100,10 @@ MIGRATIONS: list[str] = [
     """,
     # `ci show` pages through a job's failures only (GET /jobs/{id}/tests?outcome=failed).
     "CREATE INDEX test_results_by_outcome ON test_results (job_id, outcome, position);",
+    "ALTER TABLE jobs ADD COLUMN worker TEXT;",
 ]
 
-_LIFECYCLE_COLUMNS = ("status", "started_at", "finished_at", "exit_code", "reason", "summary")
-"""What changes over a job's life; the other columns are fixed when it is submitted."""
-_JOB_COLUMNS = ", ".join(
-    (
-        "id",
-        *_LIFECYCLE_COLUMNS,
-        "created_at",
-        "timeout_seconds",
-        "pytest_args",
-        "no_cache",
-        "owner_id",
-    )
-)
-_JOB_MARKS = ",".join("?" * len(_JOB_COLUMNS.split(", ")))
-_USER_COLUMNS = "id, name, email, is_admin, active, created_at"
-_KEY_COLUMNS = "id, user_id, name, hash, created_at, revoked_at, last_used_at"
+_JOB_MARKS = ",".join("?" * len(JOB_COLUMN_NAMES))
 
 
 def _time(value: datetime | None) -> str | None:
@@ -123,7 +116,7 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def _lifecycle_values(job: Job) -> tuple[Any, ...]:
-    """The values of _LIFECYCLE_COLUMNS, in that order."""
+    """The values of LIFECYCLE_COLUMNS, in that order."""
     return (
         job.status.value,
         _time(job.started_at),
@@ -131,11 +124,12 @@ def _lifecycle_values(job: Job) -> tuple[Any, ...]:
         job.exit_code,
         job.reason,
         _summary_json(job.summary),
+        job.worker,
     )
 
 
 def _job_row(job: Job) -> tuple[Any, ...]:
-    """The values of _JOB_COLUMNS, in that order."""
+    """The values of JOB_COLUMNS, in that order."""
     return (
         job.id,
         *_lifecycle_values(job),
@@ -167,6 +161,7 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         summary=TestSummary(**json.loads(row["summary"])) if row["summary"] else None,
         no_cache=bool(row["no_cache"]),
         owner_id=row["owner_id"],
+        worker=row["worker"],
     )
 
 
@@ -245,12 +240,12 @@ class SqliteJobStore(JobStore):
 
     async def add_job(self, job: Job) -> None:
         await self.db.execute(
-            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_MARKS})", _job_row(job)
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({_JOB_MARKS})", _job_row(job)
         )
         await self.db.commit()
 
     async def get_job(self, job_id: str) -> Job:
-        async with self.db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:
+        async with self.db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:
             row = await c.fetchone()
         if row is None:
             raise JobNotFound(job_id)
@@ -272,24 +267,43 @@ class SqliteJobStore(JobStore):
             conditions.append("(created_at, id) < (?, ?)")
             params += [_time(cursor_job.created_at), cursor_job.id]
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        query = f"SELECT {_JOB_COLUMNS} FROM jobs {where}ORDER BY created_at DESC, id DESC LIMIT ?"
+        query = f"SELECT {JOB_COLUMNS} FROM jobs {where}ORDER BY created_at DESC, id DESC LIMIT ?"
         async with self.db.execute(query, [*params, limit]) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
         marks = ",".join("?" * len(statuses))
-        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, id"
+        query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, id"
         async with self.db.execute(query, [s.value for s in statuses]) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
-        assignments = ", ".join(f"{column}=?" for column in _LIFECYCLE_COLUMNS)
+        assignments = ", ".join(f"{column}=?" for column in LIFECYCLE_COLUMNS)
         cursor = await self.db.execute(
             f"UPDATE jobs SET {assignments} WHERE id=? AND status=?",
             (*_lifecycle_values(job), job.id, expected.value),
         )
         await self.db.commit()
         return cursor.rowcount == 1
+
+    async def claim_next_job(self, worker: str) -> Job | None:
+        # One statement: SQLite takes the write lock before it reads, so no other
+        # connection (store, process) can claim between the choice and the update.
+        running = claim_template(worker)
+        async with self.db.execute(
+            f"UPDATE jobs SET status=?, started_at=?, worker=? WHERE id = ("
+            "SELECT id FROM jobs WHERE status=? ORDER BY created_at, id LIMIT 1"
+            f") RETURNING {JOB_COLUMNS}",
+            (
+                running.status.value,
+                _time(running.started_at),
+                running.worker,
+                JobStatus.QUEUED.value,
+            ),
+        ) as cursor:
+            row = await cursor.fetchone()
+        await self.db.commit()
+        return None if row is None else _job_from_row(row)
 
     async def append_events(self, events: Sequence[JobEvent]) -> None:
         if not events:
@@ -377,7 +391,7 @@ class SqliteJobStore(JobStore):
     async def add_user(self, user: User) -> None:
         try:
             await self.db.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?)",
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES (?,?,?,?,?,?)",
                 (
                     user.id,
                     user.name,
@@ -396,7 +410,7 @@ class SqliteJobStore(JobStore):
 
     async def _one_user(self, where: str, value: str, missing: str) -> User:
         async with self.db.execute(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE {where} = ?", (value,)
+            f"SELECT {USER_COLUMNS} FROM users WHERE {where} = ?", (value,)
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
@@ -410,7 +424,7 @@ class SqliteJobStore(JobStore):
         return await self._one_user("email", email, f"no user with email {email!r}")
 
     async def list_users(self) -> list[User]:
-        query = f"SELECT {_USER_COLUMNS} FROM users ORDER BY created_at, id"
+        query = f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"
         async with self.db.execute(query) as cursor:
             return [_user_from_row(row) for row in await cursor.fetchall()]
 
@@ -422,7 +436,7 @@ class SqliteJobStore(JobStore):
     async def add_api_key(self, key: ApiKey) -> None:
         await self.get_user(key.user_id)
         await self.db.execute(
-            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
             (
                 key.id,
                 key.user_id,
@@ -436,7 +450,7 @@ class SqliteJobStore(JobStore):
         await self.db.commit()
 
     async def get_api_key(self, key_id: str) -> ApiKey:
-        query = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?"
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"
         async with self.db.execute(query, (key_id,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
@@ -445,7 +459,7 @@ class SqliteJobStore(JobStore):
 
     async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
         where, params = ("WHERE user_id = ? ", (user_id,)) if user_id is not None else ("", ())
-        query = f"SELECT {_KEY_COLUMNS} FROM api_keys {where}ORDER BY created_at, id"
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys {where}ORDER BY created_at, id"
         async with self.db.execute(query, params) as cursor:
             return [_key_from_row(row) for row in await cursor.fetchall()]
 

@@ -1,4 +1,5 @@
-"""`ci-admin` on a real SQLite file, in-process: what it prints, and its errors (exit 2)."""
+"""`ci-admin` on a real SQLite file and a real PostgreSQL database, in-process: what it
+prints, and its errors (exit 2)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ from ci_server import accounts
 from ci_server.admin import main
 from ci_server.models import Job, JobStatus, new_job_id
 from ci_server.states import transition
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.factory import Database, store_at
 from ci_server.users import User, hash_secret, parse_key
+from tests.conftest import with_database
 
 QUEUED = JobStatus.QUEUED
 KEY = re.compile(r"ci_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 
 
 class Admin:
-    """Runs `ci-admin --db <file> ...` and keeps what it printed."""
+    """Runs `ci-admin --db <file or URL> ...` and keeps what it printed."""
 
-    def __init__(self, db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(self, db: Database, capsys: pytest.CaptureFixture[str]) -> None:
         self.db = db
         self.capsys = capsys
 
@@ -49,16 +51,24 @@ class Admin:
         return error
 
     def users(self) -> list[User]:
-        async def read() -> list[User]:
-            async with SqliteJobStore(self.db) as store:
-                return await store.list_users()
-
-        return asyncio.run(read())
+        return users_in(self.db)
 
 
-@pytest.fixture
-def admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Admin:
-    return Admin(tmp_path / "ci.db", capsys)
+def users_in(database: Database) -> list[User]:
+    async def read() -> list[User]:
+        async with store_at(database) as store:
+            return await store.list_users()
+
+    return asyncio.run(read())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def admin(
+    request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Admin:
+    if request.param == "sqlite":
+        return Admin(tmp_path / "ci.db", capsys)
+    return Admin(request.getfixturevalue("postgres_database"), capsys)
 
 
 def test_users_are_created_listed_and_deactivated(admin: Admin) -> None:
@@ -88,7 +98,7 @@ def test_deactivating_says_what_happens_to_open_streams_and_queued_jobs(admin: A
     [bob] = admin.users()
 
     async def add_jobs() -> None:
-        async with SqliteJobStore(admin.db) as store:
+        async with store_at(admin.db) as store:
             for owner in (bob.id, bob.id, "someone"):
                 await store.add_job(Job(new_job_id(), owner_id=owner))
             finished = Job(new_job_id(), owner_id=bob.id)
@@ -142,7 +152,7 @@ def test_a_created_key_authenticates_its_user(admin: Admin) -> None:
     key = admin.ok("key", "create", "--email", "ann@example.com", "--name", "ci").strip()
 
     async def who() -> User:
-        async with SqliteJobStore(admin.db) as store:
+        async with store_at(admin.db) as store:
             return await accounts.authenticate(store, key)
 
     assert asyncio.run(who()).email == "ann@example.com"
@@ -178,6 +188,38 @@ def test_the_database_comes_from_ci_db_path(
     capsys.readouterr()
 
 
-def test_a_file_that_is_no_database_is_a_clear_error(admin: Admin) -> None:
-    admin.db.write_text("this is not a database, it is a text file\n" * 100)
-    assert "cannot use the database" in admin.fails("user", "list")
+def test_the_database_url_comes_from_ci_database_url(
+    tmp_path: Path,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CI_DB_PATH", str(tmp_path / "not-this.db"))
+    monkeypatch.setenv("CI_DATABASE_URL", postgres_database)
+    assert main(["user", "create", "--name", "Ann", "--email", "ann@example.com"]) == 0
+    assert [user.email for user in users_in(postgres_database)] == ["ann@example.com"]
+    assert not (tmp_path / "not-this.db").exists()
+    capsys.readouterr()
+
+
+def test_an_unreachable_database_is_a_clear_error_without_its_password(
+    postgres_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closed_port = Admin("postgresql://ci:s3cret@127.0.0.1:1/ci", capsys)
+    error = closed_port.fails("user", "list")
+    assert "cannot use the database postgresql://ci:***@127.0.0.1:1/ci" in error
+    assert "s3cret" not in error
+    missing = Admin(with_database(postgres_server, "no_such_database"), capsys)
+    assert 'database "no_such_database" does not exist' in missing.fails("user", "list")
+    bad_port = Admin("postgresql://ci@localhost:port/ci", capsys)
+    code, _, err = bad_port("user", "list")
+    assert code == 2
+    assert "argument --db: Port could not be cast to integer" in err
+
+
+def test_a_file_that_is_no_database_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ci.db"
+    path.write_text("this is not a database, it is a text file\n" * 100)
+    assert "cannot use the database" in Admin(path, capsys).fails("user", "list")

@@ -1,10 +1,14 @@
-"""The JobStore contract: every backend must pass this same suite."""
+"""The JobStore contract: every backend must pass this same suite.
+
+The backends (memory, SQLite, PostgreSQL) are the `store` fixture's, in tests/unit/conftest.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,26 +22,17 @@ from ci_server.models import (
     JobNotFound,
     JobStatus,
     new_job_id,
+    utcnow,
 )
 from ci_server.models import TestOutcome as Outcome
 from ci_server.models import TestResult as Result
 from ci_server.models import TestSummary as Summary
-from ci_server.store.memory import MemoryJobStore
+from ci_server.states import claim
 from ci_server.store.repository import JobStore
 from ci_server.store.sqlite import SqliteJobStore
+from tests.unit.conftest import StoreFactory
 
 BASE_TIME = datetime(2024, 5, 17, 9, 30, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    backend: JobStore
-    if request.param == "memory":
-        backend = MemoryJobStore()
-    else:
-        backend = SqliteJobStore(tmp_path / "jobs.db")
-    async with backend:
-        yield backend
 
 
 def make_job(n: int, **changes: Any) -> Job:
@@ -87,6 +82,10 @@ async def test_every_field_round_trips_exactly(store: JobStore) -> None:
         reason="tests failed: ünïcödé ✓ and 'quotes' \"too\"",
         timeout_seconds=12.5,
         pytest_args=("-k", "fast and not slow", "--tb=short", "", "ü"),
+        summary=Summary(passed=3, failed=1, errors=2, skipped=5),
+        no_cache=True,
+        owner_id="0a1b2c3d4e5f",
+        worker="build-2.example.com",
     )
     await store.add_job(job)
     stored = await store.get_job(job.id)
@@ -182,6 +181,95 @@ async def test_update_job_refuses_unknown_job(store: JobStore) -> None:
     assert await store.list_jobs() == []
 
 
+async def test_update_job_stores_the_worker_and_summary(store: JobStore) -> None:
+    job = make_job(1)
+    await store.add_job(job)
+    running = job.replace(status=JobStatus.RUNNING, started_at=BASE_TIME, worker="w1")
+    assert await store.update_job(running, expected=JobStatus.QUEUED)
+    done = running.replace(
+        status=JobStatus.SUCCEEDED, finished_at=BASE_TIME, summary=Summary(passed=2)
+    )
+    assert await store.update_job(done, expected=JobStatus.RUNNING)
+    assert await store.get_job(job.id) == done
+
+
+# -- the claim of a queued job ----------------------------------------------------------------
+
+
+async def test_claims_take_queued_jobs_oldest_first(store: JobStore) -> None:
+    jobs = [make_job(n) for n in range(6)]
+    for job in random.Random(7).sample(jobs, len(jobs)):  # stored in another order
+        await store.add_job(job)
+    # Only queued jobs are claimed: not running or finished ones.
+    for n, status in ((0, JobStatus.CANCELLED), (3, JobStatus.RUNNING)):
+        assert await store.update_job(jobs[n].replace(status=status), expected=JobStatus.QUEUED)
+
+    claimed = [await store.claim_next_job(f"worker-{n}") for n in range(4)]
+    assert [job.id if job else None for job in claimed] == [
+        jobs[1].id,
+        jobs[2].id,
+        jobs[4].id,
+        jobs[5].id,
+    ]
+    assert await store.claim_next_job("worker-9") is None
+    assert await store.jobs_with_status(JobStatus.QUEUED) == []
+
+
+async def test_a_claimed_job_is_running_for_its_worker(store: JobStore) -> None:
+    job = make_job(1, pytest_args=("-x",), owner_id="0a1b2c3d4e5f", timeout_seconds=60)
+    await store.add_job(job)
+    before = utcnow()
+    claimed = await store.claim_next_job("build-2")
+    assert claimed is not None
+    assert claimed.status is JobStatus.RUNNING
+    assert claimed.worker == "build-2"
+    assert claimed.started_at is not None
+    assert before <= claimed.started_at <= utcnow()
+    # Exactly what the state machine makes of the job, and stored as such.
+    assert claimed == claim(job, "build-2").replace(started_at=claimed.started_at)
+    assert await store.get_job(job.id) == claimed
+
+
+async def test_a_cancelled_job_is_never_claimed(store: JobStore) -> None:
+    job = make_job(1)
+    await store.add_job(job)
+    cancelled = job.replace(status=JobStatus.CANCELLED, reason="cancelled by user")
+    assert await store.update_job(cancelled, expected=JobStatus.QUEUED)
+    assert await store.claim_next_job("w") is None
+    assert await store.get_job(job.id) == cancelled
+
+
+async def test_concurrent_claimers_take_each_job_exactly_once(new_store: StoreFactory) -> None:
+    """20 claimers, each with a store of its own (its own connection, as another process
+    would have), race for 200 jobs: every job is claimed, none twice."""
+    async with contextlib.AsyncExitStack() as stack:
+        stores = [await stack.enter_async_context(new_store()) for _ in range(20)]
+        jobs = await add_jobs(stores[0], 200)
+        start = asyncio.Event()
+
+        async def claimer(store: JobStore, name: str) -> list[Job]:
+            taken: list[Job] = []
+            await start.wait()
+            while job := await store.claim_next_job(name):
+                taken.append(job)
+                await asyncio.sleep(0)  # let the other claimers of this loop run
+            return taken
+
+        tasks = [
+            asyncio.create_task(claimer(store, f"claimer-{n}")) for n, store in enumerate(stores)
+        ]
+        start.set()
+        results = await asyncio.gather(*tasks)
+
+        claimed_ids = [job.id for taken in results for job in taken]
+        assert sorted(claimed_ids) == sorted(job.id for job in jobs)  # each exactly once
+        assert sum(1 for taken in results if taken) > 1  # they did race
+        for n, taken in enumerate(results):
+            for job in taken:
+                assert (await stores[0].get_job(job.id)).worker == f"claimer-{n}"
+        assert len(await stores[0].jobs_with_status(JobStatus.RUNNING)) == 200
+
+
 async def test_events_come_back_in_order_per_job(store: JobStore) -> None:
     first, second = make_job(1), make_job(2)
     await store.add_job(first)
@@ -255,19 +343,21 @@ async def test_events_round_trip_exactly(store: JobStore) -> None:
         ),
     ]
     await store.append_events(events)
-    assert await store.events_after(job.id) == events
+    stored = await store.events_after(job.id)
+    assert stored == events
+    # Keys in their order, so that a replayed event reads as the live one did.
+    assert [list(event.data) for event in stored] == [list(event.data) for event in events]
 
 
-async def test_sqlite_data_survives_reopening_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "ci.db"
-    async with SqliteJobStore(path) as first:
+async def test_data_survives_reopening_the_store(new_store: StoreFactory) -> None:
+    async with new_store() as first:
         jobs = await add_jobs(first, 3)
         done = jobs[1].replace(status=JobStatus.ERROR, finished_at=BASE_TIME, reason="boom")
         assert await first.update_job(done, expected=JobStatus.QUEUED)
         events = [make_event(jobs[1].id, seq) for seq in (1, 2, 3)]
         await first.append_events(events)
 
-    async with SqliteJobStore(path) as reopened:
+    async with new_store() as reopened:
         assert await reopened.get_job(jobs[1].id) == done
         assert [j.id for j in await reopened.list_jobs()] == [j.id for j in reversed(jobs)]
         assert await reopened.events_after(jobs[1].id) == events

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from ci_server.models import JobNotFound
-from ci_server.store.memory import MemoryJobStore
 from ci_server.store.repository import JobStore
 from ci_server.store.sqlite import MIGRATIONS, SqliteJobStore
 from ci_server.users import (
@@ -26,18 +24,8 @@ from ci_server.users import (
     issue_key,
     new_user_id,
 )
+from tests.unit.conftest import StoreFactory
 from tests.unit.test_store_contract import BASE_TIME, add_jobs, make_job
-
-BACKENDS: dict[str, Callable[[Path], JobStore]] = {
-    "memory": lambda _: MemoryJobStore(),
-    "sqlite": lambda folder: SqliteJobStore(folder / "users.db"),
-}
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    async with BACKENDS[request.param](tmp_path) as backend:
-        yield backend
 
 
 def make_user(n: int, **changes: object) -> User:
@@ -218,18 +206,17 @@ async def test_paging_by_owner_from_another_owners_job_is_job_not_found(store: J
     assert await store.list_jobs(owner_id="carol") == []
 
 
-# -- SQLite only ------------------------------------------------------------------------------
-
-
-async def test_sqlite_users_and_keys_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "ci.db"
-    async with SqliteJobStore(path) as first:
+async def test_users_and_keys_survive_reopening(new_store: StoreFactory) -> None:
+    async with new_store() as first:
         users = await add_users(first, 2)
         key = make_key(users[1], 1)
         await first.add_api_key(key)
-    async with SqliteJobStore(path) as reopened:
+    async with new_store() as reopened:
         assert await reopened.list_users() == users
         assert await reopened.get_api_key(key.id) == key
+
+
+# -- SQLite only ------------------------------------------------------------------------------
 
 
 async def test_sqlite_migration_keeps_older_jobs_without_owner(tmp_path: Path) -> None:

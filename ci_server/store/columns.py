@@ -1,0 +1,29 @@
+"""The columns the SQL stores (SQLite, PostgreSQL) read and write, in the order they do.
+
+Each column is named as the field of Job, User or ApiKey it holds.
+"""
+
+from __future__ import annotations
+
+LIFECYCLE_COLUMNS = (
+    "status",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "reason",
+    "summary",
+    "worker",
+)
+"""What changes over a job's life; the other columns are fixed when it is submitted."""
+JOB_COLUMN_NAMES = (
+    "id",
+    *LIFECYCLE_COLUMNS,
+    "created_at",
+    "timeout_seconds",
+    "pytest_args",
+    "no_cache",
+    "owner_id",
+)
+JOB_COLUMNS = ", ".join(JOB_COLUMN_NAMES)
+USER_COLUMNS = "id, name, email, is_admin, active, created_at"
+KEY_COLUMNS = "id, user_id, name, hash, created_at, revoked_at, last_used_at"

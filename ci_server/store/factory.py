@@ -1,0 +1,41 @@
+"""Which store a database setting names: a postgresql:// URL (a str) or an SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ci_server.settings import POSTGRES_SCHEMES, Settings, check_postgres_url
+from ci_server.store.postgres import PostgresJobStore, redacted
+from ci_server.store.repository import JobStore
+from ci_server.store.sqlite import SqliteJobStore
+
+Database = str | Path
+"""A PostgreSQL URL (str) or an SQLite file (Path)."""
+
+
+def parse_database(value: str) -> Database:
+    """What a user typed: a postgresql:// URL stays a URL (ValueError if it cannot be one),
+    anything else is a file's path."""
+    return check_postgres_url(value) if value.startswith(POSTGRES_SCHEMES) else Path(value)
+
+
+def store_at(database: Database) -> JobStore:
+    """The store of the database, not yet open."""
+    if isinstance(database, Path):
+        return SqliteJobStore(database)
+    return PostgresJobStore(database)
+
+
+def describe(database: Database) -> str:
+    """The database as messages show it: the file's path, or the URL without its password."""
+    return str(database) if isinstance(database, Path) else redacted(database)
+
+
+def configured_database(settings: Settings) -> Database:
+    """CI_DATABASE_URL if set, else the SQLite file at CI_DB_PATH."""
+    return settings.database_url or settings.db_path
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The settings' store (not yet open)."""
+    return store_at(configured_database(settings))

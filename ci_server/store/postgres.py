@@ -1,0 +1,476 @@
+"""The PostgreSQL JobStore, through asyncpg and its connection pool.
+
+Several processes (API replicas, workers, `ci-admin`) share one database: every write is
+one statement or one transaction, and the claim of a queued job is a single UPDATE whose
+row is chosen with `FOR UPDATE SKIP LOCKED`, so two claimers never take the same job and
+never wait on each other. The schema is migrated at open, under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from ci_server.models import (
+    EventType,
+    Job,
+    JobEvent,
+    JobNotFound,
+    JobStatus,
+    TestOutcome,
+    TestResult,
+    TestSummary,
+)
+from ci_server.store.columns import (
+    JOB_COLUMN_NAMES,
+    JOB_COLUMNS,
+    KEY_COLUMNS,
+    LIFECYCLE_COLUMNS,
+    USER_COLUMNS,
+)
+from ci_server.store.repository import JobStore, claim_template
+from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
+
+# Each entry migrates the schema from version i to i + 1 (a row in schema_migrations).
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        started_at TIMESTAMPTZ,
+        finished_at TIMESTAMPTZ,
+        exit_code INTEGER,
+        reason TEXT,
+        summary JSON,
+        worker TEXT,
+        created_at TIMESTAMPTZ NOT NULL,
+        timeout_seconds DOUBLE PRECISION NOT NULL,
+        pytest_args TEXT[] NOT NULL,
+        no_cache BOOLEAN NOT NULL,
+        owner_id TEXT
+    );
+    CREATE INDEX jobs_by_created ON jobs (created_at, id);
+    CREATE INDEX jobs_by_status ON jobs (status, created_at, id);
+    CREATE INDEX jobs_by_owner ON jobs (owner_id, created_at, id);
+    -- JSON, not JSONB: the text comes back as written, keys in their order.
+    CREATE TABLE events (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        data JSON NOT NULL,
+        time TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE test_results (
+        job_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        node_id TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        duration DOUBLE PRECISION NOT NULL,
+        message TEXT,
+        details TEXT,
+        PRIMARY KEY (job_id, position)
+    );
+    -- `ci show` pages through a job's failures only (GET /jobs/{id}/tests?outcome=failed).
+    CREATE INDEX test_results_by_outcome ON test_results (job_id, outcome, position);
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL CONSTRAINT users_email_unique UNIQUE,
+        is_admin BOOLEAN NOT NULL,
+        active BOOLEAN NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users (id),
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        revoked_at TIMESTAMPTZ,
+        last_used_at TIMESTAMPTZ
+    );
+    CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at);
+    """,
+]
+
+MIGRATION_LOCK = 0x63692D736368656D
+"""The advisory lock key that serializes migrations (the bytes of "ci-schem")."""
+
+_RESULT_COLUMNS = ("job_id", "position", "node_id", "outcome", "duration", "message", "details")
+
+
+def marks(count: int, start: int = 1) -> str:
+    """`$start, ..., $(start + count - 1)`: asyncpg's numbered parameters."""
+    return ", ".join(f"${n}" for n in range(start, start + count))
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, to show in messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _lifecycle_values(job: Job) -> tuple[Any, ...]:
+    """The values of LIFECYCLE_COLUMNS, in that order."""
+    summary = None if job.summary is None else dataclasses.asdict(job.summary)
+    return (
+        job.status.value,
+        job.started_at,
+        job.finished_at,
+        job.exit_code,
+        job.reason,
+        summary,
+        job.worker,
+    )
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    """The values of JOB_COLUMN_NAMES, in that order."""
+    return (
+        job.id,
+        *_lifecycle_values(job),
+        job.created_at,
+        job.timeout_seconds,
+        list(job.pytest_args),
+        job.no_cache,
+        job.owner_id,
+    )
+
+
+def _job_from_row(row: asyncpg.Record) -> Job:
+    fields = dict(row.items())  # the columns are named as Job's fields
+    fields["status"] = JobStatus(fields["status"])
+    fields["pytest_args"] = tuple(fields["pytest_args"])
+    if fields["summary"] is not None:
+        fields["summary"] = TestSummary(**fields["summary"])
+    return Job(**fields)
+
+
+def _event_from_row(row: asyncpg.Record) -> JobEvent:
+    return JobEvent(
+        job_id=row["job_id"],
+        seq=row["seq"],
+        type=EventType(row["type"]),
+        data=row["data"],
+        time=row["time"],
+    )
+
+
+def _updated(status: str) -> bool:
+    """Whether an UPDATE's command status ("UPDATE <count>") says a row changed."""
+    return status.split()[-1] != "0"
+
+
+async def _set_up_connection(connection: asyncpg.Connection) -> None:
+    # JSON columns hold Python dicts; asyncpg would otherwise pass them as text.
+    await connection.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+class PostgresJobStore(JobStore):
+    def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
+        self.url = url
+        self.min_connections = min_connections
+        self.max_connections = max_connections
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresJobStore({redacted(self.url)!r})"
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=self.min_connections,
+            max_size=self.max_connections,
+            init=_set_up_connection,
+        )
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        """Apply the missing MIGRATIONS in one transaction; processes that start at once
+        wait for each other on the advisory lock, and the later ones find nothing to do."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            version = await connection.fetchval(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+            )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await connection.execute(script)
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)", number
+                )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def add_job(self, job: Job) -> None:
+        await self.pool.execute(
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks(len(JOB_COLUMN_NAMES))})",
+            *_job_row(job),
+        )
+
+    async def get_job(self, job_id: str) -> Job:
+        row = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job_from_row(row)
+
+    async def list_jobs(
+        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+    ) -> list[Job]:
+        # Keyset pagination; with an owner, the (owner_id, created_at, id) index serves it.
+        conditions: list[str] = []
+        params: list[Any] = []
+        if owner_id is not None:
+            params.append(owner_id)
+            conditions.append(f"owner_id = ${len(params)}")
+        if before is not None:
+            cursor_job = await self.get_job(before)
+            if owner_id is not None and cursor_job.owner_id != owner_id:
+                raise JobNotFound(before)
+            params += [cursor_job.created_at, cursor_job.id]
+            conditions.append(f"(created_at, id) < (${len(params) - 1}, ${len(params)})")
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        query = (
+            f"SELECT {JOB_COLUMNS} FROM jobs {where}"
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}"
+        )
+        return [_job_from_row(row) for row in await self.pool.fetch(query, *params, limit)]
+
+    async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
+        rows = await self.pool.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ANY($1::text[]) "
+            "ORDER BY created_at, id",
+            [status.value for status in statuses],
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
+        count = len(LIFECYCLE_COLUMNS)
+        assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(LIFECYCLE_COLUMNS, 1))
+        status = await self.pool.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ${count + 1} AND status = ${count + 2}",
+            *_lifecycle_values(job),
+            job.id,
+            expected.value,
+        )
+        return _updated(status)
+
+    async def claim_next_job(self, worker: str) -> Job | None:
+        # One statement, committed at once: the subquery locks the oldest queued row that
+        # no other claim holds (SKIP LOCKED: claimers never wait on each other) and
+        # re-checks its status, so a job is taken exactly once; no lock outlives the claim.
+        running = claim_template(worker)
+        row = await self.pool.fetchrow(
+            "UPDATE jobs SET status = $1, started_at = $2, worker = $3 WHERE id = ("
+            "SELECT id FROM jobs WHERE status = $4 ORDER BY created_at, id "
+            f"FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING {JOB_COLUMNS}",
+            running.status.value,
+            running.started_at,
+            running.worker,
+            JobStatus.QUEUED.value,
+        )
+        return None if row is None else _job_from_row(row)
+
+    async def append_events(self, events: Sequence[JobEvent]) -> None:
+        if not events:
+            return
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.executemany(
+                # DO NOTHING: a batch retried after a failed commit may be partly written.
+                "INSERT INTO events (job_id, seq, type, data, time) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT DO NOTHING",
+                [(e.job_id, e.seq, e.type.value, e.data, e.time) for e in events],
+            )
+
+    async def events_after(
+        self, job_id: str, after_seq: int = 0, *, limit: int | None = None
+    ) -> list[JobEvent]:
+        rows = await self.pool.fetch(
+            # LIMIT NULL is no limit.
+            "SELECT job_id, seq, type, data, time FROM events WHERE job_id = $1 AND seq > $2 "
+            "ORDER BY seq LIMIT $3",
+            job_id,
+            after_seq,
+            limit,
+        )
+        return [_event_from_row(row) for row in rows]
+
+    async def last_event_seq(self, job_id: str) -> int:
+        return await self.pool.fetchval(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = $1", job_id
+        )
+
+    async def set_test_results(self, job_id: str, results: Sequence[TestResult]) -> None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("DELETE FROM test_results WHERE job_id = $1", job_id)
+            # COPY: a report of 100,000s of tests is one stream, not one INSERT per result.
+            await connection.copy_records_to_table(
+                "test_results",
+                columns=_RESULT_COLUMNS,
+                records=(
+                    (
+                        job_id,
+                        r.position,
+                        r.node_id,
+                        r.outcome.value,
+                        r.duration_seconds,
+                        r.message,
+                        r.details,
+                    )
+                    for r in results
+                ),
+            )
+
+    async def test_results(
+        self,
+        job_id: str,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        outcomes: Collection[TestOutcome] = (),
+    ) -> list[TestResult]:
+        # Only the conditions asked for, so that the (job_id, outcome, position) index and
+        # the primary key serve every page.
+        conditions = ["job_id = $1"]
+        params: list[Any] = [job_id]
+        if after is not None:
+            params.append(after)
+            conditions.append(f"position > ${len(params)}")
+        if outcomes:
+            params.append([outcome.value for outcome in outcomes])
+            conditions.append(f"outcome = ANY(${len(params)}::text[])")
+        rows = await self.pool.fetch(
+            "SELECT position, node_id, outcome, duration, message, details FROM test_results "
+            f"WHERE {' AND '.join(conditions)} ORDER BY position LIMIT ${len(params) + 1}",
+            *params,
+            limit,  # LIMIT NULL is no limit
+        )
+        return [
+            TestResult(
+                node_id=row["node_id"],
+                outcome=TestOutcome(row["outcome"]),
+                duration_seconds=row["duration"],
+                message=row["message"],
+                details=row["details"],
+                position=row["position"],
+            )
+            for row in rows
+        ]
+
+    # -- users and their API keys ----------------------------------------------------------
+
+    async def add_user(self, user: User) -> None:
+        try:
+            await self.pool.execute(
+                f"INSERT INTO users ({USER_COLUMNS}) VALUES ({marks(6)})",
+                user.id,
+                user.name,
+                user.email,
+                user.is_admin,
+                user.active,
+                user.created_at,
+            )
+        except asyncpg.UniqueViolationError as e:
+            if e.constraint_name == "users_email_unique":
+                raise EmailTaken(user.email) from None
+            raise
+
+    async def _one_user(self, where: str, value: str, missing: str) -> User:
+        row = await self.pool.fetchrow(
+            f"SELECT {USER_COLUMNS} FROM users WHERE {where} = $1", value
+        )
+        if row is None:
+            raise UserNotFound(missing)
+        return User(**dict(row.items()))
+
+    async def get_user(self, user_id: str) -> User:
+        return await self._one_user("id", user_id, f"no user with id {user_id!r}")
+
+    async def get_user_by_email(self, email: str) -> User:
+        return await self._one_user("email", email, f"no user with email {email!r}")
+
+    async def list_users(self) -> list[User]:
+        rows = await self.pool.fetch(f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id")
+        return [User(**dict(row.items())) for row in rows]
+
+    async def set_user_active(self, user_id: str, active: bool) -> User:
+        row = await self.pool.fetchrow(
+            f"UPDATE users SET active = $1 WHERE id = $2 RETURNING {USER_COLUMNS}",
+            active,
+            user_id,
+        )
+        if row is None:
+            raise UserNotFound(f"no user with id {user_id!r}")
+        return User(**dict(row.items()))
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        try:
+            await self.pool.execute(
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ({marks(7)})",
+                key.id,
+                key.user_id,
+                key.name,
+                key.hash,
+                key.created_at,
+                key.revoked_at,
+                key.last_used_at,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise UserNotFound(f"no user with id {key.user_id!r}") from None
+
+    async def get_api_key(self, key_id: str) -> ApiKey:
+        row = await self.pool.fetchrow(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        if row is None:
+            raise ApiKeyNotFound(f"no API key with id {key_id!r}")
+        return ApiKey(**dict(row.items()))
+
+    async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        rows = await self.pool.fetch(
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR user_id = $1 "
+            "ORDER BY created_at, id",
+            user_id,
+        )
+        return [ApiKey(**dict(row.items())) for row in rows]
+
+    async def revoke_api_key(self, key_id: str, at: datetime) -> ApiKey:
+        # One statement: a key revoked before keeps its first revocation time.
+        row = await self.pool.fetchrow(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 "
+            f"RETURNING {KEY_COLUMNS}",
+            at,
+            key_id,
+        )
+        if row is None:
+            raise ApiKeyNotFound(f"no API key with id {key_id!r}")
+        return ApiKey(**dict(row.items()))
+
+    async def touch_api_key(self, key_id: str, at: datetime) -> None:
+        await self.pool.execute("UPDATE api_keys SET last_used_at = $1 WHERE id = $2", at, key_id)
