@@ -22,6 +22,7 @@ setup(
         "sseclient-py>=1.8",
         "pathspec>=0.12",
         "defusedxml>=0.7",
+        "poetry-core>=1.9",
     ],
     extras_require={
         "dev": [

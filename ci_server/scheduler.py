@@ -285,7 +285,7 @@ class Scheduler:
         if image not in self.settings.allowed_image_set:
             allowed = ", ".join(sorted(self.settings.allowed_image_set))
             raise ProjectError(f"ci.toml: image {image!r} is not allowed here (allowed: {allowed})")
-        plan = plan_install(project, config)
+        plan = await asyncio.to_thread(plan_install, project, config)  # reads the tests too
         pytest_args = [*config.pytest_args, *job.pytest_args]
         spec = RunSpec(
             job_id=job.id,
@@ -298,6 +298,8 @@ class Scheduler:
             user=self.settings.container_user,
         )
         log.system(f"Project: {plan.description}")
+        for note in plan.notes:
+            log.system(note)
         installs = ["dependencies", "the project"] if plan.project_commands else ["dependencies"]
         if self.settings.env_cache and plan.dependency_commands:
             key = await asyncio.to_thread(

@@ -3,35 +3,31 @@
 The install is split in two: the dependencies, decided by a few files only (their content
 keys a reusable environment, see environments.py), and the project itself, whose code
 changes every run (scripts.py says how an environment keeps it installed all the same).
+
+The dependencies are the project's own (requirements.txt, else its packaging metadata, else
+requirements/base.txt) and its tests', read from the first place of these that names any, in
+this order of trust: the packaging metadata's test extra or group (PEP 621, PEP 735, Poetry),
+requirements files for tests, tox's base environment (dependencies.py reads them). The job's
+log says which files were used, and which were seen and not.
 """
 
 from __future__ import annotations
 
 import ast
 import configparser
-import posixpath
-import re
 import shlex
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ci_server.models import CIError
+from ci_server.runner import dependencies
 from ci_server.runner.config import CONFIG_FILE, ProjectConfig
+from ci_server.runner.dependencies import TEST_NAMES, Requirements, normalized, requirement_name
 
 REQUIREMENTS = "requirements.txt"
-EXTRA_REQUIREMENTS = (
-    "requirements-dev.txt",
-    "requirements-test.txt",
-    "requirements-tests.txt",
-    "requirements_dev.txt",
-    "requirements_test.txt",
-    "dev-requirements.txt",
-    "test-requirements.txt",
-)
-TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_BUILD_REQUIRES = ("setuptools>=64", "wheel")
 PIP = "python -m pip install --progress-bar off"
 
@@ -52,6 +48,9 @@ class InstallPlan:
     key_files: tuple[str, ...]
     """Relative paths whose content keys the environment: files, and folders of local
     packages the requirements install (every file in them counts)."""
+    notes: tuple[str, ...] = ()
+    """Said in the job's log, one line each: the files used, those seen and not used,
+    what could not be installed, the pytest plugins added."""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -61,24 +60,28 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ProjectError(f"{path.name} is not valid TOML: {e}") from e
 
 
-def _setup_py_extras(path: Path) -> set[str]:
-    """Extras named in a literal `extras_require={...}` of setup.py (it is not executed)."""
+def _setup_py_extras(path: Path) -> dict[str, frozenset[str]]:
+    """Extras named in a literal `extras_require={...}` of setup.py (it is not executed),
+    each with the names of the projects it lists literally."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
     except SyntaxError:
-        return set()
-    extras: set[str] = set()
+        return {}
+    extras: dict[str, frozenset[str]] = {}
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.keyword)
             and node.arg == "extras_require"
             and isinstance(node.value, ast.Dict)
         ):
-            extras |= {
-                key.value
-                for key in node.value.keys
-                if isinstance(key, ast.Constant) and isinstance(key.value, str)
-            }
+            for key, value in zip(node.value.keys, node.value.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    items = value.elts if isinstance(value, ast.List | ast.Tuple) else []
+                    extras[key.value] = frozenset(
+                        requirement_name(item.value)
+                        for item in items
+                        if isinstance(item, ast.Constant) and isinstance(item.value, str)
+                    )
     return extras
 
 
@@ -135,15 +138,17 @@ class _Packaging:
     built: bool
     """Whether the project itself is installed, not only its dependencies: it has a build
     (setup.py, setuptools metadata in setup.cfg, or a pyproject.toml [build-system]).
-    A pyproject.toml without [build-system] is an application, as uv takes it: its
-    dependencies are installed, the project is not."""
+    A pyproject.toml without [build-system] is an application, as uv takes it (and a Poetry
+    project with `package-mode = false`): its dependencies are installed, the project is
+    not."""
 
 
 def _packaging(root: Path) -> _Packaging:
     pyproject_path = root / "pyproject.toml"
     pyproject = _read_toml(pyproject_path) if pyproject_path.is_file() else {}
     files = []
-    if {"project", "build-system", "dependency-groups"} & pyproject.keys():
+    poetry = dependencies.poetry_table(pyproject)
+    if {"project", "build-system", "dependency-groups"} & pyproject.keys() or poetry:
         files.append("pyproject.toml")
     if (root / "setup.py").is_file():
         files.append("setup.py")
@@ -152,67 +157,8 @@ def _packaging(root: Path) -> _Packaging:
         if cfg.has_section("metadata") or cfg.has_section("options"):
             files.append("setup.cfg")
     built = "build-system" in pyproject or "setup.py" in files or "setup.cfg" in files
+    built = built and poetry.get("package-mode", True) is not False
     return _Packaging(pyproject, files, built)
-
-
-_INCLUDED_FILE = re.compile(
-    r"^\s*(?:-[rc]\s*|--(?:requirement|constraint)(?:\s*=\s*|\s+))(\S+)", re.MULTILINE
-)
-"""A requirements file's `-r other.txt` or `-c constraints.txt` line: the file it names."""
-
-
-def _inside(name: str) -> bool:
-    """Whether a normalized relative path stays in the project (never read one that does
-    not: `-r /dev/zero` would hang the server)."""
-    return not (posixpath.isabs(name) or name == ".." or name.startswith("../"))
-
-
-def _local_folder(line: str) -> str | None:
-    """The folder a requirement line installs from, as pip takes it (`./libs/foo`,
-    `libs/foo[extra]`: a path, relative to where pip runs, the project root), if it is one.
-    Not `-e` lines (jobs see their fresh copy), nor URLs, nor the project itself (`.`)."""
-    requirement = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].split(";")[0].strip()
-    if not requirement or requirement.startswith("-") or "://" in requirement or "@" in requirement:
-        return None
-    token = re.sub(r"\[.*\]$", "", requirement.split()[0])
-    if not (token.startswith(".") or "/" in token):
-        return None
-    folder = posixpath.normpath(token)
-    return folder if folder != "." else None
-
-
-def _with_included_files(root: Path, names: Sequence[str]) -> list[str]:
-    """The requirements files, every file they include (-r) or constrain with (-c), and the
-    project's folders they install as packages: all their content decides the environment.
-    What is outside the project or missing is left to pip, which says so."""
-    found: list[str] = []
-    pending = list(names)
-    while pending:
-        name = pending.pop(0)
-        path = root / name
-        if name in found or not _inside(name) or not path.exists():
-            continue
-        found.append(name)
-        if path.is_dir():
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for included in _INCLUDED_FILE.findall(text):
-            pending.append(posixpath.normpath(posixpath.join(posixpath.dirname(name), included)))
-        pending += [folder for line in text.splitlines() if (folder := _local_folder(line))]
-    return found
-
-
-def _plan_requirements(root: Path, packaging: _Packaging) -> InstallPlan:
-    files = [REQUIREMENTS, *(f for f in EXTRA_REQUIREMENTS if (root / f).is_file())]
-    command = f"{PIP} " + " ".join(f"-r {f}" for f in files)
-    project_commands: tuple[str, ...] = ()
-    key_files = _with_included_files(root, files)
-    if packaging.built:
-        # A packaged project: its code is installed too, without dependencies again, and
-        # its packaging files decide that install (kept in the environment).
-        project_commands = (_project_install(),)
-        key_files += packaging.files
-    return InstallPlan(" + ".join(files), (command,), project_commands, tuple(key_files))
 
 
 def _project_install() -> str:
@@ -230,96 +176,294 @@ def _setup_cfg(path: Path) -> configparser.ConfigParser:
     return parser
 
 
-def _normalized(name: str) -> str:
-    """A project name as PEP 503 compares them: `Foo_Bar.baz` is `foo-bar-baz`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+# -- what the packaging files declare ------------------------------------------------------
 
 
-def _requirement_name(requirement: str) -> str:
-    """The normalized project name of a PEP 508 requirement (`attrs[tests]>=1; ...`)."""
-    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-    return _normalized(match.group(1)) if match else ""
+@dataclass(frozen=True, slots=True)
+class _Metadata:
+    """What the packaging files declare about the dependencies."""
+
+    name: str | None
+    """The project's name, when a file says it literally."""
+    dependencies: Requirements
+    """The project's own."""
+    tests: list[tuple[str, Requirements]]
+    """Its test extra, dependency group and Poetry test groups, each with how the Project
+    line names it."""
+    not_used: list[tuple[str, str]]
+    """(label, why): the other test-named extras and groups, Poetry's other groups."""
+    source: str
+    """The file the Project line names: the one declaring the test extra, else the first."""
 
 
-def _plan_package(root: Path, packaging: _Packaging) -> InstallPlan:
-    """A pyproject.toml / setup.py / setup.cfg project, with its test extra or group."""
-    pyproject, built = packaging.pyproject, packaging.built
+def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, Requirements]]:
+    """Each extra the packaging files declare: the file declaring it, and its requirements
+    (listed when they are known without the build backend, else asked of the project)."""
+    pyproject = packaging.pyproject
     project_table: dict[str, Any] = pyproject.get("project", {}) or {}
     optional: dict[str, Any] = project_table.get("optional-dependencies", {}) or {}
-    declared = dict.fromkeys(optional, "pyproject.toml")  # each extra: the file declaring it
-    name: str | None = project_table.get("name")
-    if (root / "setup.cfg").is_file():
+    static = "optional-dependencies" not in project_table.get("dynamic", [])
+    declared: dict[str, tuple[str, Requirements]] = {}
+    for extra, listed in optional.items():
+        label, names = f"pyproject.toml extra [{extra}]", frozenset(map(requirement_name, listed))
+        requirements = (
+            Requirements(label, tuple(listed), ("pyproject.toml",), names)
+            if static
+            else Requirements(label, (), ("pyproject.toml",), names, extras=(extra,))
+        )
+        declared[extra] = ("pyproject.toml", requirements)
+    poetry = dependencies.poetry_table(pyproject)
+    if "project" not in pyproject and isinstance(poetry.get("extras"), dict):
+        main = poetry.get("dependencies", {})
+        for extra, members in poetry["extras"].items():
+            wanted = {normalized(member) for member in members if isinstance(member, str)}
+            table = {name: value for name, value in main.items() if normalized(name) in wanted}
+            label = f"pyproject.toml [tool.poetry.extras] {extra}"
+            requirements = dependencies.poetry_requirements(root, table, label)
+            declared[extra] = ("pyproject.toml", requirements)
+    if "setup.cfg" in packaging.files:
         cfg = _setup_cfg(root / "setup.cfg")
         if cfg.has_section("options.extras_require"):
-            for cfg_extra in cfg.options("options.extras_require"):
-                declared.setdefault(cfg_extra, "setup.cfg")
-        name = name or cfg.get("metadata", "name", fallback=None)
-    if (root / "setup.py").is_file():
-        for py_extra in sorted(_setup_py_extras(root / "setup.py")):
-            declared.setdefault(py_extra, "setup.py")
-        name = name or _setup_py_name(root / "setup.py")
-    groups: dict[str, Any] = pyproject.get("dependency-groups", {}) or {}
-    build_requires = pyproject.get("build-system", {}).get("requires", DEFAULT_BUILD_REQUIRES)
-    extra = next((e for e in TEST_EXTRAS if e in declared), None)
-    group = next((g for g in TEST_EXTRAS if g in groups), None)
-    if extra:
-        source = declared[extra]
-    elif group:
-        source = "pyproject.toml"
-    else:
-        source = packaging.files[0]
+            for extra in cfg.options("options.extras_require"):
+                lines = cfg.get("options.extras_require", extra).splitlines()
+                names = frozenset(requirement_name(line) for line in lines if line.strip())
+                label = f"setup.cfg extra [{extra}]"
+                requirements = Requirements(label, (), ("setup.cfg",), names, extras=(extra,))
+                declared.setdefault(extra, ("setup.cfg", requirements))
+    if "setup.py" in packaging.files:
+        for extra, names in sorted(_setup_py_extras(root / "setup.py").items()):
+            label = f"setup.py extra [{extra}]"
+            requirements = Requirements(label, (), ("setup.py",), names, extras=(extra,))
+            declared.setdefault(extra, ("setup.py", requirements))
+    return declared
 
-    # The build backend stays in the environment: the project's install needs it.
-    commands = [f"{PIP} {_quote_all(list(build_requires))}"] if built else []
-    requirements = list(project_table.get("dependencies", []))
-    requirements += optional.get(extra, []) if extra else []
-    # An extra naming the project itself (`tests = ["attrs[tests-no-zope]", ...]`) means
-    # more of the project's own extras: listed as they are, pip would fetch the published
-    # project instead (another version with other extras, or none for a private project).
-    refers_to_itself = name is not None and _normalized(name) in map(
-        _requirement_name, requirements
-    )
-    static = "project" in pyproject and "dependencies" not in project_table.get("dynamic", [])
-    if static and (extra is None or extra in optional) and not refers_to_itself:
-        if requirements:
-            commands.append(f"{PIP} {_quote_all(requirements)}")
-    else:
-        # Dependencies known only to the build backend, or extras only pip resolves: install
-        # the project to get them, then remove it so that each run's own install of the
-        # code is the one imported.
-        commands.append(f"{PIP} {_quote_all([f'.[{extra}]' if extra else '.'])}")
-        if name:
-            commands.append(f"python -m pip uninstall --yes --quiet {shlex.quote(name)}")
-    chosen = [f"extra [{extra}]"] if extra else []
+
+def _project_name(root: Path, packaging: _Packaging) -> str | None:
+    pyproject = packaging.pyproject
+    name = (pyproject.get("project", {}) or {}).get("name")
+    if name is None and "project" not in pyproject:
+        name = dependencies.poetry_table(pyproject).get("name")
+    if name is None and "setup.cfg" in packaging.files:
+        name = _setup_cfg(root / "setup.cfg").get("metadata", "name", fallback=None)
+    if name is None and "setup.py" in packaging.files:
+        name = _setup_py_name(root / "setup.py")
+    return name if isinstance(name, str) else None
+
+
+def _own_dependencies(root: Path, packaging: _Packaging) -> Requirements:
+    pyproject = packaging.pyproject
+    project_table: dict[str, Any] = pyproject.get("project", {}) or {}
+    poetry = dependencies.poetry_table(pyproject)
+    if "project" in pyproject and "dependencies" not in project_table.get("dynamic", []):
+        listed = project_table.get("dependencies", [])
+        names = frozenset(map(requirement_name, listed))
+        return Requirements("pyproject.toml [project]", tuple(listed), (), names)
+    if "project" not in pyproject and poetry:
+        table = poetry.get("dependencies", {})
+        label = "pyproject.toml [tool.poetry.dependencies]"
+        return dependencies.poetry_requirements(
+            root, table if isinstance(table, dict) else {}, label, main=True
+        )
+    return _known_to_the_build_backend(packaging)
+
+
+def _known_to_the_build_backend(packaging: _Packaging) -> Requirements:
+    label = f"{' + '.join(packaging.files)}, as the build backend reads them"
+    return Requirements(label, project=True)
+
+
+def _metadata(root: Path, packaging: _Packaging) -> _Metadata:
+    """The packaging files' dependencies: the project's own, and its tests' from the first
+    test extra (PEP 621, setup.cfg, setup.py, Poetry's extras), the first test dependency
+    group (PEP 735) and Poetry's test groups."""
+    pyproject = packaging.pyproject
+    name = _project_name(root, packaging)
+    own = _own_dependencies(root, packaging)
+    declared = _declared_extras(root, packaging)
+    groups: dict[str, Any] = pyproject.get("dependency-groups", {}) or {}
+    extra = next((e for e in TEST_NAMES if e in declared), None)
+    group = next((g for g in TEST_NAMES if g in groups), None)
+    tests: list[tuple[str, Requirements]] = []
+    if extra:
+        requirements = declared[extra][1]
+        # An extra naming the project itself (`tests = ["attrs[tests-no-zope]", ...]`)
+        # means more of the project's own extras: listed as they are, pip would fetch the
+        # published project instead (another version with other extras, or none for a
+        # private project). Only the project's own install resolves them.
+        if name is not None and normalized(name) in own.names | requirements.names:
+            own = _known_to_the_build_backend(packaging)
+            requirements = replace(requirements, args=(), extras=(extra,))
+        tests.append((f"extra [{extra}]", requirements))
     if group:
-        commands.append(f"{PIP} {_quote_all(_group_requirements(groups, group, frozenset()))}")
-        chosen.append(f"dependency group {group!r}")
-    description = f"{source}, " + (" + ".join(chosen) if chosen else "no test extra or group")
-    if not built:
-        description += " (no [build-system]: the project itself is not installed)"
-    project_commands = (_project_install(),) if built else ()
-    return InstallPlan(description, tuple(commands), project_commands, tuple(packaging.files))
+        listed = _group_requirements(groups, group, frozenset())
+        label = f"pyproject.toml dependency group {group!r}"
+        names = frozenset(map(requirement_name, listed))
+        requirements = Requirements(label, tuple(listed), ("pyproject.toml",), names)
+        tests.append((f"dependency group {group!r}", requirements))
+    poetry_used, poetry_seen = dependencies.poetry_test_tables(pyproject)
+    for summary, label, table in poetry_used:
+        tests.append((summary, dependencies.poetry_requirements(root, table, label)))
+    chosen = tests[0][1].label if tests else ""
+    not_used = [
+        *((declared[e][1].label, f"{chosen} comes first") for e in TEST_NAMES if e in declared),
+        *(
+            (f"pyproject.toml dependency group {g!r}", f"{chosen} comes first")
+            for g in TEST_NAMES
+            if g in groups
+        ),
+        *((label, "not a test group") for label in poetry_seen),
+    ]
+    used = {requirements.label for _, requirements in tests}
+    source = declared[extra][0] if extra else "pyproject.toml" if tests else packaging.files[0]
+    return _Metadata(name, own, tests, [item for item in not_used if item[0] not in used], source)
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Choice:
+    """The dependencies chosen, and what was seen and not used."""
+
+    own: list[Requirements] = field(default_factory=list)
+    tests: list[tuple[str, Requirements]] = field(default_factory=list)
+    not_used: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _tiers(root: Path, packaging: _Packaging, metadata: _Metadata | None) -> _Choice:
+    """The test dependencies from the first place that names any, in order of trust:
+    the packaging metadata, requirements files for tests, tox's base environment."""
+    files, seen_files = dependencies.test_requirements_files(root)
+    from_files = [(name, dependencies.requirements_file(root, name)) for name in files]
+    tox: list[tuple[str, Requirements]] = []
+    environment = dependencies.tox_environment(root, packaging.pyproject)
+    if environment is not None and (environment.deps or environment.extras):
+        requirements = dependencies.tox_requirements(root, environment)
+        tox.append((requirements.label, requirements))
+    tiers = [metadata.tests if metadata else [], from_files, tox]
+    chosen = next((tier for tier in tiers if any(not r.empty for _, r in tier)), [])
+    why = f"the test dependencies come from {chosen[0][1].label}" if chosen else "empty"
+    choice = _Choice(tests=chosen, not_used=list(metadata.not_used) if metadata else [])
+    choice.not_used += [(name, f"{files[0]} comes first") for name in seen_files]
+    for tier in tiers:
+        if tier is not chosen:
+            choice.not_used += [(r.label, why) for _, r in tier]
+    return choice
+
+
+def _choose(root: Path, packaging: _Packaging, metadata: _Metadata | None) -> _Choice:
+    choice = _tiers(root, packaging, metadata)
+    base = dependencies.folder_base_requirements(root)
+    included = {name for _, r in choice.tests for name in r.files}
+    if (root / REQUIREMENTS).is_file():
+        choice.own = [dependencies.requirements_file(root, REQUIREMENTS)]
+    elif metadata is not None:
+        choice.own = [metadata.dependencies]
+    elif base is not None and base not in included:
+        choice.own = [dependencies.requirements_file(root, base)]
+    if base is not None and base not in included and not any(r.label == base for r in choice.own):
+        label = choice.own[0].label if choice.own else ""
+        choice.not_used.append((base, f"the project's dependencies come from {label}"))
+    return choice
+
+
+def _pip_units(args: Sequence[str]) -> list[tuple[str, ...]]:
+    """pip's arguments as units: `-r file` is one, a requirement another."""
+    units: list[tuple[str, ...]] = []
+    pending = list(args)
+    while pending:
+        arg = pending.pop(0)
+        takes_value = arg in ("-r", "-c", "-e", "--requirement", "--constraint", "--editable")
+        units.append((arg, pending.pop(0)) if takes_value and pending else (arg,))
+    return units
+
+
+def _dependency_commands(
+    used: Sequence[Requirements], packaging: _Packaging, metadata: _Metadata | None
+) -> tuple[list[str], list[str]]:
+    """(commands, notes): one pip command for all the dependencies (one resolution), the
+    project removed again if it was installed for them, git requirements where git is."""
+    units = list(dict.fromkeys(unit for r in used for unit in _pip_units(r.args)))
+    notes: list[str] = []
+    extras = list(dict.fromkeys(extra for r in used for extra in r.extras))
+    project = any(r.project or r.extras for r in used)
+    if project and not packaging.files:
+        notes.append(f"Not installed: extras {', '.join(extras)}: the project is not packaged")
+        project = False
+    if project:
+        units.insert(0, (f".[{','.join(extras)}]" if extras else ".",))
+    commands = [f"{PIP} {_quote_all([arg for unit in units for arg in unit])}"] if units else []
+    if project and metadata is not None and metadata.name:
+        commands.append(f"python -m pip uninstall --yes --quiet {shlex.quote(metadata.name)}")
+    git = list(dict.fromkeys(requirement for r in used for requirement in r.needs_git))
+    if git:
+        skipped = f"==> Not installed (no git in the image): {' '.join(git)}"
+        commands.append(
+            f"if command -v git >/dev/null; then {PIP} {_quote_all(git)}; "
+            f"else echo {shlex.quote(skipped)}; fi"
+        )
+        notes.append(f"From git, installed if the image has git: {', '.join(git)}")
+    return commands, notes
+
+
+def _used_notes(choice: _Choice, packaging: _Packaging) -> list[str]:
+    def also(requirements: Requirements) -> str:
+        where = requirements.label.split(" ")[0]
+        more = [f for f in requirements.files if f != where and f not in packaging.files]
+        return f", with {', '.join(more)}" if more else ""
+
+    notes = [f"Dependencies from {r.label}{also(r)}" for r in choice.own]
+    notes += [f"Test dependencies from {r.label}{also(r)}" for _, r in choice.tests]
+    notes += [f"Not used: {label} ({why})" for label, why in choice.not_used]
+    return notes
 
 
 def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     packaging = _packaging(root)
-    if (root / REQUIREMENTS).is_file():
-        plan = _plan_requirements(root, packaging)
-    elif packaging.files:
-        plan = _plan_package(root, packaging)
-    elif config.install:
-        plan = InstallPlan(f"{CONFIG_FILE} install commands", (), (), ())
-    else:
+    metadata = _metadata(root, packaging) if packaging.files else None
+    choice = _choose(root, packaging, metadata)
+    if not (choice.own or choice.tests or config.install):
         raise ProjectError(
-            "no requirements.txt in the project root, and no pyproject.toml, setup.py or "
-            "setup.cfg that packages the project: nothing says how to install its test "
-            "dependencies (add a requirements.txt listing them, `pytest` at least)"
+            "no requirements.txt in the project root, no pyproject.toml, setup.py or "
+            "setup.cfg that packages the project, no requirements files for tests and no "
+            "tox.ini: nothing says how to install its test dependencies (add a "
+            "requirements.txt listing them, `pytest` at least)"
         )
+    used = [*choice.own, *(r for _, r in choice.tests)]
+    from_metadata = metadata is not None and choice.own == [metadata.dependencies]
+    commands: list[str] = []
+    if from_metadata and packaging.built:
+        # The build backend stays in the environment: the project's install needs it.
+        build_requires = packaging.pyproject.get("build-system", {}).get(
+            "requires", DEFAULT_BUILD_REQUIRES
+        )
+        commands.append(f"{PIP} {_quote_all(list(build_requires))}")
+    installs, notes = _dependency_commands(used, packaging, metadata)
+    commands += installs
+    notes = _used_notes(choice, packaging) + notes
+    notes += [f"Not installed: {skipped}" for r in used for skipped in r.skipped]
+    summaries = [summary for summary, _ in choice.tests]
+    if from_metadata and metadata is not None:
+        description = f"{metadata.source}, " + (" + ".join(summaries) or "no test extra or group")
+        if not packaging.built:
+            description += " (no [build-system]: the project itself is not installed)"
+    else:
+        description = " + ".join([r.label for r in choice.own] + summaries)
+    key_files = list(packaging.files) if from_metadata else []
+    key_files += [name for r in used for name in r.files]
+    if packaging.built:
+        # A packaged project: its code is installed too, without dependencies again, and
+        # its packaging files decide that install (kept in the environment).
+        key_files += packaging.files
+    project_commands = (_project_install(),) if packaging.built else ()
     if config.install:
-        plan = InstallPlan(
-            plan.description + f" + {CONFIG_FILE} install",
-            (*plan.dependency_commands, *config.install),
-            plan.project_commands,
-            (*plan.key_files, CONFIG_FILE),
-        )
-    return plan
+        description = " + ".join(filter(None, [description, f"{CONFIG_FILE} install"]))
+        commands += config.install
+        key_files.append(CONFIG_FILE)
+    return InstallPlan(
+        description,
+        tuple(commands),
+        project_commands,
+        tuple(dict.fromkeys(key_files)),
+        tuple(notes),
+    )

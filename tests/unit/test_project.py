@@ -1,12 +1,15 @@
-"""How a project without requirements.txt is installed, decided from its packaging files.
+"""How a project is installed, decided from its files: its own dependencies and its tests'.
 
-The cases are the shapes of real published sdists that tests/e2e/test_real_projects.py runs.
+The first cases are the shapes of real published sdists that tests/e2e/test_real_projects.py
+runs; then each place test dependencies are read from (Poetry, requirements files, tox), in
+their order of trust, and what the job's log says of each.
 """
 
 from __future__ import annotations
 
 import shlex
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,16 @@ def plan(root: Path, **files: str) -> InstallPlan:
         filename = name.replace("_", ".")
         (root / filename).write_text(textwrap.dedent(text), encoding="utf-8")
     return plan_install(root, ProjectConfig())
+
+
+def plan_of(
+    root: Path, files: Mapping[str, str], config: ProjectConfig | None = None
+) -> InstallPlan:
+    """The install plan of a project made of `files` (relative path -> text)."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    return plan_install(root, config or ProjectConfig())
 
 
 def argv(commands: tuple[str, ...]) -> list[list[str]]:
@@ -248,7 +261,7 @@ def test_a_pyproject_without_build_system_is_an_application(tmp_path: Path) -> N
             dev = ["pytest"]
         """,
     )
-    assert argv(result.dependency_commands) == [pip("attrs"), pip("pytest")]
+    assert argv(result.dependency_commands) == [pip("attrs", "pytest")]
     assert result.project_commands == ()
     assert "the project itself is not installed" in result.description
     assert "-e ." not in environment_script(result)
@@ -309,3 +322,456 @@ def test_local_packages_the_requirements_install_key_the_environment(tmp_path: P
     assert key() == before
     (tmp_path / "libs" / "foo" / "foo.py").write_text("VALUE = 2\n")
     assert key() != before
+
+
+# -- Poetry --------------------------------------------------------------------------------
+
+POETRY_BUILD = """
+    [build-system]
+    requires = ["poetry-core>=1.0.0"]
+    build-backend = "poetry.core.masonry.api"
+"""
+
+
+@pytest.mark.parametrize(
+    ("constraint", "requirement"),
+    [
+        ('"^1.16"', "six (>=1.16,<2.0)"),
+        ('"~1.16.0"', "six (>=1.16.0,<1.17.0)"),
+        ('"*"', "six"),
+        ('"1.16.0"', "six (==1.16.0)"),
+        ('{version = "^1.16", python = ">=3.8"}', 'six (>=1.16,<2.0) ; python_version >= "3.8"'),
+        ('{version = "^1.16", extras = ["x"]}', "six[x] (>=1.16,<2.0)"),
+        (
+            '{version = ">=1", markers = "sys_platform == \'linux\'"}',
+            'six (>=1) ; sys_platform == "linux"',
+        ),
+    ],
+    ids=["caret", "tilde", "any", "exact", "python marker", "extras", "markers"],
+)
+def test_poetry_constraints_become_pep_508(
+    tmp_path: Path, constraint: str, requirement: str
+) -> None:
+    result = plan(
+        tmp_path,
+        pyproject_toml=f"""
+            [tool.poetry]
+            name = "calc"
+            [tool.poetry.group.dev.dependencies]
+            six = {constraint}
+        """,
+    )
+    assert argv(result.dependency_commands) == [pip(requirement)]
+
+
+def test_a_poetry_1_project_installs_its_dependencies_and_dev_group_without_a_build(
+    tmp_path: Path,
+) -> None:
+    """[tool.poetry.dependencies] is read as the project's own (python aside, optional ones
+    only for extras), the dev group as its tests'; the docs group is said not to be used."""
+    result = plan(
+        tmp_path,
+        pyproject_toml=POETRY_BUILD
+        + """
+            [tool.poetry]
+            name = "calc"
+            version = "0.1.0"
+            [tool.poetry.dependencies]
+            python = "^3.9"
+            attrs = "^23.1"
+            rich = {version = "^13", optional = true}
+            [tool.poetry.group.dev.dependencies]
+            iniconfig = "^2.0"
+            [tool.poetry.group.docs.dependencies]
+            sphinx = "*"
+        """,
+    )
+    assert result.description == "pyproject.toml, poetry group 'dev'"
+    assert argv(result.dependency_commands) == [
+        pip("poetry-core>=1.0.0"),
+        pip("attrs (>=23.1,<24.0)", "iniconfig (>=2.0,<3.0)"),
+    ]
+    assert result.notes == (
+        "Dependencies from pyproject.toml [tool.poetry.dependencies]",
+        "Test dependencies from pyproject.toml [tool.poetry.group.dev.dependencies]",
+        "Not used: pyproject.toml [tool.poetry.group.docs.dependencies] (not a test group)",
+    )
+    assert len(result.project_commands) == 1
+    assert result.key_files == ("pyproject.toml",)
+
+
+def test_poetry_test_groups_and_old_dev_dependencies_are_all_taken(tmp_path: Path) -> None:
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [tool.poetry]
+            name = "calc"
+            [tool.poetry.dev-dependencies]
+            six = "^1.16"
+            [tool.poetry.group.test.dependencies]
+            iniconfig = "^2.0"
+        """,
+    )
+    assert result.description.startswith(
+        "pyproject.toml, poetry group 'test' + poetry dev-dependencies"
+    )
+    assert argv(result.dependency_commands) == [pip("iniconfig (>=2.0,<3.0)", "six (>=1.16,<2.0)")]
+
+
+def test_a_poetry_2_project_reads_its_own_from_project_and_its_tests_from_a_group(
+    tmp_path: Path,
+) -> None:
+    result = plan(
+        tmp_path,
+        pyproject_toml=POETRY_BUILD
+        + """
+            [project]
+            name = "calc"
+            version = "0.1.0"
+            dependencies = ["attrs>=23"]
+            [tool.poetry.dependencies]
+            attrs = {source = "private"}
+            [tool.poetry.group.test.dependencies]
+            six = "~1.16"
+        """,
+    )
+    assert argv(result.dependency_commands)[1:] == [pip("attrs>=23", "six (>=1.16,<1.17)")]
+    assert result.notes[0] == "Dependencies from pyproject.toml [project]"
+
+
+def test_poetry_path_and_git_dependencies(tmp_path: Path) -> None:
+    """A path inside the project is installed from there (and keys the environment), one
+    outside cannot be (the log says so); a git one only where the image has git."""
+    (tmp_path / "libs" / "helper").mkdir(parents=True)
+    (tmp_path / "libs" / "helper" / "setup.py").write_text("from setuptools import setup\n")
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [tool.poetry]
+            name = "calc"
+            [tool.poetry.group.dev.dependencies]
+            helper = {path = "libs/helper"}
+            outside = {path = "../outside", develop = true}
+            fork = {git = "https://example.org/fork.git", tag = "v1"}
+        """,
+    )
+    install, git = result.dependency_commands
+    assert argv((install,)) == [pip("./libs/helper")]
+    assert git.startswith("if command -v git >/dev/null; then")
+    assert "'fork @ git+https://example.org/fork.git@v1'" in git
+    assert result.key_files == ("pyproject.toml", "libs/helper")
+    assert (
+        "Not installed: outside from pyproject.toml [tool.poetry.group.dev.dependencies] "
+        "(its path ../outside is not in the project)"
+    ) in result.notes
+    assert (
+        "From git, installed if the image has git: fork @ git+https://example.org/fork.git@v1"
+        in (result.notes)
+    )
+
+
+def test_a_poetry_constraint_pep_508_cannot_say_is_left_out_with_a_reason(tmp_path: Path) -> None:
+    result = plan(
+        tmp_path,
+        pyproject_toml="""
+            [tool.poetry]
+            name = "calc"
+            [tool.poetry.group.dev.dependencies]
+            six = ">=1,<1.5 || >=1.16"
+            attrs = "^^1"
+            iniconfig = "^2"
+        """,
+    )
+    assert argv(result.dependency_commands) == [pip("iniconfig (>=2,<3)")]
+    skipped = [note for note in result.notes if note.startswith("Not installed:")]
+    assert len(skipped) == 2
+    assert "union of versions" in skipped[0] and "six" in skipped[0]
+    assert "attrs" in skipped[1]
+
+
+def test_a_poetry_application_is_not_installed_itself(tmp_path: Path) -> None:
+    result = plan(
+        tmp_path,
+        pyproject_toml=POETRY_BUILD
+        + """
+            [tool.poetry]
+            package-mode = false
+            [tool.poetry.dependencies]
+            six = "^1.16"
+        """,
+    )
+    assert result.project_commands == ()
+    assert "the project itself is not installed" in result.description
+
+
+# -- requirements files for tests ----------------------------------------------------------
+
+
+def test_test_requirements_without_requirements_txt_come_with_the_projects_own(
+    tmp_path: Path,
+) -> None:
+    result = plan_of(
+        tmp_path,
+        {
+            "setup.py": 'from setuptools import setup\nsetup(name="calc")\n',
+            "requirements-test.txt": "iniconfig==2.0.0\n",
+            "dev-requirements.txt": "six==1.16.0\n",
+        },
+    )
+    assert result.description == "setup.py, dev-requirements.txt + requirements-test.txt"
+    assert argv(result.dependency_commands) == [
+        pip("setuptools>=64", "wheel"),
+        pip(".", "-r", "dev-requirements.txt", "-r", "requirements-test.txt"),
+        [*UNINSTALL, "calc"],
+    ]
+    assert result.key_files == ("setup.py", "dev-requirements.txt", "requirements-test.txt")
+
+
+def test_a_requirements_folder_alone_names_the_dependencies(tmp_path: Path) -> None:
+    """requirements/test.txt, with the base.txt it includes; dev.txt (linters on top of the
+    tests' usually) is seen and not used."""
+    result = plan_of(
+        tmp_path,
+        {
+            "requirements/base.txt": "six==1.16.0\n",
+            "requirements/test.txt": "-r base.txt\niniconfig==2.0.0\n",
+            "requirements/dev.txt": "-r test.txt\nflake8\n",
+        },
+    )
+    assert result.description == "requirements/test.txt"
+    assert argv(result.dependency_commands) == [pip("-r", "requirements/test.txt")]
+    assert result.key_files == ("requirements/test.txt", "requirements/base.txt")
+    assert result.notes == (
+        "Test dependencies from requirements/test.txt, with requirements/base.txt",
+        "Not used: requirements/dev.txt (requirements/test.txt comes first)",
+    )
+    assert result.project_commands == ()
+
+
+@pytest.mark.parametrize("name", ["base.txt", "requirements.txt"])
+def test_the_folders_base_requirements_are_the_projects_own(tmp_path: Path, name: str) -> None:
+    result = plan_of(
+        tmp_path,
+        {f"requirements/{name}": "six==1.16.0\n", "requirements/tests.txt": "iniconfig\n"},
+    )
+    assert result.description == f"requirements/{name} + requirements/tests.txt"
+    assert argv(result.dependency_commands) == [
+        pip("-r", f"requirements/{name}", "-r", "requirements/tests.txt")
+    ]
+
+
+def test_the_folders_base_requirements_are_not_used_when_the_project_declares_its_own(
+    tmp_path: Path,
+) -> None:
+    result = plan_of(
+        tmp_path,
+        {
+            "requirements.txt": "six\n",
+            "requirements/base.txt": "attrs\n",
+            "requirements/test.txt": "iniconfig\n",
+        },
+    )
+    assert argv(result.dependency_commands) == [
+        pip("-r", "requirements.txt", "-r", "requirements/test.txt")
+    ]
+    assert (
+        "Not used: requirements/base.txt (the project's dependencies come from requirements.txt)"
+        in result.notes
+    )
+
+
+# -- tox -----------------------------------------------------------------------------------
+
+
+def test_tox_base_environment_deps_when_nothing_else_names_test_dependencies(
+    tmp_path: Path,
+) -> None:
+    result = plan_of(
+        tmp_path,
+        {
+            "tox.ini": """
+                [tox]
+                envlist = py3, lint
+                [base]
+                deps = six==1.16.0
+                [testenv]
+                deps =
+                    {[base]deps}
+                    -r{toxinidir}/requirements/tox.txt
+                    # a comment
+                    coverage: coverage
+                commands = pytest {posargs}
+                [testenv:lint]
+                deps = flake8
+            """,
+            "requirements/tox.txt": "iniconfig==2.0.0\n",
+        },
+    )
+    assert result.description == "tox.ini [testenv] deps"
+    assert argv(result.dependency_commands) == [pip("six==1.16.0", "-r", "requirements/tox.txt")]
+    assert result.key_files == ("tox.ini", "requirements/tox.txt")
+    assert result.notes == (
+        "Test dependencies from tox.ini [testenv] deps, with requirements/tox.txt",
+        "Not installed: coverage: coverage from tox.ini [testenv] deps "
+        "(only for tox environments coverage)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "taken"),
+    [
+        ("py3: six", "six"),
+        ("py: six", "six"),
+        ("py38: six", 'six ; python_version == "3.8"'),
+        ("py3.12: six", 'six ; python_version == "3.12"'),
+        ("!py38: six", 'six ; python_version != "3.8"'),
+        ("py38,py39: six", 'six ; (python_version == "3.8") or (python_version == "3.9")'),
+        ("py{38,39}: six", 'six ; (python_version == "3.8") or (python_version == "3.9")'),
+        (
+            "py38: six; sys_platform == 'linux'",
+            "six ; (sys_platform == 'linux') and (python_version == \"3.8\")",
+        ),
+        ("!coverage: six", "six"),
+        ("coverage: six", None),
+        ("py38-django: six", None),
+        ("py27: six", None),
+        ("pypy3: six", None),
+        ("!py3: six", None),
+    ],
+)
+def test_tox_factor_conditions(tmp_path: Path, line: str, taken: str | None) -> None:
+    """A line for a factor a plain `py3XX` environment lacks is left out; a Python version
+    factor becomes a marker."""
+    result = plan_of(tmp_path, {"tox.ini": f"[testenv]\ndeps =\n    {line}\n    attrs\n"})
+    expected = [taken, "attrs"] if taken else ["attrs"]
+    assert argv(result.dependency_commands) == [pip(*expected)]
+
+
+def test_tox_extras_and_the_project_in_its_deps_are_the_projects_extras(tmp_path: Path) -> None:
+    result = plan_of(
+        tmp_path,
+        {
+            "setup.py": 'from setuptools import setup\nsetup(name="calc")\n',
+            "tox.ini": "[testenv]\nextras = speed\ndeps =\n    .[fast]\n    six\n",
+        },
+    )
+    assert result.description == "setup.py, tox.ini [testenv] deps"
+    assert argv(result.dependency_commands)[1:] == [
+        pip(".[speed,fast]", "six"),
+        [*UNINSTALL, "calc"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("files", "label"),
+    [
+        (
+            {"pyproject.toml": '[tool.tox]\nlegacy_tox_ini = """\n[testenv]\ndeps = six\n"""\n'},
+            "pyproject.toml [tool.tox] legacy_tox_ini [testenv] deps",
+        ),
+        (
+            {"pyproject.toml": '[tool.tox.env_run_base]\ndeps = ["six"]\n'},
+            "pyproject.toml [tool.tox.env_run_base] deps",
+        ),
+        ({"tox.toml": '[env_run_base]\ndeps = ["six"]\n'}, "tox.toml [env_run_base] deps"),
+        (
+            {"setup.cfg": "[tox:tox]\nenvlist = py3\n[testenv]\ndeps = six\n"},
+            "setup.cfg [testenv] deps",
+        ),
+    ],
+    ids=["legacy_tox_ini", "native pyproject", "tox.toml", "setup.cfg"],
+)
+def test_tox_configuration_in_other_files(
+    tmp_path: Path, files: dict[str, str], label: str
+) -> None:
+    result = plan_of(tmp_path, files)
+    assert result.description == label
+    assert argv(result.dependency_commands) == [pip("six")]
+
+
+# -- the order of trust --------------------------------------------------------------------
+
+
+def test_a_test_extra_comes_before_requirements_files_and_tox(tmp_path: Path) -> None:
+    result = plan_of(
+        tmp_path,
+        {
+            "pyproject.toml": """
+                [project]
+                name = "calc"
+                version = "1"
+                [project.optional-dependencies]
+                test = ["six"]
+                dev = ["flake8"]
+            """,
+            "requirements-test.txt": "attrs\n",
+            "tox.ini": "[testenv]\ndeps = iniconfig\n",
+        },
+    )
+    assert argv(result.dependency_commands) == [pip("six")]
+    assert result.notes == (
+        "Dependencies from pyproject.toml [project]",
+        "Test dependencies from pyproject.toml extra [test]",
+        "Not used: pyproject.toml extra [dev] (pyproject.toml extra [test] comes first)",
+        "Not used: requirements-test.txt "
+        "(the test dependencies come from pyproject.toml extra [test])",
+        "Not used: tox.ini [testenv] deps "
+        "(the test dependencies come from pyproject.toml extra [test])",
+    )
+
+
+def test_requirements_files_come_before_tox(tmp_path: Path) -> None:
+    result = plan_of(
+        tmp_path,
+        {"requirements/testing.txt": "attrs\n", "tox.ini": "[testenv]\ndeps = iniconfig\n"},
+    )
+    assert argv(result.dependency_commands) == [pip("-r", "requirements/testing.txt")]
+    assert (
+        "Not used: tox.ini [testenv] deps "
+        "(the test dependencies come from requirements/testing.txt)" in result.notes
+    )
+
+
+def test_an_empty_test_extra_names_nothing_and_the_next_place_is_read(tmp_path: Path) -> None:
+    result = plan_of(
+        tmp_path,
+        {
+            "pyproject.toml": """
+                [project]
+                name = "calc"
+                version = "1"
+                [project.optional-dependencies]
+                test = []
+            """,
+            "tox.ini": "[testenv]\ndeps = iniconfig\n",
+        },
+    )
+    assert argv(result.dependency_commands) == [pip("iniconfig")]
+    assert (
+        result.description == "pyproject.toml, tox.ini [testenv] deps (no [build-system]: "
+        "the project itself is not installed)"
+    )
+
+
+def test_nothing_that_names_dependencies_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError, match="nothing says how to install its test dependencies"):
+        plan_of(tmp_path, {"tox.ini": "[tox]\nenvlist = py3\n", "test_x.py": ""})
+
+
+def test_files_read_for_test_dependencies_key_the_environment(tmp_path: Path) -> None:
+    """requirements/test.txt, the base.txt it includes, tox.ini and the files its deps
+    name: a change to any makes a new environment."""
+    result = plan_of(
+        tmp_path,
+        {"requirements/test.txt": "-r base.txt\n", "requirements/base.txt": "six\n"},
+    )
+    before = environment_key("sha256:base", result, tmp_path, {})
+    (tmp_path / "requirements" / "base.txt").write_text("six==1.16.0\n")
+    assert environment_key("sha256:base", result, tmp_path, {}) != before
+
+    tox = tmp_path / "tox"
+    tox.mkdir()
+    result = plan_of(tox, {"tox.ini": "[testenv]\ndeps = -rreq.txt\n", "req.txt": "six\n"})
+    before = environment_key("sha256:base", result, tox, {})
+    (tox / "req.txt").write_text("six==1.16.0\n")
+    assert environment_key("sha256:base", result, tox, {}) != before
