@@ -7,8 +7,9 @@ changes every run (scripts.py says how an environment keeps it installed all the
 The dependencies are the project's own (requirements.txt, else its packaging metadata, else
 requirements/base.txt) and its tests', read from the first place of these that names any, in
 this order of trust: the packaging metadata's test extra or group (PEP 621, PEP 735, Poetry),
-requirements files for tests, tox's base environment (dependencies.py reads them). The job's
-log says which files were used, and which were seen and not.
+requirements files for tests, tox's base environment (dependencies.py reads them). The pytest
+plugins its configuration needs come on top (plugins.py). The job's log says which files
+were used, and which were seen and not.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ci_server.models import CIError
 from ci_server.runner import dependencies
 from ci_server.runner.config import CONFIG_FILE, ProjectConfig
 from ci_server.runner.dependencies import TEST_NAMES, Requirements, normalized, requirement_name
+from ci_server.runner.plugins import needed_plugins
 
 REQUIREMENTS = "requirements.txt"
 DEFAULT_BUILD_REQUIRES = ("setuptools>=64", "wheel")
@@ -406,6 +408,16 @@ def _dependency_commands(
     return commands, notes
 
 
+def _plugin_command(plugins: Sequence[str]) -> str:
+    """Install pytest plugins without moving what is installed (pytest's version above
+    all): a plugin's release that fits it is chosen."""
+    installed = "/tmp/ci-installed.txt"
+    return (
+        f"python -m pip list --format=freeze > {installed} && "
+        f"{PIP} -c {installed} {_quote_all(plugins)}"
+    )
+
+
 def _used_notes(choice: _Choice, packaging: _Packaging) -> list[str]:
     def also(requirements: Requirements) -> str:
         where = requirements.label.split(" ")[0]
@@ -442,6 +454,12 @@ def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     commands += installs
     notes = _used_notes(choice, packaging) + notes
     notes += [f"Not installed: {skipped}" for r in used for skipped in r.skipped]
+    listed = frozenset().union(*(r.names for r in used))
+    plugins = needed_plugins(root, packaging.pyproject, config, listed)
+    if plugins:
+        commands.append(_plugin_command([plugin.requirement for plugin in plugins]))
+        notes += [f"Adding pytest plugin {p.requirement}: {p.reason}" for p in plugins]
+
     summaries = [summary for summary, _ in choice.tests]
     if from_metadata and metadata is not None:
         description = f"{metadata.source}, " + (" + ".join(summaries) or "no test extra or group")
