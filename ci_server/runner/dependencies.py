@@ -473,7 +473,7 @@ def tox_requirements(root: Path, environment: ToxEnvironment) -> Requirements:
             found = _python_marker(factor.group(1))
             if found is None:
                 condition = factor.group(1)
-                collected.skipped.append(f"{where} (only for tox environments {condition})")
+                collected.skipped.append(f"{where} (for tox's {condition} environments only)")
                 continue
             marker, line = found, factor.group(2).strip()
         line = re.sub(r"\{(?:toxinidir|tox_root)\}", ".", line)

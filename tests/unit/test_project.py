@@ -613,7 +613,7 @@ def test_tox_base_environment_deps_when_nothing_else_names_test_dependencies(
     assert result.notes == (
         "Test dependencies from tox.ini [testenv] deps, with requirements/tox.txt",
         "Not installed: coverage: coverage from tox.ini [testenv] deps "
-        "(only for tox environments coverage)",
+        "(for tox's coverage environments only)",
     )
 
 
