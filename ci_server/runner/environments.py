@@ -3,7 +3,8 @@
 An environment's key is a hash of what decides it: the runner image's content id (so the
 Python version too), the whole build script (so a change to how environments are built
 makes new ones), the content of the files they read (requirements*.txt and the files and
-local package folders those name, pyproject.toml, setup.py, setup.cfg, ci.toml) and the
+local package folders those name, pyproject.toml, setup.py, setup.cfg, the tox.ini test
+dependencies came from, ci.toml) and the
 project's environment variables. A job whose key has an image skips the install and starts pytest at
 once. Two jobs needing the same new environment build it once (the second waits on the
 first); a failed build leaves no image; past `keep` images the least recently used go.
