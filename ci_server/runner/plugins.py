@@ -19,6 +19,7 @@ import fnmatch
 import os
 import re
 import shlex
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,12 +139,11 @@ SKIPPED_FOLDERS = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_module
 MAX_SCANNED_BYTES = 1024**2
 """A bigger test module is not scanned (generated data, not tests)."""
 
-_MARKER = re.compile(r"\bmark\.([A-Za-z_]\w*)")
-_SIGNATURE = re.compile(r"\bdef\s+\w+\s*\(([^)]*)\)")
-_USEFIXTURES = re.compile(r"\busefixtures\(([^)]*)\)")
-_FIXTURE_WORDS = re.compile(
-    r"\b(?:" + "|".join(sorted({f for p in PLUGINS for f in p.fixtures})) + r")\b"
-)
+_MARKER = re.compile(r"mark\.([A-Za-z_]\w*)")
+_SIGNATURE = re.compile(r"def\s+\w+\s*\(([^)]*)\)")
+_USEFIXTURES = re.compile(r"usefixtures\(([^)]*)\)")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_FIXTURES = frozenset(fixture for plugin in PLUGINS for fixture in plugin.fixtures)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,25 +217,19 @@ def _options(config: PytestConfig | None, project: ProjectConfig) -> Iterator[tu
                 yield word, where
 
 
-def _test_files(root: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
-    """The test modules and conftest.py files, in a stable order, skipping what pytest
-    does not collect by default."""
+def _test_files(root: Path, patterns: tuple[str, ...]) -> Iterator[tuple[Path, str]]:
+    """(path, path in the project) of the test modules and conftest.py files, in a stable
+    order, skipping the folders pytest does not collect by default."""
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(
             name
             for name in subfolders
             if not any(fnmatch.fnmatchcase(name, skipped) for skipped in SKIPPED_FOLDERS)
         )
+        inside = Path(folder).relative_to(root).as_posix()
         for name in sorted(files):
             if name == "conftest.py" or any(fnmatch.fnmatchcase(name, p) for p in patterns):
-                yield Path(folder) / name
-
-
-def _parameters(signature: str) -> Iterator[str]:
-    for parameter in signature.split(","):
-        name = re.split(r"[:=]", parameter, maxsplit=1)[0].strip().lstrip("*")
-        if name:
-            yield name
+                yield Path(folder, name), name if inside == "." else f"{inside}/{name}"
 
 
 def _used_in_tests(root: Path, config: PytestConfig | None) -> dict[str, str]:
@@ -244,24 +238,26 @@ def _used_in_tests(root: Path, config: PytestConfig | None) -> dict[str, str]:
     if config is not None and config.settings.get("python_files"):
         patterns = tuple(_words(config.settings["python_files"]))
     used: dict[str, str] = {}
-    for path in _test_files(root, patterns):
+    for path, where in _test_files(root, patterns):
         try:
-            if path.stat().st_size > MAX_SCANNED_BYTES or path.is_symlink():
+            status = path.lstat()
+            if stat.S_ISLNK(status.st_mode) or status.st_size > MAX_SCANNED_BYTES:
                 continue
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        where = path.relative_to(root).as_posix()
-        for marker in _MARKER.findall(text):
-            used.setdefault(f"marker:{marker}", where)
-        if _FIXTURE_WORDS.search(text) is None:
-            continue
-        for signature in _SIGNATURE.findall(text):
-            for name in _parameters(signature):
-                used.setdefault(f"fixture:{name}", where)
-        for names in _USEFIXTURES.findall(text):
-            for name in re.findall(r"[\"'](\w+)[\"']", names):
-                used.setdefault(f"fixture:{name}", where)
+        if "mark." in text:
+            for marker in _MARKER.findall(text):
+                used.setdefault(f"marker:{marker}", where)
+        # The names in functions' parentheses: their parameters (and, rarely, a default's or
+        # an annotation's words). One pass of a regular expression with a literal start:
+        # 5,000 modules of 60 tests each take about half a second, in the job's thread.
+        requested = set(_NAME.findall(" ".join(_SIGNATURE.findall(text))))
+        if "usefixtures" in text:
+            for names in _USEFIXTURES.findall(text):
+                requested.update(re.findall(r"[\"'](\w+)[\"']", names))
+        for name in sorted(requested & _FIXTURES):
+            used.setdefault(f"fixture:{name}", where)
     return used
 
 

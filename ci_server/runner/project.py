@@ -283,8 +283,12 @@ def _metadata(root: Path, packaging: _Packaging) -> _Metadata:
     own = _own_dependencies(root, packaging)
     declared = _declared_extras(root, packaging)
     groups: dict[str, Any] = pyproject.get("dependency-groups", {}) or {}
-    extra = next((e for e in TEST_NAMES if e in declared), None)
-    group = next((g for g in TEST_NAMES if g in groups), None)
+    # The first test extra and group that name anything, else the first there is.
+    extras = [e for e in TEST_NAMES if e in declared]
+    extra = next((e for e in extras if not declared[e][1].empty), next(iter(extras), None))
+    group = next((g for g in TEST_NAMES if groups.get(g)), None) or next(
+        (g for g in TEST_NAMES if g in groups), None
+    )
     tests: list[tuple[str, Requirements]] = []
     if extra:
         requirements = declared[extra][1]
@@ -390,7 +394,8 @@ def _dependency_commands(
     extras = list(dict.fromkeys(extra for r in used for extra in r.extras))
     project = any(r.project or r.extras for r in used)
     if project and not packaging.files:
-        notes.append(f"Not installed: extras {', '.join(extras)}: the project is not packaged")
+        wanted = ", ".join(f"[{extra}]" for extra in extras)
+        notes.append(f"Not installed: the project's extras {wanted} (it is not packaged)")
         project = False
     if project:
         units.insert(0, (f".[{','.join(extras)}]" if extras else ".",))
@@ -430,6 +435,18 @@ def _used_notes(choice: _Choice, packaging: _Packaging) -> list[str]:
     return notes
 
 
+def _description(choice: _Choice, packaging: _Packaging, metadata: _Metadata | None) -> str:
+    """The Project line: where the dependencies come from, in a few words. `metadata` when
+    the project's own come from its packaging files."""
+    summaries = [summary for summary, _ in choice.tests]
+    if metadata is None:
+        return " + ".join([r.label for r in choice.own] + summaries)
+    description = f"{metadata.source}, " + (" + ".join(summaries) or "no test extra or group")
+    if not packaging.built:
+        description += " (no [build-system]: the project itself is not installed)"
+    return description
+
+
 def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     packaging = _packaging(root)
     metadata = _metadata(root, packaging) if packaging.files else None
@@ -437,8 +454,8 @@ def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     if not (choice.own or choice.tests or config.install):
         raise ProjectError(
             "no requirements.txt in the project root, no pyproject.toml, setup.py or "
-            "setup.cfg that packages the project, no requirements files for tests and no "
-            "tox.ini: nothing says how to install its test dependencies (add a "
+            "setup.cfg that packages the project, no requirements files for tests, no tox "
+            "deps: nothing says how to install its test dependencies (add a "
             "requirements.txt listing them, `pytest` at least)"
         )
     used = [*choice.own, *(r for _, r in choice.tests)]
@@ -459,14 +476,7 @@ def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     if plugins:
         commands.append(_plugin_command([plugin.requirement for plugin in plugins]))
         notes += [f"Adding pytest plugin {p.requirement}: {p.reason}" for p in plugins]
-
-    summaries = [summary for summary, _ in choice.tests]
-    if from_metadata and metadata is not None:
-        description = f"{metadata.source}, " + (" + ".join(summaries) or "no test extra or group")
-        if not packaging.built:
-            description += " (no [build-system]: the project itself is not installed)"
-    else:
-        description = " + ".join([r.label for r in choice.own] + summaries)
+    description = _description(choice, packaging, metadata if from_metadata else None)
     key_files = list(packaging.files) if from_metadata else []
     key_files += [name for r in used for name in r.files]
     if packaging.built:

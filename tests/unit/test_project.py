@@ -775,3 +775,31 @@ def test_files_read_for_test_dependencies_key_the_environment(tmp_path: Path) ->
     before = environment_key("sha256:base", result, tox, {})
     (tox / "req.txt").write_text("six==1.16.0\n")
     assert environment_key("sha256:base", result, tox, {}) != before
+
+
+def test_the_first_test_extra_that_names_anything_is_chosen(tmp_path: Path) -> None:
+    result = plan_of(
+        tmp_path,
+        {
+            "pyproject.toml": """
+                [project]
+                name = "calc"
+                version = "1"
+                [project.optional-dependencies]
+                test = []
+                dev = ["six"]
+            """,
+        },
+    )
+    assert argv(result.dependency_commands) == [pip("six")]
+    assert "Not used: pyproject.toml extra [test] (pyproject.toml extra [dev] comes first)" in (
+        result.notes
+    )
+
+
+def test_extras_tox_asks_of_a_project_that_is_not_packaged_are_said_not_installed(
+    tmp_path: Path,
+) -> None:
+    result = plan_of(tmp_path, {"tox.ini": "[testenv]\nextras = test\ndeps = six\n"})
+    assert argv(result.dependency_commands) == [pip("six")]
+    assert "Not installed: the project's extras [test] (it is not packaged)" in result.notes
