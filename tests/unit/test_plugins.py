@@ -13,6 +13,7 @@ from ci_server.runner.config import ProjectConfig
 from ci_server.runner.environments import environment_key
 from ci_server.runner.plugins import needed_plugins
 from ci_server.runner.project import plan_install
+from tests.unit.test_project import CALC
 
 
 def write(root: Path, files: Mapping[str, str]) -> Path:
@@ -214,10 +215,8 @@ def test_a_plugin_listed_by_a_static_extra_or_group_is_not_added(tmp_path: Path)
     write(
         tmp_path,
         {
-            "pyproject.toml": """
-                [project]
-                name = "calc"
-                version = "1"
+            "pyproject.toml": CALC
+            + """
                 [project.optional-dependencies]
                 test = ["pytest-mock>=3"]
                 [dependency-groups]

@@ -47,6 +47,12 @@ def pip(*args: str) -> list[str]:
 
 
 UNINSTALL = ["python", "-m", "pip", "uninstall", "--yes", "--quiet"]
+CALC = """
+    [project]
+    name = "calc"
+    version = "1"
+"""
+"""The start of a small project's pyproject.toml."""
 
 
 def test_a_static_test_extra_is_installed_without_building_the_project(tmp_path: Path) -> None:
@@ -696,10 +702,8 @@ def test_a_test_extra_comes_before_requirements_files_and_tox(tmp_path: Path) ->
     result = plan_of(
         tmp_path,
         {
-            "pyproject.toml": """
-                [project]
-                name = "calc"
-                version = "1"
+            "pyproject.toml": CALC
+            + """
                 [project.optional-dependencies]
                 test = ["six"]
                 dev = ["flake8"]
@@ -736,10 +740,8 @@ def test_an_empty_test_extra_names_nothing_and_the_next_place_is_read(tmp_path: 
     result = plan_of(
         tmp_path,
         {
-            "pyproject.toml": """
-                [project]
-                name = "calc"
-                version = "1"
+            "pyproject.toml": CALC
+            + """
                 [project.optional-dependencies]
                 test = []
             """,
@@ -781,10 +783,8 @@ def test_the_first_test_extra_that_names_anything_is_chosen(tmp_path: Path) -> N
     result = plan_of(
         tmp_path,
         {
-            "pyproject.toml": """
-                [project]
-                name = "calc"
-                version = "1"
+            "pyproject.toml": CALC
+            + """
                 [project.optional-dependencies]
                 test = []
                 dev = ["six"]
