@@ -39,8 +39,8 @@ ROOT_TEST_REQUIREMENTS = (
 ROOT_TEST_REQUIREMENTS_GLOBS = ("requirements-test*.txt", "requirements_test*.txt")
 REQUIREMENTS_FOLDER = "requirements"
 FOLDER_BASE_REQUIREMENTS = ("base.txt", "requirements.txt")
-TOX_FILES = ("tox.ini", "tox.toml", "pyproject.toml", "setup.cfg")
-"""Where tox looks for its configuration, in its order."""
+TOX_FILES = ("tox.ini", "setup.cfg", "pyproject.toml", "tox.toml")
+"""Where tox looks for its configuration, in its order (setup.cfg with [tox:tox] only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +258,15 @@ def _add_poetry_constraint(
         collected.args.append(requirement)
 
 
+def tool_table(pyproject: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """pyproject.toml's `[tool.<name>]`; empty when there is none, or it is no table."""
+    tool = pyproject.get("tool")
+    table = tool.get(name) if isinstance(tool, dict) else None
+    return table if isinstance(table, dict) else {}
+
+
 def poetry_table(pyproject: Mapping[str, Any]) -> dict[str, Any]:
-    poetry = pyproject.get("tool", {}).get("poetry", {})
-    return poetry if isinstance(poetry, dict) else {}
+    return tool_table(pyproject, "poetry")
 
 
 def poetry_test_tables(
@@ -310,34 +316,28 @@ class ToxEnvironment:
 
 
 def tox_environment(root: Path, pyproject: Mapping[str, Any]) -> ToxEnvironment | None:
-    """The base test environment of the project's tox configuration, if it has one."""
+    """The base test environment of the project's tox configuration, if it has one, from
+    the first file tox would read."""
     for name in TOX_FILES:
-        if not (root / name).is_file():
+        path = root / name
+        if not path.is_file():
             continue
-        if name == "tox.ini":
-            return _ini_environment(root / name, name, "testenv", "tox.ini [testenv]")
-        if name == "setup.cfg":
-            parser = _read_ini((root / name).read_text(encoding="utf-8", errors="replace"))
-            if parser is not None and parser.has_section("tox:tox"):
-                return _ini_environment(root / name, name, "testenv", "setup.cfg [testenv]")
-            continue
-        table = _read_toml_or_empty(root / name) if name == "tox.toml" else pyproject
-        if name == "pyproject.toml":
-            table = table.get("tool", {}).get("tox", {})
-            if isinstance(table.get("legacy_tox_ini"), str):
-                parser = _read_ini(table["legacy_tox_ini"])
-                if parser is None:
-                    return None
-                return _parsed_environment(
-                    parser, name, "testenv", "pyproject.toml [tool.tox] legacy_tox_ini [testenv]"
-                )
-        if table:
-            where = "[tool.tox.env_run_base]" if name == "pyproject.toml" else "[env_run_base]"
-            base = table.get("env_run_base", {})
+        if name in ("tox.ini", "setup.cfg"):
+            parser = _read_ini(path.read_text(encoding="utf-8", errors="replace"))
+            if name == "setup.cfg" and (parser is None or not parser.has_section("tox:tox")):
+                continue
+            return None if parser is None else _parsed_environment(parser, name, name)
+        tox = tool_table(pyproject, "tox") if name == "pyproject.toml" else _read_toml(path)
+        if isinstance(tox.get("legacy_tox_ini"), str):
+            parser = _read_ini(tox["legacy_tox_ini"])
+            where = "pyproject.toml [tool.tox] legacy_tox_ini"
+            return None if parser is None else _parsed_environment(parser, name, where)
+        if tox:
+            base = tox.get("env_run_base", {})
             base = base if isinstance(base, dict) else {}
-            return ToxEnvironment(
-                name, f"{name} {where}", _strings(base.get("deps")), _strings(base.get("extras"))
-            )
+            where = "[tool.tox.env_run_base]" if name == "pyproject.toml" else "[env_run_base]"
+            deps, extras = _strings(base.get("deps")), _strings(base.get("extras"))
+            return ToxEnvironment(name, f"{name} {where}", deps, extras)
     return None
 
 
@@ -346,7 +346,8 @@ def _strings(value: Any) -> list[str]:
     return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
-def _read_toml_or_empty(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's tables; none when it is not valid (tox would say so, not this)."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
@@ -362,14 +363,11 @@ def _read_ini(text: str) -> configparser.ConfigParser | None:
     return parser
 
 
-def _ini_environment(path: Path, name: str, section: str, label: str) -> ToxEnvironment | None:
-    parser = _read_ini(path.read_text(encoding="utf-8", errors="replace"))
-    return None if parser is None else _parsed_environment(parser, name, section, label)
-
-
 def _parsed_environment(
-    parser: configparser.ConfigParser, name: str, section: str, label: str
+    parser: configparser.ConfigParser, name: str, where: str
 ) -> ToxEnvironment | None:
+    """The [testenv] section of a tox configuration in ini form, read from `where`."""
+    section = "testenv"
     if not parser.has_section(section):
         return None
 
@@ -379,7 +377,7 @@ def _parsed_environment(
         return [line for line in lines if line]
 
     extras = [extra for line in value("extras") for extra in re.split(r"[\s,]+", line) if extra]
-    return ToxEnvironment(name, label, value("deps"), extras)
+    return ToxEnvironment(name, f"{where} [{section}]", value("deps"), extras)
 
 
 def _substituted(parser: configparser.ConfigParser, text: str, depth: int) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ci_server.runner.config import CONFIG_FILE, ProjectConfig
-from ci_server.runner.dependencies import normalized, requirement_name
+from ci_server.runner.dependencies import normalized, requirement_name, tool_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +175,8 @@ def pytest_config(root: Path, pyproject: Mapping[str, Any]) -> PytestConfig | No
     for name in ("pytest.ini", ".pytest.ini"):
         if (root / name).is_file():
             return PytestConfig(name, _ini_section(root / name, "pytest") or {})
-    tool = pyproject.get("tool", {}).get("pytest")
-    if isinstance(tool, dict):
+    tool = tool_table(pyproject, "pytest")
+    if tool:
         options = tool.get("ini_options")
         if isinstance(options, dict):
             settings = {k.lower(): v for k, v in options.items()}

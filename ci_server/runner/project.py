@@ -218,6 +218,7 @@ def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, 
     if "project" not in pyproject and isinstance(poetry.get("extras"), dict):
         main = poetry.get("dependencies", {})
         for extra, members in poetry["extras"].items():
+            members = members if isinstance(members, list) else []
             wanted = {normalized(member) for member in members if isinstance(member, str)}
             table = {name: value for name, value in main.items() if normalized(name) in wanted}
             label = f"pyproject.toml [tool.poetry.extras] {extra}"

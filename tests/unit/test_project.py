@@ -803,3 +803,34 @@ def test_extras_tox_asks_of_a_project_that_is_not_packaged_are_said_not_installe
     result = plan_of(tmp_path, {"tox.ini": "[testenv]\nextras = test\ndeps = six\n"})
     assert argv(result.dependency_commands) == [pip("six")]
     assert "Not installed: the project's extras [test] (it is not packaged)" in result.notes
+
+
+@pytest.mark.parametrize(
+    "pyproject",
+    [
+        "tool = 3\n",
+        "[tool]\npoetry = 3\ntox = 3\npytest = 3\n",
+        '[tool.poetry]\nextras = {test = "six"}\ngroup = 3\ndev-dependencies = 3\n',
+        "[tool.poetry.dependencies]\nsix = 3\n[tool.poetry.group.dev]\ndependencies = 3\n",
+        '[tool.tox]\nlegacy_tox_ini = "[testenv\\n"\n',
+        "[tool.tox]\nenv_run_base = 3\n",
+    ],
+)
+def test_odd_tables_in_pyproject_are_no_crash(tmp_path: Path, pyproject: str) -> None:
+    """An upload is untrusted: tables of the wrong shape are read as absent, or said to be
+    left out, never a crash of the job."""
+    result = plan_of(tmp_path, {"pyproject.toml": pyproject, "requirements.txt": "pytest\n"})
+    assert argv(result.dependency_commands)[0] == pip("-r", "requirements.txt")
+
+
+def test_tox_configuration_is_read_from_the_file_tox_itself_reads(tmp_path: Path) -> None:
+    """tox.ini, then setup.cfg with [tox:tox], then pyproject.toml, then tox.toml."""
+    result = plan_of(
+        tmp_path,
+        {
+            "setup.cfg": "[tox:tox]\nenvlist = py3\n[testenv]\ndeps = six\n",
+            "pyproject.toml": '[tool.tox.env_run_base]\ndeps = ["attrs"]\n',
+            "tox.toml": '[env_run_base]\ndeps = ["iniconfig"]\n',
+        },
+    )
+    assert argv(result.dependency_commands) == [pip("six")]
