@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from poetry.core.factory import Factory
 
@@ -64,6 +64,9 @@ class Requirements:
     project: bool = False
     """Only the project's build backend knows them: the project is installed to get them
     (with `extras`), then removed."""
+    project_listed: Literal["", "regular", "editable"] = ""
+    """How a line installs the project itself (`-e .[test]`), if one does: pip takes the
+    project only once, in one form."""
 
     @property
     def empty(self) -> bool:
@@ -138,24 +141,49 @@ def with_included_files(root: Path, names: Sequence[str]) -> list[str]:
     return found
 
 
-def _listed_in_files(root: Path, files: Iterable[str]) -> frozenset[str]:
-    """The names of the projects the requirements files list (options and paths aside)."""
-    names: set[str] = set()
+_PROJECT_ITSELF = re.compile(r"^(-e\s*|--editable[=\s]\s*)?(?:\./?|file:\.)(?:\[[^\]]*\])?$")
+"""A requirements line installing the project itself: `.`, `-e .[test]`, `--editable=.`."""
+
+
+def _lines(root: Path, files: Iterable[str]) -> Iterator[str]:
+    """The requirement lines of the files, comments and blank lines aside."""
     for name in files:
         path = root / name
-        if not path.is_file():
-            continue
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
-            if line and not line.startswith("-") and local_folder(line) is None:
-                names.add(requirement_name(line))
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
+                if line:
+                    yield line
+
+
+def _listed_in_files(root: Path, files: Iterable[str]) -> frozenset[str]:
+    """The names of the projects the requirements files list (options and paths aside)."""
+    names = {
+        requirement_name(line)
+        for line in _lines(root, files)
+        if not line.startswith("-") and local_folder(line) is None
+    }
     return frozenset(names - {""})
+
+
+def _project_listed(root: Path, files: Iterable[str]) -> Literal["", "regular", "editable"]:
+    """How the requirements files install the project itself, if they do."""
+    found = [match for line in _lines(root, files) if (match := _PROJECT_ITSELF.match(line))]
+    if not found:
+        return ""
+    return "editable" if any(match.group(1) for match in found) else "regular"
 
 
 def requirements_file(root: Path, name: str) -> Requirements:
     """One requirements file, with the files it includes."""
     files = with_included_files(root, [name])
-    return Requirements(name, ("-r", name), tuple(files), _listed_in_files(root, files))
+    return Requirements(
+        name,
+        ("-r", name),
+        tuple(files),
+        _listed_in_files(root, files),
+        project_listed=_project_listed(root, files),
+    )
 
 
 def test_requirements_files(root: Path) -> tuple[list[str], list[str]]:

@@ -398,10 +398,15 @@ def _dependency_commands(
         wanted = ", ".join(f"[{extra}]" for extra in extras)
         notes.append(f"Not installed: the project's extras {wanted} (it is not packaged)")
         project = False
-    if project:
-        units.insert(0, (f".[{','.join(extras)}]" if extras else ".",))
+    # A requirements file may install the project itself (`-e .[test]`): then it stays
+    # installed, and any extras asked here are asked in the same form (pip refuses `.[x]`
+    # beside `-e .`).
+    listed = {r.project_listed for r in used} - {""}
+    if project and (extras or not listed):
+        itself = f".[{','.join(extras)}]" if extras else "."
+        units.insert(0, ("-e", itself) if "editable" in listed else (itself,))
     commands = [f"{PIP} {_quote_all([arg for unit in units for arg in unit])}"] if units else []
-    if project and metadata is not None and metadata.name:
+    if project and not listed and metadata is not None and metadata.name:
         commands.append(f"python -m pip uninstall --yes --quiet {shlex.quote(metadata.name)}")
     git = list(dict.fromkeys(requirement for r in used for requirement in r.needs_git))
     if git:

@@ -834,3 +834,43 @@ def test_tox_configuration_is_read_from_the_file_tox_itself_reads(tmp_path: Path
         },
     )
     assert argv(result.dependency_commands) == [pip("six")]
+
+
+SETUP_WITH_TEST_EXTRA = (
+    'from setuptools import setup\nsetup(name="calc", extras_require={"test": ["attrs"]})\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "install"),
+    [
+        (
+            {"setup.py": SETUP_WITH_TEST_EXTRA, "requirements.txt": "-e .\nsix\n"},
+            pip("-e", ".[test]", "-r", "requirements.txt"),
+        ),
+        (
+            {
+                "setup.py": 'from setuptools import setup\nsetup(name="calc")\n',
+                "requirements-test.txt": "--editable=.[test]\n",
+            },
+            pip("-r", "requirements-test.txt"),
+        ),
+        (
+            {
+                "setup.py": SETUP_WITH_TEST_EXTRA,
+                "requirements.txt": "-r base.txt\n",
+                "base.txt": ".  # the project\n",
+            },
+            pip(".[test]", "-r", "requirements.txt"),
+        ),
+    ],
+    ids=["editable, with a test extra", "editable", "regular, in an included file"],
+)
+def test_a_requirements_file_installing_the_project_itself_sets_how_it_is_installed(
+    tmp_path: Path, files: dict[str, str], install: list[str]
+) -> None:
+    """pip takes the project once, in one form (`.[test]` beside `-e .` is refused), and
+    the file means it to stay installed."""
+    commands = argv(plan_of(tmp_path, files).dependency_commands)
+    assert install in commands
+    assert not any(command[:4] == UNINSTALL[:4] for command in commands)
