@@ -140,7 +140,7 @@ MAX_SCANNED_BYTES = 1024**2
 """A bigger test module is not scanned (generated data, not tests)."""
 
 _MARKER = re.compile(r"mark\.([A-Za-z_]\w*)")
-_SIGNATURE = re.compile(r"def\s+\w+\s*\(([^)]*)\)")
+_SIGNATURE = re.compile(r"def\s+(\w+)\s*\(([^)]*)\)")
 _USEFIXTURES = re.compile(r"usefixtures\(([^)]*)\)")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _FIXTURES = frozenset(fixture for plugin in PLUGINS for fixture in plugin.fixtures)
@@ -232,12 +232,21 @@ def _test_files(root: Path, patterns: tuple[str, ...]) -> Iterator[tuple[Path, s
                 yield Path(folder, name), name if inside == "." else f"{inside}/{name}"
 
 
+def _declared_markers(config: PytestConfig | None) -> set[str]:
+    """The markers the project registers itself (`markers = slow: ...`): its own."""
+    value = config.settings.get("markers", []) if config is not None else []
+    lines = value.splitlines() if isinstance(value, str) else [str(item) for item in value]
+    return {match.group(0) for line in lines if (match := _NAME.match(line.strip()))}
+
+
 def _used_in_tests(root: Path, config: PytestConfig | None) -> dict[str, str]:
-    """`marker:<name>` and `fixture:<name>` the tests use, each with the first file."""
+    """`marker:<name>` and `fixture:<name>` the tests use, each with the first file, but
+    the markers the project registers and the fixtures it defines: those are its own."""
     patterns = DEFAULT_PYTHON_FILES
     if config is not None and config.settings.get("python_files"):
         patterns = tuple(_words(config.settings["python_files"]))
     used: dict[str, str] = {}
+    own = {f"marker:{marker}" for marker in _declared_markers(config)}
     for path, where in _test_files(root, patterns):
         try:
             status = path.lstat()
@@ -252,13 +261,15 @@ def _used_in_tests(root: Path, config: PytestConfig | None) -> dict[str, str]:
         # The names in functions' parentheses: their parameters (and, rarely, a default's or
         # an annotation's words). One pass of a regular expression with a literal start:
         # 5,000 modules of 60 tests each take about half a second, in the job's thread.
-        requested = set(_NAME.findall(" ".join(_SIGNATURE.findall(text))))
+        functions = _SIGNATURE.findall(text)
+        own.update(f"fixture:{name}" for name, _ in functions if name in _FIXTURES)
+        requested = set(_NAME.findall(" ".join(parameters for _, parameters in functions)))
         if "usefixtures" in text:
             for names in _USEFIXTURES.findall(text):
                 requested.update(re.findall(r"[\"'](\w+)[\"']", names))
         for name in sorted(requested & _FIXTURES):
             used.setdefault(f"fixture:{name}", where)
-    return used
+    return {use: where for use, where in used.items() if use not in own}
 
 
 def _reason(

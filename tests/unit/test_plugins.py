@@ -183,6 +183,18 @@ def test_options_given_in_ci_toml_count_too(tmp_path: Path) -> None:
             "pyproject.toml": '[tool.pytest.ini_options]\naddopts = "--cov"',
         },
         {"setup.cfg": "[flake8]\ntimeout = 3\n"},
+        {
+            "pytest.ini": "[pytest]\nmarkers =\n    dependency: tests that need the network\n",
+            "test_a.py": "import pytest\n@pytest.mark.dependency\ndef test_a(): pass\n",
+        },
+        {
+            "pyproject.toml": '[tool.pytest.ini_options]\nmarkers = ["timeout(s): ours"]\n',
+            "test_a.py": "import pytest\n@pytest.mark.timeout(3)\ndef test_a(): pass\n",
+        },
+        {
+            "tests/conftest.py": "import pytest\n@pytest.fixture\ndef benchmark():\n    return 1\n",
+            "tests/test_a.py": TEST_USING.format(fixture="benchmark"),
+        },
     ],
     ids=[
         "unknown and builtin options",
@@ -193,6 +205,9 @@ def test_options_given_in_ci_toml_count_too(tmp_path: Path) -> None:
         "a build folder",
         "pytest reads pytest.ini first",
         "another tool's section",
+        "a marker the project registers",
+        "a marker registered in a TOML list",
+        "a fixture the project defines",
     ],
 )
 def test_what_the_table_does_not_know_stays_the_users(
