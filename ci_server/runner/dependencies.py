@@ -75,6 +75,8 @@ class Requirements:
 
 @dataclass(slots=True)
 class _Collected:
+    """What a reader gathers, line by line, for a `Requirements`."""
+
     args: list[str] = field(default_factory=list)
     needs_git: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -186,7 +188,7 @@ def requirements_file(root: Path, name: str) -> Requirements:
     )
 
 
-def test_requirements_files(root: Path) -> tuple[list[str], list[str]]:
+def requirements_files_for_tests(root: Path) -> tuple[list[str], list[str]]:
     """(used, seen and not used): the requirements files that name test dependencies.
 
     Every one in the root is used; in the requirements/ folder, the test ones (`test.txt`,

@@ -340,7 +340,7 @@ class _Choice:
 def _tiers(root: Path, packaging: _Packaging, metadata: _Metadata | None) -> _Choice:
     """The test dependencies from the first place that names any, in order of trust:
     the packaging metadata, requirements files for tests, tox's base environment."""
-    files, seen_files = dependencies.test_requirements_files(root)
+    files, seen_files = dependencies.requirements_files_for_tests(root)
     from_files = [(name, dependencies.requirements_file(root, name)) for name in files]
     tox: list[tuple[str, Requirements]] = []
     environment = dependencies.tox_environment(root, packaging.pyproject)
