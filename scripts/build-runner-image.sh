@@ -71,8 +71,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM # bash skips the EXIT trap when killed by an untrapped signal
 
+# Python, and a toolchain for projects whose build compiles extensions: gcc/g++, make,
+# the C library's and Python's headers, pkg-config (about 200 MiB more; see README).
+# Debian packages a project needs beyond these come from its ci.toml `system_packages`,
+# installed with apt from this same mirror (debootstrap writes it in sources.list).
+PACKAGES=python3,python3-pip,python3-venv,python3-dev,gcc,g++,make,libc6-dev,pkg-config
 log "debootstrap bookworm from $mirror into $ROOTFS"
-debootstrap --variant=minbase --include=python3,python3-pip,python3-venv \
+debootstrap --variant=minbase --include="$PACKAGES" \
   bookworm "$ROOTFS" "$mirror" >"$WORK/debootstrap.log" 2>&1 || {
   tail -n 30 "$WORK/debootstrap.log" >&2
   exit 1
@@ -127,6 +132,8 @@ log "verifying"
 docker run --rm "$TMP_TAG" python -m pytest --version
 docker run --rm "$TMP_TAG" pip --version
 docker run --rm "$TMP_TAG" pip download -q --no-deps -d /tmp six
+docker run --rm "$TMP_TAG" sh -c 'printf "#include <Python.h>\nint main(void) { return 0; }\n" \
+  | gcc -x c - -o /tmp/a.out $(python3-config --includes) && /tmp/a.out && make --version >/dev/null'
 
 old_id=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 docker tag "$TMP_TAG" "$IMAGE"
