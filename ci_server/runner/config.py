@@ -1,16 +1,20 @@
 """`ci.toml`: what a project may say about how it is tested. Optional; every key is optional.
 
     image = "ci-runner:bookworm"       # one of the server's allowed runner images
-    install = ["apt-get --version"]    # shell commands run after the dependencies install
+    system_packages = ["libpq-dev"]    # Debian packages, installed with apt before anything else
+    install = ["make -C native"]       # shell commands run after the dependencies install
     pytest_args = ["-x", "tests/unit"] # before any given on the command line
     [env]                              # environment variables for the install and the tests
     DJANGO_SETTINGS_MODULE = "site.settings"
 
-Unknown keys and wrong types are refused with a message naming them.
+Unknown keys and wrong types are refused with a message naming them, and so is anything
+in `system_packages` that is not a Debian package name: those names reach apt's command line
+in a build with root's privileges.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +24,10 @@ from typing import Any
 from ci_server.models import CIError
 
 CONFIG_FILE = "ci.toml"
-KNOWN_KEYS = ("image", "install", "pytest_args", "env")
+KNOWN_KEYS = ("image", "system_packages", "install", "pytest_args", "env")
+DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+"""Debian policy 5.6.1: lowercase letters, digits, `+`, `-` and `.`, at least two
+characters, starting with a letter or a digit."""
 
 
 class ConfigError(CIError):
@@ -30,6 +37,7 @@ class ConfigError(CIError):
 @dataclass(frozen=True, slots=True)
 class ProjectConfig:
     image: str | None = None
+    system_packages: tuple[str, ...] = ()
     install: tuple[str, ...] = ()
     pytest_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
@@ -40,6 +48,18 @@ def _string_list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{CONFIG_FILE}: `{key}` must be a list of strings")
     return tuple(value)
+
+
+def _system_packages(data: Mapping[str, Any]) -> tuple[str, ...]:
+    packages = _string_list(data, "system_packages")
+    for package in packages:
+        if not DEBIAN_PACKAGE_NAME.fullmatch(package):
+            raise ConfigError(
+                f"{CONFIG_FILE}: `system_packages`: {package!r} is not a Debian package name "
+                "(lowercase letters, digits, '+', '-' and '.', at least two characters, "
+                "starting with a letter or a digit)"
+            )
+    return tuple(sorted(set(packages)))
 
 
 def load_config(root: Path) -> ProjectConfig:
@@ -66,6 +86,7 @@ def load_config(root: Path) -> ProjectConfig:
         raise ConfigError(f"{CONFIG_FILE}: `[env]` must map names to string values")
     return ProjectConfig(
         image=image,
+        system_packages=_system_packages(data),
         install=_string_list(data, "install"),
         pytest_args=_string_list(data, "pytest_args"),
         env=dict(env),

@@ -1,0 +1,50 @@
+"""ci.toml: what a project may say about how it is tested, and what it may not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ci_server.runner.config import ConfigError, ProjectConfig, load_config
+
+
+def config_of(tmp_path: Path, text: str) -> ProjectConfig:
+    (tmp_path / "ci.toml").write_text(text)
+    return load_config(tmp_path)
+
+
+def test_system_packages_are_kept_sorted_once_each(tmp_path: Path) -> None:
+    """In any order, with repeats: the same packages make the same image."""
+    config = config_of(tmp_path, 'system_packages = ["libyaml-dev", "g++", "libpq-dev", "g++"]')
+    assert config.system_packages == ("g++", "libpq-dev", "libyaml-dev")
+
+
+def test_without_system_packages_there_are_none(tmp_path: Path) -> None:
+    assert config_of(tmp_path, 'pytest_args = ["-x"]').system_packages == ()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "libyaml-dev; touch /pwned",  # a second command
+        "$(touch /pwned)",
+        "-oAPT::Update::Pre-Invoke::=touch",  # an option of apt, not a package
+        "LibYAML-dev",  # Debian names are lowercase
+        "x",  # at least two characters
+        "libyaml-dev=0.2.5-1",  # names only, no versions
+        "libyaml-dev libpq-dev",
+        "",
+    ],
+)
+def test_a_system_package_that_is_no_debian_package_name_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(ConfigError, match="is not a Debian package name") as raised:
+        config_of(tmp_path, f"system_packages = [{name!r}]")
+    assert repr(name) in str(raised.value)
+
+
+def test_system_packages_must_be_a_list_of_strings(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="`system_packages` must be a list of strings"):
+        config_of(tmp_path, 'system_packages = "libpq-dev"')
