@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import inspect
 import shlex
 import tomllib
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ci_server.models import CIError
-from ci_server.runner import dependencies
+from ci_server.runner import backend_requires, dependencies
 from ci_server.runner.config import CONFIG_FILE, ProjectConfig
 from ci_server.runner.dependencies import TEST_NAMES, Requirements, normalized, requirement_name
 from ci_server.runner.plugins import needed_plugins
@@ -32,6 +33,8 @@ from ci_server.runner.plugins import needed_plugins
 REQUIREMENTS = "requirements.txt"
 DEFAULT_BUILD_REQUIRES = ("setuptools>=64", "wheel")
 PIP = "python -m pip install --progress-bar off"
+EDITABLE_INSTALL = f"{PIP} --quiet --no-deps --no-build-isolation -e ."
+REGULAR_INSTALL = f"{PIP} --quiet --no-deps --no-build-isolation ."
 
 
 class ProjectError(CIError):
@@ -45,14 +48,19 @@ class InstallPlan:
     dependency_commands: tuple[str, ...]
     """Depend only on `key_files` (and ci.toml): reusable from one run to the next."""
     project_commands: tuple[str, ...]
-    """Install the project's own code: in its environment when it can be (scripts.py),
-    else on every run."""
+    """Install the project's own code, after `build_commands`: in its environment when it
+    can be (scripts.py), else on every run."""
     key_files: tuple[str, ...]
     """Relative paths whose content keys the environment: files, and folders of local
     packages the requirements install (every file in them counts)."""
     notes: tuple[str, ...] = ()
     """Said in the job's log, one line each: the files used, those seen and not used,
     what could not be installed, the pytest plugins added."""
+    build_commands: tuple[str, ...] = ()
+    """What installing the project needs first: its build backend (`[build-system]
+    requires`) and what the backend asks for besides (hatchling's `editables`). They stay
+    in the environment: the project's install runs without build isolation, so that a job
+    that installs it on every run needs no network for it."""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -164,9 +172,19 @@ def _packaging(root: Path) -> _Packaging:
 
 
 def _project_install() -> str:
-    editable = f"{PIP} --quiet --no-deps --no-build-isolation -e ."
-    regular = f"{PIP} --quiet --no-deps --no-build-isolation ."
-    return f"{editable} || {regular}"
+    return f"{EDITABLE_INSTALL} || {REGULAR_INSTALL}"
+
+
+def _build_commands(packaging: _Packaging) -> tuple[str, ...]:
+    """Install the project's build backend, then ask it what else it needs to build the
+    project (backend_requires.py) and install that too."""
+    requires = packaging.pyproject.get("build-system", {}).get("requires", DEFAULT_BUILD_REQUIRES)
+    ask = f"python -I -c {shlex.quote(inspect.getsource(backend_requires))}"
+    return (
+        *([f"{PIP} --quiet {_quote_all(requires)}"] if requires else []),
+        f'asked=$(mktemp) && {ask} > "$asked" '
+        f'&& {{ [ ! -s "$asked" ] || {PIP} --quiet -r "$asked"; }} && rm -f "$asked"',
+    )
 
 
 def _setup_cfg(path: Path) -> configparser.ConfigParser:
@@ -466,15 +484,7 @@ def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
         )
     used = [*choice.own, *(r for _, r in choice.tests)]
     from_metadata = metadata is not None and choice.own == [metadata.dependencies]
-    commands: list[str] = []
-    if from_metadata and packaging.built:
-        # The build backend stays in the environment: the project's install needs it.
-        build_requires = packaging.pyproject.get("build-system", {}).get(
-            "requires", DEFAULT_BUILD_REQUIRES
-        )
-        commands.append(f"{PIP} {_quote_all(list(build_requires))}")
-    installs, notes = _dependency_commands(used, packaging, metadata)
-    commands += installs
+    commands, notes = _dependency_commands(used, packaging, metadata)
     notes = _used_notes(choice, packaging) + notes
     notes += [f"Not installed: {skipped}" for r in used for skipped in r.skipped]
     listed = frozenset().union(*(r.names for r in used))
@@ -500,4 +510,5 @@ def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
         project_commands,
         tuple(dict.fromkeys(key_files)),
         tuple(notes),
+        _build_commands(packaging) if packaging.built else (),
     )

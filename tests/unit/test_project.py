@@ -7,13 +7,17 @@ their order of trust, and what the job's log says of each.
 
 from __future__ import annotations
 
+import inspect
 import shlex
+import subprocess
+import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from ci_server.runner import backend_requires
 from ci_server.runner.config import ProjectConfig
 from ci_server.runner.environments import environment_key
 from ci_server.runner.project import PIP, InstallPlan, ProjectError, plan_install
@@ -73,9 +77,9 @@ def test_a_static_test_extra_is_installed_without_building_the_project(tmp_path:
 
     assert result.description == "pyproject.toml, extra [test]"
     assert argv(result.dependency_commands) == [
-        pip("flit_scm"),
         pip("typing-extensions >= 4.6.0; python_version < '3.13'", "pytest >= 6"),
     ]
+    assert argv(result.build_commands)[0] == pip("--quiet", "flit_scm")
     assert result.key_files == ("pyproject.toml",)
 
 
@@ -101,7 +105,6 @@ def test_an_extra_naming_the_project_itself_is_resolved_by_installing_the_projec
 
     assert result.description == "pyproject.toml, extra [tests]"
     assert argv(result.dependency_commands) == [
-        pip("hatchling", "hatch-vcs"),
         pip(".[tests]"),
         [*UNINSTALL, "attrs"],
     ]
@@ -122,7 +125,7 @@ def test_another_project_of_a_similar_name_is_no_self_reference(tmp_path: Path) 
         """,
     )
 
-    assert argv(result.dependency_commands)[1:] == [pip("attrs-strict", "pytest")]
+    assert argv(result.dependency_commands) == [pip("attrs-strict", "pytest")]
 
 
 def test_an_extra_in_setup_cfg_is_named_with_its_file(tmp_path: Path) -> None:
@@ -148,7 +151,6 @@ def test_an_extra_in_setup_cfg_is_named_with_its_file(tmp_path: Path) -> None:
 
     assert result.description == "setup.cfg, extra [testing]"
     assert argv(result.dependency_commands) == [
-        pip("setuptools>=45.0", "setuptools-scm[toml]>=6.2.3"),
         pip(".[testing]"),
         [*UNINSTALL, "pluggy"],
     ]
@@ -174,7 +176,6 @@ def test_a_dependency_group_is_installed_as_listed(tmp_path: Path) -> None:
 
     assert result.description == "pyproject.toml, dependency group 'dev'"
     assert argv(result.dependency_commands) == [
-        pip("setuptools>=77", "setuptools-scm>=8"),
         pip("pytest>=8.4.2", "pytest-xdist>=3.8"),
     ]
 
@@ -185,7 +186,6 @@ def test_a_plain_setup_py_is_installed_for_its_dependencies(tmp_path: Path) -> N
 
     assert result.description == "setup.py, no test extra or group"
     assert argv(result.dependency_commands) == [
-        pip("setuptools>=64", "wheel"),
         pip("."),
         [*UNINSTALL, "six"],
     ]
@@ -322,7 +322,7 @@ def test_local_packages_the_requirements_install_key_the_environment(tmp_path: P
     assert result.key_files == ("requirements.txt", "libs/foo", "libs/bar", "tools/qux")
 
     def key() -> str:
-        return environment_key("sha256:base", result, tmp_path, {})
+        return environment_key("sha256:base", "script", tmp_path, result.key_files, {})
 
     before = key()
     assert key() == before
@@ -394,9 +394,9 @@ def test_a_poetry_1_project_installs_its_dependencies_and_dev_group_without_a_bu
     )
     assert result.description == "pyproject.toml, poetry group 'dev'"
     assert argv(result.dependency_commands) == [
-        pip("poetry-core>=1.0.0"),
         pip("attrs (>=23.1,<24.0)", "iniconfig (>=2.0,<3.0)"),
     ]
+    assert argv(result.build_commands)[0] == pip("--quiet", "poetry-core>=1.0.0")
     assert result.notes == (
         "Dependencies from pyproject.toml [tool.poetry.dependencies]",
         "Test dependencies from pyproject.toml [tool.poetry.group.dev.dependencies]",
@@ -441,7 +441,7 @@ def test_a_poetry_2_project_reads_its_own_from_project_and_its_tests_from_a_grou
             six = "~1.16"
         """,
     )
-    assert argv(result.dependency_commands)[1:] == [pip("attrs>=23", "six (>=1.16,<1.17)")]
+    assert argv(result.dependency_commands) == [pip("attrs>=23", "six (>=1.16,<1.17)")]
     assert result.notes[0] == "Dependencies from pyproject.toml [project]"
 
 
@@ -526,7 +526,6 @@ def test_test_requirements_without_requirements_txt_come_with_the_projects_own(
     )
     assert result.description == "setup.py, dev-requirements.txt + requirements-test.txt"
     assert argv(result.dependency_commands) == [
-        pip("setuptools>=64", "wheel"),
         pip(".", "-r", "dev-requirements.txt", "-r", "requirements-test.txt"),
         [*UNINSTALL, "calc"],
     ]
@@ -662,7 +661,7 @@ def test_tox_extras_and_the_project_in_its_deps_are_the_projects_extras(tmp_path
         },
     )
     assert result.description == "setup.py, tox.ini [testenv] deps"
-    assert argv(result.dependency_commands)[1:] == [
+    assert argv(result.dependency_commands) == [
         pip(".[speed,fast]", "six"),
         [*UNINSTALL, "calc"],
     ]
@@ -767,16 +766,16 @@ def test_files_read_for_test_dependencies_key_the_environment(tmp_path: Path) ->
         tmp_path,
         {"requirements/test.txt": "-r base.txt\n", "requirements/base.txt": "six\n"},
     )
-    before = environment_key("sha256:base", result, tmp_path, {})
+    before = environment_key("sha256:base", "script", tmp_path, result.key_files, {})
     (tmp_path / "requirements" / "base.txt").write_text("six==1.16.0\n")
-    assert environment_key("sha256:base", result, tmp_path, {}) != before
+    assert environment_key("sha256:base", "script", tmp_path, result.key_files, {}) != before
 
     tox = tmp_path / "tox"
     tox.mkdir()
     result = plan_of(tox, {"tox.ini": "[testenv]\ndeps = -rreq.txt\n", "req.txt": "six\n"})
-    before = environment_key("sha256:base", result, tox, {})
+    before = environment_key("sha256:base", "script", tox, result.key_files, {})
     (tox / "req.txt").write_text("six==1.16.0\n")
-    assert environment_key("sha256:base", result, tox, {}) != before
+    assert environment_key("sha256:base", "script", tox, result.key_files, {}) != before
 
 
 def test_the_first_test_extra_that_names_anything_is_chosen(tmp_path: Path) -> None:
@@ -874,3 +873,90 @@ def test_a_requirements_file_installing_the_project_itself_sets_how_it_is_instal
     commands = argv(plan_of(tmp_path, files).dependency_commands)
     assert install in commands
     assert not any(command[:4] == UNINSTALL[:4] for command in commands)
+
+
+# -- the project's own install ----------------------------------------------------------------
+
+
+def test_a_project_with_requirements_and_a_build_installs_its_backend_first(
+    tmp_path: Path,
+) -> None:
+    """Without build isolation, `pip install -e .` needs the backend installed: a
+    requirements.txt rarely lists it."""
+    result = plan(
+        tmp_path,
+        requirements_txt="pytest\n",
+        pyproject_toml="""
+            [build-system]
+            requires = ["hatchling"]
+            build-backend = "hatchling.build"
+        """,
+    )
+    assert argv(result.build_commands)[0] == pip("--quiet", "hatchling")
+    assert "-e ." in result.project_commands[0]
+
+
+def test_a_project_without_a_build_has_no_build_commands(tmp_path: Path) -> None:
+    assert plan(tmp_path, requirements_txt="pytest\n").build_commands == ()
+
+
+def ask_backend(project: Path) -> subprocess.CompletedProcess[str]:
+    """Run backend_requires.py as the container does, in `project`, with this Python."""
+    source = inspect.getsource(backend_requires)
+    return subprocess.run(
+        [sys.executable, "-I", "-c", source],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+IN_TREE_BACKEND = """
+    [build-system]
+    requires = []
+    build-backend = "backend"
+    backend-path = ["."]
+"""
+
+
+def test_the_backend_is_asked_what_it_needs_for_an_editable_build_and_a_wheel(
+    tmp_path: Path,
+) -> None:
+    """As hatchling names `editables` only when asked; its chatter is not the answer."""
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent(IN_TREE_BACKEND))
+    (tmp_path / "backend.py").write_text(
+        textwrap.dedent("""
+            def get_requires_for_build_editable(config_settings=None):
+                print("running egg_info")
+                return ["editables~=0.3", "wheel"]
+
+            def get_requires_for_build_wheel(config_settings=None):
+                print("running bdist_wheel")
+                return ["wheel"]
+        """)
+    )
+    result = ask_backend(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["editables~=0.3", "wheel"]
+
+
+def test_a_backend_without_those_hooks_needs_nothing_more(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent(IN_TREE_BACKEND))
+    (tmp_path / "backend.py").write_text("def build_wheel(wheel_directory):\n    pass\n")
+    result = ask_backend(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_a_backend_that_fails_says_why(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent(IN_TREE_BACKEND))
+    (tmp_path / "backend.py").write_text(
+        "def get_requires_for_build_editable(config_settings=None):\n"
+        "    raise RuntimeError('no compiler for this')\n"
+    )
+    result = ask_backend(tmp_path)
+    assert result.returncode == 1
+    assert "no compiler for this" in result.stderr
+    assert result.stdout == ""
