@@ -33,8 +33,9 @@ from ci_server.models import (
     new_job_id,
 )
 from ci_server.runner.config import ConfigError, load_config
-from ci_server.runner.environments import EnvironmentCache, environment_key
+from ci_server.runner.environments import EnvironmentCache
 from ci_server.runner.executor import Executor, ExecutorError, RunSpec
+from ci_server.runner.layers import Layers
 from ci_server.runner.output import LineSplitter, LogBudget
 from ci_server.runner.project import ProjectError, plan_install
 from ci_server.runner.reports import OutputTail, ReportReader, ReportRefused, with_pytest_counts
@@ -71,7 +72,8 @@ class Scheduler:
         self.settings = settings
         self.uploads_dir = settings.resolved_data_dir / "uploads"
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
-        self.environments = EnvironmentCache(executor, keep=settings.env_cache_size)
+        environments = EnvironmentCache(executor, keep=settings.env_cache_size)
+        self.layers = Layers(executor, environments, reuse=settings.env_cache)
         self.reports = ReportReader(settings.report_limits)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: dict[str, str | None] = {}  # waiting jobs' owners, in FIFO order
@@ -301,32 +303,13 @@ class Scheduler:
         for note in plan.notes:
             log.system(note)
         installs = ["dependencies", "the project"] if plan.project_commands else ["dependencies"]
-        if self.settings.env_cache and plan.dependency_commands:
-            key = await asyncio.to_thread(
-                environment_key, await self.executor.image_id(image), plan, project, config.env
-            )
-            environment = await self.environments.ensure(
-                key,
-                spec,
-                plan,
-                log.feed,
-                rebuild=job.no_cache,
-                on_wait=lambda: log.system("Waiting for another job building this environment"),
-            )
-            if environment.exit_code != 0:
-                return Outcome(
-                    JobStatus.FAILED, environment.exit_code, "installing dependencies failed"
-                )
-            if environment.built:
-                log.system(
-                    f"Environment {key[:12]} built in {environment.build_seconds:.1f}s "
-                    "and kept for the next runs"
-                )
-            else:
-                log.system(f"Environment {key[:12]} reused: dependencies already installed")
+        prepared = await self.layers.prepare(spec, plan, config, log, rebuild=job.no_cache)
+        if prepared.failure is not None:
+            return Outcome(JobStatus.FAILED, prepared.exit_code, prepared.failure)
+        spec = replace(spec, image=prepared.image)
+        if prepared.installed:
             spec = replace(
                 spec,
-                image=environment.image,
                 script=job_script(plan, pytest_args, with_dependencies=False),
                 network=self.settings.test_network,
             )

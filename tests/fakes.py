@@ -87,6 +87,8 @@ class FakeExecutor:
     specs: list[RunSpec] = field(default_factory=list)
     builds: list[FakeBuild] = field(default_factory=list)
     images: dict[str, ImageInfo] = field(default_factory=dict)
+    built_files: set[str] = field(default_factory=set)
+    """Files every image it builds has, as `image_has_file` says."""
     files_seen: dict[str, dict[str, bytes]] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
     max_running: int = 0
@@ -143,3 +145,6 @@ class FakeExecutor:
 
     async def remove_image(self, tag: str) -> None:
         self.images.pop(tag, None)
+
+    async def image_has_file(self, image: str, path: str) -> bool:
+        return image in self.images and path in self.built_files

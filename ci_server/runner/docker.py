@@ -203,8 +203,10 @@ class DockerExecutor:
                 pids_limit=profile.limits.pids,
                 user=profile.user or "",
                 network_mode=None if profile.network else "none",
-                # The box: no capabilities, no privilege gain through setuid binaries.
+                # The box: no capabilities (but those a build of system packages is
+                # given back for apt), no privilege gain through setuid binaries.
                 cap_drop=["ALL"],
+                cap_add=list(profile.capabilities) or None,
                 security_opt=["no-new-privileges"],
                 # stdin: open, and closed when the one writer is done (the SDK ties
                 # StdinOnce to attached mode; the container still runs in the background).
@@ -447,6 +449,30 @@ class DockerExecutor:
     async def remove_image(self, tag: str) -> None:
         await self._pool.drop(lambda profile, box: tag in (profile.image, box.image_id))
         await self._call(self._remove_image, tag)
+
+    def _image_has_file(self, image: str, path: str) -> bool:
+        client = self._connect()
+        try:
+            container = client.containers.create(
+                image, command=["true"], labels={INSTANCE_LABEL: self.instance}
+            )
+        except docker.errors.ImageNotFound as e:
+            raise _image_missing(image) from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            self._client = None
+            raise ExecutorError(f"Docker could not create a container: {e}") from e
+        try:
+            chunks, _ = container.get_archive(path)
+            for _chunk in chunks:  # read to its end: the connection goes back to the pool
+                pass
+        except docker.errors.NotFound:
+            return False
+        finally:
+            self._remove(_Box(container))
+        return True
+
+    async def image_has_file(self, image: str, path: str) -> bool:
+        return await self._call(self._image_has_file, image, path)
 
     async def aclose(self) -> None:
         """Remove the warm containers, wait for pending removals, then release the threads

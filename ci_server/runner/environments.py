@@ -1,13 +1,14 @@
 """Dependency environments, built once and reused: derived images of the runner image.
 
-An environment's key is a hash of what decides it: the runner image's content id (so the
-Python version too), the whole build script (so a change to how environments are built
-makes new ones), the content of the files they read (requirements*.txt and the files and
-local package folders those name, pyproject.toml, setup.py, setup.cfg, the tox.ini test
-dependencies came from, ci.toml) and the
-project's environment variables. A job whose key has an image skips the install and starts pytest at
-once. Two jobs needing the same new environment build it once (the second waits on the
-first); a failed build leaves no image; past `keep` images the least recently used go.
+An environment's key is a hash of what decides it: the content id of the image it is built
+on (so the Python version too), the whole build script (so a change to how environments are
+built makes new ones), the content of the files they read (requirements*.txt and the files
+and local package folders those name, pyproject.toml, setup.py, setup.cfg, the tox.ini test
+dependencies came from, ci.toml) and the project's environment variables. A job whose key
+has an image skips the install and starts pytest at once. Two jobs needing the same new
+environment build it once (the second waits on the first); a failed build leaves no image;
+past `keep` images the least recently used go. The images of system packages and of a
+project's builds (layers.py) are kept the same way.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ci_server.runner.executor import ENVIRONMENT_LABEL, Executor, OutputSink, RunSpec
-from ci_server.runner.project import InstallPlan
-from ci_server.runner.scripts import environment_script
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +30,18 @@ IMAGE_REPOSITORY = "ci-env"
 
 
 def environment_key(
-    base_image_id: str, plan: InstallPlan, project: Path, env: Mapping[str, str]
+    base_image_id: str,
+    script: str,
+    project: Path,
+    key_files: Sequence[str],
+    env: Mapping[str, str],
 ) -> str:
+    """The key of the image `script` builds on `base_image_id`, reading `key_files` (paths
+    relative to `project`; a folder counts with every file in it, `.` is the whole project)
+    with `env` set."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps([base_image_id, environment_script(plan), sorted(env.items())]).encode()
-    )
-    for name in sorted(plan.key_files):
+    digest.update(json.dumps([base_image_id, script, sorted(env.items())]).encode())
+    for name in sorted(key_files):
         path = project / name
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
@@ -80,14 +84,13 @@ class EnvironmentCache:
     async def ensure(
         self,
         key: str,
-        spec: RunSpec,
-        plan: InstallPlan,
+        build: RunSpec,
         on_output: OutputSink,
         *,
         rebuild: bool = False,
         on_wait: Callable[[], None] | None = None,
     ) -> Environment:
-        """The environment for `key`, built from `spec` (base image, source) if need be."""
+        """The environment for `key`, built by running `build` if need be."""
         tag = image_tag(key)
         lock = self._locks.setdefault(key, asyncio.Lock())
         if lock.locked() and on_wait is not None:
@@ -99,7 +102,6 @@ class EnvironmentCache:
                 return Environment(tag, built=False)
             replaced = await self.executor.image_id(tag) if tag in images else None
             started = time.monotonic()
-            build = replace(spec, script=environment_script(plan), output_dir=None, user="0:0")
             status = await self.executor.build_image(
                 build, tag, {ENVIRONMENT_LABEL: key}, on_output
             )

@@ -43,6 +43,9 @@ class RunSpec:
     """uid:gid to run as; None: the image's default user."""
     network: bool = True
     """False: the container has no network at all (only loopback)."""
+    capabilities: tuple[str, ...] = ()
+    """Linux capabilities given back after all are dropped (`CHOWN`, ...): only the build
+    that installs system packages has any, for apt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +85,8 @@ class Executor(Protocol):
         ...
 
     async def remove_image(self, tag: str) -> None: ...
+
+    async def image_has_file(self, image: str, path: str) -> bool:
+        """Whether the image has a file at `path` (nothing runs: the container is only
+        created); ExecutorError when the engine does not have the image."""
+        ...

@@ -41,11 +41,12 @@ class Profile:
     limits: ContainerLimits
     user: str | None
     network: bool
+    capabilities: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, spec: RunSpec) -> Profile:
         env = tuple(sorted(spec.env.items()))
-        return cls(spec.image, env, spec.limits, spec.user, spec.network)
+        return cls(spec.image, env, spec.limits, spec.user, spec.network, spec.capabilities)
 
 
 class WarmPool(Generic[T]):
