@@ -240,26 +240,6 @@ def test_a_packaged_project_is_installed_with_its_environment_and_runs_its_new_c
     assert INSTALLED in fixed.stdout and "3 passed" in fixed.stdout, describe(fixed)
 
 
-def test_a_project_whose_build_compiles_extensions_is_installed_on_every_run(
-    server: ServerProcess, tmp_path: Path, environment_keys: set[str]
-) -> None:
-    project = new_project(tmp_path, "compiled", fixture="packaged")
-    setup_py = project / "setup.py"
-    compiled = '("src", "calcpkg", "_speedups.so").write_bytes(b"")\nsetup()'
-    setup_py.write_text(
-        setup_py.read_text().replace("setup()", f"Path(__file__).parent.joinpath{compiled}")
-    )
-    for how in ("built", "reused"):
-        _, said, result = submit(project, server, environment_keys)
-        assert said == how, describe(result)
-        assert INSTALLING in result.stdout and INSTALLED not in result.stdout, describe(result)
-        assert "2 passed" in result.stdout, describe(result)
-        if how == "built":
-            assert "It has compiled extensions: it will be installed on every run" in (
-                result.stdout
-            ), describe(result)
-
-
 def test_a_pyproject_with_only_tool_settings_is_not_installed(
     server: ServerProcess, tmp_path: Path, environment_keys: set[str]
 ) -> None:
