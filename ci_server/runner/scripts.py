@@ -21,7 +21,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from ci_server.runner.project import EDITABLE_INSTALL, PIP, REGULAR_INSTALL, InstallPlan
+from ci_server.runner.project import EDITABLE_INSTALL, PIP, InstallPlan
 
 ENSURE_PYTEST = f"{{ python -m pytest --version >/dev/null 2>&1 || {PIP} pytest; }}"
 INSTALL_FAILED_EXIT = 100
@@ -97,7 +97,8 @@ def environment_script(plan: InstallPlan) -> str:
                 f"Installing dependencies ({plan.description})",
                 [*plan.dependency_commands, ENSURE_PYTEST],
             ),
-            *(_keep_project_installed(plan) if plan.project_commands else []),
+            *_install_step("Installing the project's build requirements", plan.build_commands),
+            *(_keep_project_installed() if plan.project_commands else []),
             f"cd / && rm -rf {PROJECT_DIR}",
         ]
     )
@@ -118,13 +119,12 @@ def _keep_generated(indent: str) -> list[str]:
     return [indent + line for line in lines]
 
 
-def _keep_project_installed(plan: InstallPlan) -> list[str]:
+def _keep_project_installed() -> list[str]:
     generated, installed = f"{INSTALLED_PROJECT}/generated", f"{INSTALLED_PROJECT}/installed"
     by_source = "it is built from each new source, and each build is kept"
-    prepare = " && ".join(plan.build_commands) or "true"
     return [
         f"echo {shlex.quote('==> Installing the project in editable mode')}",
-        f"if {{ {prepare}; }} && {EDITABLE_INSTALL}; then",
+        f"if {EDITABLE_INSTALL}; then",
         *_keep_generated("  "),
         f"  if [ -n \"$(find {generated} -name '*.so' -o -name '*.pyd')\" ]; then",
         f"    echo {shlex.quote(f'==> It has compiled extensions: {by_source}')}",
@@ -150,9 +150,7 @@ def source_script(plan: InstallPlan) -> str:
         [
             *_as_root(),
             _copy_source(),
-            *_install_step(
-                title, [*plan.build_commands, f"{{ {EDITABLE_INSTALL} || {REGULAR_INSTALL}; }}"]
-            ),
+            *_install_step(title, plan.project_commands),
             *_keep_generated(""),
             f"rm -f {BY_SOURCE} && echo 'built from this source' > {INSTALLED_PROJECT}/installed",
             f"cd / && rm -rf {PROJECT_DIR}",
