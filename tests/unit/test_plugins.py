@@ -13,6 +13,7 @@ from ci_server.runner.config import ProjectConfig
 from ci_server.runner.environments import environment_key
 from ci_server.runner.plugins import needed_plugins
 from ci_server.runner.project import plan_install
+from ci_server.runner.scripts import environment_script
 from tests.unit.test_project import CALC
 
 
@@ -284,7 +285,10 @@ def test_the_plugins_needed_key_the_environment(tmp_path: Path) -> None:
     write(tmp_path, {"requirements.txt": "pytest\n", "tests/test_a.py": "def test_a(): pass\n"})
 
     def key() -> str:
-        return environment_key("sha256:base", plan_install(tmp_path, ProjectConfig()), tmp_path, {})
+        plan = plan_install(tmp_path, ProjectConfig())
+        return environment_key(
+            "sha256:base", environment_script(plan), tmp_path, plan.key_files, {}
+        )
 
     before = key()
     write(tmp_path, {"tests/test_b.py": "def test_b(tmp_path): pass\n"})
