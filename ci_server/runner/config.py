@@ -15,13 +15,12 @@ in a build with root's privileges.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ci_server.models import CIError
+from ci_server.runner.shapes import Table, read_toml
 
 CONFIG_FILE = "ci.toml"
 KNOWN_KEYS = ("image", "system_packages", "install", "pytest_args", "env")
@@ -43,15 +42,12 @@ class ProjectConfig:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def _string_list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = data.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{CONFIG_FILE}: `{key}` must be a list of strings")
-    return tuple(value)
+def _strings(data: Table, key: str) -> tuple[str, ...]:
+    return tuple(data.strings(key) or ())
 
 
-def _system_packages(data: Mapping[str, Any]) -> tuple[str, ...]:
-    packages = _string_list(data, "system_packages")
+def _system_packages(data: Table) -> tuple[str, ...]:
+    packages = _strings(data, "system_packages")
     for package in packages:
         if not DEBIAN_PACKAGE_NAME.fullmatch(package):
             raise ConfigError(
@@ -63,31 +59,20 @@ def _system_packages(data: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def load_config(root: Path) -> ProjectConfig:
-    path = root / CONFIG_FILE
-    if not path.is_file():
+    if not (root / CONFIG_FILE).is_file():
         return ProjectConfig()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{CONFIG_FILE} is not valid TOML: {e}") from e
+    data = Table(read_toml(root, CONFIG_FILE, error=ConfigError), CONFIG_FILE, error=ConfigError)
     unknown = sorted(set(data) - set(KNOWN_KEYS))
     if unknown:
         raise ConfigError(
             f"{CONFIG_FILE}: unknown key(s) {', '.join(unknown)} "
             f"(known keys: {', '.join(KNOWN_KEYS)})"
         )
-    image = data.get("image")
-    if image is not None and not isinstance(image, str):
-        raise ConfigError(f"{CONFIG_FILE}: `image` must be a string")
-    env = data.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise ConfigError(f"{CONFIG_FILE}: `[env]` must map names to string values")
+    env = data.table("env")
     return ProjectConfig(
-        image=image,
+        image=data.string("image"),
         system_packages=_system_packages(data),
-        install=_string_list(data, "install"),
-        pytest_args=_string_list(data, "pytest_args"),
-        env=dict(env),
+        install=_strings(data, "install"),
+        pytest_args=_strings(data, "pytest_args"),
+        env={name: value for name in env if (value := env.string(name)) is not None},
     )

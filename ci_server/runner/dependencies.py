@@ -19,13 +19,22 @@ from __future__ import annotations
 import configparser
 import posixpath
 import re
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
 from poetry.core.factory import Factory
+
+from ci_server.runner.shapes import (
+    ProjectError,
+    exists,
+    plain_strings,
+    read_text,
+    read_toml,
+    table_or_empty,
+)
 
 TEST_NAMES = ("test", "tests", "testing", "dev")
 """Names of the extras, groups and files that hold test dependencies, in order of trust."""
@@ -97,7 +106,8 @@ def requirement_name(requirement: str) -> str:
 # -- requirements files --------------------------------------------------------------------
 
 _INCLUDED_FILE = re.compile(
-    r"^\s*(?:-[rc]\s*|--(?:requirement|constraint)(?:\s*=\s*|\s+))(\S+)", re.MULTILINE
+    r"^[ \t]*(?:-[rc][ \t]*|--(?:requirement|constraint)(?:[ \t]*=[ \t]*|[ \t]+))(\S+)",
+    re.MULTILINE,
 )
 """A requirements file's `-r other.txt` or `-c constraints.txt` line: the file it names."""
 
@@ -115,7 +125,7 @@ def local_folder(line: str) -> str | None:
     requirement = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].split(";")[0].strip()
     if not requirement or requirement.startswith("-") or "://" in requirement or "@" in requirement:
         return None
-    token = re.sub(r"\[.*\]$", "", requirement.split()[0])
+    token = re.sub(r"\[[^\[]*\]$", "", requirement.split()[0])
     if not (token.startswith(".") or "/" in token):
         return None
     folder = posixpath.normpath(token)
@@ -131,12 +141,12 @@ def with_included_files(root: Path, names: Sequence[str]) -> list[str]:
     while pending:
         name = pending.pop(0)
         path = root / name
-        if name in found or not inside(name) or not path.exists():
+        if name in found or not inside(name) or not exists(path):
             continue
         found.append(name)
         if path.is_dir():
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_text(root, name)
         for included in _INCLUDED_FILE.findall(text):
             pending.append(posixpath.normpath(posixpath.join(posixpath.dirname(name), included)))
         pending += [folder for line in text.splitlines() if (folder := local_folder(line))]
@@ -152,7 +162,7 @@ def _lines(root: Path, files: Iterable[str]) -> Iterator[str]:
     for name in files:
         path = root / name
         if path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            for line in read_text(root, name).splitlines():
                 line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
                 if line:
                     yield line
@@ -268,7 +278,7 @@ def _add_poetry_constraint(
 ) -> None:
     if isinstance(constraint, dict) and isinstance(constraint.get("path"), str):
         folder = posixpath.normpath(constraint["path"])
-        if not inside(folder) or not (root / folder).exists():
+        if not inside(folder) or not exists(root / folder):
             collected.skipped.append(
                 f"{name} from {label} (its path {constraint['path']} is not in the project)"
             )
@@ -290,9 +300,7 @@ def _add_poetry_constraint(
 
 def tool_table(pyproject: Mapping[str, Any], name: str) -> dict[str, Any]:
     """pyproject.toml's `[tool.<name>]`; empty when there is none, or it is no table."""
-    tool = pyproject.get("tool")
-    table = tool.get(name) if isinstance(tool, dict) else None
-    return table if isinstance(table, dict) else {}
+    return table_or_empty(table_or_empty(pyproject, "tool"), name)
 
 
 def poetry_table(pyproject: Mapping[str, Any]) -> dict[str, Any]:
@@ -309,8 +317,7 @@ def poetry_test_tables(
     The other groups (docs, lint, ...) are seen and not used.
     """
     poetry = poetry_table(pyproject)
-    groups = poetry.get("group", {})
-    groups = groups if isinstance(groups, dict) else {}
+    groups = table_or_empty(poetry, "group")
 
     def label(group: str) -> str:
         return f"pyproject.toml [tool.poetry.group.{group}.dependencies]"
@@ -331,8 +338,15 @@ _FACTOR_LINE = re.compile(r"^([\w{}.!,-]+):\s+(.+)$")
 """tox's conditional line, `py38,py39: mock` or `!coverage: x` (its own pattern)."""
 _PYTHON_FACTOR = re.compile(r"^py(?:3(?:\.?(\d+))?)?$")
 """`py`, `py3`, `py311` or `py3.11`: a CPython factor, with its minor version if named."""
-_REFERENCE = re.compile(r"\{\[([^\]]+)\]([^}]+)\}")
+_REFERENCE = re.compile(r"\{\[([^\][{}\n]+)\]([^{}\n]+)\}")
 """`{[base]deps}`: another section's value, substituted."""
+MAX_SUBSTITUTED = 1024**2
+"""The most characters substitutions may add to a value: `{[a]x}` naming `{[b]x}` 200
+times, naming `{[c]x}` 200 times, ... would make billions."""
+MAX_CONDITION_CHARS = 256
+MAX_CONDITION_ENVIRONMENTS = 1000
+"""A tox line's condition that is longer, or names more environments (`{a,b}-{a,b}-...`),
+is left out: looking through them all could take forever."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,34 +367,29 @@ def tox_environment(root: Path, pyproject: Mapping[str, Any]) -> ToxEnvironment 
         if not path.is_file():
             continue
         if name in ("tox.ini", "setup.cfg"):
-            parser = _read_ini(path.read_text(encoding="utf-8", errors="replace"))
+            parser = _read_ini(read_text(root, name))
             if name == "setup.cfg" and (parser is None or not parser.has_section("tox:tox")):
                 continue
             return None if parser is None else _parsed_environment(parser, name, name)
-        tox = tool_table(pyproject, "tox") if name == "pyproject.toml" else _read_toml(path)
+        tox = tool_table(pyproject, "tox") if name == "pyproject.toml" else _read_tox_toml(root)
         if isinstance(tox.get("legacy_tox_ini"), str):
             parser = _read_ini(tox["legacy_tox_ini"])
             where = "pyproject.toml [tool.tox] legacy_tox_ini"
             return None if parser is None else _parsed_environment(parser, name, where)
         if tox:
-            base = tox.get("env_run_base", {})
-            base = base if isinstance(base, dict) else {}
+            base = table_or_empty(tox, "env_run_base")
             where = "[tool.tox.env_run_base]" if name == "pyproject.toml" else "[env_run_base]"
-            deps, extras = _strings(base.get("deps")), _strings(base.get("extras"))
+            deps, extras = plain_strings(base.get("deps")), plain_strings(base.get("extras"))
             return ToxEnvironment(name, f"{name} {where}", deps, extras)
     return None
 
 
-def _strings(value: Any) -> list[str]:
-    """A native TOML tox setting's plain strings (its `{replace = ...}` tables aside)."""
-    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file's tables; none when it is not valid (tox would say so, not this)."""
+def _read_tox_toml(root: Path) -> dict[str, Any]:
+    """tox.toml's tables; none when it is not valid (tox would say so, not this). Of its
+    native settings, only plain strings are read (its `{replace = ...}` tables aside)."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return read_toml(root, "tox.toml")
+    except ProjectError:
         return {}
 
 
@@ -402,7 +411,7 @@ def _parsed_environment(
         return None
 
     def value(key: str) -> list[str]:
-        text = _substituted(parser, parser.get(section, key, fallback=""), depth=0)
+        text = _substituted(parser, parser.get(section, key, fallback=""))
         lines = (re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip() for line in text.splitlines())
         return [line for line in lines if line]
 
@@ -410,16 +419,24 @@ def _parsed_environment(
     return ToxEnvironment(name, f"{where} [{section}]", value("deps"), extras)
 
 
-def _substituted(parser: configparser.ConfigParser, text: str, depth: int) -> str:
-    """`{[section]key}` replaced by that value (references of references, a few deep)."""
-    if depth > 5:
-        return text
+def _substituted(parser: configparser.ConfigParser, text: str) -> str:
+    """`{[section]key}` replaced by that value (references of references, a few deep),
+    until they have added MAX_SUBSTITUTED characters: the rest are left as they are."""
+    budget = MAX_SUBSTITUTED
 
-    def replace(match: re.Match[str]) -> str:
-        section, key = match.group(1), match.group(2).strip()
-        return _substituted(parser, parser.get(section, key, fallback=""), depth + 1)
+    def substituted(text: str, depth: int) -> str:
+        def replace(match: re.Match[str]) -> str:
+            nonlocal budget
+            section, key = match.group(1), match.group(2).strip()
+            value = parser.get(section, key, fallback="")
+            if len(value) >= budget:
+                return match.group(0)
+            budget -= len(value) + 1
+            return substituted(value, depth + 1)
 
-    return _REFERENCE.sub(replace, text)
+        return text if depth > 5 else _REFERENCE.sub(replace, text)
+
+    return substituted(text, 0)
 
 
 def _expanded(condition: str) -> Iterator[str]:
@@ -451,9 +468,14 @@ def _factors_marker(factors: str) -> list[str] | None:
 
 def _python_marker(condition: str) -> str | None:
     """The PEP 508 marker for a tox line's condition (`py38,py39`): "" for always, None
-    for never in a plain `py3XX` environment."""
+    for never in a plain `py3XX` environment. ValueError if it is too big to look through."""
+    if len(condition) > MAX_CONDITION_CHARS:
+        raise ValueError(f"a condition longer than {MAX_CONDITION_CHARS} characters")
+    environments = list(islice(_expanded(condition), MAX_CONDITION_ENVIRONMENTS + 1))
+    if len(environments) > MAX_CONDITION_ENVIRONMENTS:
+        raise ValueError(f"a condition naming more than {MAX_CONDITION_ENVIRONMENTS} environments")
     alternatives: list[str] = []
-    for expanded in _expanded(condition):
+    for expanded in environments:
         for factors in expanded.split(","):
             markers = _factors_marker(factors)
             if markers == []:
@@ -476,7 +498,7 @@ def _with_marker(requirement: str, marker: str) -> str:
     return f"{requirement} ; {marker}"
 
 
-_OPTION = re.compile(r"^(-[rce]|--requirement|--constraint|--editable)\s*=?\s*(\S+)$")
+_OPTION = re.compile(r"^(-[rce]|--requirement|--constraint|--editable)\s*(?:=\s*)?(\S+)$")
 _OWN_EXTRAS = re.compile(r"^(?:(?:-e|--editable)\s*)?\.(?:\[([^\]]*)\])?$")
 """The project itself in tox's deps: `.`, `.[test,docs]`, `-e .[test]`."""
 
@@ -498,7 +520,11 @@ def tox_requirements(root: Path, environment: ToxEnvironment) -> Requirements:
         factor = _FACTOR_LINE.match(line)
         marker = ""
         if factor:
-            found = _python_marker(factor.group(1))
+            try:
+                found = _python_marker(factor.group(1))
+            except ValueError as e:
+                collected.skipped.append(f"{where} ({e})")
+                continue
             if found is None:
                 condition = factor.group(1)
                 collected.skipped.append(f"{where} (for tox's {condition} environments only)")

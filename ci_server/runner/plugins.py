@@ -27,6 +27,7 @@ from typing import Any
 
 from ci_server.runner.config import CONFIG_FILE, ProjectConfig
 from ci_server.runner.dependencies import normalized, requirement_name, tool_table
+from ci_server.runner.shapes import plain_strings, read_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +141,11 @@ MAX_SCANNED_BYTES = 1024**2
 """A bigger test module is not scanned (generated data, not tests)."""
 
 _MARKER = re.compile(r"mark\.([A-Za-z_]\w*)")
-_SIGNATURE = re.compile(r"def\s+(\w+)\s*\(([^)]*)\)")
-_USEFIXTURES = re.compile(r"usefixtures\(([^)]*)\)")
+_SIGNATURE = re.compile(r"def\s+(\w+)\s*\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
+"""`def name(parameters)`, defaults with a call (`x=f()`) included. Its parts never span
+a parenthesis they do not close, so that a module of `def f(` without one is read in
+linear time, not quadratic."""
+_USEFIXTURES = re.compile(r"usefixtures\(([^()]*)\)")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _FIXTURES = frozenset(fixture for plugin in PLUGINS for fixture in plugin.fixtures)
 
@@ -161,10 +165,10 @@ class PytestConfig:
     """Its keys, lowercased (ini files lowercase them), to strings or lists."""
 
 
-def _ini_section(path: Path, section: str) -> Mapping[str, Any] | None:
+def _ini_section(root: Path, name: str, section: str) -> Mapping[str, Any] | None:
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        parser.read_string(path.read_text(encoding="utf-8", errors="replace"))
+        parser.read_string(read_text(root, name))
     except configparser.Error:
         return None
     return dict(parser.items(section)) if parser.has_section(section) else None
@@ -174,7 +178,7 @@ def pytest_config(root: Path, pyproject: Mapping[str, Any]) -> PytestConfig | No
     """The configuration pytest reads in the project root, as it chooses it."""
     for name in ("pytest.ini", ".pytest.ini"):
         if (root / name).is_file():
-            return PytestConfig(name, _ini_section(root / name, "pytest") or {})
+            return PytestConfig(name, _ini_section(root, name, "pytest") or {})
     tool = tool_table(pyproject, "pytest")
     if tool:
         options = tool.get("ini_options")
@@ -184,7 +188,7 @@ def pytest_config(root: Path, pyproject: Mapping[str, Any]) -> PytestConfig | No
         settings = {k.lower(): v for k, v in tool.items()}  # pytest 9's native table
         return PytestConfig("pyproject.toml [tool.pytest]", settings)
     for name, section in (("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
-        settings = _ini_section(root / name, section) if (root / name).is_file() else None
+        settings = _ini_section(root, name, section) if (root / name).is_file() else None
         if settings is not None:
             return PytestConfig(f"{name} [{section}]", settings)
     return None
@@ -235,7 +239,7 @@ def _test_files(root: Path, patterns: tuple[str, ...]) -> Iterator[tuple[Path, s
 def _declared_markers(config: PytestConfig | None) -> set[str]:
     """The markers the project registers itself (`markers = slow: ...`): its own."""
     value = config.settings.get("markers", []) if config is not None else []
-    lines = value.splitlines() if isinstance(value, str) else [str(item) for item in value]
+    lines = value.splitlines() if isinstance(value, str) else plain_strings(value)
     return {match.group(0) for line in lines if (match := _NAME.match(line.strip()))}
 
 

@@ -18,27 +18,24 @@ import ast
 import configparser
 import inspect
 import shlex
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ci_server.models import CIError
 from ci_server.runner import backend_requires, dependencies
 from ci_server.runner.config import CONFIG_FILE, ProjectConfig
 from ci_server.runner.dependencies import TEST_NAMES, Requirements, normalized, requirement_name
 from ci_server.runner.plugins import needed_plugins
+from ci_server.runner.shapes import ProjectError, Table, read_text, read_toml, table_or_empty
 
 REQUIREMENTS = "requirements.txt"
 DEFAULT_BUILD_REQUIRES = ("setuptools>=64", "wheel")
 PIP = "python -m pip install --progress-bar off"
 EDITABLE_INSTALL = f"{PIP} --quiet --no-deps --no-build-isolation -e ."
 REGULAR_INSTALL = f"{PIP} --quiet --no-deps --no-build-isolation ."
-
-
-class ProjectError(CIError):
-    """The project cannot be run as it is: the user must change it."""
+MAX_GROUP_DEPTH = 100
+"""The deepest chain of dependency groups including each other that is followed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +60,17 @@ class InstallPlan:
     that installs it on every run needs no network for it."""
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _setup_py(root: Path) -> ast.Module | None:
+    """setup.py's syntax tree (it is never executed); None if Python cannot parse it."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ProjectError(f"{path.name} is not valid TOML: {e}") from e
+        return ast.parse(read_text(root, "setup.py"))
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None  # MemoryError: the parser's own stack, on a million nested operators
 
 
-def _setup_py_extras(path: Path) -> dict[str, frozenset[str]]:
-    """Extras named in a literal `extras_require={...}` of setup.py (it is not executed),
-    each with the names of the projects it lists literally."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-    except SyntaxError:
-        return {}
+def _setup_py_extras(tree: ast.Module) -> dict[str, frozenset[str]]:
+    """Extras named in a literal `extras_require={...}` of setup.py, each with the names of
+    the projects it lists literally."""
     extras: dict[str, frozenset[str]] = {}
     for node in ast.walk(tree):
         if (
@@ -95,12 +89,8 @@ def _setup_py_extras(path: Path) -> dict[str, frozenset[str]]:
     return extras
 
 
-def _setup_py_name(path: Path) -> str | None:
+def _setup_py_name(tree: ast.Module) -> str | None:
     """The literal `name="..."` passed to setup() in setup.py, if there is one."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-    except SyntaxError:
-        return None
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.keyword)
@@ -112,22 +102,44 @@ def _setup_py_name(path: Path) -> str | None:
     return None
 
 
-def _group_requirements(groups: dict[str, Any], name: str, seen: frozenset[str]) -> list[str]:
-    """The requirements of a PEP 735 dependency group, following `include-group`."""
-    if name in seen:
-        raise ProjectError(f"pyproject.toml: dependency group {name!r} includes itself")
-    entries = groups.get(name)
-    if not isinstance(entries, list):
-        raise ProjectError(f"pyproject.toml: dependency group {name!r} is not a list")
-    requirements: list[str] = []
-    for entry in entries:
-        if isinstance(entry, str):
-            requirements.append(entry)
-        elif isinstance(entry, dict) and isinstance(entry.get("include-group"), str):
-            requirements += _group_requirements(groups, entry["include-group"], seen | {name})
-        else:
-            raise ProjectError(f"pyproject.toml: bad entry {entry!r} in group {name!r}")
-    return requirements
+def _group_requirements(groups: Table, name: str) -> list[str]:
+    """The requirements of a PEP 735 dependency group, following `include-group`: each
+    group is expanded once and each requirement listed once (groups including another
+    twice, each of those another twice, ... would otherwise list 2^depth of them)."""
+    expanded: dict[str, list[str]] = {}
+
+    def expand(group: str, path: tuple[str, ...]) -> list[str]:
+        if group in path:
+            through = ", ".join(path[path.index(group) + 1 :])
+            cycle = f" (through {through})" if through else ""
+            raise ProjectError(f"pyproject.toml: {groups.where(group)} includes itself{cycle}")
+        if len(path) > MAX_GROUP_DEPTH:
+            raise ProjectError(
+                f"pyproject.toml: {groups.where(name)} includes groups more than "
+                f"{MAX_GROUP_DEPTH} deep"
+            )
+        if group in expanded:
+            return expanded[group]
+        entries = groups.array(group)
+        if entries is None:
+            raise ProjectError(
+                f"pyproject.toml: {groups.where(path[-1])} includes {group}, which is no group"
+            )
+        requirements: list[str] = []
+        for entry in entries:
+            if isinstance(entry, str):
+                requirements.append(entry)
+            elif isinstance(entry, dict) and isinstance(entry.get("include-group"), str):
+                requirements += expand(entry["include-group"], (*path, group))
+            else:
+                raise ProjectError(
+                    f"pyproject.toml: {groups.where(group)} holds {entry!r}, neither a requirement "
+                    "nor an {include-group = ...} table"
+                )
+        expanded[group] = list(dict.fromkeys(requirements))
+        return expanded[group]
+
+    return expand(name, ())
 
 
 def _quote_all(items: Sequence[str]) -> str:
@@ -140,6 +152,11 @@ class _Packaging:
 
     pyproject: dict[str, Any]
     """pyproject.toml's tables; empty without one."""
+    project: Table
+    """Its standard tables, each checked to be a table (pip refuses a project otherwise):
+    [project], [build-system], [dependency-groups]; empty when absent."""
+    build_system: Table
+    groups: Table
     files: list[str]
     """The files that describe the project, its dependencies or its build: setup.py; a
     pyproject.toml with [project], [build-system] or [dependency-groups]; a setup.cfg with
@@ -154,8 +171,10 @@ class _Packaging:
 
 
 def _packaging(root: Path) -> _Packaging:
-    pyproject_path = root / "pyproject.toml"
-    pyproject = _read_toml(pyproject_path) if pyproject_path.is_file() else {}
+    pyproject = read_toml(root, "pyproject.toml") if (root / "pyproject.toml").is_file() else {}
+    top = Table(pyproject, "pyproject.toml")
+    project, build_system = top.table("project"), top.table("build-system")
+    groups = top.table("dependency-groups")
     files = []
     poetry = dependencies.poetry_table(pyproject)
     if {"project", "build-system", "dependency-groups"} & pyproject.keys() or poetry:
@@ -163,12 +182,12 @@ def _packaging(root: Path) -> _Packaging:
     if (root / "setup.py").is_file():
         files.append("setup.py")
     if (root / "setup.cfg").is_file():
-        cfg = _setup_cfg(root / "setup.cfg")
+        cfg = _setup_cfg(root)
         if cfg.has_section("metadata") or cfg.has_section("options"):
             files.append("setup.cfg")
     built = "build-system" in pyproject or "setup.py" in files or "setup.cfg" in files
     built = built and poetry.get("package-mode", True) is not False
-    return _Packaging(pyproject, files, built)
+    return _Packaging(pyproject, project, build_system, groups, files, built)
 
 
 def _project_install() -> str:
@@ -178,7 +197,8 @@ def _project_install() -> str:
 def _build_commands(packaging: _Packaging) -> tuple[str, ...]:
     """Install the project's build backend, then ask it what else it needs to build the
     project (backend_requires.py) and install that too."""
-    requires = packaging.pyproject.get("build-system", {}).get("requires", DEFAULT_BUILD_REQUIRES)
+    requires = packaging.build_system.strings("requires")
+    requires = DEFAULT_BUILD_REQUIRES if requires is None else requires
     ask = f"python -I -c {shlex.quote(inspect.getsource(backend_requires))}"
     return (
         *([f"{PIP} --quiet {_quote_all(requires)}"] if requires else []),
@@ -187,13 +207,18 @@ def _build_commands(packaging: _Packaging) -> tuple[str, ...]:
     )
 
 
-def _setup_cfg(path: Path) -> configparser.ConfigParser:
+def _setup_cfg(root: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read(path, encoding="utf-8")
+        parser.read_string(read_text(root, "setup.cfg"))
     except configparser.Error:
         return configparser.ConfigParser(interpolation=None)
     return parser
+
+
+def _static(packaging: _Packaging, field: str) -> bool:
+    """Whether [project] lists `field` itself (it is not in `dynamic`)."""
+    return field not in (packaging.project.strings("dynamic") or [])
 
 
 # -- what the packaging files declare ------------------------------------------------------
@@ -220,11 +245,11 @@ def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, 
     """Each extra the packaging files declare: the file declaring it, and its requirements
     (listed when they are known without the build backend, else asked of the project)."""
     pyproject = packaging.pyproject
-    project_table: dict[str, Any] = pyproject.get("project", {}) or {}
-    optional: dict[str, Any] = project_table.get("optional-dependencies", {}) or {}
-    static = "optional-dependencies" not in project_table.get("dynamic", [])
+    optional = packaging.project.table("optional-dependencies")
+    static = _static(packaging, "optional-dependencies")
     declared: dict[str, tuple[str, Requirements]] = {}
-    for extra, listed in optional.items():
+    for extra in optional:
+        listed = optional.strings(extra) or []
         label, names = f"pyproject.toml extra [{extra}]", frozenset(map(requirement_name, listed))
         requirements = (
             Requirements(label, tuple(listed), ("pyproject.toml",), names)
@@ -234,7 +259,7 @@ def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, 
         declared[extra] = ("pyproject.toml", requirements)
     poetry = dependencies.poetry_table(pyproject)
     if "project" not in pyproject and isinstance(poetry.get("extras"), dict):
-        main = poetry.get("dependencies", {})
+        main = table_or_empty(poetry, "dependencies")
         for extra, members in poetry["extras"].items():
             members = members if isinstance(members, list) else []
             wanted = {normalized(member) for member in members if isinstance(member, str)}
@@ -243,7 +268,7 @@ def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, 
             requirements = dependencies.poetry_requirements(root, table, label)
             declared[extra] = ("pyproject.toml", requirements)
     if "setup.cfg" in packaging.files:
-        cfg = _setup_cfg(root / "setup.cfg")
+        cfg = _setup_cfg(root)
         if cfg.has_section("options.extras_require"):
             for extra in cfg.options("options.extras_require"):
                 lines = cfg.get("options.extras_require", extra).splitlines()
@@ -251,8 +276,9 @@ def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, 
                 label = f"setup.cfg extra [{extra}]"
                 requirements = Requirements(label, (), ("setup.cfg",), names, extras=(extra,))
                 declared.setdefault(extra, ("setup.cfg", requirements))
-    if "setup.py" in packaging.files:
-        for extra, names in sorted(_setup_py_extras(root / "setup.py").items()):
+    tree = _setup_py(root) if "setup.py" in packaging.files else None
+    if tree is not None:
+        for extra, names in sorted(_setup_py_extras(tree).items()):
             label = f"setup.py extra [{extra}]"
             requirements = Requirements(label, (), ("setup.py",), names, extras=(extra,))
             declared.setdefault(extra, ("setup.py", requirements))
@@ -261,22 +287,22 @@ def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, 
 
 def _project_name(root: Path, packaging: _Packaging) -> str | None:
     pyproject = packaging.pyproject
-    name = (pyproject.get("project", {}) or {}).get("name")
+    name = packaging.project.string("name")
     if name is None and "project" not in pyproject:
         name = dependencies.poetry_table(pyproject).get("name")
     if name is None and "setup.cfg" in packaging.files:
-        name = _setup_cfg(root / "setup.cfg").get("metadata", "name", fallback=None)
-    if name is None and "setup.py" in packaging.files:
-        name = _setup_py_name(root / "setup.py")
+        name = _setup_cfg(root).get("metadata", "name", fallback=None)
+    tree = _setup_py(root) if name is None and "setup.py" in packaging.files else None
+    if tree is not None:
+        name = _setup_py_name(tree)
     return name if isinstance(name, str) else None
 
 
 def _own_dependencies(root: Path, packaging: _Packaging) -> Requirements:
     pyproject = packaging.pyproject
-    project_table: dict[str, Any] = pyproject.get("project", {}) or {}
     poetry = dependencies.poetry_table(pyproject)
-    if "project" in pyproject and "dependencies" not in project_table.get("dynamic", []):
-        listed = project_table.get("dependencies", [])
+    if "project" in pyproject and _static(packaging, "dependencies"):
+        listed = packaging.project.strings("dependencies") or []
         names = frozenset(map(requirement_name, listed))
         return Requirements("pyproject.toml [project]", tuple(listed), (), names)
     if "project" not in pyproject and poetry:
@@ -301,11 +327,11 @@ def _metadata(root: Path, packaging: _Packaging) -> _Metadata:
     name = _project_name(root, packaging)
     own = _own_dependencies(root, packaging)
     declared = _declared_extras(root, packaging)
-    groups: dict[str, Any] = pyproject.get("dependency-groups", {}) or {}
+    groups = packaging.groups
     # The first test extra and group that name anything, else the first there is.
     extras = [e for e in TEST_NAMES if e in declared]
     extra = next((e for e in extras if not declared[e][1].empty), next(iter(extras), None))
-    group = next((g for g in TEST_NAMES if groups.get(g)), None) or next(
+    group = next((g for g in TEST_NAMES if groups.array(g)), None) or next(
         (g for g in TEST_NAMES if g in groups), None
     )
     tests: list[tuple[str, Requirements]] = []
@@ -320,7 +346,7 @@ def _metadata(root: Path, packaging: _Packaging) -> _Metadata:
             requirements = replace(requirements, args=(), extras=(extra,))
         tests.append((f"extra [{extra}]", requirements))
     if group:
-        listed = _group_requirements(groups, group, frozenset())
+        listed = _group_requirements(groups, group)
         label = f"pyproject.toml dependency group {group!r}"
         names = frozenset(map(requirement_name, listed))
         requirements = Requirements(label, tuple(listed), ("pyproject.toml",), names)
