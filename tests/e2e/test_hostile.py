@@ -23,7 +23,7 @@ import requests
 
 from ci_server.settings import Settings
 from tests.e2e.harness import ServerProcess, run_ci, server_env
-from tests.e2e.test_cli import describe
+from tests.e2e.test_cli import describe, job_id_from_submit, last_line
 
 MAX_FILES = 10
 MAX_UNPACKED = 1_000_000
@@ -284,3 +284,53 @@ def test_malformed_job_ids_and_unknown_parameters_through_a_real_server(
     url = f"{server.url}{path}"
     response = requests.request(method, url, headers=server.headers, timeout=60)
     assert response.status_code == status, response.text
+
+
+WRONG_SHAPES = [
+    ("project-is-an-integer", "project = 3\n",
+     "pyproject.toml: [project] must be a table, not an integer"),
+    ("build-requires-hold-an-integer", "[build-system]\nrequires = [1]\n",
+     "pyproject.toml: [build-system] requires must be an array of strings, "
+     "not an array holding an integer"),
+    ("arrays-nested-too-deep", "x = " + "[" * 2_000 + "]" * 2_000 + "\n",
+     "pyproject.toml is not valid TOML: its arrays or tables nest too deep"),
+]  # fmt: skip
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("pyproject", "reason"),
+    [(pyproject, reason) for _, pyproject, reason in WRONG_SHAPES],
+    ids=[name for name, _, _ in WRONG_SHAPES],
+)
+def test_a_project_file_of_the_wrong_shape_fails_the_job_saying_which_and_why(
+    server: ServerProcess,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+    pyproject: str,
+    reason: str,
+) -> None:
+    """Not `error` with `internal error: AttributeError(...)`: the project's mistake, said,
+    before any container is started for it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, content in {**PROJECT, "pyproject.toml": pyproject}.items():
+        (project / name).write_text(content)
+    since = time.time()
+
+    result = run_ci("submit", "test", cwd=project, server=server)
+
+    job_id = job_id_from_submit(result.stderr)
+    assert result.returncode == 1, describe(result)
+    outcome = last_line(result.stderr)  # `Job <id> failed in 0.1s (<reason>)`
+    assert outcome.startswith(f"Job {job_id} failed"), describe(result)
+    assert outcome.endswith(f"({reason})"), describe(result)
+    job = server.job(job_id)
+    assert (job["status"], job["reason"]) == ("failed", reason)
+    events = docker_client.events(
+        since=since,
+        until=time.time(),
+        filters={"type": "container", "container": f"ci-{job_id}"},
+        decode=True,
+    )
+    assert list(events) == []
