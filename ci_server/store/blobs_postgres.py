@@ -27,6 +27,7 @@ from ci_server.store.postgres import migrate, redacted
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # what a connection the server ended mid-query may raise
     OSError,  # the connection: refused, reset, timed out
 )
 
