@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import shutil
 import statistics
@@ -41,24 +40,9 @@ from bench.event_ingest import print_table, proc_status_kib  # noqa: E402
 from ci_server.store.blobs import BlobStore  # noqa: E402
 from ci_server.store.blobs_fs import FileBlobStore  # noqa: E402
 from ci_server.store.blobs_postgres import PostgresBlobStore  # noqa: E402
+from tests.unit.test_blob_store_contract import MiB, digest, random_file  # noqa: E402
 
-MiB = 1024 * 1024
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
-
-
-def random_file(path: Path, size: int) -> Path:
-    with path.open("wb") as file:
-        for offset in range(0, size, MiB):
-            file.write(os.urandom(min(MiB, size - offset)))
-    return path
-
-
-def digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(MiB):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 async def timed(action: Callable[[], Awaitable[object]]) -> float:

@@ -23,9 +23,9 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Collec
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO
 
+from ci_server.lifecycle import Lifecycle
 from ci_server.models import InvalidBlobKey, StorageFailure
 
 CHUNK_BYTES = 1024 * 1024
@@ -129,30 +129,15 @@ class BlobWriter(abc.ABC):
         """Discard what was written; never raises."""
 
 
-class BlobStore(abc.ABC):
+class BlobStore(Lifecycle):
     """Files kept under keys (`check_key`), readable by every process that opens the same
     store. Keys are the caller's: the server makes them from job ids."""
 
     chunk_bytes: int = CHUNK_BYTES
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     @abc.abstractmethod
     async def open(self) -> None:
         """Create what the store needs (a directory, a schema) and connect."""
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
 
     async def put(self, key: str, source: BlobSource) -> int:
         """Store the bytes of `source` under `key`, replacing any blob there; return its size.

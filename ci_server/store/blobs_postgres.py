@@ -22,7 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ci_server.models import BlobNotFound, StorageFailure
 from ci_server.store.blobs import BlobInfo, BlobStore, BlobWriter, check_key, storage_errors
-from ci_server.store.postgres import migrate, redacted
+from ci_server.store.postgres import open_pool, redacted
 
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
@@ -102,12 +102,7 @@ class PostgresBlobStore(BlobStore):
         return self._pool
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.max_connections)
-        try:
-            await migrate(self._pool)
-        except BaseException:
-            await self.close()
-            raise
+        self._pool = await open_pool(self.url, min_size=1, max_size=self.max_connections)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -213,6 +213,19 @@ async def migrate(pool: asyncpg.Pool) -> None:
             await connection.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
 
 
+async def open_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A pool of connections to the database at `url`, its schema migrated."""
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_set_up_connection
+    )
+    try:
+        await migrate(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
 class PostgresJobStore(JobStore):
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
         self.url = url
@@ -230,17 +243,9 @@ class PostgresJobStore(JobStore):
         return self._pool
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self.url,
-            min_size=self.min_connections,
-            max_size=self.max_connections,
-            init=_set_up_connection,
+        self._pool = await open_pool(
+            self.url, min_size=self.min_connections, max_size=self.max_connections
         )
-        try:
-            await migrate(self.pool)
-        except BaseException:
-            await self.close()
-            raise
 
     async def close(self) -> None:
         if self._pool is not None:
