@@ -40,8 +40,11 @@ def new_blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStoreF
 
 @pytest.fixture
 async def blobs(new_blob_store: BlobStoreFactory) -> AsyncIterator[BlobStore]:
-    async with new_blob_store() as store:
-        yield store
+    store = new_blob_store()
+    await store.open()
+    yield store
+    # Bounded: a put that never gave its connection back would make closing wait forever.
+    await asyncio.wait_for(store.close(), timeout=30)
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -287,6 +290,30 @@ async def test_a_failed_replacement_keeps_the_blob_that_was_there(blobs: BlobSto
         await blobs.put("job.zip", failing_source(os.urandom(2 * MiB), ConnectionResetError()))
 
     assert await read_all(blobs, "job.zip") == b"the upload"
+
+
+async def test_a_cancelled_put_leaves_nothing_and_frees_its_key(blobs: BlobStore) -> None:
+    """A server shutting down (or a client's request cancelled) mid-upload."""
+    first_chunk_sent = asyncio.Event()
+
+    async def stalled_client() -> AsyncIterator[bytes]:
+        yield os.urandom(CHUNK_BYTES)
+        first_chunk_sent.set()
+        await asyncio.Event().wait()  # never sends the rest
+        yield b""
+
+    put = asyncio.create_task(blobs.put("job.zip", stalled_client()))
+    await asyncio.wait_for(first_chunk_sent.wait(), timeout=30)
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+
+    assert not await blobs.exists("job.zip")
+    assert await blobs.list_blobs() == []
+    if isinstance(blobs, FileBlobStore):
+        assert names_in(blobs.directory) == []  # no partial file left
+    await asyncio.wait_for(blobs.put("job.zip", pieces(b"sent again", 4)), timeout=30)
+    assert await read_all(blobs, "job.zip") == b"sent again"
 
 
 async def test_a_put_in_progress_is_invisible_to_other_processes(
