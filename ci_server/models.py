@@ -78,7 +78,27 @@ class UploadTooLarge(InvalidUpload):
 
 
 class StorageFailure(CIError):
-    """The server could not write what it must keep (a full disk, most likely)."""
+    """The server could not write what it must keep (a full disk, most likely), or read it
+    back (its database went away)."""
+
+
+class BlobNotFound(CIError):
+    """No blob (a kept upload) under this key: never stored, deleted, or its put failed."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no blob {key!r} in the blob store")
+        self.key = key
+
+
+class InvalidBlobKey(CIError):
+    """A key the blob store refuses: it could name a path outside the store."""
+
+    def __init__(self, key: object) -> None:
+        super().__init__(
+            f"blob key {key!r} is not allowed: 1 to 200 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+        self.key = key
 
 
 class TestOutcome(enum.StrEnum):

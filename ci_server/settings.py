@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ci_server.runner.executor import ContainerLimits
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(
         default=None,
         description="uploads and workspaces; default: <db_path>.data/ beside the database",
+    )
+    blob_store: Literal["fs", "postgres"] | None = Field(
+        default=None,
+        description="where uploads are kept until their job ends: fs (a directory under "
+        "data_dir, for one host) or postgres (the database_url's, for workers on several "
+        "hosts); default: postgres with database_url, else fs",
     )
     runner_image: str = Field(default="python:3.12-slim", description="image the tests run in")
     max_concurrent_jobs: int = Field(
@@ -103,6 +110,16 @@ class Settings(BaseSettings):
     @classmethod
     def _postgres_only(cls, url: str | None) -> str | None:
         return check_postgres_url(url) if url else None
+
+    @model_validator(mode="after")
+    def _blob_store_has_its_database(self) -> Self:
+        if self.blob_store == "postgres" and not self.database_url:
+            raise ValueError("CI_BLOB_STORE=postgres needs CI_DATABASE_URL")
+        return self
+
+    @property
+    def resolved_blob_store(self) -> Literal["fs", "postgres"]:
+        return self.blob_store or ("postgres" if self.database_url else "fs")
 
     @property
     def allowed_image_set(self) -> frozenset[str]:

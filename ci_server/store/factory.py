@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ci_server.settings import POSTGRES_SCHEMES, Settings, check_postgres_url
+from ci_server.store.blobs import BlobStore
+from ci_server.store.blobs_fs import FileBlobStore
+from ci_server.store.blobs_postgres import PostgresBlobStore
 from ci_server.store.postgres import PostgresJobStore, redacted
 from ci_server.store.repository import JobStore
 from ci_server.store.sqlite import SqliteJobStore
@@ -39,3 +42,12 @@ def configured_database(settings: Settings) -> Database:
 def open_store(settings: Settings) -> JobStore:
     """The settings' store (not yet open)."""
     return store_at(configured_database(settings))
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """Where the settings keep uploads (not yet open): CI_BLOB_STORE, by default PostgreSQL
+    with CI_DATABASE_URL (workers on other hosts read it), else CI_DATA_DIR/blobs."""
+    if settings.resolved_blob_store == "postgres":
+        assert settings.database_url is not None  # Settings refuses postgres without it
+        return PostgresBlobStore(settings.database_url)
+    return FileBlobStore(settings.resolved_data_dir / "blobs")

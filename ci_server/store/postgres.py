@@ -98,6 +98,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX api_keys_by_user ON api_keys (user_id, created_at);
     """,
+    # The blob store (store/blobs_postgres.py): a blob's bytes in chunks of 1 MiB, rows
+    # written in the put's one transaction. EXTERNAL: uploads are zips, no use compressing.
+    """
+    CREATE TABLE blobs (
+        key TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        chunks INTEGER NOT NULL,
+        stored_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE blob_chunks (
+        key TEXT NOT NULL REFERENCES blobs (key) ON DELETE CASCADE,
+        n INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (key, n)
+    );
+    ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+    """,
 ]
 
 MIGRATION_LOCK = 0x63692D736368656D
@@ -178,6 +195,37 @@ async def _set_up_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def migrate(pool: asyncpg.Pool) -> None:
+    """Apply the missing MIGRATIONS in one transaction; processes that start at once (job
+    and blob stores of API replicas and workers) wait for each other on the advisory lock,
+    and the later ones find nothing to do."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        version = await connection.fetchval(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+        )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await connection.execute(script)
+            await connection.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
+
+
+async def open_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A pool of connections to the database at `url`, its schema migrated."""
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_set_up_connection
+    )
+    try:
+        await migrate(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
 class PostgresJobStore(JobStore):
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
         self.url = url
@@ -195,35 +243,9 @@ class PostgresJobStore(JobStore):
         return self._pool
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self.url,
-            min_size=self.min_connections,
-            max_size=self.max_connections,
-            init=_set_up_connection,
+        self._pool = await open_pool(
+            self.url, min_size=self.min_connections, max_size=self.max_connections
         )
-        try:
-            await self._migrate()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def _migrate(self) -> None:
-        """Apply the missing MIGRATIONS in one transaction; processes that start at once
-        wait for each other on the advisory lock, and the later ones find nothing to do."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            await connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            version = await connection.fetchval(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
-            )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await connection.execute(script)
-                await connection.execute(
-                    "INSERT INTO schema_migrations (version) VALUES ($1)", number
-                )
 
     async def close(self) -> None:
         if self._pool is not None:

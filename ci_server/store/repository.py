@@ -11,27 +11,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Self
 
+from ci_server.lifecycle import Lifecycle
 from ci_server.models import Job, JobEvent, JobStatus, TestOutcome, TestResult
 from ci_server.states import claim
 from ci_server.users import ApiKey, User
 
 
-class JobStore(abc.ABC):
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
+class JobStore(Lifecycle):
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and create or migrate the schema."""

@@ -1,0 +1,148 @@
+"""The blob store of one host: a file per blob in one directory (CI_DATA_DIR/blobs).
+
+A put writes `.put-*` beside the blobs, flushes it to disk and renames it over the key's
+file: the rename is atomic, so a reader (another process of the same host too) opens the
+old file or the new one, never a part. Keys are single safe names (`check_key`), so no
+key reaches outside the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncGenerator, Collection
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from ci_server.models import BlobNotFound
+from ci_server.store.blobs import (
+    CLEANUP_GRACE,
+    BlobInfo,
+    BlobStore,
+    BlobWriter,
+    check_key,
+    storage_errors,
+)
+
+PARTIAL_PREFIX = ".put-"
+"""How the files of puts in progress start; no key can (check_key)."""
+
+
+def _stored_at(status: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(status.st_mtime, UTC)
+
+
+class _FileWriter(BlobWriter):
+    def __init__(self, key: str, path: Path, partial: Path, file: BinaryIO) -> None:
+        self._what = f"could not store blob {key!r}"
+        self._path = path
+        self._partial = partial
+        self._file = file
+
+    async def write(self, chunk: bytes) -> None:
+        with storage_errors(self._what):
+            await asyncio.to_thread(self._file.write, chunk)
+
+    async def commit(self) -> None:
+        with storage_errors(self._what):
+            await asyncio.to_thread(self._finish)
+
+    def _finish(self) -> None:
+        # On disk before the rename: after a crash the key holds the old blob or the new.
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._partial.replace(self._path)
+
+    async def abort(self) -> None:
+        await asyncio.to_thread(self._discard)
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):  # the disk that failed may fail the close too
+            self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+class FileBlobStore(BlobStore):
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __repr__(self) -> str:
+        return f"FileBlobStore({str(self.directory)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.directory / check_key(key)
+
+    async def open(self) -> None:
+        with storage_errors(f"could not create the blob directory {self.directory}"):
+            await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        pass
+
+    async def _writer(self, key: str) -> BlobWriter:
+        with storage_errors(f"could not store blob {key!r}"):
+            descriptor, name = await asyncio.to_thread(
+                tempfile.mkstemp, prefix=PARTIAL_PREFIX, dir=self.directory
+            )
+        return _FileWriter(key, self._path(key), Path(name), os.fdopen(descriptor, "wb"))
+
+    async def read(self, key: str) -> AsyncGenerator[bytes, None]:
+        path = self._path(key)
+        what = f"could not read blob {key!r}"
+        with storage_errors(what):
+            try:
+                file = await asyncio.to_thread(path.open, "rb")
+            except FileNotFoundError:
+                raise BlobNotFound(key) from None
+        # The open file is the blob as it was: a put renames another file over its name,
+        # a delete unlinks the name; neither changes what this reads.
+        try:
+            while True:
+                with storage_errors(what):
+                    chunk = await asyncio.to_thread(file.read, self.chunk_bytes)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            await asyncio.to_thread(file.close)
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).is_file)
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        with storage_errors(f"could not delete blob {key!r}"):
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    async def list_blobs(self) -> list[BlobInfo]:
+        with storage_errors(f"could not list the blobs in {self.directory}"):
+            return await asyncio.to_thread(self._list)
+
+    def _list(self) -> list[BlobInfo]:
+        blobs = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(PARTIAL_PREFIX):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    status = entry.stat()
+                    blobs.append(BlobInfo(entry.name, status.st_size, _stored_at(status)))
+        return sorted(blobs, key=lambda blob: blob.key)
+
+    async def delete_except(
+        self, keep: Collection[str], *, older_than: timedelta = CLEANUP_GRACE
+    ) -> list[str]:
+        """As BlobStore's, and removes the partial files of puts that stopped (a crash)
+        more than `older_than` ago."""
+        await asyncio.to_thread(self._remove_partials, datetime.now(UTC) - older_than)
+        return await super().delete_except(keep, older_than=older_than)
+
+    def _remove_partials(self, before: datetime) -> None:
+        for partial in self.directory.glob(f"{PARTIAL_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if _stored_at(partial.stat()) < before:
+                    partial.unlink()
