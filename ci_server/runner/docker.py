@@ -7,6 +7,12 @@ A job's container is either created and started for it, or taken from the WarmPo
 earlier with the same settings, its shell waiting for a script on stdin, an empty directory
 of its own mounted at /src. Taking one moves the project's files into that directory, names
 the container after the job and writes the script to its stdin.
+
+What a job may write is bounded: its root file system is read-only, /tmp is a tmpfs of
+`limits.tmp_bytes`, and the one file it shares with the host, its report, is bounded like
+any file it writes by RLIMIT_FSIZE (`limits.file_bytes`). Its output is read through an
+attach made before it can print, and the engine keeps no log of it (log driver `none`):
+the service keeps what it needs, bounded, and nothing of a job grows under the engine.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ import logging
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,12 +35,17 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
+from docker.types import LogConfig, Ulimit
 
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     INSTANCE_LABEL,
+    OWNER_LABEL,
+    REPORT_DIR,
+    REPORT_NAME,
     ExecutorError,
     ImageInfo,
+    ImageMissing,
     OutputSink,
     RunSpec,
 )
@@ -46,11 +57,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _END = object()
-TAIL_CHECK_BYTES = 8 * 1024
 CHUNKS_PER_TURN = 1000
 """Output chunks passed on in one go before the loop may run other tasks."""
 WAITING_SHELL = 'script=$(cat) && exec sh -c "$script"'
 """A warm container's command: read the job's script from stdin to its end, then run it."""
+OUTPUT_STREAMS = {"stdout": 1, "stderr": 1, "stream": 1}
 
 
 def container_name(job_id: str, *, build: bool = False) -> str:
@@ -60,11 +71,13 @@ def container_name(job_id: str, *, build: bool = False) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Box:
-    """A job's container; `slot` is the directory mounted at /src and /ci-output when the
-    container was started before its job (warm), None when it was made for the job."""
+    """A job's container. `slot` is the directory holding what is mounted at /src and at
+    the report's place when the container was started before its job (warm), None when it
+    was made for the job; `output` its attached stdout and stderr, once it has a job."""
 
     container: Container
     slot: Path | None = None
+    output: Any = None
 
     @property
     def image_id(self) -> str:
@@ -77,23 +90,73 @@ def _move_entries(source: Path, destination: Path) -> None:
         entry.rename(destination / entry.name)
 
 
+def _report_file(directory: Path) -> Path:
+    """An empty report file for a job's container to write, as its unprivileged user."""
+    report = directory / REPORT_NAME
+    report.touch()
+    report.chmod(0o666)
+    return report
+
+
+def _keep_report(report: Path, output_dir: Path | None) -> None:
+    """Put a written report where the job looks for it; an empty one was never written."""
+    if output_dir is not None and report.stat().st_size > 0:
+        report.replace(output_dir / REPORT_NAME)
+    else:
+        report.unlink()
+
+
+def _raw_socket(stream: Any) -> socket.socket:
+    """The socket under what the SDK's attach_socket gives."""
+    raw = getattr(stream, "_sock", stream)
+    if not isinstance(raw, socket.socket):
+        raise OSError(f"cannot use a container's stream through {type(stream).__name__}")
+    return raw
+
+
 def _write_stdin(container: Container, data: bytes) -> None:
     """Write `data` to a running container's stdin, then close it (the container sees EOF)."""
     stream = container.attach_socket(params={"stdin": 1, "stream": 1})
-    raw = getattr(stream, "_sock", None)
     try:
-        if not isinstance(raw, socket.socket):
-            raise OSError(f"cannot write to a container's stdin through {type(stream).__name__}")
+        raw = _raw_socket(stream)
         raw.sendall(data)
         raw.shutdown(socket.SHUT_WR)
     finally:
         stream.close()
 
 
-def _image_missing(image: str) -> ExecutorError:
-    return ExecutorError(
-        f"runner image {image!r} not found on the Docker engine "
-        "(build one offline with scripts/build-runner-image.sh and set CI_RUNNER_IMAGE)"
+def _payloads(raw: socket.socket) -> Iterator[bytes]:
+    """The bytes of an attached container's output stream, without its framing (each frame
+    is an 8-byte header, whose last 4 bytes are the size, then that many bytes), as they
+    come: read in large pieces, not a frame at a time (one line is often one frame)."""
+    raw.settimeout(None)  # a job may print nothing for a long while
+    header = b""
+    left = 0  # of the current frame's payload
+    while chunk := raw.recv(256 * 1024):
+        payload = bytearray()
+        at = 0
+        while at < len(chunk):
+            if left:
+                taken = chunk[at : at + left]
+                payload += taken
+                at += len(taken)
+                left -= len(taken)
+            else:
+                needed = 8 - len(header)
+                header += chunk[at : at + needed]
+                at += needed
+                if len(header) == 8:
+                    left = int.from_bytes(header[4:], "big")
+                    header = b""
+        if payload:
+            yield bytes(payload)
+
+
+def _image_missing(image: str) -> ImageMissing:
+    return ImageMissing(
+        f"image {image!r} not found on the Docker engine (for the runner image: build one "
+        "offline with scripts/build-runner-image.sh and set CI_RUNNER_IMAGE)",
+        image,
     )
 
 
@@ -187,8 +250,18 @@ class DockerExecutor:
         name: str,
         *,
         stdin: bool = False,
+        build: bool = False,
     ) -> Container:
+        """A container for `profile`: a job's box, or (`build`) an environment's build,
+        whose file system is the image being made and so stays writable."""
         client = self._connect()
+        limits = profile.limits
+        box: dict[str, Any] = {
+            "read_only": True,
+            "tmpfs": {"/tmp": f"size={limits.tmp_bytes},mode=1777,exec"},
+            "ulimits": [Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes)],
+        }
+        memory = limits.memory_bytes if build else limits.container_memory_bytes
         try:
             return client.containers.create(
                 profile.image,
@@ -197,10 +270,10 @@ class DockerExecutor:
                 labels={INSTANCE_LABEL: self.instance},
                 volumes=volumes,
                 environment=dict(profile.env),
-                mem_limit=profile.limits.memory_bytes,
-                memswap_limit=profile.limits.memory_bytes,
-                nano_cpus=int(profile.limits.cpus * 1e9),
-                pids_limit=profile.limits.pids,
+                mem_limit=memory,
+                memswap_limit=memory,
+                nano_cpus=int(limits.cpus * 1e9),
+                pids_limit=limits.pids,
                 user=profile.user or "",
                 network_mode=None if profile.network else "none",
                 # The box: no capabilities (but those a build of system packages is
@@ -208,10 +281,13 @@ class DockerExecutor:
                 cap_drop=["ALL"],
                 cap_add=list(profile.capabilities) or None,
                 security_opt=["no-new-privileges"],
+                # The output is read through an attach: the engine need keep none of it.
+                log_config=LogConfig(type=LogConfig.types.NONE),
                 # stdin: open, and closed when the one writer is done (the SDK ties
                 # StdinOnce to attached mode; the container still runs in the background).
                 stdin_open=stdin,
                 detach=not stdin,
+                **({} if build else box),
             )
         except docker.errors.ImageNotFound as e:
             raise _image_missing(profile.image) from e
@@ -219,35 +295,46 @@ class DockerExecutor:
             self._client = None
             raise ExecutorError(f"Docker could not create the container: {e}") from e
 
-    def _start(self, box: _Box) -> _Box:
+    def _start(self, box: _Box, *, attach: bool = False) -> _Box:
+        """Start the container; with `attach`, its output is attached first (nothing it
+        prints is missed)."""
         try:
+            if attach:
+                box = replace(box, output=box.container.attach_socket(params=OUTPUT_STREAMS))
             box.container.start()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            if box.output is not None:
+                box.output.close()
             self._remove(box)
             raise ExecutorError(f"Docker could not start the container: {e}") from e
         return box
 
     def _launch(self, spec: RunSpec, warm: _Box | None, *, build: bool) -> _Box:
         """The job's container, running its script: the warm one if it takes the job."""
-        if warm is not None and self._hand_over(warm, spec):
-            return warm
+        if warm is not None and (taken := self._hand_over(warm, spec)) is not None:
+            return taken
         volumes = {str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}}
-        if spec.output_dir is not None:
-            volumes[str(spec.output_dir.resolve())] = {"bind": "/ci-output", "mode": "rw"}
+        report = None if spec.output_dir is None else _report_file(spec.output_dir.resolve())
+        if report is not None:
+            volumes[str(report)] = {"bind": f"{REPORT_DIR}/{REPORT_NAME}", "mode": "rw"}
         name = container_name(spec.job_id, build=build)
         command = ["sh", "-c", spec.script]
-        return self._start(_Box(self._create(Profile.of(spec), command, volumes, name)))
+        try:
+            container = self._create(Profile.of(spec), command, volumes, name, build=build)
+            return self._start(_Box(container), attach=True)
+        except BaseException:
+            if report is not None:
+                report.unlink(missing_ok=True)  # no run: no report, not an empty one
+            raise
 
     def _start_warm(self, profile: Profile) -> _Box:
         assert self._warm_dir is not None
         self._warm_dir.mkdir(parents=True, exist_ok=True)
         slot = Path(tempfile.mkdtemp(dir=self._warm_dir))
         (slot / "src").mkdir()
-        (slot / "output").mkdir()
-        (slot / "output").chmod(0o777)  # the tests run as an unprivileged user
         volumes = {
             str(slot / "src"): {"bind": "/src", "mode": "ro"},
-            str(slot / "output"): {"bind": "/ci-output", "mode": "rw"},
+            str(_report_file(slot)): {"bind": f"{REPORT_DIR}/{REPORT_NAME}", "mode": "rw"},
         }
         try:
             command = ["sh", "-c", WAITING_SHELL]
@@ -257,10 +344,10 @@ class DockerExecutor:
             raise
         return self._start(_Box(container, slot))
 
-    def _hand_over(self, warm: _Box, spec: RunSpec) -> bool:
+    def _hand_over(self, warm: _Box, spec: RunSpec) -> _Box | None:
         """Give a waiting container the job: its files, its name, its script.
 
-        False if it cannot take it (it died meanwhile, say): it is then removed, and the
+        None if it cannot take it (it died meanwhile, say): it is then removed, and the
         project's files are where they were.
         """
         assert warm.slot is not None
@@ -271,9 +358,18 @@ class DockerExecutor:
                 container.rename(container_name(spec.job_id))
                 _move_entries(spec.workspace, warm.slot / "src")
                 try:
-                    _write_stdin(container, spec.script.encode())
-                    return True
-                except OSError:
+                    output = container.attach_socket(params=OUTPUT_STREAMS)
+                    try:
+                        _write_stdin(container, spec.script.encode())
+                    except BaseException:
+                        output.close()
+                        raise
+                    return replace(warm, output=output)
+                except (
+                    docker.errors.DockerException,
+                    requests.exceptions.RequestException,
+                    OSError,
+                ):
                     _move_entries(warm.slot / "src", spec.workspace)
                     raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
@@ -282,14 +378,26 @@ class DockerExecutor:
             self._remove(warm)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             logger.warning("could not remove a warm container: %s", e)  # gone at next start
-        return False
+        return None
 
-    def _pump_output(self, container: Container, deliver: Callable[[object], None]) -> None:
+    def _pump_output(self, box: _Box, deliver: Callable[[object], None]) -> None:
         try:
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                deliver(chunk)
+            for payload in _payloads(_raw_socket(box.output)):
+                deliver(payload)
         finally:
+            box.output.close()
             deliver(_END)
+
+    def _finish_files(self, box: _Box, spec: RunSpec) -> None:
+        """After the run: the report where the job looks for it (if written), and a warm
+        container's project files back in the workspace."""
+        if box.slot is not None:
+            _keep_report(box.slot / REPORT_NAME, spec.output_dir)
+            _move_entries(box.slot / "src", spec.workspace)
+        elif spec.output_dir is not None:
+            report = spec.output_dir / REPORT_NAME
+            if report.stat().st_size == 0:
+                report.unlink()
 
     def _wait(self, container: Container) -> int:
         return int(container.wait()["StatusCode"])
@@ -316,9 +424,8 @@ class DockerExecutor:
         # The build container's own labels would pass to the image, and from it to every
         # container started from it: blank them.
         blanked = {INSTANCE_LABEL: ""}
-        changes = [
-            f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in (blanked | dict(labels)).items()
-        ]
+        owned = {**labels, OWNER_LABEL: self.instance}
+        changes = [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in (blanked | owned).items()]
         try:
             container.commit(repository=repository, tag=version or "latest", changes=changes)
         except docker.errors.DockerException as e:
@@ -340,30 +447,26 @@ class DockerExecutor:
         except asyncio.CancelledError:
             # Cancelled while the engine starts it: wait for the container, then remove it.
             with contextlib.suppress(Exception):
-                self._schedule_removal(await launching)
+                box = await launching
+                if box.output is not None:
+                    box.output.close()
+                self._schedule_removal(box)
             raise
         container = box.container
         loop = asyncio.get_running_loop()
         output = _Handover(loop)
         try:
-            pump = loop.run_in_executor(self._threads, self._pump_output, container, output.put)
-            received = bytearray()
+            pump = loop.run_in_executor(self._threads, self._pump_output, box, output.put)
             ended = False
             while not ended:
                 chunks, ended = await output.take()
                 for start in range(0, len(chunks), CHUNKS_PER_TURN):
                     if start:
                         await asyncio.sleep(0)  # a backlog goes in turns, not in one block
-                    data = b"".join(chunks[start : start + CHUNKS_PER_TURN])
-                    received = (received + data)[-TAIL_CHECK_BYTES:]
-                    on_output(data)
+                    on_output(b"".join(chunks[start : start + CHUNKS_PER_TURN]))
             await pump
             status = await self._call(self._wait, container)
-            missing = await self._call(self._missing_tail, container, bytes(received))
-            if missing:
-                on_output(missing)
-            if box.slot is not None and spec.output_dir is not None:
-                await self._call(_move_entries, box.slot / "output", spec.output_dir)
+            await self._call(self._finish_files, box, spec)
             if keep_as is not None and status == 0:
                 await self._call(self._commit, container, *keep_as)
             return status
@@ -377,23 +480,6 @@ class DockerExecutor:
         removal = asyncio.ensure_future(self._call(self._remove, box))
         self._removals.add(removal)
         removal.add_done_callback(self._removed)
-
-    def _missing_tail(self, container: Container, received: bytes) -> bytes:
-        """What the follow stream lost at the very end, if anything.
-
-        Docker's follow stream sometimes drops a container's last line when it has no
-        newline; the stored log still has it. Only its last line is fetched and compared.
-        """
-        try:
-            last = container.logs(stdout=True, stderr=True, tail=1)
-        except docker.errors.DockerException:
-            return b""
-        if len(last) > TAIL_CHECK_BYTES:
-            return b""  # too long to compare with what was kept; never seen in practice
-        for overlap in range(min(len(last), len(received)), -1, -1):
-            if received.endswith(last[:overlap]):
-                return last[overlap:]
-        return last
 
     def _removed(self, removal: asyncio.Future[None]) -> None:
         self._removals.discard(removal)
@@ -432,7 +518,8 @@ class DockerExecutor:
         return await self._call(self._image_id, image)
 
     def _environment_images(self) -> list[ImageInfo]:
-        images = self._connect().images.list(filters={"label": ENVIRONMENT_LABEL})
+        owned = [ENVIRONMENT_LABEL, f"{OWNER_LABEL}={self.instance}"]
+        images = self._connect().images.list(filters={"label": owned})
         found = []
         for image in images:
             created = datetime.fromisoformat(image.attrs["Created"].replace("Z", "+00:00"))

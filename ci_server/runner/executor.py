@@ -14,17 +14,46 @@ INSTANCE_LABEL = "ci.instance"
 never remove each other's containers."""
 ENVIRONMENT_LABEL = "ci.environment"
 """Marks the images of dependency environments (its value is the environment's key)."""
+OWNER_LABEL = "ci.owner"
+"""Names the server that built an environment image (its instance id, as INSTANCE_LABEL):
+a server counts and removes only its own. Not INSTANCE_LABEL itself, which every container
+started from the image would inherit."""
+REPORT_DIR = "/ci-output"
+REPORT_NAME = "junit.xml"
+"""A job's one way to leave a file to the server: REPORT_DIR/REPORT_NAME in the container,
+RunSpec.output_dir/REPORT_NAME on the host."""
 
 
 class ExecutorError(CIError):
     """The executor could not run the job: the system failed, not the tests."""
 
 
+class ImageMissing(ExecutorError):
+    """The engine has no such image (say, removed behind the server's back)."""
+
+    def __init__(self, message: str, image: str) -> None:
+        super().__init__(message)
+        self.image = image
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerLimits:
     memory_bytes: int = 2 * 1024**3
+    """For the processes; /tmp comes on top of it (see `container_memory_bytes`)."""
     cpus: float = 1.0
     pids: int = 512
+    tmp_bytes: int = 2 * 1024**3
+    """The size of a job's /tmp, a tmpfs: its project copy, HOME and what its tests write
+    there (the rest of its file system is read-only)."""
+    file_bytes: int = 1024**3
+    """The largest file a job may write (RLIMIT_FSIZE): its report among them, which
+    bounds what it leaves on the server's disk."""
+
+    @property
+    def container_memory_bytes(self) -> int:
+        """A tmpfs is memory, charged to the container that fills it: a full /tmp must not
+        leave the processes less than `memory_bytes`, nor kill them before /tmp says full."""
+        return self.memory_bytes + self.tmp_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +63,11 @@ class RunSpec:
     script: str
     """A POSIX shell script; the project is mounted read-only at /src."""
     workspace: Path
-    """The project's files; an executor may move them away (they are not there after)."""
+    """The project's files; an executor may move them away during the run (they are back
+    after it, so that the job may run again)."""
     output_dir: Path | None = None
-    """Mounted writable at /ci-output, for reports the server reads after the run."""
+    """Where the job's report lands: REPORT_NAME here is mounted writable at
+    REPORT_DIR/REPORT_NAME (at most `limits.file_bytes`), and is left only if written."""
     env: Mapping[str, str] = field(default_factory=dict)
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     user: str | None = None
@@ -62,7 +93,8 @@ class Executor(Protocol):
     async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
         """Run the script to its end and return its exit status, passing output on as it comes.
 
-        Cancelling the call kills the container; it is removed whatever happens.
+        Cancelling the call kills the container; it is removed whatever happens. The
+        workspace's files are back in place after the run. ImageMissing: no such image.
         """
         ...
 
@@ -71,17 +103,19 @@ class Executor(Protocol):
         ...
 
     async def image_id(self, image: str) -> str:
-        """The content id of an image; ExecutorError when the engine does not have it."""
+        """The content id of an image; ImageMissing when the engine does not have it."""
         ...
 
     async def build_image(
         self, spec: RunSpec, tag: str, labels: Mapping[str, str], on_output: OutputSink
     ) -> int:
-        """Run the script like `run`; when it exits 0, keep the result as image `tag`."""
+        """Run the script like `run`, but with a writable file system (the image being made)
+        and no limit on files; when it exits 0, keep the result as image `tag`, labelled
+        `labels` and OWNER_LABEL: this executor's owner."""
         ...
 
     async def environment_images(self) -> list[ImageInfo]:
-        """The images carrying ENVIRONMENT_LABEL."""
+        """The images carrying ENVIRONMENT_LABEL that this executor's owner built."""
         ...
 
     async def remove_image(self, tag: str) -> None: ...

@@ -18,8 +18,10 @@ from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     INSTANCE_LABEL,
+    OWNER_LABEL,
     ContainerLimits,
     ExecutorError,
+    ImageMissing,
     RunSpec,
 )
 from tests.fakes import wait_until
@@ -140,18 +142,70 @@ async def test_workspace_is_mounted_read_only(executor: DockerExecutor, spec: Ru
     assert sorted(p.name for p in spec.workspace.iterdir()) == ["hello.txt"]
 
 
-async def test_output_dir_is_writable_and_user_and_network_apply(
+async def test_the_report_is_writable_and_user_and_network_apply(
     executor: DockerExecutor, spec: RunSpec, tmp_path: Path
 ) -> None:
     output_dir = tmp_path / "output"
     output_dir.mkdir()
-    output_dir.chmod(0o777)
-    script = "id -u; ls /sys/class/net; echo report > /ci-output/report.txt"
+    script = "id -u; ls /sys/class/net; echo report > /ci-output/junit.xml"
     sandboxed = replace(spec, script=script, output_dir=output_dir, user="1000:1000", network=False)
     status, output = await run(executor, sandboxed)
     assert status == 0, output
     assert output.decode().split() == ["1000", "lo"]  # not root, and only loopback
-    assert (output_dir / "report.txt").read_text() == "report\n"
+    assert [p.name for p in output_dir.iterdir()] == ["junit.xml"]
+    assert (output_dir / "junit.xml").read_text() == "report\n"
+
+
+async def test_a_report_not_written_leaves_no_file(
+    executor: DockerExecutor, spec: RunSpec, tmp_path: Path
+) -> None:
+    output_dir = tmp_path / "output"
+    output_dir.mkdir()
+    status, _ = await run(executor, replace(spec, script="true", output_dir=output_dir))
+    assert status == 0
+    assert list(output_dir.iterdir()) == []
+
+
+async def test_a_job_writes_only_to_a_bounded_tmp_and_the_engine_keeps_no_log(
+    executor: DockerExecutor, spec: RunSpec, docker_client: docker.DockerClient
+) -> None:
+    limits = ContainerLimits(tmp_bytes=32 * 1024**2)
+    script = (
+        "for path in / /etc /var /usr/local/lib; do touch $path/x 2>/dev/null && echo $path; done; "
+        "head -c 64m /dev/zero > /tmp/big 2>/dev/null || echo tmp full at $(du -sm /tmp); "
+        "head -c 2m /dev/urandom | od -x | head -c 5m; echo; echo started; sleep 300"
+    )
+    task = await start_running(
+        executor, replace(spec, script=script, user="1000:1000", limits=limits)
+    )
+    [container] = await job_containers(docker_client, spec.job_id)
+    assert container.id is not None
+    [listed] = await asyncio.to_thread(
+        docker_client.api.containers, filters={"id": container.id}, size=True
+    )
+    assert listed.get("SizeRw", 0) < 1024**2  # nothing written to the host's disk
+    inspected = await asyncio.to_thread(docker_client.api.inspect_container, container.id)
+    assert inspected["HostConfig"]["LogConfig"]["Type"] == "none"
+    assert inspected["LogPath"] == ""  # no log of the job under the engine
+    # /tmp's content is memory: it comes on top of the processes' limit.
+    assert inspected["HostConfig"]["Memory"] == limits.memory_bytes + limits.tmp_bytes
+    await cancel_and_see_it_removed(task, docker_client, spec.job_id)
+
+
+async def test_no_file_grows_past_the_file_limit_the_report_included(
+    executor: DockerExecutor, spec: RunSpec, tmp_path: Path
+) -> None:
+    output_dir = tmp_path / "output"
+    output_dir.mkdir()
+    limits = ContainerLimits(file_bytes=1024**2)
+    script = (
+        "python3 -c \"open('/ci-output/junit.xml', 'wb').write(bytes(4 * 1024**2))\"; "
+        "python3 -c \"open('/tmp/big', 'wb').write(bytes(4 * 1024**2))\" 2>&1 | tail -n 1"
+    )
+    sandboxed = replace(spec, script=script, output_dir=output_dir, user="1000:1000", limits=limits)
+    _, output = await run(executor, sandboxed)
+    assert output.count(b"File too large") == 2, output
+    assert (output_dir / "junit.xml").stat().st_size == 1024**2
 
 
 async def test_cancelling_run_removes_the_container(
@@ -192,7 +246,8 @@ async def test_remove_orphans_removes_only_this_instances_containers(
 
 async def test_memory_limit_kills_a_greedy_script(executor: DockerExecutor, spec: RunSpec) -> None:
     script = "python3 -c \"data = b'x' * (200 * 1024 * 1024); print('survived')\""
-    limited = replace(spec, script=script, limits=ContainerLimits(memory_bytes=64 * 1024**2))
+    limits = ContainerLimits(memory_bytes=64 * 1024**2, tmp_bytes=16 * 1024**2)
+    limited = replace(spec, script=script, limits=limits)
     status, output = await run(executor, limited)
     assert status != 0
     assert b"survived" not in output
@@ -200,9 +255,10 @@ async def test_memory_limit_kills_a_greedy_script(executor: DockerExecutor, spec
 
 async def test_unknown_image_is_an_executor_error(executor: DockerExecutor, spec: RunSpec) -> None:
     image = unique("ci-test-no-such-image-") + ":latest"
-    with pytest.raises(ExecutorError, match=image):
+    with pytest.raises(ImageMissing, match=image) as missing:
         await run(executor, replace(spec, image=image))
-    with pytest.raises(ExecutorError, match=image):
+    assert missing.value.image == image
+    with pytest.raises(ImageMissing, match=image):
         await executor.image_id(image)
 
 
@@ -231,7 +287,15 @@ async def test_built_environment_image_keeps_what_the_script_installed(
         assert b"".join(chunks) == b"built\n"
         assert await executor.image_id(tag) != await executor.image_id(runner_image)
         assert tag in [image.tag for image in await executor.environment_images()]
-        assert docker_client.images.get(tag).labels[ENVIRONMENT_LABEL] == key
+        labels = docker_client.images.get(tag).labels
+        assert labels[ENVIRONMENT_LABEL] == key
+        assert labels[OWNER_LABEL] == executor.instance
+        assert labels[INSTANCE_LABEL] == ""  # not passed on to the containers started from it
+        other = DockerExecutor(unique("test-instance-"))
+        try:
+            assert tag not in [image.tag for image in await other.environment_images()]
+        finally:
+            await other.aclose()
 
         user = replace(spec, image=tag, script="cat /opt/marker", job_id=unique(""))
         status, output = await run(executor, user)

@@ -59,13 +59,12 @@ async def executor(instance: str, tmp_path: Path) -> AsyncIterator[DockerExecuto
 
 
 def new_spec(tmp_path: Path, image: str, script: str) -> RunSpec:
-    """A job with a fresh workspace (a job's files are moved away by the run)."""
+    """A job with a workspace and an output folder of its own."""
     job_id = unique("")
     workspace = tmp_path / job_id / "src"
     output = tmp_path / job_id / "output"
     workspace.mkdir(parents=True)
     output.mkdir()
-    output.chmod(0o777)
     (workspace / "hello.txt").write_text(f"hello from {job_id}\n")
     return RunSpec(
         job_id=job_id,
@@ -114,7 +113,7 @@ async def test_the_next_job_runs_in_the_container_started_for_it(
 ) -> None:
     script = (
         f"{SHOW_HOST}; id -u; echo $GREETING; ls /sys/class/net; cat /src/hello.txt; "
-        "touch /src/new 2>/dev/null || echo read-only; echo report > /ci-output/report.txt"
+        "touch /src/new 2>/dev/null || echo read-only; echo report > /ci-output/junit.xml"
     )
     first = new_spec(tmp_path, runner_image, script)
     status, output = await run(executor, first)
@@ -130,7 +129,8 @@ async def test_the_next_job_runs_in_the_container_started_for_it(
     # The same box as a container made for the job: user, env, no network, files, report.
     assert lines[1:] == ["1000", "hi", "lo", f"hello from {second.job_id}", "read-only"]
     assert second.output_dir is not None
-    assert (second.output_dir / "report.txt").read_text() == "report\n"
+    assert (second.output_dir / "junit.xml").read_text() == "report\n"
+    assert (second.workspace / "hello.txt").is_file()  # the files are back, for a next run
     await containers_gone(docker_client, second.job_id)
     # The warm container was the job's, and went with it; a new one waits.
     with pytest.raises(docker.errors.NotFound):
