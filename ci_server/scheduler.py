@@ -32,14 +32,20 @@ from ci_server.models import (
     TestSummary,
     new_job_id,
 )
-from ci_server.runner.config import ConfigError, load_config
+from ci_server.runner.config import ConfigError, ProjectConfig, load_config
 from ci_server.runner.environments import EnvironmentCache
-from ci_server.runner.executor import Executor, ExecutorError, RunSpec
-from ci_server.runner.layers import Layers
+from ci_server.runner.executor import REPORT_DIR, Executor, ExecutorError, ImageMissing, RunSpec
+from ci_server.runner.layers import JobImage, Layers
 from ci_server.runner.output import LineSplitter, LogBudget
-from ci_server.runner.project import ProjectError, plan_install
+from ci_server.runner.project import InstallPlan, ProjectError, plan_install
 from ci_server.runner.reports import OutputTail, ReportReader, ReportRefused, with_pytest_counts
-from ci_server.runner.scripts import INSTALL_FAILED_EXIT, JUNIT_FILE, job_script
+from ci_server.runner.scripts import (
+    INSTALL_FAILED_EXIT,
+    JUNIT_FILE,
+    PYTEST_MISSING_EXIT,
+    TMP_FULL_EXIT,
+    job_script,
+)
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
@@ -52,6 +58,14 @@ CANCELLED_REASON = "cancelled by user"
 OWNER_DEACTIVATED_REASON = "cancelled: owner deactivated"
 CONTAINER_ENV = {"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"}
 """PIP_USER: an unprivileged user installs into its home (the image's Python is root's)."""
+
+
+def _size(count: int) -> str:
+    """`2 GiB`, `64 MiB`: a limit as a person reads it."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= size and count % size == 0:
+            return f"{count // size} {unit}"
+    return f"{count} bytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +86,13 @@ class Scheduler:
         self.settings = settings
         self.uploads_dir = settings.resolved_data_dir / "uploads"
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
-        environments = EnvironmentCache(executor, keep=settings.env_cache_size)
-        self.layers = Layers(executor, environments, reuse=settings.env_cache)
+        self.environments = EnvironmentCache(
+            executor, owner=settings.instance_id, keep=settings.env_cache_size
+        )
+        self.layers = Layers(executor, self.environments, reuse=settings.env_cache)
+        self._without_pytest: set[str] = set()
+        """Images a job with nothing to install found without pytest: such jobs run in an
+        environment there, which installs it."""
         self.reports = ReportReader(settings.report_limits)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: dict[str, str | None] = {}  # waiting jobs' owners, in FIFO order
@@ -281,7 +300,6 @@ class Scheduler:
         limits = self.settings.archive_limits
         await asyncio.to_thread(unpack_archive, self._upload_path(job.id), project, limits)
         output.mkdir()
-        output.chmod(0o777)  # the tests run as an unprivileged user
         config = load_config(project)
         image = config.image or self.settings.runner_image
         if image not in self.settings.allowed_image_set:
@@ -292,38 +310,94 @@ class Scheduler:
         spec = RunSpec(
             job_id=job.id,
             image=image,
-            script=job_script(plan, pytest_args, with_dependencies=True),
+            script="",  # once the job's image is known
             workspace=project,
             output_dir=output,
             env={**config.env, **CONTAINER_ENV},
             limits=self.settings.container_limits,
             user=self.settings.container_user,
+            network=self.settings.test_network,
         )
         log.system(f"Project: {plan.description}")
         for note in plan.notes:
             log.system(note)
-        installs = ["dependencies", "the project"] if plan.project_commands else ["dependencies"]
-        prepared = await self.layers.prepare(spec, plan, config, log, rebuild=job.no_cache)
-        if prepared.failure is not None:
-            return Outcome(JobStatus.FAILED, prepared.exit_code, prepared.failure)
-        spec = replace(spec, image=prepared.image)
-        if prepared.installed:
-            spec = replace(
-                spec,
-                script=job_script(plan, pytest_args, with_dependencies=False),
-                network=self.settings.test_network,
-            )
-            installs = installs[1:]  # the environment has the dependencies
-        log.system(f"Running in {spec.image}")
         tail = OutputTail()
-        exit_code = await self.executor.run(spec, tail.following(log.feed))
+        outcome = await self._run_tests(job, spec, plan, config, pytest_args, tail, log)
+        if isinstance(outcome, Outcome):
+            return outcome
+        exit_code = outcome
         log.finish()
-        if exit_code == INSTALL_FAILED_EXIT and installs:
-            reason = f"installing {' or '.join(installs)} failed"
-            return Outcome(JobStatus.FAILED, exit_code, reason)
+        if exit_code == INSTALL_FAILED_EXIT and plan.project_commands:
+            return Outcome(JobStatus.FAILED, exit_code, "installing the project failed")
         summary = await self._store_results(job, output, exit_code, tail, log)
+        limit_reached = self._limit_reached(exit_code, output / JUNIT_FILE)
+        if limit_reached:
+            return Outcome(JobStatus.FAILED, exit_code, limit_reached, summary)
         status = JobStatus.SUCCEEDED if exit_code == 0 else JobStatus.FAILED
         return Outcome(status, exit_code, summary=summary)
+
+    def _limit_reached(self, exit_code: int, report: Path) -> str | None:
+        """Why the job fails if it wrote as much as it may somewhere."""
+        limits = self.settings.container_limits
+        if exit_code == TMP_FULL_EXIT:
+            return f"wrote more than {_size(limits.tmp_bytes)} to /tmp"
+        if report.exists() and report.lstat().st_size >= limits.file_bytes:
+            return f"wrote more than {_size(limits.file_bytes)} to {REPORT_DIR}"
+        return None
+
+    # -- where the tests run: never with the network, unless the server allows it ----------
+
+    async def _run_tests(
+        self,
+        job: Job,
+        spec: RunSpec,
+        plan: InstallPlan,
+        config: ProjectConfig,
+        pytest_args: list[str],
+        tail: OutputTail,
+        log: _JobLog,
+    ) -> int | Outcome:
+        """Run the tests in the image the layers make for the job, with nothing to install
+        from the network: the pytest's status, or the Outcome of a failed build.
+
+        A job with nothing to install runs in its own image; if pytest is not there, again in
+        an environment, which installs it. An environment image gone from the engine meanwhile
+        (removed by hand) is built again, and so are the layers under it if they went too."""
+        pytest_missing = spec.image in self._without_pytest
+        for _ in range(4):  # each layer could be missing, then pytest
+            prepared = await self.layers.prepare(
+                spec, plan, config, log, rebuild=job.no_cache, pytest_missing=pytest_missing
+            )
+            try:
+                if prepared.failure is not None:
+                    return Outcome(JobStatus.FAILED, prepared.exit_code, prepared.failure)
+                exit_code = await self._run_in(prepared, spec, plan, pytest_args, tail, log)
+            except ImageMissing as e:
+                if not self.environments.forget(e.image):
+                    raise
+                log.system(f"Image {e.image} is gone from the engine: building it again")
+                continue
+            finally:
+                await self.layers.discard(prepared)
+            if exit_code != PYTEST_MISSING_EXIT or prepared.installed:
+                return exit_code
+            self._without_pytest.add(spec.image)
+            pytest_missing = True
+        raise ExecutorError(f"the images for job {job.id} kept going missing from the engine")
+
+    async def _run_in(
+        self,
+        prepared: JobImage,
+        spec: RunSpec,
+        plan: InstallPlan,
+        pytest_args: list[str],
+        tail: OutputTail,
+        log: _JobLog,
+    ) -> int:
+        script = job_script(plan, pytest_args, environment=prepared.installed)
+        log.system(f"Running in {prepared.image}")
+        job_spec = replace(spec, image=prepared.image, script=script)
+        return await self.executor.run(job_spec, tail.following(log.feed))
 
     async def _store_results(
         self, job: Job, output: Path, exit_code: int, tail: OutputTail, log: _JobLog

@@ -79,7 +79,24 @@ class Settings(BaseSettings):
         gt=0,
         description="per-test results kept from one report; the rest are counted, not kept",
     )
-    container_memory_mb: int = Field(default=2048, gt=0, description="memory limit per container")
+    container_memory_mb: int = Field(
+        default=2048,
+        gt=0,
+        description="memory limit of a job's processes (no swap); its /tmp comes on top",
+    )
+    container_tmp_mb: int = Field(
+        default=2048,
+        gt=0,
+        description="size of a job's /tmp (its project copy, HOME, what its tests write; the "
+        "rest of its file system is read-only): a tmpfs, so memory, added to the container's "
+        "memory limit",
+    )
+    container_file_mb: int = Field(
+        default=1024,
+        gt=0,
+        description="largest file a job may write, anywhere: bounds its report "
+        "(/ci-output/junit.xml), the one file it leaves on the server's disk",
+    )
     container_cpus: float = Field(default=1.0, gt=0, description="CPU limit per container")
     container_pids: int = Field(default=512, gt=0, description="process/thread limit per container")
     container_user: str = Field(
@@ -87,11 +104,23 @@ class Settings(BaseSettings):
     )
     test_network: bool = Field(
         default=False,
-        description="let the tests reach the network; by default a job whose dependencies "
-        "come from a saved environment runs with no network at all",
+        description="let the tests reach the network; by default they have none at all "
+        "(installs happen in environment builds, which have it)",
     )
-    env_cache: bool = Field(default=True, description="reuse dependency environments")
-    env_cache_size: int = Field(default=20, ge=1, description="environment images kept")
+    min_free_disk_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="below this much free space on the data dir's file system a new upload "
+        "is refused (507); running jobs carry on",
+    )
+    env_cache: bool = Field(
+        default=True,
+        description="keep dependency environments for the next jobs; off, each job's is "
+        "built and removed after it",
+    )
+    env_cache_size: int = Field(
+        default=20, ge=1, description="environment images kept (of this server's own)"
+    )
     warm_containers: int = Field(
         default=2,
         ge=0,
@@ -147,6 +176,8 @@ class Settings(BaseSettings):
             memory_bytes=self.container_memory_mb * 1024**2,
             cpus=self.container_cpus,
             pids=self.container_pids,
+            tmp_bytes=self.container_tmp_mb * 1024**2,
+            file_bytes=self.container_file_mb * 1024**2,
         )
 
     @property

@@ -1,8 +1,8 @@
 """Test doubles and helpers shared by the unit and integration tests.
 
 FakeExecutor stands in for Docker: it plays a scripted run (output chunks, an optional wait
-on an asyncio.Event, an exit code or an error), keeps environment images in a dict and
-records what the scheduler asked of it.
+on an asyncio.Event, an exit code or an error, a report), keeps environment images in a
+dict (running one it has not is ImageMissing) and records what the scheduler asked of it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ci_server.runner.executor import ImageInfo, OutputSink, RunSpec
+from ci_server.runner.environments import IMAGE_REPOSITORY
+from ci_server.runner.executor import ImageInfo, ImageMissing, OutputSink, RunSpec
 from ci_server.runner.scripts import JUNIT_FILE
 
 PASSING_PROJECT: Mapping[str, str] = {
@@ -80,6 +81,8 @@ class FakeExecutor:
     builds) are read when each run starts; images are kept in a dict."""
 
     plan: FakeRun = field(default_factory=FakeRun)
+    image_plans: dict[str, FakeRun] = field(default_factory=dict)
+    """Test runs in these images play these instead of `plan`."""
     build_plan: FakeRun = field(
         default_factory=lambda: FakeRun(output=(b"Successfully installed pytest\n",))
     )
@@ -96,6 +99,8 @@ class FakeExecutor:
     remove_orphans_calls: int = 0
 
     async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
+        if spec.image.startswith(f"{IMAGE_REPOSITORY}:") and spec.image not in self.images:
+            raise ImageMissing(f"image {spec.image!r} not found", spec.image)
         self.specs.append(spec)
         # What the container would see at /src (the workspace is removed after the job).
         self.files_seen[spec.job_id] = {
@@ -103,9 +108,10 @@ class FakeExecutor:
             for p in spec.workspace.rglob("*")
             if p.is_file()
         }
-        if self.plan.report is not None and spec.output_dir is not None:
-            (spec.output_dir / JUNIT_FILE).write_text(self.plan.report)
-        return await self._play(spec, self.plan, on_output)
+        plan = self.image_plans.get(spec.image, self.plan)
+        if plan.report is not None and spec.output_dir is not None:
+            (spec.output_dir / JUNIT_FILE).write_text(plan.report)
+        return await self._play(spec, plan, on_output)
 
     async def build_image(
         self, spec: RunSpec, tag: str, labels: Mapping[str, str], on_output: OutputSink

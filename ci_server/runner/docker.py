@@ -535,6 +535,8 @@ class DockerExecutor:
 
     async def remove_image(self, tag: str) -> None:
         await self._pool.drop(lambda profile, box: tag in (profile.image, box.image_id))
+        if self._removals:  # finished jobs' containers, which may still hold the image
+            await asyncio.wait(set(self._removals), timeout=30)
         await self._call(self._remove_image, tag)
 
     def _image_has_file(self, image: str, path: str) -> bool:

@@ -9,6 +9,11 @@ has an image skips the install and starts pytest at once. Two jobs needing the s
 environment build it once (the second waits on the first); a failed build leaves no image;
 past `keep` images the least recently used go. The images of system packages and of a
 project's builds (layers.py) are kept the same way.
+
+The cache is its owner's (a server instance): its images are tagged and labelled with it,
+and it counts and removes only those, whoever else shares the engine. An image that went
+missing all the same (removed by hand) is forgotten, and built again by the next `ensure`.
+Without a cache, an image is built for one job alone (`build_once`) and discarded after it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ci_server.runner.executor import ENVIRONMENT_LABEL, Executor, OutputSink, RunSpec
+from ci_server.runner.executor import (
+    ENVIRONMENT_LABEL,
+    Executor,
+    ImageMissing,
+    OutputSink,
+    RunSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +62,6 @@ def environment_key(
     return digest.hexdigest()
 
 
-def image_tag(key: str) -> str:
-    return f"{IMAGE_REPOSITORY}:{key[:20]}"
-
-
 @dataclass(frozen=True, slots=True)
 class Environment:
     image: str
@@ -66,12 +73,18 @@ class Environment:
 
 
 class EnvironmentCache:
-    def __init__(self, executor: Executor, *, keep: int) -> None:
+    def __init__(self, executor: Executor, *, owner: str, keep: int) -> None:
         self.executor = executor
+        self.owner = owner
         self.keep = keep
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_used: dict[str, float] = {}
         self._known: set[str] | None = None
+
+    def tag(self, key: str) -> str:
+        """The image of `key`: the owner is in its tag, so owners never share (nor take
+        each other's) tags."""
+        return f"{IMAGE_REPOSITORY}:{key[:20]}-{self.owner[:8]}"
 
     async def _images(self) -> set[str]:
         if self._known is None:
@@ -91,7 +104,7 @@ class EnvironmentCache:
         on_wait: Callable[[], None] | None = None,
     ) -> Environment:
         """The environment for `key`, built by running `build` if need be."""
-        tag = image_tag(key)
+        tag = self.tag(key)
         lock = self._locks.setdefault(key, asyncio.Lock())
         if lock.locked() and on_wait is not None:
             on_wait()
@@ -100,20 +113,48 @@ class EnvironmentCache:
             if tag in images and not rebuild:
                 self._last_used[tag] = time.time()
                 return Environment(tag, built=False)
-            replaced = await self.executor.image_id(tag) if tag in images else None
-            started = time.monotonic()
-            status = await self.executor.build_image(
-                build, tag, {ENVIRONMENT_LABEL: key}, on_output
-            )
-            seconds = time.monotonic() - started
-            if status != 0:
-                return Environment(tag, built=True, build_seconds=seconds, exit_code=status)
+            replaced = await self._image_id(tag) if tag in images else None
+            environment = await self._build(key, tag, build, on_output)
+            if environment.exit_code != 0:
+                return environment
             images.add(tag)
             self._last_used[tag] = time.time()
             if replaced is not None:
                 await self._remove(replaced)  # the rebuilt image took its tag
         await self._evict()
-        return Environment(tag, built=True, build_seconds=seconds)
+        return environment
+
+    async def build_once(self, key: str, build: RunSpec, on_output: OutputSink) -> Environment:
+        """An image for one build (`build.job_id`), outside the cache: `discard` it after
+        its job."""
+        tag = f"{IMAGE_REPOSITORY}:job-{build.job_id}-{self.owner[:8]}"
+        return await self._build(key, tag, build, on_output)
+
+    async def discard(self, tag: str) -> None:
+        await self._remove(tag)
+
+    def forget(self, tag: str) -> bool:
+        """`tag` is gone from the engine: the next `ensure` of its key builds it again.
+        False if it is none of this cache's."""
+        if self._known is None or tag not in self._known:
+            return False
+        self._known.discard(tag)
+        self._last_used.pop(tag, None)
+        return True
+
+    async def _build(
+        self, key: str, tag: str, build: RunSpec, on_output: OutputSink
+    ) -> Environment:
+        started = time.monotonic()
+        status = await self.executor.build_image(build, tag, {ENVIRONMENT_LABEL: key}, on_output)
+        seconds = time.monotonic() - started
+        return Environment(tag, built=True, build_seconds=seconds, exit_code=status)
+
+    async def _image_id(self, tag: str) -> str | None:
+        try:
+            return await self.executor.image_id(tag)
+        except ImageMissing:
+            return None
 
     async def _evict(self) -> None:
         images = await self._images()

@@ -8,8 +8,12 @@
    (compiled extensions, no editable install): keyed by the content of all its files, so a
    changed source builds anew and an unchanged one reuses its build.
 
-Each is an EnvironmentCache entry: built once, reused, evicted least recently used first.
-The tests themselves always run sandboxed (the job's user, no capabilities).
+Each is an EnvironmentCache entry: built once, reused, evicted least recently used first;
+without the cache (CI_ENV_CACHE=false) the environment and the build are made for the job
+alone and discarded after it. Only these builds have the network: whatever a job installs
+is installed here, and a job with nothing to install runs in its own image (or, if that
+has no pytest, in an environment that installs it). The tests themselves always run
+sandboxed (the job's user, no capabilities, no network unless CI_TEST_NETWORK).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class JobImage:
     """Why a build failed (`installing dependencies failed`); None when all went well."""
     exit_code: int | None = None
     """The failed build's status."""
+    discard: tuple[str, ...] = ()
+    """Images made for this job alone, to discard after it (Layers.discard)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,8 @@ class _Layer:
     name: str = ""
     """Added to the job's id in its build container's name: one job may run three builds,
     and the engine removes each container after its build, in the background."""
+    built_once: str = ""
+    """Said when it is built for one job alone (without the cache)."""
 
 
 class _BuildFailed(Exception):
@@ -77,12 +85,15 @@ ENVIRONMENT = _Layer(
     "Environment {key} built in {seconds:.1f}s and kept for the next runs",
     "Environment {key} reused: dependencies already installed",
     "installing dependencies failed",
+    built_once="Environment {key} built in {seconds:.1f}s for this job only (CI_ENV_CACHE=false)",
 )
 SOURCE_BUILD = _Layer(
     "Project {key} built from this source in {seconds:.1f}s and kept for its next runs",
     "Project {key} reused: this source is built already",
     "installing the project failed",
     "-source",
+    built_once="Project {key} built from this source in {seconds:.1f}s for this job only "
+    "(CI_ENV_CACHE=false)",
 )
 
 
@@ -104,9 +115,13 @@ class Layers:
         log: BuildLog,
         *,
         rebuild: bool = False,
+        pytest_missing: bool = False,
     ) -> JobImage:
-        """The image to run the job `spec` in (built if need be), from the job's image up."""
+        """The image to run the job `spec` in (built if need be), from the job's image up.
+        `pytest_missing`: the job's image has no pytest, so even a plan with nothing to
+        install needs an environment."""
         image = spec.image
+        discard: list[str] = []
         try:
             if config.system_packages:
                 script = system_script(config.system_packages)
@@ -118,20 +133,26 @@ class Layers:
                     capabilities=APT_CAPABILITIES,
                     names=" ".join(config.system_packages),
                 )
-            if not (self.reuse and (plan.dependency_commands or plan.project_commands)):
+            if not (plan.dependency_commands or plan.project_commands or pytest_missing):
                 return JobImage(image, installed=False)
             build = replace(spec, image=image, script=environment_script(plan))
             image = await self._ensure(
-                build, ENVIRONMENT, log, rebuild=rebuild, key_files=plan.key_files
+                build, ENVIRONMENT, log, rebuild=rebuild, key_files=plan.key_files, once=discard
             )
             if plan.project_commands and await self._builds_by_source(image):
                 build = replace(spec, image=image, script=source_script(plan))
                 image = await self._ensure(
-                    build, SOURCE_BUILD, log, rebuild=rebuild, key_files=WHOLE_SOURCE
+                    build, SOURCE_BUILD, log, rebuild=rebuild, key_files=WHOLE_SOURCE, once=discard
                 )
         except _BuildFailed as e:
-            return JobImage(image, False, e.reason, e.exit_code)
-        return JobImage(image, installed=True)
+            return JobImage(image, False, e.reason, e.exit_code, tuple(discard))
+        return JobImage(image, installed=True, discard=tuple(discard))
+
+    async def discard(self, job_image: JobImage) -> None:
+        """Remove the images made for the job alone."""
+        for image in job_image.discard:
+            self._by_source.pop(image, None)
+            await self.cache.discard(image)
 
     async def _ensure(
         self,
@@ -143,29 +164,42 @@ class Layers:
         key_files: tuple[str, ...] = (),
         capabilities: tuple[str, ...] = (),
         names: str = "",
+        once: list[str] | None = None,
     ) -> str:
-        """The image `build.script` makes on `build.image`, run as root if it is not kept
-        already; _BuildFailed if the build fails."""
+        """The image `build.script` makes on `build.image`, run as root (with the network)
+        if it is not kept already; _BuildFailed if the build fails. Without the cache, a
+        layer given `once` is built for this job alone, and its image added there."""
         base_id = await self.executor.image_id(build.image)
         key = await asyncio.to_thread(
             environment_key, base_id, build.script, build.workspace, key_files, build.env
         )
-        environment = await self.cache.ensure(
-            key,
-            replace(
-                build,
-                job_id=build.job_id + layer.name,
-                output_dir=None,
-                user="0:0",
-                capabilities=capabilities,
-            ),
-            log.feed,
-            rebuild=rebuild,
-            on_wait=lambda: log.system("Waiting for another job building this environment"),
+        as_root = replace(
+            build,
+            job_id=build.job_id + layer.name,
+            output_dir=None,
+            user="0:0",
+            capabilities=capabilities,
+            network=True,
         )
+        alone = None if self.reuse else once
+        if alone is not None:
+            environment = await self.cache.build_once(key, as_root, log.feed)
+            if environment.exit_code == 0:
+                alone.append(environment.image)
+        else:
+            environment = await self.cache.ensure(
+                key,
+                as_root,
+                log.feed,
+                rebuild=rebuild,
+                on_wait=lambda: log.system("Waiting for another job building this environment"),
+            )
         if environment.exit_code != 0:
             raise _BuildFailed(layer.failed, environment.exit_code)
-        said = layer.built if environment.built else layer.reused
+        if alone is not None:
+            said = layer.built_once
+        else:
+            said = layer.built if environment.built else layer.reused
         log.system(said.format(key=key[:12], seconds=environment.build_seconds, names=names))
         if environment.built:
             self._by_source.pop(environment.image, None)  # a new image under a known tag

@@ -14,6 +14,9 @@ reuses its build.
 
 System packages (ci.toml `system_packages`) are installed by `system_script`, in an image
 under the environment, the only build that runs apt and needs its privileges.
+
+Everything is installed by those builds, which have the network; a job installs nothing
+from the network (its tests have none).
 """
 
 from __future__ import annotations
@@ -21,15 +24,26 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from ci_server.runner.executor import REPORT_DIR, REPORT_NAME
 from ci_server.runner.project import EDITABLE_INSTALL, PIP, InstallPlan
 
 ENSURE_PYTEST = f"{{ python -m pytest --version >/dev/null 2>&1 || {PIP} pytest; }}"
 INSTALL_FAILED_EXIT = 100
 """The script's exit status when installing failed (pytest's own statuses are 0 to 5)."""
+TMP_FULL_EXIT = 101
+"""A job's status when its /tmp was full at its end: it wrote as much as it may there."""
+PYTEST_MISSING_EXIT = 102
+"""A job's status when it has nothing to install and its image has no pytest: it must run
+in an environment, which installs pytest."""
 PROJECT_DIR = "/tmp/project"
-OUTPUT_DIR = "/ci-output"
-"""Mounted writable: pytest leaves its JUnit XML report here for the server to read."""
-JUNIT_FILE = "junit.xml"
+JUNIT_FILE = REPORT_NAME
+REPORT = f"{REPORT_DIR}/{REPORT_NAME}"
+"""Where the server reads the job's report: the one file the container shares with it."""
+PYTEST_REPORT = "/tmp/junit.xml"
+"""Where pytest writes it; the script moves it to REPORT when the tests are over, so that
+what the tests themselves wrote at REPORT, up to the file size limit, is still there for
+the server to see."""
+FULL_BELOW_KIB = 1024
 INSTALLED_PROJECT = "/opt/ci-project"
 """In an environment image: `generated/`, what the project's build wrote into its source
 tree, and `installed`, there when the project is installed in the environment (it says
@@ -158,32 +172,62 @@ def source_script(plan: InstallPlan) -> str:
     )
 
 
-def job_script(plan: InstallPlan, pytest_args: Sequence[str], *, with_dependencies: bool) -> str:
-    """Copy the read-only source, install what is not in the image, run pytest.
+def _finish() -> list[str]:
+    """The job's exit trap: pytest's report to REPORT unless the tests wrote there, and
+    TMP_FULL_EXIT when /tmp was full (its content goes with the container: only now can it
+    be seen)."""
+    tmp_full = (
+        "df -Pk /tmp 2>/dev/null | "
+        f'{{ read -r _; read -r _ _ _ free _; [ "$free" -lt {FULL_BELOW_KIB} ]; }} 2>/dev/null'
+    )
+    return [
+        "finish() {",
+        "  status=$?",
+        f"  [ -s {REPORT} ] || {{ cat {PYTEST_REPORT} > {REPORT}; }} 2>/dev/null",
+        f"  if {tmp_full}; then",
+        "    echo '==> /tmp is full'",
+        f"    status={TMP_FULL_EXIT}",
+        "  fi",
+        '  exit "$status"',
+        "}",
+        "trap finish EXIT",
+    ]
 
-    Without dependencies to install, the image is an environment: the project may be
-    installed there already. The script's exit status is pytest's, or INSTALL_FAILED_EXIT.
+
+def _check_pytest() -> str:
+    find = "import importlib.util, sys; sys.exit(importlib.util.find_spec('pytest') is None)"
+    missing = "==> pytest is not installed in this image"
+    return (
+        f"python -c {shlex.quote(find)} || "
+        f"{{ echo {shlex.quote(missing)}; exit {PYTEST_MISSING_EXIT}; }}"
+    )
+
+
+def job_script(plan: InstallPlan, pytest_args: Sequence[str], *, environment: bool) -> str:
+    """Copy the read-only source and run pytest; install nothing from the network.
+
+    `environment`: the image holds what the plan installs (the dependencies, the project
+    when it has a build: checked at run time). Else the plan installs nothing and the image
+    is the job's own, which may lack pytest: then the status is PYTEST_MISSING_EXIT.
+    Otherwise it is pytest's, INSTALL_FAILED_EXIT, or TMP_FULL_EXIT.
     """
-    dependencies = [*plan.dependency_commands, ENSURE_PYTEST] if with_dependencies else []
     pytest = shlex.join(
         [
             "python",
             "-m",
             "pytest",
             *DEFAULT_PYTEST_ARGS,
-            f"--junitxml={OUTPUT_DIR}/{JUNIT_FILE}",
+            f"--junitxml={PYTEST_REPORT}",
             *pytest_args,
         ]
     )
     install_project = _install_step(
         "Installing the project", [*plan.build_commands, *plan.project_commands]
     )
-    if with_dependencies or not plan.project_commands:
-        prepare = [
-            _copy_source(),
-            *_install_step(f"Installing dependencies ({plan.description})", dependencies),
-            *install_project,
-        ]
+    if not environment:
+        prepare = [_copy_source(), _check_pytest()]
+    elif not plan.project_commands:
+        prepare = [_copy_source()]
     else:
         prepare = [
             f"if [ -e {INSTALLED_PROJECT}/installed ]; then",
@@ -196,10 +240,5 @@ def job_script(plan: InstallPlan, pytest_args: Sequence[str], *, with_dependenci
             "fi",
         ]
     return "\n".join(
-        [
-            "set -u",
-            *prepare,
-            f"echo {shlex.quote('==> ' + pytest)}",
-            f"exec {pytest}",
-        ]
+        ["set -u", *_finish(), *prepare, f"echo {shlex.quote('==> ' + pytest)}", pytest]
     )

@@ -75,16 +75,18 @@ async def test_a_failed_install_of_system_packages_fails_the_job(tmp_path: Path)
 async def test_without_kept_environments_system_packages_are_kept_all_the_same(
     tmp_path: Path,
 ) -> None:
-    """A job cannot run apt: the packages come from their image; the rest is installed by
-    the job itself, with the network."""
+    """A job cannot run apt: the packages come from their image, kept; the environment on
+    it is built for the job alone and removed after it; the tests have no network."""
     executor = FakeExecutor()
     async with harness(tmp_path, executor, env_cache=False) as h:
         job = await h.finished((await h.submit(WITH_LIBPQ)).id)
         assert job.status is JobStatus.SUCCEEDED
-        (system,) = executor.builds
+        system, environment = executor.builds
         (run,) = executor.specs
-        assert run.image == system.tag and run.network
-        assert "Installing dependencies" in run.script
+        assert environment.spec.image == system.tag and environment.spec.network
+        assert run.image == environment.tag and not run.network
+        assert "Installing dependencies" not in run.script
+        assert list(executor.images) == [system.tag]
 
 
 async def test_a_project_its_environment_cannot_keep_is_built_once_per_source(

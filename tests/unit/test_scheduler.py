@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ci_server.events import EventHub
 from ci_server.models import EventType, Job, JobEvent, JobStatus
 from ci_server.runner.executor import ExecutorError
@@ -184,21 +186,31 @@ async def test_failed_dependency_install_fails_with_a_reason(tmp_path: Path) -> 
         assert executor.images == {}  # no half-built environment kept
 
 
-async def test_exit_100_without_environment_cache_blames_the_dependencies(
+async def test_without_the_cache_the_environment_is_built_for_the_job_and_removed(
     tmp_path: Path,
 ) -> None:
-    """Without the cache the job's own script installs the requirements: exit 100 is theirs."""
-    run = FakeRun(output=[b"ERROR: No matching distribution found for nope\n"], exit_code=100)
-    executor = FakeExecutor(run)
+    executor = FakeExecutor()
+    async with harness(tmp_path, executor, env_cache=False) as h:
+        submitted = await h.submit()
+        events = await h.events_until_end(submitted.id)
+        assert (await h.store.get_job(submitted.id)).status is JobStatus.SUCCEEDED
+        [build] = executor.builds
+        [spec] = executor.specs
+        assert "requirements.txt" in build.spec.script
+        assert spec.image == build.tag
+        assert "requirements.txt" not in spec.script  # the tests install nothing
+        assert executor.images == {}  # not kept
+        assert any("for this job only" in line for line in log_lines(events, "system"))
+
+
+async def test_without_the_cache_a_failed_install_blames_the_dependencies(tmp_path: Path) -> None:
+    build = FakeRun(output=[b"ERROR: No matching distribution found for nope\n"], exit_code=1)
+    executor = FakeExecutor(build_plan=build)
     async with harness(tmp_path, executor, env_cache=False) as h:
         job = await h.finished((await h.submit()).id)
         assert job.status is JobStatus.FAILED
-        assert job.exit_code == 100
-        assert job.reason is not None and "installing dependencies failed" in job.reason
-        assert executor.builds == []
-        [spec] = executor.specs
-        assert spec.image == IMAGE
-        assert "requirements.txt" in spec.script
+        assert job.reason == "installing dependencies failed"
+        assert executor.specs == []
 
 
 async def test_exit_100_from_the_project_install_blames_the_project(tmp_path: Path) -> None:
@@ -512,3 +524,106 @@ async def test_failed_build_is_not_kept_and_is_tried_again(tmp_path: Path) -> No
         assert (await h.finished((await h.submit()).id)).status is JobStatus.SUCCEEDED
         assert len(executor.builds) == 2
         assert list(executor.images) == [executor.builds[1].tag]
+
+
+# -- the tests' network, whatever path the job takes -----------------------------------------
+
+APPLICATION = {  # a pyproject.toml with [project] and nothing to install
+    "pyproject.toml": '[project]\nname = "app"\nversion = "1"\n',
+    "test_app.py": "def test_app():\n    pass\n",
+}
+
+
+async def test_a_project_with_nothing_to_install_runs_in_the_runner_image_without_a_build(
+    tmp_path: Path,
+) -> None:
+    executor = FakeExecutor()
+    async with harness(tmp_path, executor) as h:
+        job = await h.finished((await h.submit(APPLICATION)).id)
+        assert job.status is JobStatus.SUCCEEDED
+        assert executor.builds == []
+        [spec] = executor.specs
+        assert spec.image == IMAGE
+        assert spec.network is False
+
+
+async def test_an_image_without_pytest_runs_such_projects_in_an_environment_from_then_on(
+    tmp_path: Path,
+) -> None:
+    missing = FakeRun(output=[b"==> pytest is not installed in this image\n"], exit_code=102)
+    executor = FakeExecutor(image_plans={IMAGE: missing})
+    async with harness(tmp_path, executor) as h:
+        first = await h.submit(APPLICATION)
+        events = await h.events_until_end(first.id)
+        assert (await h.store.get_job(first.id)).status is JobStatus.SUCCEEDED
+        [build] = executor.builds
+        assert [spec.image for spec in executor.specs] == [IMAGE, build.tag]
+        assert "==> pytest is not installed in this image" in log_lines(events)
+
+        second = await h.finished((await h.submit(APPLICATION)).id)
+        assert second.status is JobStatus.SUCCEEDED
+        assert [spec.image for spec in executor.specs[2:]] == [build.tag]  # straight there
+        assert all(spec.network is False for spec in executor.specs)
+
+
+@pytest.mark.parametrize(
+    ("files", "settings"),
+    [
+        (APPLICATION, {}),
+        (PASSING_PROJECT, {}),
+        (PASSING_PROJECT, {"env_cache": False}),
+        ({**PASSING_PROJECT, "setup.py": "from setuptools import setup\nsetup()\n"}, {}),
+    ],
+    ids=["nothing-to-install", "requirements", "no-cache", "packaged"],
+)
+async def test_the_tests_never_get_the_network_only_the_builds(
+    tmp_path: Path, files: Mapping[str, str], settings: dict[str, Any]
+) -> None:
+    for test_network in (False, True):
+        executor = FakeExecutor()
+        workdir = tmp_path / str(test_network)
+        async with harness(workdir, executor, test_network=test_network, **settings) as h:
+            assert (await h.finished((await h.submit(files)).id)).status is JobStatus.SUCCEEDED
+        assert [spec.network for spec in executor.specs] == [test_network]
+        assert all(build.spec.network for build in executor.builds)
+
+
+async def test_an_environment_gone_from_the_engine_is_built_again(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    async with harness(tmp_path, executor) as h:
+        await h.finished((await h.submit()).id)
+        [tag] = executor.images
+        del executor.images[tag]  # removed behind the server's back
+        submitted = await h.submit()
+        events = await h.events_until_end(submitted.id)
+        assert (await h.store.get_job(submitted.id)).status is JobStatus.SUCCEEDED
+        assert [build.tag for build in executor.builds] == [tag, tag]
+        assert list(executor.images) == [tag]
+        assert any("gone from the engine" in line for line in log_lines(events, "system"))
+
+
+async def test_environment_images_carry_their_owner_in_the_tag(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    async with harness(tmp_path, executor) as h:
+        await h.finished((await h.submit()).id)
+        [build] = executor.builds
+        assert build.tag.endswith("-" + h.scheduler.settings.instance_id[:8])
+
+
+# -- what a job may write --------------------------------------------------------------------
+
+
+async def test_a_full_tmp_fails_the_job_saying_so(tmp_path: Path) -> None:
+    executor = FakeExecutor(FakeRun(output=[b"==> /tmp is full\n"], exit_code=101))
+    async with harness(tmp_path, executor, container_tmp_mb=64) as h:
+        job = await h.finished((await h.submit()).id)
+        assert (job.status, job.exit_code) == (JobStatus.FAILED, 101)
+        assert job.reason == "wrote more than 64 MiB to /tmp"
+
+
+async def test_a_report_at_the_file_limit_fails_the_job_saying_so(tmp_path: Path) -> None:
+    executor = FakeExecutor(FakeRun(report="x" * 1024**2))
+    async with harness(tmp_path, executor, container_file_mb=1) as h:
+        job = await h.finished((await h.submit()).id)
+        assert job.status is JobStatus.FAILED
+        assert job.reason == "wrote more than 1 MiB to /ci-output"

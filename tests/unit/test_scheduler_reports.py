@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 from ci_server.models import Job, JobStatus
 from ci_server.models import TestResult as Result
 from ci_server.models import TestSummary as Summary
-from tests.fakes import FakeExecutor, FakeRun
+from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun
+from tests.unit.test_layers import PACKAGED
 from tests.unit.test_scheduler import harness, log_lines
 
 FAILURE = '<failure message="assert 1 == 2">E   assert 1 == 2</failure>'
@@ -32,9 +34,11 @@ class Finished:
     """The job's `[ci]` lines after the tests ran."""
 
 
-async def run_job(tmp_path: Path, run: FakeRun, **settings: Any) -> Finished:
+async def run_job(
+    tmp_path: Path, run: FakeRun, files: Mapping[str, str] = PASSING_PROJECT, **settings: Any
+) -> Finished:
     async with harness(tmp_path, FakeExecutor(run), **settings) as h:
-        job = await h.submit()
+        job = await h.submit(files)
         events = await h.events_until_end(job.id)
         system = log_lines(events, "system")
         ran = next(n for n, line in enumerate(system) if line.startswith("Running in"))
@@ -112,10 +116,11 @@ async def test_a_capped_report_is_said_counted_whole_and_kept_in_part(tmp_path: 
 
 
 async def test_a_failed_install_leaves_no_report_to_read(tmp_path: Path) -> None:
+    """The job installs nothing but, when its environment could not, the project itself."""
     run = FakeRun(exit_code=100, report=report(case("a", FAILURE)))
 
-    finished = await run_job(tmp_path, run, env_cache=False)
+    finished = await run_job(tmp_path, run, PACKAGED)
 
-    assert finished.job.reason == "installing dependencies failed"
+    assert finished.job.reason == "installing the project failed"
     assert finished.job.summary is None
     assert finished.results == []
