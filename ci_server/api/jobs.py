@@ -45,7 +45,7 @@ ERRORS = {
     404: "no job with this id (for a listing: the `before` job); another user's is unknown too",
     409: "the job has already finished",
     413: "the upload is larger than the server's limit",
-    507: "the server could not store the upload",
+    507: "the server could not store the upload (its disk is full, or below its free-space floor)",
 }
 
 
@@ -100,8 +100,21 @@ def _job_out(scheduler: Scheduler, job: Job) -> JobOut:
     return JobOut.from_job(job, scheduler.queue_positions().get(job.id))
 
 
+def _check_free_space(directory: Path, settings: Settings) -> None:
+    """Refuse new work below the free-space floor: what runs already carries on, with the
+    space left for it (its workspace, its report, the database's writes)."""
+    free_mb = shutil.disk_usage(directory).free // 1024**2
+    if free_mb < settings.min_free_disk_mb:
+        raise StorageFailure(
+            f"the server is low on disk space ({free_mb} MiB free, it keeps "
+            f"{settings.min_free_disk_mb} MiB free: CI_MIN_FREE_DISK_MB); try again later"
+        )
+
+
 def _save_upload(upload: UploadFile, directory: Path, settings: Settings) -> Path:
-    """Copy the spooled upload to its own file and check it; runs in a thread."""
+    """Check the free space, copy the spooled upload to its own file and check it; runs in
+    a thread."""
+    _check_free_space(directory, settings)
     target = tempfile.NamedTemporaryFile(dir=directory, suffix=".zip", delete=False)  # noqa: SIM115
     path = Path(target.name)
     try:

@@ -4,12 +4,18 @@ to a real server running real Docker.
 
 Every job must succeed: each attempt failed inside the box. While a fork bomb and a memory
 hog hold their containers at their limits, another job runs to success next to them, a
-neighbour job finds nothing of theirs, and the server answers.
+neighbour job finds nothing of theirs, and the server answers. A job that fills what it may
+write fails saying which limit it reached, and the host's disk never took the bytes.
+
+A job that holds (ESCAPE_HOLD) says so in its report file, /ci-output/junit.xml, the one
+file it shares with the host, and waits for `release` there.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +35,11 @@ from tests.e2e.harness import (
 from tests.e2e.test_cli import ASYNC_SUBMITTED, describe, job_id_from_submit
 
 MEMORY_MB = 256
+TMP_MB = 16
+FILE_MB = 8
+MAX_LOG_BYTES = 4 * 1024**2
+DISK_WRITE_MB = 48
+"""What the escape_disk tests try to write: more than any of the limits above."""
 NEIGHBOUR_FILE = f"neighbour-{uuid.uuid4().hex}.txt"
 """In the fork bomb's project: the neighbour job looks for it everywhere it can."""
 HOLD_TIMEOUT = 300.0
@@ -39,29 +50,60 @@ HOLD_TIMEOUT = 300.0
 def server(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, runner_image: str
 ) -> Iterator[ServerProcess]:
-    settings = {"CI_CONTAINER_MEMORY_MB": str(MEMORY_MB), "CI_MAX_CONCURRENT_JOBS": "4"}
+    settings = {
+        "CI_CONTAINER_MEMORY_MB": str(MEMORY_MB),
+        "CI_CONTAINER_TMP_MB": str(TMP_MB),
+        "CI_CONTAINER_FILE_MB": str(FILE_MB),
+        "CI_MAX_LOG_BYTES": str(MAX_LOG_BYTES),
+        "CI_MAX_CONCURRENT_JOBS": "4",
+    }
     env = server_env(tmp_path_factory.mktemp("escape"), runner_image, settings)
     server = ServerProcess(db_path=Path(env["CI_DB_PATH"]), env=env).start()
     yield server
     server.stop()
 
 
-def escape_project(name: str, server: ServerProcess, destination: Path) -> Path:
-    """The fixture, with a ci.toml telling its tests what to look for. The same ci.toml in
-    every project of this module: one dependency environment for all of them."""
-    project = copy_fixture(name, destination)
+@pytest.fixture(scope="module")
+def host_listener() -> Iterator[socket.socket]:
+    """A port where the host listens on every address: a job reaching the host through
+    Docker's bridge would connect (the kernel accepts it, whether or not we do)."""
+    with socket.create_server(("0.0.0.0", 0), backlog=16) as listener:
+        yield listener
+
+
+@pytest.fixture(scope="module")
+def bridge_gateway(docker_client: docker.DockerClient) -> str:
+    """The host's address on Docker's default bridge (the first of its subnet's)."""
+    [config] = docker_client.networks.get("bridge").attrs["IPAM"]["Config"]
+    return config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
+
+
+@pytest.fixture(scope="module")
+def escape_env(
+    server: ServerProcess, host_listener: socket.socket, bridge_gateway: str
+) -> dict[str, str]:
+    """What the escape projects' tests look for (in their ci.toml)."""
     host_paths = [
         server.db_path.parent,  # the server's folder: its database, its data dir
         Path(server.env["CI_DATA_DIR"]),
         REPO_ROOT,
         Path("/var/lib/docker"),
     ]
-    env = {
+    return {
         "ESCAPE_HOST_PATHS": ":".join(str(path) for path in host_paths),
         "ESCAPE_SERVER_URL": server.url,
+        "ESCAPE_BRIDGE_GATEWAY": bridge_gateway,
+        "ESCAPE_HOST_PORT": str(host_listener.getsockname()[1]),
         "ESCAPE_NEIGHBOUR_FILE": NEIGHBOUR_FILE,
         "ESCAPE_HOLD": "1",
+        "DISK_WRITE_MB": str(DISK_WRITE_MB),
     }
+
+
+def escape_project(name: str, env: dict[str, str], destination: Path) -> Path:
+    """The fixture, with a ci.toml telling its tests what to look for. The same ci.toml in
+    every project of this module: one dependency environment for all of them."""
+    project = copy_fixture(name, destination)
     lines = ["[env]", *(f"{name} = {json.dumps(value)}" for name, value in env.items())]
     (project / "ci.toml").write_text("\n".join(lines) + "\n")
     return project
@@ -80,57 +122,87 @@ def assert_every_attempt_failed(server: ServerProcess, job_id: str) -> None:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("name", ["escape_filesystem", "escape_privileges", "escape_network"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "escape_filesystem",
+        "escape_privileges",
+        "escape_network",
+        "escape_network_no_dependencies",  # nothing to install: no environment, no build
+    ],
+)
 def test_an_escape_attempt_fails_inside_the_container(
-    server: ServerProcess, tmp_path: Path, name: str
+    server: ServerProcess,
+    escape_env: dict[str, str],
+    host_listener: socket.socket,
+    tmp_path: Path,
+    name: str,
 ) -> None:
-    project = escape_project(name, server, tmp_path)
+    project = escape_project(name, escape_env, tmp_path)
     result = run_ci("submit", "test", cwd=project, server=server)
     assert result.returncode == 0, describe(result)
     assert_every_attempt_failed(server, job_id_from_submit(result.stderr))
+    host_listener.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        host_listener.accept()  # no job's connection is waiting on the host
 
 
-def output_dir(client: docker.DockerClient, job_id: str) -> Path | None:
-    """The host side of a running job's /ci-output (the one way in, for the release file),
-    from its container's mounts: a container started ahead has a directory of its own."""
+def report_file(client: docker.DockerClient, job_id: str) -> Path | None:
+    """The host side of a running job's /ci-output/junit.xml (the one way in, to release
+    a job that holds), from its container's mounts."""
     try:
         mounts = client.containers.get(f"ci-{job_id}").attrs["Mounts"]
     except docker.errors.NotFound:
         return None
-    found = [m["Source"] for m in mounts if m["Destination"] == "/ci-output"]
+    found = [m["Source"] for m in mounts if m["Destination"] == "/ci-output/junit.xml"]
     return Path(found[0]) if found else None
+
+
+def submit_async(server: ServerProcess, project: Path, *pytest_args: str) -> str:
+    extra = ("--", *pytest_args) if pytest_args else ()
+    submitted = run_ci("submit", "test", "--async", *extra, cwd=project, server=server)
+    match = ASYNC_SUBMITTED.match(submitted.stdout.strip())
+    assert match, describe(submitted)
+    return match.group(1)
+
+
+def wait_holding(
+    server: ServerProcess, client: docker.DockerClient, job_id: str, what: str
+) -> Path:
+    """Wait for the job to say it holds `what`; the file that releases it."""
+
+    def holding() -> Path | None:
+        if server.job(job_id)["status"] not in ("queued", "running"):
+            raise AssertionError(f"job {job_id} ended early: {server.job(job_id)}")
+        report = report_file(client, job_id)
+        return report if report and report.read_text() == f"{what} holding\n" else None
+
+    return wait_for(holding, timeout=HOLD_TIMEOUT, what=f"the {what} job to hold")
+
+
+def release(report: Path) -> None:
+    report.write_text("release\n")
 
 
 @pytest.mark.docker
 def test_jobs_next_to_a_fork_bomb_and_a_memory_hog_run_and_see_nothing_of_them(
-    server: ServerProcess, tmp_path: Path, docker_client: docker.DockerClient
+    server: ServerProcess,
+    escape_env: dict[str, str],
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
 ) -> None:
-    bomb = escape_project("escape_forkbomb", server, tmp_path)
+    bomb = escape_project("escape_forkbomb", escape_env, tmp_path)
     (bomb / NEIGHBOUR_FILE).write_text("the fork bomb's, for no other job to see\n")
-    hog = escape_project("escape_memory", server, tmp_path)
-    holders: dict[str, str] = {}
-    for project, marker in ((bomb, "forkbomb"), (hog, "memory")):
-        submitted = run_ci("submit", "test", "--async", cwd=project, server=server)
-        match = ASYNC_SUBMITTED.match(submitted.stdout.strip())
-        assert match, describe(submitted)
-        holders[match.group(1)] = marker
+    hog = escape_project("escape_memory", escape_env, tmp_path)
+    holders = {submit_async(server, bomb): "forkbomb", submit_async(server, hog): "memory"}
 
-    outputs: dict[str, Path] = {}
+    releases: list[Path] = []
     try:
         for job_id, marker in holders.items():
-
-            def holding(job_id: str = job_id, marker: str = marker) -> Path | None:
-                if server.job(job_id)["status"] not in ("queued", "running"):
-                    raise AssertionError(f"job {job_id} ended early: {server.job(job_id)}")
-                output = output_dir(docker_client, job_id)
-                return output if output and (output / f"{marker}.holding").exists() else None
-
-            outputs[job_id] = wait_for(
-                holding, timeout=HOLD_TIMEOUT, what=f"the {marker} job to hold its limit"
-            )
+            releases.append(wait_holding(server, docker_client, job_id, marker))
 
         # Both at their limits: other jobs run, see nothing of them, and succeed.
-        neighbour = escape_project("escape_neighbour", server, tmp_path)
+        neighbour = escape_project("escape_neighbour", escape_env, tmp_path)
         result = run_ci("submit", "test", cwd=neighbour, server=server)
         assert result.returncode == 0, describe(result)
         assert_every_attempt_failed(server, job_id_from_submit(result.stderr))
@@ -141,8 +213,8 @@ def test_jobs_next_to_a_fork_bomb_and_a_memory_hog_run_and_see_nothing_of_them(
         for job_id in holders:
             assert server.job(job_id)["status"] == "running"  # they really were side by side
     finally:
-        for output in outputs.values():
-            (output / "release").write_text("")
+        for report in releases:
+            release(report)
 
     said = {"forkbomb": "fork refused after", "memory": "the allocator was stopped"}
     for job_id, marker in holders.items():
@@ -150,3 +222,80 @@ def test_jobs_next_to_a_fork_bomb_and_a_memory_hog_run_and_see_nothing_of_them(
         assert_every_attempt_failed(server, job_id)
         log = run_ci("logs", job_id, cwd=tmp_path, server=server)
         assert said[marker] in log.stdout, describe(log)
+
+
+def written_to_the_host(client: docker.DockerClient, job_id: str) -> int:
+    """Bytes the job's container has on the host's disk: its writable layer and the
+    engine's log of it."""
+    [listed] = client.api.containers(filters={"name": f"ci-{job_id}"}, size=True)
+    log = client.api.inspect_container(listed["Id"])["LogPath"]
+    return listed.get("SizeRw", 0) + (Path(log).stat().st_size if log else 0)
+
+
+@pytest.mark.docker
+def test_a_job_filling_tmp_fails_saying_so_and_the_host_keeps_its_disk(
+    server: ServerProcess,
+    escape_env: dict[str, str],
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    project = escape_project("escape_disk", escape_env, tmp_path)
+    job_id = submit_async(server, project, "-k", "fill_tmp")
+    report = wait_holding(server, docker_client, job_id, "tmp")
+    try:
+        assert written_to_the_host(docker_client, job_id) < 1024**2
+    finally:
+        release(report)
+    job = server.wait_for_status(job_id, "succeeded", "failed", "error", "timed_out")
+    assert (job["status"], job["reason"]) == ("failed", f"wrote more than {TMP_MB} MiB to /tmp")
+    log = run_ci("logs", job_id, cwd=tmp_path, server=server).stdout
+    assert "/tmp full after" in log
+    assert "==> /tmp is full" in log
+
+
+@pytest.mark.docker
+def test_a_job_filling_its_report_fails_saying_so_and_the_host_keeps_its_disk(
+    server: ServerProcess, escape_env: dict[str, str], tmp_path: Path
+) -> None:
+    project = escape_project("escape_disk", escape_env, tmp_path)
+    result = run_ci("submit", "test", "--", "-k", "fill_the_report", cwd=project, server=server)
+    assert result.returncode == 1, describe(result)
+    job = server.job(job_id_from_submit(result.stderr))
+    assert (job["status"], job["reason"]) == (
+        "failed",
+        f"wrote more than {FILE_MB} MiB to /ci-output",
+    )
+    # The container wrote to the host's file, which stopped at the limit.
+    assert f"the report stopped at {FILE_MB * 1024**2} bytes" in result.stdout, describe(result)
+
+
+@pytest.mark.docker
+def test_nothing_but_tmp_and_the_report_is_writable(
+    server: ServerProcess, escape_env: dict[str, str], tmp_path: Path
+) -> None:
+    project = escape_project("escape_disk", escape_env, tmp_path)
+    result = run_ci(
+        "submit", "test", "--", "-k", "rest_of_the_file_system", cwd=project, server=server
+    )
+    assert result.returncode == 0, describe(result)
+    assert_every_attempt_failed(server, job_id_from_submit(result.stderr))
+
+
+@pytest.mark.docker
+def test_the_engine_keeps_no_more_of_a_jobs_output_than_the_service(
+    server: ServerProcess,
+    escape_env: dict[str, str],
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    project = escape_project("escape_disk", escape_env, tmp_path)
+    job_id = submit_async(server, project, "-k", "print_more")
+    report = wait_holding(server, docker_client, job_id, "log")
+    try:
+        assert written_to_the_host(docker_client, job_id) <= MAX_LOG_BYTES  # printed 48 MiB
+    finally:
+        release(report)
+    job = server.wait_for_status(job_id, "succeeded", "failed", "error", "timed_out")
+    assert job["status"] == "succeeded", job
+    said = run_ci("logs", job_id, cwd=tmp_path, server=server).stderr
+    assert f"log truncated: the job printed more than {MAX_LOG_BYTES} bytes" in said

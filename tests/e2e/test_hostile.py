@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -22,6 +23,7 @@ import pytest
 import requests
 
 from ci_server.settings import Settings
+from tests.e2e.conftest import ServerFactory
 from tests.e2e.harness import ServerProcess, run_ci, server_env
 from tests.e2e.test_cli import describe, job_id_from_submit, last_line
 
@@ -334,3 +336,30 @@ def test_a_project_file_of_the_wrong_shape_fails_the_job_saying_which_and_why(
         decode=True,
     )
     assert list(events) == []
+
+
+@pytest.mark.docker
+def test_below_the_free_disk_floor_an_upload_gets_507_and_leaves_no_trace(
+    make_server: ServerFactory, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """CI_MIN_FREE_DISK_MB above the real free space: the disk is "low" for this server."""
+    floor = shutil.disk_usage(tmp_path).free // 1024**2 + 1_000_000
+    server = make_server(CI_MIN_FREE_DISK_MB=str(floor))
+    since = time.time()
+
+    response = upload(server, zipped())
+
+    assert response.status_code == 507, response.text
+    detail = response.json()["detail"]
+    assert "the server is low on disk space" in detail
+    assert f"it keeps {floor} MiB free: CI_MIN_FREE_DISK_MB" in detail
+    assert server.get("/jobs").json() == []
+    assert not any((Path(server.env["CI_DATA_DIR"]) / "uploads").iterdir())
+    assert containers_created(docker_client, server, since) == []
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, content in PROJECT.items():
+        (project / name).write_text(content)
+    result = run_ci("submit", "test", cwd=project, server=server)
+    assert result.returncode != 0
+    assert "the server is low on disk space" in result.stderr, describe(result)
