@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import docker
 import docker.errors
@@ -20,7 +21,7 @@ import pytest
 from ci_server.runner.executor import INSTANCE_LABEL
 from ci_server.settings import Settings
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.harness import ServerProcess, copy_fixture, run_ci, wait_for
+from tests.e2e.harness import ServerProcess, copy_fixture, run_ci, server_env, wait_for
 from tests.e2e.test_cli import ASYNC_SUBMITTED, describe, job_id_from_submit
 
 pytestmark = pytest.mark.docker
@@ -328,3 +329,74 @@ def test_a_local_package_the_requirements_install_is_rebuilt_when_its_code_chang
     changed, how, second = submit(project, server, environment_keys, "--", "-s")
     assert changed != key and how == "built", describe(second)
     assert "WORD goodbye" in second.stdout, describe(second)
+
+
+RUNNING_IN = re.compile(r"^\[ci\] Running in (\S+)$", re.MULTILINE)
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path, runner_image: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two servers (instances) on the same engine, each keeping one environment, no warm
+    containers (a job's image is then looked up for it, not held by a waiting container)."""
+    settings = {"CI_ENV_CACHE_SIZE": "1", "CI_WARM_CONTAINERS": "0"}
+    servers = []
+    try:
+        for name in ("first", "second"):
+            env = server_env(tmp_path / name, runner_image, settings)
+            servers.append(ServerProcess(db_path=Path(env["CI_DB_PATH"]), env=env).start())
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def image_of(result: subprocess.CompletedProcess[str]) -> str:
+    match = RUNNING_IN.search(result.stderr)
+    assert match, describe(result)
+    return match.group(1)
+
+
+def test_a_servers_eviction_leaves_another_servers_environments_alone(
+    two_servers: tuple[ServerProcess, ServerProcess],
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    environment_keys: set[str],
+) -> None:
+    first, second = two_servers
+    kept = new_project(tmp_path, "first-servers")
+    _, how, result = submit(kept, first, environment_keys)
+    assert how == "built"
+    kept_image = image_of(result)
+    labels = docker_client.images.get(kept_image).labels
+    assert labels["ci.owner"] == Settings(db_path=first.db_path).instance_id
+
+    # The second server builds two environments and keeps one: it evicts its own.
+    _, _, result = submit(new_project(tmp_path, "evicted"), second, environment_keys)
+    evicted_image = image_of(result)
+    submit(new_project(tmp_path, "second-servers"), second, environment_keys)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(evicted_image)
+    docker_client.images.get(kept_image)  # the first server's is still there
+    _, how, result = submit(kept, first, environment_keys)
+    assert how == "reused", describe(result)
+
+
+def test_an_environment_removed_behind_the_servers_back_is_built_again(
+    two_servers: tuple[ServerProcess, ServerProcess],
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    environment_keys: set[str],
+) -> None:
+    server, _ = two_servers
+    project = new_project(tmp_path, "removed")
+    key, _, result = submit(project, server, environment_keys)
+    docker_client.images.remove(image_of(result), force=True)
+
+    again, _, result = submit(project, server, environment_keys)
+    said = [line for line in result.stderr.splitlines() if "Environment" in line]
+    assert again == key
+    assert said[1:] == [
+        f"[ci] Environment {key} is gone from the engine: building it again",
+        mock.ANY,
+    ], describe(result)
+    assert said[2].startswith(f"[ci] Environment {key} built in"), describe(result)
