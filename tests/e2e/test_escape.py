@@ -232,6 +232,19 @@ def written_to_the_host(client: docker.DockerClient, job_id: str) -> int:
     return listed.get("SizeRw", 0) + (Path(log).stat().st_size if log else 0)
 
 
+def fill_and_hold(
+    server: ServerProcess, client: docker.DockerClient, project: Path, test: str, what: str
+) -> tuple[str, int]:
+    """Run one escape_disk test, which holds once it has written: (its job's id, what its
+    container had on the host's disk then)."""
+    job_id = submit_async(server, project, "-k", test)
+    report = wait_holding(server, client, job_id, what)
+    try:
+        return job_id, written_to_the_host(client, job_id)
+    finally:
+        release(report)
+
+
 @pytest.mark.docker
 def test_a_job_filling_tmp_fails_saying_so_and_the_host_keeps_its_disk(
     server: ServerProcess,
@@ -240,12 +253,8 @@ def test_a_job_filling_tmp_fails_saying_so_and_the_host_keeps_its_disk(
     docker_client: docker.DockerClient,
 ) -> None:
     project = escape_project("escape_disk", escape_env, tmp_path)
-    job_id = submit_async(server, project, "-k", "fill_tmp")
-    report = wait_holding(server, docker_client, job_id, "tmp")
-    try:
-        assert written_to_the_host(docker_client, job_id) < 1024**2
-    finally:
-        release(report)
+    job_id, on_disk = fill_and_hold(server, docker_client, project, "fill_tmp", "tmp")
+    assert on_disk < 1024**2
     job = server.wait_for_status(job_id, "succeeded", "failed", "error", "timed_out")
     assert (job["status"], job["reason"]) == ("failed", f"wrote more than {TMP_MB} MiB to /tmp")
     log = run_ci("logs", job_id, cwd=tmp_path, server=server).stdout
@@ -289,12 +298,8 @@ def test_the_engine_keeps_no_more_of_a_jobs_output_than_the_service(
     docker_client: docker.DockerClient,
 ) -> None:
     project = escape_project("escape_disk", escape_env, tmp_path)
-    job_id = submit_async(server, project, "-k", "print_more")
-    report = wait_holding(server, docker_client, job_id, "log")
-    try:
-        assert written_to_the_host(docker_client, job_id) <= MAX_LOG_BYTES  # printed 48 MiB
-    finally:
-        release(report)
+    job_id, on_disk = fill_and_hold(server, docker_client, project, "print_more", "log")
+    assert on_disk <= MAX_LOG_BYTES  # it printed DISK_WRITE_MB
     job = server.wait_for_status(job_id, "succeeded", "failed", "error", "timed_out")
     assert job["status"] == "succeeded", job
     said = run_ci("logs", job_id, cwd=tmp_path, server=server).stderr
