@@ -164,7 +164,9 @@ def test_a_failed_build_is_not_kept(
     server: ServerProcess, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     def environments() -> set[str]:
-        images = docker_client.images.list(filters={"label": "ci.environment"})
+        """The server's own environment images (other servers may build theirs meanwhile)."""
+        owner = f"ci.owner={Settings(db_path=server.db_path).instance_id}"
+        images = docker_client.images.list(filters={"label": ["ci.environment", owner]})
         return {str(image.id) for image in images}
 
     before = environments()
