@@ -2,10 +2,11 @@
 
 A project's counts must be pytest's own (xfailed, xpassed, reruns, collection errors with
 their message). A job's report is the tests' own work, so tests here forge it: after pytest
-has written it, a conftest hook (`pytest_unconfigure`) replaces it with a lie, a bomb, a huge
-file, a link to a host file, a FIFO, a directory. The server must never read a host file,
-never hang, keep only so much, say in the job's log what it refused or capped, and flag counts
-that contradict the exit code wherever it shows them.
+has written it, a conftest hook (`pytest_unconfigure`) writes a lie, a bomb or a huge file
+where the server reads it, or tries to put a link to a host file, a FIFO or a directory
+there (that file is mounted from the host: it cannot be replaced). The server must never
+read a host file, never hang, keep only so much, say in the job's log what it refused or
+capped, and flag counts that contradict the exit code wherever it shows them.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def test_show_counts_every_outcome_as_pytest_prints_them(
 
 def forging_project(root: Path, *, tests_pass: bool, forge: str) -> Path:
     """A project whose one test passes or fails, and whose conftest then runs `forge`
-    (Python, with `os` imported and REPORT the report's path) over pytest's report."""
+    (Python, with `os` imported and REPORT the path where the server reads the report)."""
     root.mkdir()
     (root / "requirements.txt").write_text("pytest\n")
     (root / "pytest.ini").write_text("[pytest]\ntestpaths = tests\n")
@@ -145,8 +146,8 @@ def forging_project(root: Path, *, tests_pass: bool, forge: str) -> Path:
         "import os\n\n"
         f"REPORT = {REPORT!r}\n\n\n"
         "def pytest_unconfigure(config):\n"
-        "    # pytest wrote its report at the end of the session: replace it.\n"
-        "    os.remove(REPORT)\n" + textwrap.indent(textwrap.dedent(forge), "    ")
+        "    # pytest wrote its report at the end of the session: forge one.\n"
+        + textwrap.indent(textwrap.dedent(forge), "    ")
     )
     return root
 
@@ -193,8 +194,6 @@ REFUSED = [
         writes(junit(MAX_REPORT_BYTES // 50)),  # about 2 MB
         f"it is larger than the limit of {MAX_REPORT_BYTES:,} bytes (CI_MAX_REPORT_BYTES)",
     ),
-    Refused("fifo", "os.mkfifo(REPORT)\n", "it is a named pipe (FIFO), not a regular file"),
-    Refused("directory", "os.mkdir(REPORT)\n", "it is a directory, not a regular file"),
 ]
 
 
@@ -214,23 +213,40 @@ def test_a_report_the_server_refuses_is_said_in_the_log_and_shows_no_counts(
     assert server.get("/health").json() == {"status": "ok"}
 
 
-def test_a_report_linking_to_a_host_file_is_never_read(
-    server: ServerProcess, tmp_path: Path
+def replacing(make: str) -> str:
+    """A forge that removes the report and puts something else in its place, saying why it
+    could not."""
+    return (
+        "try:\n"
+        "    os.remove(REPORT)\n"
+        f"    {make}\n"
+        "except OSError as e:\n"
+        "    print('cannot replace the report:', e.strerror, flush=True)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "make", ["os.symlink(HOST_FILE, REPORT)", "os.mkfifo(REPORT)", "os.mkdir(REPORT)"]
+)
+def test_a_report_cannot_become_a_link_to_a_host_file_a_fifo_or_a_directory(
+    server: ServerProcess, tmp_path: Path, make: str
 ) -> None:
+    """The report's place is a regular file mounted from the host, in a read-only folder:
+    it stays that file, and the server reads pytest's own report from it."""
     secret = f"HOST-SECRET-{uuid.uuid4().hex}"
     host_file = Path(server.env["CI_DATA_DIR"]) / f"{secret}.xml"
     host_file.write_text(junit(1, f'<failure message="{secret}">{secret}</failure>'))
-    forge = f"os.symlink({str(host_file)!r}, REPORT)\n"
-    project = forging_project(tmp_path / "symlink", tests_pass=True, forge=forge)
+    forge = f"HOST_FILE = {str(host_file)!r}\n" + replacing(make)
+    project = forging_project(tmp_path / "replaced", tests_pass=True, forge=forge)
 
     run = submit(project, server)
 
+    assert "cannot replace the report: Read-only file system" in run.stdout, run.stdout
+    assert re.match(rf"^Job {run.job_id} succeeded: 1 passed in ", run.final_line), run.stderr
     shown = show(server, run.job_id, project)
     assert secret not in shown
     assert secret not in server.get(f"/jobs/{run.job_id}/tests").text
-    said = "[ci] Test report not used: it is a symbolic link, not a regular file"
-    assert said in run.stderr, run.stderr
-    assert server.job(run.job_id)["summary"] is None
+    assert "Test report not used" not in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize(
