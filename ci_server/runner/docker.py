@@ -59,6 +59,11 @@ T = TypeVar("T")
 _END = object()
 CHUNKS_PER_TURN = 1000
 """Output chunks passed on in one go before the loop may run other tasks."""
+MAX_WAITING_BYTES = 1024**2
+"""Output not yet taken by the loop past which the pump stops reading it: the container
+then waits on its writes. Attached, a job floods the server as fast as it prints (the
+engine's log stream, read before, set a slower pace): this keeps its backlog, in memory
+and on the loop, bounded."""
 WAITING_SHELL = 'script=$(cat) && exec sh -c "$script"'
 """A warm container's command: read the job's script from stdin to its end, then run it."""
 OUTPUT_STREAMS = {"stdout": 1, "stderr": 1, "stream": 1}
@@ -126,30 +131,24 @@ def _write_stdin(container: Container, data: bytes) -> None:
 
 
 def _payloads(raw: socket.socket) -> Iterator[bytes]:
-    """The bytes of an attached container's output stream, without its framing (each frame
-    is an 8-byte header, whose last 4 bytes are the size, then that many bytes), as they
-    come: read in large pieces, not a frame at a time (one line is often one frame)."""
+    """The payloads of an attached container's output stream, a frame's at a time (each
+    frame is an 8-byte header, whose last 4 bytes are the size, then that many bytes; the
+    engine makes one per write, often a line), read from the socket in large pieces. One
+    payload per frame, as the engine's own log stream gave them: the run loop passes on a
+    bounded number of them per turn (CHUNKS_PER_TURN)."""
     raw.settimeout(None)  # a job may print nothing for a long while
-    header = b""
-    left = 0  # of the current frame's payload
+    buffer = b""
     while chunk := raw.recv(256 * 1024):
-        payload = bytearray()
+        buffer += chunk
         at = 0
-        while at < len(chunk):
-            if left:
-                taken = chunk[at : at + left]
-                payload += taken
-                at += len(taken)
-                left -= len(taken)
-            else:
-                needed = 8 - len(header)
-                header += chunk[at : at + needed]
-                at += needed
-                if len(header) == 8:
-                    left = int.from_bytes(header[4:], "big")
-                    header = b""
-        if payload:
-            yield bytes(payload)
+        while len(buffer) - at >= 8:
+            size = int.from_bytes(buffer[at + 4 : at + 8], "big")
+            if len(buffer) - at - 8 < size:
+                break
+            if size:
+                yield buffer[at + 8 : at + 8 + size]
+            at += 8 + size
+        buffer = buffer[at:]
 
 
 def _image_missing(image: str) -> ImageMissing:
@@ -167,14 +166,18 @@ class _Handover:
     callback, a queue round trip and an on_output call per line) cost more than the line
     itself: under a job printing as fast as it can, the pump thread spent most of its time
     writing wake-up bytes. The thread now wakes the loop only when no wake-up is on its way,
-    and the loop takes every chunk that arrived meanwhile.
+    and the loop takes every chunk that arrived meanwhile. The thread waits while
+    MAX_WAITING_BYTES are not taken yet.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)
         self._chunks: list[bytes] = []
+        self._waiting_bytes = 0
         self._ended = False
+        self._closed = False
         self._waking = False
         self._ready = asyncio.Event()
 
@@ -185,7 +188,10 @@ class _Handover:
                 self._ended = True
             else:
                 assert isinstance(chunk, bytes)
+                while self._waiting_bytes >= MAX_WAITING_BYTES and not self._closed:
+                    self._taken.wait()
                 self._chunks.append(chunk)
+                self._waiting_bytes += len(chunk)
             if self._waking:
                 return
             self._waking = True
@@ -198,7 +204,16 @@ class _Handover:
             self._ready.clear()
             self._waking = False
             chunks, self._chunks = self._chunks, []
+            self._waiting_bytes = 0
+            self._taken.notify()
             return chunks, self._ended
+
+    def close(self) -> None:
+        """On the loop, when it takes no more (the run ends or is cancelled): the thread no
+        longer waits."""
+        with self._lock:
+            self._closed = True
+            self._taken.notify()
 
 
 class DockerExecutor:
@@ -472,6 +487,7 @@ class DockerExecutor:
             return status
         finally:
             # Runs on cancellation too: the kill ends the output stream and frees the thread.
+            output.close()
             self._schedule_removal(box)
 
     def _schedule_removal(self, box: _Box) -> None:
