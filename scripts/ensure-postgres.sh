@@ -47,7 +47,8 @@ touch "$LOG"
 echo "ensure-postgres: starting PostgreSQL on 127.0.0.1:$PORT (log: $LOG)" >&2
 # fsync off: a test cluster, thrown away with the machine; it spares the loaded disk.
 "${as_owner[@]}" "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start \
-  -o "-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" >&2
+  -o "-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" >&2 ||
+  true # another run of this script may have started it meanwhile: the check below decides
 
 if ! answers; then
   echo "ensure-postgres: ERROR: PostgreSQL does not answer; tail of $LOG:" >&2
