@@ -69,6 +69,14 @@ class InvalidTransition(CIError):
         self.wanted = wanted
 
 
+class JobAlreadyFinished(CIError):
+    """Cancelling a job that has already ended: it stays as it was."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} has already finished: {job.status}")
+        self.job = job
+
+
 class InvalidUpload(CIError):
     """The uploaded project cannot be accepted (not a zip, unsafe entries, too big...)."""
 
@@ -212,3 +220,21 @@ class JobEvent:
     type: EventType
     data: dict[str, Any]
     time: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as the store knows it: its last heartbeat says whether it lives."""
+
+    name: str
+    max_jobs: int
+    started_at: datetime
+    heartbeat_at: datetime
+    silent_seconds: float
+    """Seconds since its last heartbeat when it was read, by the store's clock (PostgreSQL's
+    for every host: the hosts' own clocks may differ)."""
+    stopped_at: datetime | None = None
+    """Set when it stopped on its own (SIGTERM); None while it runs, or after a crash."""
+
+    def replace(self, **changes: Any) -> WorkerInfo:
+        return dataclasses.replace(self, **changes)

@@ -5,17 +5,30 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from ci_server.models import Job, JobEvent, JobNotFound, JobStatus, TestOutcome, TestResult
+from ci_server.models import (
+    Job,
+    JobEvent,
+    JobNotFound,
+    JobStatus,
+    TestOutcome,
+    TestResult,
+    WorkerInfo,
+    utcnow,
+)
 from ci_server.states import claim
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore
+from ci_server.store.signals import Signal, SignalKind
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
 
 class MemoryJobStore(JobStore):
     def __init__(self) -> None:
+        super().__init__()
         self._jobs: dict[str, Job] = {}
+        self._cancel_requested: set[str] = set()
+        self._workers: dict[str, WorkerInfo] = {}
         self._order: list[str] = []
         self._events: dict[str, list[JobEvent]] = {}
         self._results: dict[str, list[TestResult]] = {}
@@ -28,11 +41,16 @@ class MemoryJobStore(JobStore):
     async def close(self) -> None:
         return None
 
+    async def ping(self) -> None:
+        return None
+
     async def add_job(self, job: Job) -> None:
         if job.id in self._jobs:
             raise ValueError(f"duplicate job id {job.id}")
         self._jobs[job.id] = job
         self._order.append(job.id)
+        if job.status is JobStatus.QUEUED:
+            self.signals.emit(Signal(SignalKind.QUEUED, job.id))
 
     async def get_job(self, job_id: str) -> Job:
         try:
@@ -73,12 +91,41 @@ class MemoryJobStore(JobStore):
         self._jobs[oldest.id] = claimed = claim(oldest, worker)
         return claimed
 
+    async def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]:
+        queued = sorted(
+            (job for job in self._jobs.values() if job.status is JobStatus.QUEUED),
+            key=lambda job: (job.created_at, job.id),
+        )
+        wanted = set(job_ids)
+        return {job.id: n for n, job in enumerate(queued, start=1) if job.id in wanted}
+
+    async def request_cancel(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            return False
+        self._cancel_requested.add(job_id)
+        self.signals.emit(Signal(SignalKind.CANCEL, job_id))
+        return True
+
+    async def cancel_requests(self, worker: str) -> list[str]:
+        return [
+            job.id
+            for job in self._jobs.values()
+            if job.id in self._cancel_requested
+            and job.status is JobStatus.RUNNING
+            and job.worker == worker
+        ]
+
     async def append_events(self, events: Sequence[JobEvent]) -> None:
+        last: dict[str, int] = {}
         for event in events:
             stored = self._events.setdefault(event.job_id, [])
             if stored and stored[-1].seq >= event.seq:
                 raise ValueError(f"event seq {event.seq} of job {event.job_id} is not new")
             stored.append(event)
+            last[event.job_id] = event.seq
+        for job_id, seq in last.items():
+            self.signals.emit(Signal(SignalKind.EVENTS, job_id, seq))
 
     async def events_after(
         self, job_id: str, after_seq: int = 0, *, limit: int | None = None
@@ -110,6 +157,43 @@ class MemoryJobStore(JobStore):
             and (not outcomes or result.outcome in outcomes)
         )
         return list(itertools.islice(chosen, limit))
+
+    async def register_worker(self, name: str, max_jobs: int) -> None:
+        now = utcnow()
+        self._workers[name] = WorkerInfo(name, max_jobs, now, now, 0.0)
+
+    async def beat(self, name: str) -> None:
+        if name in self._workers:
+            self._workers[name] = self._workers[name].replace(heartbeat_at=utcnow())
+
+    async def worker_stopped(self, name: str) -> None:
+        if name in self._workers:
+            self._workers[name] = self._workers[name].replace(stopped_at=utcnow())
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        now = utcnow()
+        return [
+            worker.replace(silent_seconds=(now - worker.heartbeat_at).total_seconds())
+            for _, worker in sorted(self._workers.items())
+        ]
+
+    async def end_jobs_of_silent_workers(self, silent_for: float, ended: Job) -> list[Job]:
+        since = utcnow() - timedelta(seconds=silent_for)
+        alive = {w.name for w in self._workers.values() if w.heartbeat_at >= since}
+        lost = []
+        for job in self._jobs.values():
+            if job.status is JobStatus.RUNNING and job.worker and job.worker not in alive:
+                lost.append(
+                    job.replace(
+                        status=ended.status,
+                        finished_at=ended.finished_at,
+                        exit_code=ended.exit_code,
+                        reason=(ended.reason or "").replace(WORKER_PLACEHOLDER, job.worker),
+                    )
+                )
+        for job in lost:
+            self._jobs[job.id] = job
+        return lost
 
     async def add_user(self, user: User) -> None:
         if any(u.email == user.email for u in self._users.values()):

@@ -4,13 +4,21 @@ Several processes (API replicas, workers, `ci-admin`) share one database: every 
 one statement or one transaction, and the claim of a queued job is a single UPDATE whose
 row is chosen with `FOR UPDATE SKIP LOCKED`, so two claimers never take the same job and
 never wait on each other. The schema is migrated at open, under an advisory lock.
+
+Signals cross processes: a write that signals sends NOTIFY in its own transaction (so the
+signal arrives once the rows are visible, and never for a write rolled back), at most once
+per job per batch of events. Each process LISTENs on one connection of its own
+(`_Notifications`), opened at the first `listen` and opened again when it drops.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import Collection, Sequence
+import logging
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +34,7 @@ from ci_server.models import (
     TestOutcome,
     TestResult,
     TestSummary,
+    WorkerInfo,
 )
 from ci_server.store.columns import (
     JOB_COLUMN_NAMES,
@@ -34,7 +43,8 @@ from ci_server.store.columns import (
     LIFECYCLE_COLUMNS,
     USER_COLUMNS,
 )
-from ci_server.store.repository import JobStore, claim_template
+from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore, claim_template
+from ci_server.store.signals import Listener, Signal, SignalKind
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
 # Each entry migrates the schema from version i to i + 1 (a row in schema_migrations).
@@ -115,7 +125,23 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
     """,
+    # Several processes: a cancel asked of another process's worker, workers' heartbeats
+    # (by the database's clock: the hosts' clocks may differ).
+    """
+    ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
+    CREATE TABLE workers (
+        name TEXT PRIMARY KEY,
+        max_jobs INTEGER NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        heartbeat_at TIMESTAMPTZ NOT NULL,
+        stopped_at TIMESTAMPTZ
+    );
+    """,
 ]
+
+logger = logging.getLogger(__name__)
+RECONNECT_SECONDS = 1.0
+"""How long the listening connection waits before it connects again after losing the server."""
 
 MIGRATION_LOCK = 0x63692D736368656D
 """The advisory lock key that serializes migrations (the bytes of "ci-schem")."""
@@ -226,12 +252,89 @@ async def open_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
     return pool
 
 
+class _Notifications:
+    """One connection of its own that LISTENs for this process, and connects again when it
+    drops (meanwhile the listeners' slow polls stand in)."""
+
+    def __init__(self, url: str, deliver: Callable[[Signal], None]) -> None:
+        self.url = url
+        self.deliver = deliver
+        self._kinds: set[SignalKind] = set()
+        self._connection: asyncpg.Connection | None = None
+        self._listened: set[SignalKind] = set()
+        self._lock = asyncio.Lock()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def add(self, kind: SignalKind) -> None:
+        """LISTEN for `kind` from now on; waits (a few seconds at most) for the connection."""
+        self._kinds.add(kind)
+        if self._task is None:
+            self._task = asyncio.create_task(self._keep_listening(), name="pg-listen")
+        await self._listen_all()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._connected.wait()
+
+    async def _listen_all(self) -> None:
+        async with self._lock:
+            connection = self._connection
+            if connection is None or connection.is_closed():
+                return
+            for kind in self._kinds - self._listened:
+                await connection.add_listener(kind.channel, self._on_notification)
+                self._listened.add(kind)
+
+    def _on_notification(
+        self, _connection: object, _pid: int, channel: str, payload: object
+    ) -> None:
+        for kind in self._kinds:
+            if kind.channel == channel:
+                self.deliver(Signal.parse(kind, str(payload)))
+
+    async def _keep_listening(self) -> None:
+        while True:
+            lost = asyncio.Event()
+            try:
+                connection = await asyncpg.connect(self.url, timeout=10)
+                connection.add_termination_listener(lambda _, lost=lost: lost.set())
+                async with self._lock:
+                    self._connection, self._listened = connection, set()
+                await self._listen_all()
+                self._connected.set()
+                await lost.wait()
+                logger.warning("lost the connection that listens for signals; connecting again")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                logger.warning("cannot listen for signals (polling meanwhile): %s", e)
+            finally:
+                self._connected.clear()
+                await self._drop_connection()
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _drop_connection(self) -> None:
+        async with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await connection.close(timeout=2)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._drop_connection()
+
+
 class PostgresJobStore(JobStore):
     def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
+        super().__init__()
         self.url = url
         self.min_connections = min_connections
         self.max_connections = max_connections
         self._pool: asyncpg.Pool | None = None
+        self._notifications = _Notifications(url, self.signals.emit)
 
     def __repr__(self) -> str:
         return f"PostgresJobStore({redacted(self.url)!r})"
@@ -248,14 +351,30 @@ class PostgresJobStore(JobStore):
         )
 
     async def close(self) -> None:
+        await self._notifications.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
 
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    async def listen(self, kind: SignalKind, listener: Listener) -> Callable[[], None]:
+        stop = await super().listen(kind, listener)
+        await self._notifications.add(kind)
+        return stop
+
     async def add_job(self, job: Job) -> None:
+        count = len(JOB_COLUMN_NAMES)
+        # One statement: the NOTIFY goes with the insert (delivered at its commit).
         await self.pool.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks(len(JOB_COLUMN_NAMES))})",
+            f"WITH added AS (INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks(count)}) "
+            f"RETURNING status) SELECT pg_notify(${count + 1}, ${count + 2}) FROM added "
+            f"WHERE status = ${count + 3}",
             *_job_row(job),
+            SignalKind.QUEUED.channel,
+            Signal(SignalKind.QUEUED, job.id).payload,
+            JobStatus.QUEUED.value,
         )
 
     async def get_job(self, job_id: str) -> Job:
@@ -321,15 +440,54 @@ class PostgresJobStore(JobStore):
         )
         return None if row is None else _job_from_row(row)
 
+    async def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]:
+        if not job_ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT id, position FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) "
+            "AS position FROM jobs WHERE status = $1) queue WHERE id = ANY($2::text[])",
+            JobStatus.QUEUED.value,
+            list(job_ids),
+        )
+        return {row["id"]: row["position"] for row in rows}
+
+    async def request_cancel(self, job_id: str) -> bool:
+        row = await self.pool.fetchrow(
+            "WITH marked AS (UPDATE jobs SET cancel_requested = true "
+            "WHERE id = $1 AND status = $2 RETURNING id) "
+            "SELECT pg_notify($3, $4) FROM marked",
+            job_id,
+            JobStatus.RUNNING.value,
+            SignalKind.CANCEL.channel,
+            Signal(SignalKind.CANCEL, job_id).payload,
+        )
+        return row is not None
+
+    async def cancel_requests(self, worker: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT id FROM jobs WHERE status = $1 AND worker = $2 AND cancel_requested",
+            JobStatus.RUNNING.value,
+            worker,
+        )
+        return [row["id"] for row in rows]
+
     async def append_events(self, events: Sequence[JobEvent]) -> None:
         if not events:
             return
+        last = {event.job_id: event.seq for event in events}
+        payloads = [Signal(SignalKind.EVENTS, job_id, seq).payload for job_id, seq in last.items()]
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.executemany(
                 # DO NOTHING: a batch retried after a failed commit may be partly written.
                 "INSERT INTO events (job_id, seq, type, data, time) VALUES ($1, $2, $3, $4, $5) "
                 "ON CONFLICT DO NOTHING",
                 [(e.job_id, e.seq, e.type.value, e.data, e.time) for e in events],
+            )
+            # One NOTIFY per job of the batch, never one per event; sent at the commit.
+            await connection.execute(
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+                SignalKind.EVENTS.channel,
+                payloads,
             )
 
     async def events_after(
@@ -406,6 +564,52 @@ class PostgresJobStore(JobStore):
             )
             for row in rows
         ]
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def register_worker(self, name: str, max_jobs: int) -> None:
+        await self.pool.execute(
+            "INSERT INTO workers (name, max_jobs, started_at, heartbeat_at) "
+            "VALUES ($1, $2, now(), now()) ON CONFLICT (name) DO UPDATE SET "
+            "max_jobs = excluded.max_jobs, started_at = excluded.started_at, "
+            "heartbeat_at = excluded.heartbeat_at, stopped_at = NULL",
+            name,
+            max_jobs,
+        )
+
+    async def beat(self, name: str) -> None:
+        await self.pool.execute("UPDATE workers SET heartbeat_at = now() WHERE name = $1", name)
+
+    async def worker_stopped(self, name: str) -> None:
+        await self.pool.execute("UPDATE workers SET stopped_at = now() WHERE name = $1", name)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        rows = await self.pool.fetch(
+            "SELECT name, max_jobs, started_at, heartbeat_at, stopped_at, "
+            "EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 AS silent_seconds "
+            "FROM workers ORDER BY name"
+        )
+        return [WorkerInfo(**dict(row.items())) for row in rows]
+
+    async def end_jobs_of_silent_workers(self, silent_for: float, ended: Job) -> list[Job]:
+        # One statement: two sweepers that pick the same row serialize on its lock, and the
+        # second finds it no longer running (PostgreSQL re-checks the WHERE after the wait).
+        rows = await self.pool.fetch(
+            "UPDATE jobs SET status = $1, finished_at = $2, exit_code = $3, "
+            "reason = replace($4, $5, worker) "
+            "WHERE status = $6 AND worker IS NOT NULL AND NOT EXISTS ("
+            "SELECT 1 FROM workers WHERE workers.name = jobs.worker "
+            "AND heartbeat_at >= now() - make_interval(secs => $7)"
+            f") RETURNING {JOB_COLUMNS}",
+            ended.status.value,
+            ended.finished_at,
+            ended.exit_code,
+            ended.reason,
+            WORKER_PLACEHOLDER,
+            JobStatus.RUNNING.value,
+            silent_for,
+        )
+        return [_job_from_row(row) for row in rows]
 
     # -- users and their API keys ----------------------------------------------------------
 

@@ -1,24 +1,38 @@
-"""The abstract repository for jobs and their events, users and their API keys.
+"""The abstract repository for jobs and their events, the workers, users and their API keys.
 
 Every backend (in-memory, SQLite, PostgreSQL) implements this interface and passes the
-contract suites in tests/unit/test_store_contract.py and test_user_store_contract.py. A store
-performs atomic compare-and-set updates and the claim of a queued job; which transitions are
-legal is decided by ci_server.states, never here.
+contract suites in tests/unit/test_store_contract.py, test_worker_store_contract.py and
+test_user_store_contract.py. A store performs atomic compare-and-set updates, the claim of a
+queued job and the end of the jobs of silent workers; which transitions are legal is decided
+by ci_server.states, never here. Its writes signal listeners (store/signals.py): the queue
+and the live logs of other processes wait on those signals, not on a tight poll.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 
 from ci_server.lifecycle import Lifecycle
-from ci_server.models import Job, JobEvent, JobStatus, TestOutcome, TestResult
-from ci_server.states import claim
+from ci_server.models import (
+    Job,
+    JobEvent,
+    JobStatus,
+    TestOutcome,
+    TestResult,
+    WorkerInfo,
+)
+from ci_server.states import claim, transition
+from ci_server.store.signals import Listener, SignalBoard, SignalKind
 from ci_server.users import ApiKey, User
 
 
 class JobStore(Lifecycle):
+    def __init__(self) -> None:
+        self.signals = SignalBoard()
+        """This process's listeners; a backend emits to it what its writes signal."""
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and create or migrate the schema."""
@@ -27,7 +41,18 @@ class JobStore(Lifecycle):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def add_job(self, job: Job) -> None: ...
+    async def ping(self) -> None:
+        """Raise unless the store answers (for /health)."""
+
+    async def listen(self, kind: SignalKind, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every signal of `kind` that a write sends: from this process
+        (every store), and from other processes where the backend carries them (PostgreSQL).
+        The function returned stops it."""
+        return self.signals.add(kind, listener)
+
+    @abc.abstractmethod
+    async def add_job(self, job: Job) -> None:
+        """Store a new job; a queued one signals QUEUED."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job:
@@ -60,8 +85,23 @@ class JobStore(Lifecycle):
         """
 
     @abc.abstractmethod
+    async def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]:
+        """The place in the queue of those of `job_ids` that are queued: 1 for the oldest
+        queued job (the next to be claimed), n for one with n - 1 older queued jobs."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, job_id: str) -> bool:
+        """Mark a running job to be stopped by its worker, and signal CANCEL; False if the
+        job is not running."""
+
+    @abc.abstractmethod
+    async def cancel_requests(self, worker: str) -> list[str]:
+        """The ids of the running jobs of `worker` whose cancel was requested."""
+
+    @abc.abstractmethod
     async def append_events(self, events: Sequence[JobEvent]) -> None:
-        """Store a batch of events in one transaction."""
+        """Store a batch of events in one transaction; signal EVENTS once per job in it,
+        with its highest seq, once they are stored."""
 
     @abc.abstractmethod
     async def events_after(
@@ -89,6 +129,34 @@ class JobStore(Lifecycle):
     ) -> list[TestResult]:
         """By position, the order pytest ran them: those past position `after` (a page's
         last), of one of `outcomes` if any are given, at most `limit`."""
+
+    # -- workers ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_worker(self, name: str, max_jobs: int) -> None:
+        """Record that worker `name` starts now: started and heartbeat now, not stopped."""
+
+    @abc.abstractmethod
+    async def beat(self, name: str) -> None:
+        """Record a heartbeat of worker `name` now (by the store's clock)."""
+
+    @abc.abstractmethod
+    async def worker_stopped(self, name: str) -> None:
+        """Record that worker `name` stopped on its own."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Every worker that ever registered, by name."""
+
+    @abc.abstractmethod
+    async def end_jobs_of_silent_workers(self, silent_for: float, ended: Job) -> list[Job]:
+        """End every running job whose worker has not beaten for `silent_for` seconds (by the
+        store's clock), in one guarded statement, and return them as ended.
+
+        Each becomes `ended`'s status, finish time and exit code, and its reason with
+        `{worker}` replaced by the job's worker (`lost_worker_template`). A job another
+        sweeper or its worker ended first is not returned: each is ended exactly once.
+        """
 
     # -- users and their API keys ----------------------------------------------------------
 
@@ -145,3 +213,13 @@ def claim_template(worker: str) -> Job:
     states.py while the SQL sets the columns.
     """
     return claim(Job(id=""), worker)
+
+
+WORKER_PLACEHOLDER = "{worker}"
+
+
+def lost_worker_template(reason: str) -> Job:
+    """What `states.transition` makes of a running job that ends `error` with `reason`, for
+    `end_jobs_of_silent_workers`: the stores copy its status, finished_at, exit_code and
+    reason (where WORKER_PLACEHOLDER becomes the job's worker)."""
+    return transition(Job(id="", status=JobStatus.RUNNING), JobStatus.ERROR, reason=reason)

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import sqlite3
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from ci_server.models import (
     TestOutcome,
     TestResult,
     TestSummary,
+    WorkerInfo,
+    utcnow,
 )
 from ci_server.store.columns import (
     JOB_COLUMN_NAMES,
@@ -33,7 +35,8 @@ from ci_server.store.columns import (
     LIFECYCLE_COLUMNS,
     USER_COLUMNS,
 )
-from ci_server.store.repository import JobStore, claim_template
+from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore, claim_template
+from ci_server.store.signals import Signal, SignalKind
 from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
@@ -101,6 +104,17 @@ MIGRATIONS: list[str] = [
     # `ci show` pages through a job's failures only (GET /jobs/{id}/tests?outcome=failed).
     "CREATE INDEX test_results_by_outcome ON test_results (job_id, outcome, position);",
     "ALTER TABLE jobs ADD COLUMN worker TEXT;",
+    # Several processes: a cancel asked of another process's worker, workers' heartbeats.
+    """
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE workers (
+        name TEXT PRIMARY KEY,
+        max_jobs INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        heartbeat_at TEXT NOT NULL,
+        stopped_at TEXT
+    );
+    """,
 ]
 
 _JOB_MARKS = ",".join("?" * len(JOB_COLUMN_NAMES))
@@ -208,6 +222,7 @@ def _event_from_row(row: aiosqlite.Row) -> JobEvent:
 
 class SqliteJobStore(JobStore):
     def __init__(self, path: str | Path) -> None:
+        super().__init__()
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
 
@@ -238,11 +253,17 @@ class SqliteJobStore(JobStore):
             await self._db.close()
             self._db = None
 
+    async def ping(self) -> None:
+        async with self.db.execute("SELECT 1") as cursor:
+            await cursor.fetchone()
+
     async def add_job(self, job: Job) -> None:
         await self.db.execute(
             f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({_JOB_MARKS})", _job_row(job)
         )
         await self.db.commit()
+        if job.status is JobStatus.QUEUED:
+            self.signals.emit(Signal(SignalKind.QUEUED, job.id))
 
     async def get_job(self, job_id: str) -> Job:
         async with self.db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:
@@ -305,6 +326,33 @@ class SqliteJobStore(JobStore):
         await self.db.commit()
         return None if row is None else _job_from_row(row)
 
+    async def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]:
+        if not job_ids:
+            return {}
+        marks = ",".join("?" * len(job_ids))
+        query = (
+            "SELECT id, position FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) "
+            f"AS position FROM jobs WHERE status = ?) WHERE id IN ({marks})"
+        )
+        async with self.db.execute(query, [JobStatus.QUEUED.value, *job_ids]) as cursor:
+            return {row["id"]: row["position"] for row in await cursor.fetchall()}
+
+    async def request_cancel(self, job_id: str) -> bool:
+        cursor = await self.db.execute(
+            "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?",
+            (job_id, JobStatus.RUNNING.value),
+        )
+        await self.db.commit()
+        if cursor.rowcount != 1:
+            return False
+        self.signals.emit(Signal(SignalKind.CANCEL, job_id))
+        return True
+
+    async def cancel_requests(self, worker: str) -> list[str]:
+        query = "SELECT id FROM jobs WHERE status = ? AND worker = ? AND cancel_requested = 1"
+        async with self.db.execute(query, (JobStatus.RUNNING.value, worker)) as cursor:
+            return [row["id"] for row in await cursor.fetchall()]
+
     async def append_events(self, events: Sequence[JobEvent]) -> None:
         if not events:
             return
@@ -314,6 +362,9 @@ class SqliteJobStore(JobStore):
             [(e.job_id, e.seq, e.type.value, json.dumps(e.data), _time(e.time)) for e in events],
         )
         await self.db.commit()
+        last = {event.job_id: event.seq for event in events}
+        for job_id, seq in last.items():
+            self.signals.emit(Signal(SignalKind.EVENTS, job_id, seq))
 
     async def events_after(
         self, job_id: str, after_seq: int = 0, *, limit: int | None = None
@@ -385,6 +436,76 @@ class SqliteJobStore(JobStore):
                 )
                 for row in await cursor.fetchall()
             ]
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def register_worker(self, name: str, max_jobs: int) -> None:
+        now = _time(utcnow())
+        await self.db.execute(
+            "INSERT INTO workers (name, max_jobs, started_at, heartbeat_at) VALUES (?,?,?,?) "
+            "ON CONFLICT (name) DO UPDATE SET max_jobs = excluded.max_jobs, "
+            "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
+            "stopped_at = NULL",
+            (name, max_jobs, now, now),
+        )
+        await self.db.commit()
+
+    async def beat(self, name: str) -> None:
+        await self.db.execute(
+            "UPDATE workers SET heartbeat_at = ? WHERE name = ?", (_time(utcnow()), name)
+        )
+        await self.db.commit()
+
+    async def worker_stopped(self, name: str) -> None:
+        await self.db.execute(
+            "UPDATE workers SET stopped_at = ? WHERE name = ?", (_time(utcnow()), name)
+        )
+        await self.db.commit()
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        now = utcnow()
+        query = "SELECT name, max_jobs, started_at, heartbeat_at, stopped_at FROM workers"
+        async with self.db.execute(f"{query} ORDER BY name") as cursor:
+            rows = await cursor.fetchall()
+        workers = []
+        for row in rows:
+            heartbeat_at = _parse_time(row["heartbeat_at"])
+            started_at = _parse_time(row["started_at"])
+            assert heartbeat_at is not None and started_at is not None  # NOT NULL
+            workers.append(
+                WorkerInfo(
+                    name=row["name"],
+                    max_jobs=row["max_jobs"],
+                    started_at=started_at,
+                    heartbeat_at=heartbeat_at,
+                    silent_seconds=(now - heartbeat_at).total_seconds(),
+                    stopped_at=_parse_time(row["stopped_at"]),
+                )
+            )
+        return workers
+
+    async def end_jobs_of_silent_workers(self, silent_for: float, ended: Job) -> list[Job]:
+        # One statement: SQLite holds the write lock from the choice to the update.
+        since = _time(utcnow() - timedelta(seconds=silent_for))
+        async with self.db.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, exit_code = ?, "
+            "reason = replace(?, ?, worker) "
+            "WHERE status = ? AND worker IS NOT NULL AND NOT EXISTS ("
+            "SELECT 1 FROM workers WHERE workers.name = jobs.worker AND heartbeat_at >= ?"
+            f") RETURNING {JOB_COLUMNS}",
+            (
+                ended.status.value,
+                _time(ended.finished_at),
+                ended.exit_code,
+                ended.reason,
+                WORKER_PLACEHOLDER,
+                JobStatus.RUNNING.value,
+                since,
+            ),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        await self.db.commit()
+        return [_job_from_row(row) for row in rows]
 
     # -- users and their API keys ----------------------------------------------------------
 

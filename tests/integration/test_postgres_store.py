@@ -1,4 +1,5 @@
-"""What only the PostgreSQL store has: its migrations, shared by processes that start at once.
+"""What only the PostgreSQL store has: its migrations, shared by processes that start at once,
+and signals that reach other processes (LISTEN/NOTIFY).
 
 The rest of its behaviour is the JobStore contract (tests/unit/test_store_contract.py).
 """
@@ -11,7 +12,9 @@ import contextlib
 import asyncpg
 
 from ci_server.store.postgres import MIGRATIONS, PostgresJobStore, redacted
-from tests.unit.test_store_contract import add_jobs
+from ci_server.store.signals import Signal, SignalKind
+from tests.fakes import wait_until
+from tests.unit.test_store_contract import add_jobs, make_event
 
 
 async def test_stores_opening_a_new_database_at_once_migrate_it_once(
@@ -47,3 +50,43 @@ def test_messages_never_show_the_password() -> None:
     assert redacted(url) == "postgresql://ci:***@db.example.com:5432/ci"
     assert "s3cret" not in repr(PostgresJobStore(url))
     assert redacted("postgresql://ci@db/ci") == "postgresql://ci@db/ci"
+
+
+async def test_signals_reach_the_listeners_of_another_process(postgres_database: str) -> None:
+    """An API replica's store hears what a worker's store writes, and the other way round."""
+    async with (
+        PostgresJobStore(postgres_database) as api,
+        PostgresJobStore(postgres_database) as worker,
+    ):
+        at_worker: list[Signal] = []
+        at_api: list[Signal] = []
+        await worker.listen(SignalKind.QUEUED, at_worker.append)
+        await worker.listen(SignalKind.CANCEL, at_worker.append)
+        await api.listen(SignalKind.EVENTS, at_api.append)
+
+        [job] = await add_jobs(api, 1)
+        await worker.claim_next_job("w")
+        await worker.append_events([make_event(job.id, n) for n in (1, 2, 3)])
+        await api.request_cancel(job.id)
+
+        await wait_until(lambda: len(at_worker) == 2 and at_api, what="signals", within=10)
+        assert at_worker == [Signal(SignalKind.QUEUED, job.id), Signal(SignalKind.CANCEL, job.id)]
+        assert at_api == [Signal(SignalKind.EVENTS, job.id, 3)]
+
+
+async def test_listening_resumes_after_the_connection_is_lost(postgres_database: str) -> None:
+    async with PostgresJobStore(postgres_database) as store:
+        heard: list[Signal] = []
+        await store.listen(SignalKind.QUEUED, heard.append)
+        # The server ends every other session: the listening connection is cut.
+        await store.pool.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+        async def heard_one() -> bool:
+            [job] = await add_jobs(store, 1)
+            await asyncio.sleep(0.2)
+            return Signal(SignalKind.QUEUED, job.id) in heard
+
+        await wait_until(heard_one, what="a signal after reconnecting", within=20)

@@ -29,9 +29,12 @@ from ci_server.models import TestResult as Result
 from ci_server.models import TestSummary as Summary
 from ci_server.states import claim
 from ci_server.store.repository import JobStore
+from ci_server.store.signals import Signal, SignalKind
 from ci_server.store.sqlite import SqliteJobStore
+from tests.fakes import wait_until
 from tests.unit.conftest import StoreFactory
 
+QUEUED = JobStatus.QUEUED
 BASE_TIME = datetime(2024, 5, 17, 9, 30, 0, 123456, tzinfo=UTC)
 
 
@@ -268,6 +271,66 @@ async def test_concurrent_claimers_take_each_job_exactly_once(new_store: StoreFa
             for job in taken:
                 assert (await stores[0].get_job(job.id)).worker == f"claimer-{n}"
         assert len(await stores[0].jobs_with_status(JobStatus.RUNNING)) == 200
+
+
+# -- the queue: positions, cancels asked of a worker, signals ----------------------------------
+
+
+async def test_queue_positions_count_the_older_queued_jobs(store: JobStore) -> None:
+    jobs = [make_job(n) for n in range(5)]
+    for job in random.Random(3).sample(jobs, len(jobs)):
+        await store.add_job(job)
+    assert await store.update_job(jobs[1].replace(status=JobStatus.CANCELLED), expected=QUEUED)
+    await store.claim_next_job("w")  # takes jobs[0]
+
+    everyone = [job.id for job in jobs]
+    assert await store.queue_positions(everyone) == {jobs[2].id: 1, jobs[3].id: 2, jobs[4].id: 3}
+    assert await store.queue_positions([jobs[4].id, "0123456789ab"]) == {jobs[4].id: 3}
+    assert await store.queue_positions([]) == {}
+
+
+async def test_a_cancel_is_asked_of_running_jobs_only(store: JobStore) -> None:
+    running, _, queued = await add_jobs(store, 3)
+    await store.claim_next_job("build-1")  # the first job
+    await store.claim_next_job("build-2")  # the second
+    assert not await store.request_cancel(queued.id)
+    assert await store.request_cancel(running.id)
+    assert await store.request_cancel(running.id)  # asking again is harmless
+    assert not await store.request_cancel("0123456789ab")
+
+    assert await store.cancel_requests("build-1") == [running.id]
+    assert await store.cancel_requests("build-2") == []
+    # Once the job has ended, there is nothing left to stop.
+    ended = (await store.get_job(running.id)).replace(status=JobStatus.CANCELLED)
+    assert await store.update_job(ended, expected=JobStatus.RUNNING)
+    assert await store.cancel_requests("build-1") == []
+
+
+async def test_writes_signal_the_listeners_of_the_store(store: JobStore) -> None:
+    heard: list[Signal] = []
+    stops = [await store.listen(kind, heard.append) for kind in SignalKind]
+    job = make_job(1)
+    await store.add_job(job)
+    await store.add_job(make_job(2, status=JobStatus.SUCCEEDED))  # not queued: no signal
+    await store.claim_next_job("w")
+    await store.request_cancel(job.id)
+    await store.append_events([make_event(job.id, 1), make_event(job.id, 2)])
+    await store.append_events([make_event(job.id, 3)])
+
+    expected = [
+        Signal(SignalKind.QUEUED, job.id),
+        Signal(SignalKind.CANCEL, job.id),
+        Signal(SignalKind.EVENTS, job.id, 2),  # one per job and batch, with its last seq
+        Signal(SignalKind.EVENTS, job.id, 3),
+    ]
+    await wait_until(lambda: len(heard) >= len(expected), what="the signals", within=10)
+    assert heard == expected
+
+    for stop in stops:
+        stop()
+    await store.append_events([make_event(job.id, 4)])
+    await store.ping()  # a round trip: a signal sent would have arrived by now
+    assert heard == expected
 
 
 async def test_events_come_back_in_order_per_job(store: JobStore) -> None:
