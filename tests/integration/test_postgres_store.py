@@ -69,7 +69,9 @@ async def test_signals_reach_the_listeners_of_another_process(postgres_database:
         await worker.append_events([make_event(job.id, n) for n in (1, 2, 3)])
         await api.request_cancel(job.id)
 
-        await wait_until(lambda: len(at_worker) == 2 and at_api, what="signals", within=10)
+        await wait_until(
+            lambda: len(at_worker) == 2 and len(at_api) == 1, what="signals", within=10
+        )
         assert at_worker == [Signal(SignalKind.QUEUED, job.id), Signal(SignalKind.CANCEL, job.id)]
         assert at_api == [Signal(SignalKind.EVENTS, job.id, 3)]
 
