@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from ci_server.events import EventHub, JobChannel
-from ci_server.models import EventType, JobEvent
+from ci_server.models import EventType, Job, JobEvent, JobStatus
 from ci_server.store.memory import MemoryJobStore
 from tests.fakes import wait_until
 
@@ -296,3 +296,108 @@ async def test_a_watcher_gets_what_waits_for_it_in_one_batch() -> None:
             assert seqs(await anext(batches)) == [8, 9, 10, 11]
             assert [batch async for batch in batches] == []
         await channel.close()
+
+
+# -- a job that another process runs ---------------------------------------------------------
+
+
+class SilentStore(MemoryJobStore):
+    """Sends no signal: as if every NOTIFY were lost (a dropped listening connection)."""
+
+    async def append_events(self, events: Sequence[JobEvent]) -> None:
+        stop, self.signals = self.signals, type(self.signals)()
+        try:
+            await super().append_events(events)
+        finally:
+            self.signals = stop
+
+
+async def running_job(store: MemoryJobStore) -> None:
+    await store.add_job(Job(id=JOB))
+    assert await store.claim_next_job("elsewhere") is not None
+
+
+async def test_a_watcher_follows_a_job_another_process_runs_through_the_store() -> None:
+    """Two hubs on one store: the worker's process publishes, the API's streams. Each of the
+    worker's batches signals the store; the watcher reads exactly what is new."""
+    store = CountingStore()
+    await running_job(store)
+    async with (
+        EventHub(store, flush_interval=NEVER) as worker,
+        EventHub(store, flush_interval=NEVER, poll_interval=NEVER) as api,
+    ):
+        channel = worker.open(JOB)
+        first = log(channel, 3)
+        await worker.flush()
+        stream = api.stream(JOB)
+        received = [await next_event(stream) for _ in range(3)]
+        assert received == first
+
+        later = log(channel, 2)
+        await worker.flush()  # nothing reaches the other hub before it is stored
+        received += [await next_event(stream), await next_event(stream)]
+        published = [*first, *later, end(channel)]
+        await channel.close()
+        received += await rest(stream)
+        assert received == published  # no gap, no duplicate, the same seqs
+
+        # Another watcher resumes where a client left off, on the other hub.
+        assert await rest(api.stream(JOB, after_seq=4)) == published[4:]
+
+
+async def test_without_signals_a_watcher_still_follows_by_polling() -> None:
+    store = SilentStore()
+    await running_job(store)
+    async with (
+        EventHub(store, flush_interval=NEVER) as worker,
+        EventHub(store, poll_interval=0.05) as api,
+    ):
+        channel = worker.open(JOB)
+        stream = api.stream(JOB)
+        published = log(channel, 2)
+        await worker.flush()
+        assert [await next_event(stream), await next_event(stream)] == published
+        published.append(end(channel))
+        await channel.close()
+        assert await rest(stream) == published[2:]
+
+
+async def test_a_watcher_moves_to_the_channel_when_this_process_takes_the_job() -> None:
+    """One process: a watcher that came while the job waited gets its live events from the
+    worker's channel, before they are written."""
+    store = CountingStore()
+    await store.add_job(Job(id=JOB))
+    async with EventHub(store, flush_interval=NEVER, poll_interval=NEVER) as hub:
+        stream = hub.stream(JOB)
+        waiting = asyncio.ensure_future(next_event(stream))
+        await wait_until(lambda: store.replays >= 1, what="the watcher reading the store")
+        channel = hub.open(JOB)
+        [first] = log(channel)
+        assert await waiting == first
+        assert store.batches == []  # live: nothing was written
+
+
+async def test_a_channel_abandoned_sends_its_watchers_to_the_end_written_elsewhere() -> None:
+    """The worker learns that another process ended its job (a lost worker's sweep): its
+    watchers get the END the other process wrote."""
+    store = CountingStore()
+    await running_job(store)
+    async with (
+        EventHub(store, flush_interval=NEVER) as worker,
+        EventHub(store, flush_interval=NEVER) as sweeper,
+    ):
+        channel = worker.open(JOB)
+        [first] = log(channel)
+        stream = worker.stream(JOB)
+        assert await next_event(stream) == first
+        await worker.flush()
+        lost = (await store.get_job(JOB)).replace(
+            status=JobStatus.ERROR, reason="worker elsewhere stopped responding"
+        )
+        await sweeper.end(lost)
+
+        await channel.abandon()
+        rest_of_it = await rest(stream)
+        assert [e.type for e in rest_of_it] == [EventType.LOG, EventType.END]
+        assert rest_of_it[0].data["text"] == "worker elsewhere stopped responding"
+        assert seqs(rest_of_it) == [2, 3]
