@@ -1,7 +1,14 @@
-"""create_app(settings): the FastAPI app with its store, event hub, executor and workers."""
+"""create_app(settings): the FastAPI app, with the parts of the process wired in its lifespan.
+
+Every API process has the store, an EventHub, the JobService and a Sweeper (lost workers).
+By default it also runs a Worker of its own (one process: `ci-server`); `worker=False`
+serves the API only (`ci-server --no-worker`), and `ci-worker` processes run the jobs.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,12 +20,28 @@ from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
 from ci_server.api.limits import BodySizeLimit
 from ci_server.events import EventHub
+from ci_server.jobs import JobService
 from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import Executor
-from ci_server.scheduler import Scheduler
 from ci_server.settings import Settings
 from ci_server.store.factory import open_store
 from ci_server.store.repository import JobStore
+from ci_server.uploads import UploadFolder
+from ci_server.worker.loop import Worker
+from ci_server.worker.recovery import Sweeper
+
+
+def docker_executor(settings: Settings) -> DockerExecutor:
+    """The worker's executor: the Docker engine at CI_DOCKER_HOST, its containers labelled
+    with the database and the worker, its warm containers' folders its own."""
+    folder = hashlib.sha256(settings.worker_name.encode()).hexdigest()[:12]
+    return DockerExecutor(
+        settings.instance_id,
+        worker=settings.worker_name,
+        base_url=settings.docker_host,
+        warm_dir=settings.resolved_data_dir / "warm" / folder,
+        warm_containers=settings.warm_containers,
+    )
 
 
 def create_app(
@@ -26,40 +49,34 @@ def create_app(
     *,
     store: JobStore | None = None,
     executor: Executor | None = None,
+    worker: bool = True,
 ) -> FastAPI:
     """Build the app; `store` defaults to the settings' (PostgreSQL at CI_DATABASE_URL, else
-    SQLite), `executor` to Docker (tests may swap them)."""
+    SQLite), `executor` to Docker (tests may swap them); `worker=False`: no jobs run here."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        docker_executor = None
-        job_executor = executor
-        if job_executor is None:
-            docker_executor = DockerExecutor(
-                settings.instance_id,
-                base_url=settings.docker_host,
-                warm_dir=settings.resolved_data_dir / "warm",
-                warm_containers=settings.warm_containers,
-            )
-            job_executor = docker_executor
-        async with (
-            store or open_store(settings) as job_store,
-            EventHub(job_store) as hub,
-        ):
-            scheduler = Scheduler(job_store, hub, job_executor, settings)
+        async with contextlib.AsyncExitStack() as stack:
+            job_store = await stack.enter_async_context(store or open_store(settings))
+            hub = await stack.enter_async_context(EventHub(job_store))
+            uploads = UploadFolder(settings.uploads_dir)
+            service = JobService(job_store, hub, uploads, settings)
+            await stack.enter_async_context(service)
+            if worker:
+                job_executor = executor or docker_executor(settings)
+                await stack.enter_async_context(job_executor)
+                await stack.enter_async_context(
+                    Worker(job_store, hub, job_executor, uploads, settings)
+                )
+            local_worker = settings.worker_name if worker else None
+            await stack.enter_async_context(Sweeper(job_store, hub, settings, local_worker))
             app.state.settings = settings
-            app.state.store = job_store
-            app.state.hub = hub
+            app.state.store = job_store  # for authentication (api/auth.py)
+            app.state.service = service
             app.state.frames = SseFrames()
-            app.state.scheduler = scheduler
-            await scheduler.start()
-            try:
-                yield
-            finally:
-                await scheduler.stop()
-                if docker_executor is not None:
-                    await docker_executor.aclose()
+            app.state.role = "api+worker" if worker else "api"
+            yield
 
     app = FastAPI(
         title="Self-hosted CI",

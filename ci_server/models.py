@@ -44,6 +44,10 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+CANCELLED_REASON = "cancelled by user"
+OWNER_DEACTIVATED_REASON = "cancelled: owner deactivated"
+
+
 class EventType(enum.StrEnum):
     """What a job event carries; see the README's "Events" section."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
@@ -134,6 +135,25 @@ class Settings(BaseSettings):
     docker_host: str | None = Field(
         default=None, description="Docker engine URL; default DOCKER_HOST"
     )
+    worker_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=200,
+        description="this process's worker, as jobs and `ci-admin workers` name it; unique "
+        "among the workers of one database (default: the host name)",
+    )
+    worker_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="a worker silent this long (no heartbeat) is lost: its running jobs end "
+        "`error`; workers beat every timeout/6 seconds (at most 5)",
+    )
+    worker_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, a worker stops taking jobs and lets its running ones finish "
+        "this long, then ends the rest `error`",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -158,6 +178,15 @@ class Settings(BaseSettings):
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir or self.db_path.with_name(self.db_path.name + ".data")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a worker beats, and any process looks for lost workers."""
+        return min(5.0, self.worker_timeout / 6)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.resolved_data_dir / "uploads"
 
     @property
     def instance_id(self) -> str:

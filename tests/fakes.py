@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from ci_server.runner.environments import IMAGE_REPOSITORY
 from ci_server.runner.executor import ImageInfo, ImageMissing, OutputSink, RunSpec
@@ -97,6 +98,12 @@ class FakeExecutor:
     max_running: int = 0
     cancelled: list[str] = field(default_factory=list)
     remove_orphans_calls: int = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
 
     async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
         if spec.image.startswith(f"{IMAGE_REPOSITORY}:") and spec.image not in self.images:

@@ -11,6 +11,7 @@ from ci_server.models import (
     CIError,
     InvalidTransition,
     InvalidUpload,
+    JobAlreadyFinished,
     JobNotFound,
     StorageFailure,
     UploadTooLarge,
@@ -37,6 +38,7 @@ STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
     (InvalidUpload, 400),
     (ProjectError, 400),
     (InvalidTransition, 409),
+    (JobAlreadyFinished, 409),
     (StorageFailure, 507),
 ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +56,7 @@ class JobOut(BaseModel):
     pytest_args: list[str]
     summary: SummaryOut | None = Field(description="test counts from pytest's report")
     owner_id: str | None = Field(description="the id of the user who submitted the job")
+    worker: str | None = Field(description="the worker that ran (runs) it; null until claimed")
 
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> JobOut:
@@ -74,11 +75,20 @@ class JobOut(BaseModel):
             pytest_args=list(job.pytest_args),
             summary=None if job.summary is None else SummaryOut.model_validate(job.summary),
             owner_id=job.owner_id,
+            worker=job.worker,
         )
 
 
 class Health(BaseModel):
-    status: str = "ok"
+    status: Literal["ok", "unavailable"] = Field(
+        description="ok: this process can serve; unavailable (HTTP 503): its store does not answer"
+    )
+    role: Literal["api+worker", "api"] = Field(
+        description="api+worker: this process runs jobs too (`ci-server`); api: it serves the "
+        "API only (`ci-server --no-worker`)"
+    )
+    store: bool = Field(description="whether the database answered, just now")
+    worker: str | None = Field(description="the name of this process's worker, if it has one")
 
 
 class ErrorOut(BaseModel):

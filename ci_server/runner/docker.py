@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import docker
 import docker.errors
@@ -43,6 +43,7 @@ from ci_server.runner.executor import (
     OWNER_LABEL,
     REPORT_DIR,
     REPORT_NAME,
+    WORKER_LABEL,
     ExecutorError,
     ImageInfo,
     ImageMissing,
@@ -221,14 +222,18 @@ class DockerExecutor:
         self,
         instance: str,
         *,
+        worker: str | None = None,
         max_threads: int = 32,
         base_url: str | None = None,
         warm_dir: Path | None = None,
         warm_containers: int = 0,
     ) -> None:
-        """`warm_containers` > 0 keeps that many containers started ahead (WarmPool), their
-        directories under `warm_dir`, which must be on the workspaces' file system."""
+        """Its containers are labelled `instance` and, if given, `worker`: it removes as
+        orphans only those with both. `warm_containers` > 0 keeps that many containers
+        started ahead (WarmPool), their directories under `warm_dir`, which must be on the
+        workspaces' file system and this executor's alone."""
         self.instance = instance
+        self.labels = {INSTANCE_LABEL: instance} | ({WORKER_LABEL: worker} if worker else {})
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="docker")
         self._base_url = base_url
         self._client: docker.DockerClient | None = None
@@ -282,7 +287,7 @@ class DockerExecutor:
                 profile.image,
                 command=command,
                 name=name,
-                labels={INSTANCE_LABEL: self.instance},
+                labels=self.labels,
                 volumes=volumes,
                 environment=dict(profile.env),
                 mem_limit=memory,
@@ -438,7 +443,7 @@ class DockerExecutor:
         repository, _, version = tag.partition(":")
         # The build container's own labels would pass to the image, and from it to every
         # container started from it: blank them.
-        blanked = {INSTANCE_LABEL: ""}
+        blanked = dict.fromkeys(self.labels, "")
         owned = {**labels, OWNER_LABEL: self.instance}
         changes = [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in (blanked | owned).items()]
         try:
@@ -507,7 +512,9 @@ class DockerExecutor:
         try:
             # sparse: no inspection of each container, which fails if one vanishes meanwhile.
             containers = client.containers.list(
-                all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"}, sparse=True
+                all=True,
+                filters={"label": [f"{key}={value}" for key, value in self.labels.items()]},
+                sparse=True,
             )
             for container in containers:
                 self._remove(_Box(container))
@@ -558,9 +565,7 @@ class DockerExecutor:
     def _image_has_file(self, image: str, path: str) -> bool:
         client = self._connect()
         try:
-            container = client.containers.create(
-                image, command=["true"], labels={INSTANCE_LABEL: self.instance}
-            )
+            container = client.containers.create(image, command=["true"], labels=self.labels)
         except docker.errors.ImageNotFound as e:
             raise _image_missing(image) from e
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
@@ -578,6 +583,12 @@ class DockerExecutor:
 
     async def image_has_file(self, image: str, path: str) -> bool:
         return await self._call(self._image_has_file, image, path)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Remove the warm containers, wait for pending removals, then release the threads

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from ci_server.models import CIError
 
 INSTANCE_LABEL = "ci.instance"
 """Names the server (its database) that owns a container, so servers sharing an engine
 never remove each other's containers."""
+WORKER_LABEL = "ci.worker"
+"""Names the worker that started a container: workers of one database may share an engine,
+and each removes only what it left."""
 ENVIRONMENT_LABEL = "ci.environment"
 """Marks the images of dependency environments (its value is the environment's key)."""
 OWNER_LABEL = "ci.owner"
@@ -90,6 +93,14 @@ OutputSink = Callable[[bytes], None]
 
 
 class Executor(Protocol):
+    """Opened and closed like the store: `async with executor: ...`."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Release what it holds (containers started ahead, threads, connections)."""
+        ...
+
     async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
         """Run the script to its end and return its exit status, passing output on as it comes.
 
@@ -99,7 +110,7 @@ class Executor(Protocol):
         ...
 
     async def remove_orphans(self) -> int:
-        """Remove containers this service left behind (after a crash); say how many."""
+        """Remove containers this worker left behind (after a crash); say how many."""
         ...
 
     async def image_id(self, image: str) -> str:

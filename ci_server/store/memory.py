@@ -120,10 +120,11 @@ class MemoryJobStore(JobStore):
         last: dict[str, int] = {}
         for event in events:
             stored = self._events.setdefault(event.job_id, [])
-            if stored and stored[-1].seq >= event.seq:
-                raise ValueError(f"event seq {event.seq} of job {event.job_id} is not new")
-            stored.append(event)
-            last[event.job_id] = event.seq
+            at = bisect.bisect_left(stored, event.seq, key=lambda e: e.seq)
+            if at < len(stored) and stored[at].seq == event.seq:
+                continue  # as the SQL stores: a seq stored already keeps its first event
+            stored.insert(at, event)
+            last[event.job_id] = max(event.seq, last.get(event.job_id, 0))
         for job_id, seq in last.items():
             self.signals.emit(Signal(SignalKind.EVENTS, job_id, seq))
 

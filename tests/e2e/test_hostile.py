@@ -223,7 +223,7 @@ def test_a_hostile_upload_is_refused_and_leaves_no_trace(
     assert not (root / "evil.py").exists()  # where the `..` entry points
     assert not ABSOLUTE_TARGET.exists()
     assert containers_created(docker_client, server, since) == []
-    assert server.get("/health").json() == {"status": "ok"}
+    assert server.get("/health").json()["status"] == "ok"
 
 
 @pytest.mark.docker
@@ -263,7 +263,7 @@ def test_an_oversized_header_is_never_a_server_error(server: ServerProcess, size
         assert response.status_code < 500, response.text
         if size >= 1_000_000:
             assert response.status_code in (400, 431), response.text
-    assert server.get("/health").json() == {"status": "ok"}
+    assert server.get("/health").json()["status"] == "ok"
     assert server.get("/jobs").status_code == 200
 
 

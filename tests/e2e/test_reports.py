@@ -210,7 +210,7 @@ def test_a_report_the_server_refuses_is_said_in_the_log_and_shows_no_counts(
     assert re.match(rf"^Job {run.job_id} succeeded in [\d.]+s$", run.final_line), run.stderr
     assert server.job(run.job_id)["summary"] is None
     assert server.get(f"/jobs/{run.job_id}/tests").json() == []
-    assert server.get("/health").json() == {"status": "ok"}
+    assert server.get("/health").json()["status"] == "ok"
 
 
 def replacing(make: str) -> str:

@@ -1,5 +1,5 @@
 """The images a job runs in, built in layers (system packages, environment, this source's
-build), through the scheduler with a fake executor. tests/e2e/test_project_installs.py
+build), through the pipeline with a fake executor. tests/e2e/test_project_installs.py
 runs the same with real Docker."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from ci_server.models import JobStatus
 from ci_server.runner.layers import APT_CAPABILITIES
 from ci_server.runner.scripts import BY_SOURCE
 from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun
-from tests.unit.test_scheduler import IMAGE, harness, log_lines
+from tests.unit.one_process import IMAGE, harness
+from tests.unit.test_pipeline import log_lines
 
 WITH_LIBPQ = {**PASSING_PROJECT, "ci.toml": 'system_packages = ["libpq-dev", "gcc"]\n'}
 PACKAGED = {

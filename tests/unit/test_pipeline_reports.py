@@ -1,4 +1,4 @@
-"""What the scheduler keeps of a job's report, and what it says about it in the job's log."""
+"""What the pipeline keeps of a job's report, and what it says about it in the job's log."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from ci_server.models import Job, JobStatus
 from ci_server.models import TestResult as Result
 from ci_server.models import TestSummary as Summary
 from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun
+from tests.unit.one_process import harness
 from tests.unit.test_layers import PACKAGED
-from tests.unit.test_scheduler import harness, log_lines
+from tests.unit.test_pipeline import log_lines
 
 FAILURE = '<failure message="assert 1 == 2">E   assert 1 == 2</failure>'
 XFAIL = '<skipped type="pytest.xfail" message="known bug" />'

@@ -1,98 +1,24 @@
-"""The scheduler: a job's life from submission to its final status, with a fake executor."""
+"""The job pipeline: what a claimed job becomes, from its upload to its final status, with a
+fake executor (in the one-process wiring: tests/unit/one_process.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 import zipfile
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ci_server.events import EventHub
-from ci_server.models import EventType, Job, JobEvent, JobStatus
+from ci_server.models import EventType, JobEvent, JobStatus
 from ci_server.runner.executor import ExecutorError
-from ci_server.scheduler import INTERRUPTED_REASON, Scheduler
-from ci_server.settings import Settings
-from ci_server.states import transition
-from ci_server.store.memory import MemoryJobStore
-from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun, wait_until, write_zip
+from ci_server.users import ANONYMOUS_ADMIN
+from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun
+from tests.unit.one_process import IMAGE, harness
 
-IMAGE = "runner:test"
 END_KEYS = ("status", "exit_code", "success", "reason", "duration_seconds")
 NO_BUILD_OUTPUT = FakeRun(output=())
-
-
-class Harness:
-    def __init__(self, tmp_path: Path, scheduler: Scheduler, executor: FakeExecutor) -> None:
-        self.tmp_path = tmp_path
-        self.scheduler = scheduler
-        self.executor = executor
-        self.store = scheduler.store
-        self.hub = scheduler.hub
-
-    async def submit(
-        self, files: Mapping[str, str | bytes] = PASSING_PROJECT, **options: Any
-    ) -> Job:
-        upload = write_zip(self.tmp_path / "uploads-in" / f"{uuid.uuid4().hex}.zip", files)
-        job = await self.scheduler.submit(upload, **options)
-        assert not upload.exists()  # the scheduler took the file over
-        return job
-
-    async def events_until_end(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
-        events: list[JobEvent] = []
-        async with asyncio.timeout(10):
-            async for event in self.hub.stream(job_id, after_seq):
-                events.append(event)
-        assert events[-1].type is EventType.END
-        return events
-
-    async def finished(self, job_id: str) -> Job:
-        """Wait for the job's END event; return the job as stored."""
-        await self.events_until_end(job_id)
-        job = await self.store.get_job(job_id)
-        assert job.status.is_terminal
-        return job
-
-    async def wait_running(self, *job_ids: str) -> None:
-        await wait_until(lambda: set(job_ids) <= self.executor.running, what=f"{job_ids} running")
-
-    async def one_running_one_queued(self) -> tuple[Job, Job]:
-        """Two jobs, the first one running (held by the executor's gate), the second waiting."""
-        first, second = await self.submit(), await self.submit()
-        await self.wait_running(first.id)
-        return first, second
-
-    async def uploads_removed(self) -> None:
-        # The upload is deleted just after the END event: wait for it.
-        uploads = self.scheduler.uploads_dir
-        await wait_until(lambda: not any(uploads.iterdir()), what="uploads removed")
-
-
-@asynccontextmanager
-async def harness(
-    tmp_path: Path,
-    executor: FakeExecutor | None = None,
-    *,
-    store: MemoryJobStore | None = None,
-    **settings: Any,
-) -> AsyncIterator[Harness]:
-    executor = executor or FakeExecutor()
-    store = store or MemoryJobStore()
-    settings.setdefault("max_concurrent_jobs", 1)
-    config = Settings(
-        db_path=tmp_path / "db", data_dir=tmp_path / "data", runner_image=IMAGE, **settings
-    )
-    async with EventHub(store, flush_interval=0.02) as hub:
-        scheduler = Scheduler(store, hub, executor, config)
-        await scheduler.start()
-        try:
-            yield Harness(tmp_path, scheduler, executor)
-        finally:
-            await scheduler.stop()
 
 
 def log_lines(events: list[JobEvent], stream: str = "stdout") -> list[str]:
@@ -258,7 +184,8 @@ async def test_corrupted_upload_fails_with_a_reason(tmp_path: Path) -> None:
         data[data.index(b"def test_a")] ^= 0xFF
         upload.write_bytes(bytes(data))
 
-        submitted = await h.scheduler.submit(upload)
+        with upload.open("rb") as archive:
+            submitted = (await h.service.submit(ANONYMOUS_ADMIN, archive)).job
         job = await h.finished(submitted.id)
         assert job.status is JobStatus.FAILED
         assert job.reason is not None and "test_a.py" in job.reason
@@ -295,159 +222,12 @@ async def test_upload_lost_before_the_job_runs_ends_it_in_error(tmp_path: Path) 
     executor = FakeExecutor(FakeRun(gate=gate))
     async with harness(tmp_path, executor) as h:
         first, second = await h.one_running_one_queued()
-        (h.scheduler.uploads_dir / f"{second.id}.zip").unlink()
+        h.uploads.path(second.id).unlink()
         gate.set()
         job = await h.finished(second.id)
         assert job.status is JobStatus.ERROR
         assert job.reason is not None and "system error" in job.reason
         assert [spec.job_id for spec in executor.specs] == [first.id]
-
-
-# -- the queue -------------------------------------------------------------------------------
-
-
-async def test_more_jobs_than_workers_wait_their_turn(tmp_path: Path) -> None:
-    gate = asyncio.Event()
-    executor = FakeExecutor(FakeRun(gate=gate))
-    async with harness(tmp_path, executor, max_concurrent_jobs=2) as h:
-        jobs = [await h.submit() for _ in range(5)]
-        ids = [job.id for job in jobs]
-        await h.wait_running(ids[0], ids[1])
-
-        assert h.scheduler.queue_positions() == {ids[2]: 1, ids[3]: 2, ids[4]: 3}
-        for job_id in ids[2:]:
-            assert (await h.store.get_job(job_id)).status is JobStatus.QUEUED
-
-        gate.set()
-        finished = [await h.finished(job_id) for job_id in ids]
-        assert [job.status for job in finished] == [JobStatus.SUCCEEDED] * 5
-        assert executor.max_running == 2
-        assert sorted(spec.job_id for spec in executor.specs) == sorted(ids)
-        assert h.scheduler.queue_positions() == {}
-
-
-async def test_cancel_queued_job_never_runs_it(tmp_path: Path) -> None:
-    gate = asyncio.Event()
-    executor = FakeExecutor(FakeRun(gate=gate))
-    async with harness(tmp_path, executor) as h:
-        first, second = await h.one_running_one_queued()
-
-        cancelled = await h.scheduler.cancel(second.id)
-        assert cancelled.status is JobStatus.CANCELLED
-        assert cancelled.reason == "cancelled by user"
-        assert cancelled.started_at is None
-        assert h.scheduler.queue_positions() == {}
-        events = await h.events_until_end(second.id)
-        assert events[-1].data["status"] == "cancelled"
-        assert statuses(events) == ["queued"]
-
-        gate.set()
-        assert (await h.finished(first.id)).status is JobStatus.SUCCEEDED
-        assert [spec.job_id for spec in executor.specs] == [first.id]
-        assert (await h.store.get_job(second.id)).status is JobStatus.CANCELLED
-        await h.uploads_removed()
-
-
-async def test_cancel_running_job_cancels_the_executor(tmp_path: Path) -> None:
-    executor = FakeExecutor(FakeRun(output=[b"started\n"], gate=asyncio.Event()))
-    async with harness(tmp_path, executor) as h:
-        job = await h.submit()
-        await h.wait_running(job.id)
-
-        cancelled = await h.scheduler.cancel(job.id)
-        assert cancelled.status is JobStatus.CANCELLED
-        assert cancelled.reason == "cancelled by user"
-        assert cancelled.finished_at is not None
-        assert executor.cancelled == [job.id]
-        assert executor.running == set()
-        events = await h.events_until_end(job.id)
-        assert "started" in log_lines(events)
-        assert events[-1].data["status"] == "cancelled"
-        assert not executor.specs[0].workspace.exists()
-
-        # The worker survived the cancellation and takes the next job.
-        executor.plan = FakeRun()
-        assert (await h.finished((await h.submit()).id)).status is JobStatus.SUCCEEDED
-
-
-async def test_cancel_finished_job_returns_it_unchanged(tmp_path: Path) -> None:
-    async with harness(tmp_path) as h:
-        job = await h.finished((await h.submit()).id)
-        events = await h.events_until_end(job.id)
-        assert await h.scheduler.cancel(job.id) == job
-        assert await h.store.get_job(job.id) == job
-        assert await h.hub.last_seq(job.id) == len(events)  # no new event either
-
-
-async def test_job_over_its_timeout_is_timed_out(tmp_path: Path) -> None:
-    executor = FakeExecutor(FakeRun(output=[b"sleeping forever"], gate=asyncio.Event()))
-    async with harness(tmp_path, executor) as h:
-        submitted = await h.submit(timeout_seconds=0.2)
-        events = await h.events_until_end(submitted.id)
-        job = await h.store.get_job(submitted.id)
-        assert job.status is JobStatus.TIMED_OUT
-        assert job.success is False
-        assert job.reason == "timed out after 0.2s"
-        assert executor.cancelled == [submitted.id]
-        # The unterminated last line is not lost, and the reason is in the log.
-        assert "sleeping forever" in log_lines(events)
-        assert "timed out after 0.2s" in log_lines(events, "system")
-
-
-async def test_timeout_is_capped_by_the_server_maximum(tmp_path: Path) -> None:
-    async with harness(tmp_path, max_job_timeout=30, job_timeout=10) as h:
-        assert (await h.submit(timeout_seconds=3600)).timeout_seconds == 30
-        assert (await h.submit()).timeout_seconds == 10
-
-
-async def test_stop_marks_running_job_as_error(tmp_path: Path) -> None:
-    executor = FakeExecutor(FakeRun(gate=asyncio.Event()))
-    store = MemoryJobStore()
-    async with harness(tmp_path, executor, store=store) as h:
-        job = await h.submit()
-        await h.wait_running(job.id)
-    stopped = await store.get_job(job.id)
-    assert stopped.status is JobStatus.ERROR
-    assert stopped.reason == "server shut down"
-    assert executor.cancelled == [job.id]
-    events = await store.events_after(job.id)
-    assert events[-1].type is EventType.END
-
-
-async def test_restart_recovers_running_and_queued_jobs(tmp_path: Path) -> None:
-    store = MemoryJobStore()
-    interrupted = transition(Job(id="aaaaaaaaaaaa"), JobStatus.RUNNING)
-    waiting = Job(id="bbbbbbbbbbbb")
-    for job in (interrupted, waiting):
-        await store.add_job(job)
-    await store.append_events(
-        [
-            JobEvent(interrupted.id, 1, EventType.STATUS, {"status": "queued"}),
-            JobEvent(interrupted.id, 2, EventType.STATUS, {"status": "running"}),
-            JobEvent(interrupted.id, 3, EventType.LOG, {"stream": "stdout", "text": "half"}),
-            JobEvent(waiting.id, 1, EventType.STATUS, {"status": "queued"}),
-        ]
-    )
-    write_zip(tmp_path / "data" / "uploads" / f"{waiting.id}.zip", PASSING_PROJECT)
-    executor = FakeExecutor(orphans=1)
-
-    async with harness(tmp_path, executor, store=store) as h:
-        events = await h.events_until_end(interrupted.id)
-        job = await store.get_job(interrupted.id)
-        assert job.status is JobStatus.ERROR
-        assert job.reason == INTERRUPTED_REASON
-        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
-        assert events[3].data == {"stream": "system", "text": INTERRUPTED_REASON}
-        assert events[4].type is EventType.END
-        assert events[4].data["status"] == "error"
-
-        resumed = await h.events_until_end(waiting.id)
-        assert (await store.get_job(waiting.id)).status is JobStatus.SUCCEEDED
-        assert [e.seq for e in resumed] == list(range(1, len(resumed) + 1))
-        assert statuses(resumed) == ["queued", "running"]
-
-        assert executor.remove_orphans_calls == 1
-        assert [spec.job_id for spec in executor.specs] == [waiting.id]
 
 
 # -- the log ---------------------------------------------------------------------------------
@@ -607,7 +387,7 @@ async def test_environment_images_carry_their_owner_in_the_tag(tmp_path: Path) -
     async with harness(tmp_path, executor) as h:
         await h.finished((await h.submit()).id)
         [build] = executor.builds
-        assert build.tag.endswith("-" + h.scheduler.settings.instance_id[:8])
+        assert build.tag.endswith("-" + h.worker.settings.instance_id[:8])
 
 
 # -- what a job may write --------------------------------------------------------------------

@@ -1,0 +1,273 @@
+"""JobService: what a user may do with jobs, the only thing the API's routes call.
+
+It submits (the upload kept, a `queued` job stored: a worker of any process claims it from
+the store), shows and lists a user's jobs with their place in the queue (counted by the
+store, so every API replica says the same), cancels, and opens a job's event stream. A user
+sees only their own jobs: another user's job is JobNotFound, word for word as an unknown id.
+
+A cancel of a queued job is a compare-and-set here; of a running one, a request through the
+store that the job's worker acts on (at once through a signal, or at its next poll), and the
+service waits for the job's end a few seconds. A deactivated user's queued jobs are
+cancelled here, every RECHECK_SECONDS: `ci-admin` deactivates users from another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncGenerator, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ci_server import accounts
+from ci_server.events import EventHub
+from ci_server.models import (
+    CANCELLED_REASON,
+    OWNER_DEACTIVATED_REASON,
+    EventType,
+    Job,
+    JobAlreadyFinished,
+    JobEvent,
+    JobNotFound,
+    JobStatus,
+    StorageFailure,
+    TestOutcome,
+    TestResult,
+    new_job_id,
+)
+from ci_server.periodic import cancel_all, start_every
+from ci_server.runner.workspace import check_archive
+from ci_server.settings import Settings
+from ci_server.states import transition
+from ci_server.store.repository import JobStore
+from ci_server.uploads import Uploads
+from ci_server.users import User, can_see, owner_filter
+
+CANCEL_WAIT_SECONDS = 10.0
+"""How long a cancel of a running job waits for its end before it answers (the job as it
+is then: a worker that stopped responding ends it `error` later, its sweep's doing)."""
+COPY_CHUNK = 1024 * 1024
+STORE_CHECK_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A job as a user sees it: with its place in the queue while it waits (1: next)."""
+
+    job: Job
+    queue_position: int | None = None
+
+
+class JobService:
+    def __init__(
+        self, store: JobStore, hub: EventHub, uploads: Uploads, settings: Settings
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.uploads = uploads
+        self.settings = settings
+        self.incoming_dir = settings.resolved_data_dir / "incoming"
+        self._owner_watch: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> JobService:
+        await asyncio.to_thread(self.incoming_dir.mkdir, parents=True, exist_ok=True)
+        self._owner_watch = start_every(
+            accounts.RECHECK_SECONDS, self.cancel_jobs_of_inactive_owners, "owner re-check"
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._owner_watch is not None:
+            await cancel_all([self._owner_watch])
+            self._owner_watch = None
+
+    # -- asking ----------------------------------------------------------------------------
+
+    async def get(self, user: User, job_id: str) -> JobView:
+        job = await self._visible(user, job_id)
+        return (await self._views([job]))[0]
+
+    async def list(
+        self, user: User, *, limit: int = 100, before: str | None = None
+    ) -> list[JobView]:
+        """Newest first; a user's own jobs, every job for an admin."""
+        jobs = await self.store.list_jobs(limit=limit, before=before, owner_id=owner_filter(user))
+        return await self._views(jobs)
+
+    async def test_results(
+        self,
+        user: User,
+        job_id: str,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        outcomes: Collection[TestOutcome] = (),
+    ) -> list[TestResult]:
+        await self._visible(user, job_id)
+        return await self.store.test_results(job_id, after=after, limit=limit, outcomes=outcomes)
+
+    async def events(
+        self, user: User, job_id: str, *, after: int | None = None, tail: int | None = None
+    ) -> AsyncGenerator[list[JobEvent], None]:
+        """The job's events after seq `after` (or its last `tail` ones, or all), in batches,
+        up to and including its END. Checks that the user may see the job before it returns,
+        so that a refusal comes before the first byte of a stream."""
+        job = await self._visible(user, job_id)
+        start = after
+        if start is None:
+            start = 0
+            if tail is not None:
+                start = max(0, await self.hub.last_seq(job_id) - tail)
+        if job.status.is_terminal:
+            # Also when resuming past the end: events are written in batches, so a client may
+            # have seen events that a crash lost, and after the restart their numbers are
+            # reused. The END is always sent.
+            start = max(0, min(start, await self.hub.last_seq(job_id) - 1))
+        return self.hub.batches(job_id, start)
+
+    async def store_answers(self) -> bool:
+        """Whether the store answers a query within STORE_CHECK_SECONDS."""
+        try:
+            async with asyncio.timeout(STORE_CHECK_SECONDS):
+                await self.store.ping()
+        except Exception:
+            return False
+        return True
+
+    async def _visible(self, user: User, job_id: str) -> Job:
+        """The job if the user may see it; another user's job is JobNotFound, as an unknown id."""
+        job = await self.store.get_job(job_id)
+        if not can_see(user, job):
+            raise JobNotFound(job_id)
+        return job
+
+    async def _views(self, jobs: Sequence[Job]) -> list[JobView]:
+        queued = [job.id for job in jobs if job.status is JobStatus.QUEUED]
+        positions = await self.store.queue_positions(queued) if queued else {}
+        return [JobView(job, positions.get(job.id)) for job in jobs]
+
+    # -- doing -----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        user: User,
+        archive: BinaryIO,
+        *,
+        timeout_seconds: float | None = None,
+        pytest_args: Sequence[str] = (),
+        no_cache: bool = False,
+    ) -> JobView:
+        """Check the zip archive read from `archive`, keep it and queue a job for `user`.
+
+        InvalidUpload if it is not a safe archive, StorageFailure if it cannot be kept.
+        """
+        path = await asyncio.to_thread(self._receive, archive)
+        limit = self.settings.max_job_timeout
+        job = Job(
+            id=new_job_id(),
+            timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
+            pytest_args=tuple(pytest_args),
+            no_cache=no_cache,
+            owner_id=user.id,
+        )
+        try:
+            await self.uploads.keep(job.id, path)
+        except OSError as e:
+            raise StorageFailure(f"the server could not store the upload: {e}") from e
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        try:
+            # Its first event before the job: a worker that claims it numbers from there.
+            await self.store.append_events(
+                [JobEvent(job.id, 1, EventType.STATUS, {"status": job.status.value})]
+            )
+            await self.store.add_job(job)
+        except BaseException:
+            await self.uploads.discard(job.id)
+            raise
+        return await self.get(user, job.id)
+
+    def _check_free_space(self) -> None:
+        """Refuse new work below the free-space floor: what runs already carries on, with the
+        space left for it (its workspace, its report, the database's writes)."""
+        free_mb = shutil.disk_usage(self.incoming_dir).free // 1024**2
+        if free_mb < self.settings.min_free_disk_mb:
+            raise StorageFailure(
+                f"the server is low on disk space ({free_mb} MiB free, it keeps "
+                f"{self.settings.min_free_disk_mb} MiB free: CI_MIN_FREE_DISK_MB); try again later"
+            )
+
+    def _receive(self, archive: BinaryIO) -> Path:
+        """Check the free space, copy the upload to a file of its own and check it; runs in
+        a thread."""
+        self._check_free_space()
+        target = tempfile.NamedTemporaryFile(dir=self.incoming_dir, suffix=".zip", delete=False)  # noqa: SIM115
+        path = Path(target.name)
+        try:
+            with target:
+                shutil.copyfileobj(archive, target, COPY_CHUNK)
+            check_archive(path, self.settings.archive_limits)
+        except OSError as e:  # a full disk, most likely: nothing already stored is touched
+            path.unlink(missing_ok=True)
+            raise StorageFailure(f"the server could not store the upload: {e.strerror}") from e
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    async def cancel(self, user: User, job_id: str) -> Job:
+        """Cancel a queued or running job; JobAlreadyFinished if it had ended.
+
+        A running job is stopped by its worker, wherever it runs: the job is returned once
+        it has ended, or after CANCEL_WAIT_SECONDS as it is then.
+        """
+        job = await self._visible(user, job_id)
+        if job.status.is_terminal:
+            raise JobAlreadyFinished(job)
+        if job.status is JobStatus.QUEUED:
+            cancelled = await self._cancel_queued(job, CANCELLED_REASON)
+            if cancelled is not None:
+                return cancelled
+            job = await self.store.get_job(job_id)  # a worker took it meanwhile
+        if job.status is JobStatus.RUNNING:
+            after = await self.hub.last_seq(job_id)
+            if await self.store.request_cancel(job_id):
+                await self._wait_for_end(job_id, after)
+            job = await self.store.get_job(job_id)
+        return job
+
+    async def _wait_for_end(self, job_id: str, after: int) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CANCEL_WAIT_SECONDS):
+                async with contextlib.aclosing(self.hub.batches(job_id, after)) as batches:
+                    async for _ in batches:
+                        pass
+
+    async def _cancel_queued(self, job: Job, reason: str) -> Job | None:
+        """Cancel a job that waits (it never starts): the job as cancelled, or None if it
+        no longer waited (a worker took it, or another cancel came first)."""
+        cancelled = transition(job, JobStatus.CANCELLED, reason=reason)
+        if not await self.store.update_job(cancelled, expected=JobStatus.QUEUED):
+            return None
+        await self.hub.end(cancelled, say_reason=False)
+        await self.uploads.discard(job.id)
+        return cancelled
+
+    async def cancel_jobs_of_inactive_owners(self) -> list[Job]:
+        """Cancel the queued jobs of users deactivated meanwhile (one read per owner)."""
+        queued = await self.store.jobs_with_status(JobStatus.QUEUED)
+        inactive = {
+            owner
+            for owner in {job.owner_id for job in queued}
+            if not await accounts.is_active(self.store, owner)
+        }
+        cancelled = []
+        for job in queued:
+            if job.owner_id in inactive:
+                done = await self._cancel_queued(job, OWNER_DEACTIVATED_REASON)
+                if done is not None:
+                    cancelled.append(done)
+        return cancelled
