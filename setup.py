@@ -42,6 +42,7 @@ setup(
             "ci=ci_client.cli:main",
             "ci-server=ci_server.__main__:main",
             "ci-admin=ci_server.admin:main",
+            "ci-worker=ci_server.worker.__main__:main",
         ],
     },
 )

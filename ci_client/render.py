@@ -142,6 +142,8 @@ def print_job_details(
     print(format_outcome(job), file=out)
     print(f"  started   {format_time(job.get('start_time'))}", file=out)
     print(f"  ended     {format_time(job.get('end_time'))}", file=out)
+    if job.get("worker"):
+        print(f"  worker    {job['worker']}", file=out)
     if job.get("pytest_args"):
         print(f"  pytest    {shlex.join(job['pytest_args'])}", file=out)
     summary = job.get("summary")

@@ -1,4 +1,5 @@
-"""`ci-server`: run the API and its workers with uvicorn."""
+"""`ci-server`: run the API with uvicorn, and a worker in the same process unless
+`--no-worker` (then `ci-worker` processes run the jobs)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.add_argument(
+        "--no-worker",
+        dest="worker",
+        action="store_false",
+        help="serve the API only; `ci-worker` processes sharing the database run the jobs",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -45,8 +52,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.host}. Keep authentication on and create keys with `ci-admin`."
             )
         logger.warning("authentication is off (CI_AUTH=off): every request acts as an admin")
+    if args.worker:
+        logger.info("serving the API and running jobs as worker %s", settings.worker_name)
+    else:
+        logger.info("serving the API only (--no-worker): ci-worker processes run the jobs")
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, worker=args.worker),
         host=args.host,
         port=args.port,
         log_level=args.log_level,

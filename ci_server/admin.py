@@ -1,5 +1,5 @@
-"""`ci-admin`: users and API keys, straight in the server's database: --db (a file or a
-postgresql:// URL), else CI_DATABASE_URL, else CI_DB_PATH.
+"""`ci-admin`: users and API keys, and the workers, straight in the server's database: --db
+(a file or a postgresql:// URL), else CI_DATABASE_URL, else CI_DB_PATH.
 
 It may run while the server does (SQLite in WAL mode, or PostgreSQL): a new key works at
 once, a revoked key or a deactivated user stops working at once for new requests and within
@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ci_client.render import format_time, print_table
 from ci_server import accounts
-from ci_server.models import CIError, JobStatus
+from ci_server.models import CIError, JobStatus, WorkerInfo
 from ci_server.settings import Settings
 from ci_server.store.factory import (
     Database,
@@ -173,6 +173,60 @@ async def key_revoke(store: JobStore, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- workers ----------------------------------------------------------------------------------
+
+
+def worker_state(worker: WorkerInfo, timeout: float) -> str:
+    """alive: it beats; stopped: it stopped on request; lost: silent for `timeout` seconds
+    (its running jobs end `error`)."""
+    if worker.stopped_at is not None:
+        return "stopped"
+    return "alive" if worker.silent_seconds < timeout else "lost"
+
+
+async def workers_list(store: JobStore, args: argparse.Namespace) -> int:
+    workers = await store.list_workers()
+    timeout = Settings().worker_timeout
+    running: dict[str, list[str]] = {}
+    for job in await store.jobs_with_status(JobStatus.RUNNING):
+        running.setdefault(job.worker or "", []).append(job.id)
+    if args.json:
+        rows = [
+            {
+                "name": w.name,
+                "state": worker_state(w, timeout),
+                "last_heartbeat": w.heartbeat_at.isoformat(),
+                "seconds_since_heartbeat": round(w.silent_seconds, 1),
+                "started_at": w.started_at.isoformat(),
+                "stopped_at": w.stopped_at.isoformat() if w.stopped_at else None,
+                "max_jobs": w.max_jobs,
+                "running_jobs": running.get(w.name, []),
+            }
+            for w in workers
+        ]
+        print(json.dumps(rows, indent=2))
+    elif workers:
+        headers = ("WORKER", "STATE", "LAST HEARTBEAT", "STARTED", "JOBS", "RUNNING")
+        print_table(
+            headers,
+            [
+                (
+                    w.name,
+                    worker_state(w, timeout),
+                    f"{w.silent_seconds:.0f}s ago",
+                    _when(w.started_at),
+                    f"{len(running.get(w.name, []))}/{w.max_jobs}",
+                    " ".join(running.get(w.name, [])) or "-",
+                )
+                for w in workers
+            ],
+            sys.stdout,
+        )
+    else:
+        _say("No workers yet: start `ci-server` (it runs one) or `ci-worker --name NAME`.")
+    return EXIT_OK
+
+
 # -- the command line -------------------------------------------------------------------------
 
 
@@ -186,7 +240,8 @@ def _database_argument(value: str) -> Database:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ci-admin",
-        description="Manage the CI server's users and API keys, in its database.",
+        description="Manage the CI server's users and API keys, and see its workers, in its "
+        "database.",
         epilog="Exit codes: 0 done, 2 usage error or a request that cannot be done.",
     )
     parser.add_argument(
@@ -195,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's database: an SQLite file or a postgresql:// URL "
         "(default: $CI_DATABASE_URL, else $CI_DB_PATH, else ci_jobs.db)",
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{user,key}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{user,key,workers}")
 
     users = groups.add_parser("user", help="create, list and deactivate users")
     user_commands = users.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -225,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="stop a key from working, for good")
     revoke.add_argument("key_id", metavar="KEY_ID", help="the ID column of `ci-admin key list`")
     revoke.set_defaults(handler=key_revoke)
+
+    workers = groups.add_parser(
+        "workers", help="the workers: state, last heartbeat, the jobs they run now"
+    )
+    workers.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    workers.set_defaults(handler=workers_list)
     return parser
 
 

@@ -241,12 +241,25 @@ class SqliteJobStore(JobStore):
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
 
-    async def _migrate(self) -> None:
+    async def _version(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
-        version = row[0] if row else 0
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self.db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+        return row[0] if row else 0
+
+    async def _migrate(self) -> None:
+        """Apply the missing MIGRATIONS, one transaction each. Processes that open a new
+        file at once (`ci-server` and `ci-worker`) queue for the write lock (IMMEDIATE):
+        one that finds its migration applied meanwhile by another moves on."""
+        while (version := await self._version()) < len(MIGRATIONS):
+            script = MIGRATIONS[version]
+            try:
+                await self.db.executescript(
+                    f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={version + 1}; COMMIT;"
+                )
+            except sqlite3.OperationalError:
+                await self.db.rollback()
+                if await self._version() <= version:
+                    raise
 
     async def close(self) -> None:
         if self._db is not None:

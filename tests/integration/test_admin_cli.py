@@ -223,3 +223,50 @@ def test_a_file_that_is_no_database_is_a_clear_error(
     path = tmp_path / "ci.db"
     path.write_text("this is not a database, it is a text file\n" * 100)
     assert "cannot use the database" in Admin(path, capsys).fails("user", "list")
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def test_workers_are_listed_with_their_state_heartbeat_and_running_jobs(
+    admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI_WORKER_TIMEOUT", "30")
+    assert admin.ok("workers") == ""  # none yet (said on stderr)
+    job = Job(id=new_job_id())
+
+    async def set_up() -> None:
+        async with store_at(admin.db) as store:
+            for name, jobs in (("build-1", 2), ("build-2", 4), ("old", 1)):
+                await store.register_worker(name, jobs)
+            await store.worker_stopped("old")
+            await store.add_job(job)
+            await store.claim_next_job("build-2")
+
+    asyncio.run(set_up())
+
+    table = admin.ok("workers").splitlines()
+    assert table[0].split() == [
+        "WORKER",
+        "STATE",
+        "LAST",
+        "HEARTBEAT",
+        "STARTED",
+        "JOBS",
+        "RUNNING",
+    ]
+    rows = {line.split()[0]: line.split() for line in table[1:]}
+    assert rows["build-1"][1:3] == ["alive", "0s"]
+    assert rows["build-1"][-2:] == ["0/2", "-"]
+    assert rows["build-2"][-2:] == ["1/4", job.id]
+    assert rows["old"][1] == "stopped"
+
+    listed = {w["name"]: w for w in json.loads(admin.ok("workers", "--json"))}
+    assert listed["build-2"]["running_jobs"] == [job.id]
+    assert listed["build-2"]["max_jobs"] == 4
+    assert listed["build-1"]["state"] == "alive"
+    assert 0 <= listed["build-1"]["seconds_since_heartbeat"] < 30
+
+    monkeypatch.setenv("CI_WORKER_TIMEOUT", "0.001")  # everyone is silent for longer
+    states = {w["name"]: w["state"] for w in json.loads(admin.ok("workers", "--json"))}
+    assert states == {"build-1": "lost", "build-2": "lost", "old": "stopped"}

@@ -412,6 +412,17 @@ async def test_events_round_trip_exactly(store: JobStore) -> None:
     assert [list(event.data) for event in stored] == [list(event.data) for event in events]
 
 
+async def test_stores_opening_a_new_database_at_once_all_work(new_store: StoreFactory) -> None:
+    """An API process and workers starting together on a new database: each migrates it or
+    finds it migrated, none fails."""
+    async with contextlib.AsyncExitStack() as stack:
+        stores = [new_store() for _ in range(4)]
+        await asyncio.gather(*(stack.enter_async_context(store) for store in stores))
+        [job] = await add_jobs(stores[0], 1)
+        for store in stores:
+            assert await store.get_job(job.id) == job
+
+
 async def test_data_survives_reopening_the_store(new_store: StoreFactory) -> None:
     async with new_store() as first:
         jobs = await add_jobs(first, 3)
