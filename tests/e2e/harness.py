@@ -1,4 +1,4 @@
-"""Real server processes and the real `ci` command, for end-to-end tests.
+"""Real server and worker processes and the real `ci` command, for end-to-end tests.
 
 Each server gets an admin user and API key, made by the real `ci-admin` on its database
 before it starts; `run_ci(..., server=<ServerProcess>)` sends that key, as CI_API_KEY.
@@ -62,6 +62,8 @@ class ServerProcess:
     host: str = "127.0.0.1"
     api_key: str | None = None
     """An admin's key; made at start unless given (or CI_AUTH=off)."""
+    args: tuple[str, ...] = ()
+    """More arguments of `ci-server`, e.g. ("--no-worker",)."""
 
     @property
     def url(self) -> str:
@@ -104,7 +106,10 @@ class ServerProcess:
         self.log_path = self.db_path.with_suffix(f".{self.port}.{time.monotonic_ns()}.log")
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ci_server", "--host", self.host, "--port", str(self.port)],
+            [
+                *[sys.executable, "-m", "ci_server"],
+                *["--host", self.host, "--port", str(self.port), *self.args],
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -159,6 +164,57 @@ class ServerProcess:
         return wait_for(reached, timeout=timeout, what=f"job {job_id} to be {'/'.join(statuses)}")
 
 
+@dataclass
+class WorkerProcess:
+    """A `ci-worker --name NAME` process on the database and data folder of `env`."""
+
+    name: str
+    env: dict[str, str]
+    log_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self) -> WorkerProcess:
+        self.log_path = self.log_dir / f"worker-{self.name}.{time.monotonic_ns()}.log"
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [*worker_command(), "--name", self.name],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"ci-worker exited at start-up:\n{self.log()}")
+            return f"worker {self.name}: running up to" in self.log()
+
+        wait_for(ready, timeout=60, what=f"worker {self.name} to start")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        """Send `sig` and wait for the exit; its exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: as a crash, or a host gone: no heartbeat, no clean-up."""
+        self.stop(signal.SIGKILL)
+
+
 def server_env(
     tmp_path: Path, runner_image: str, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -168,6 +224,8 @@ def server_env(
             "CI_DB_PATH": str(tmp_path / "ci.db"),
             "CI_DATA_DIR": str(tmp_path / "data"),
             "CI_RUNNER_IMAGE": runner_image,
+            # A stopped server's worker ends the jobs still running soon (default 30 s).
+            "CI_WORKER_GRACE": "2",
         }
     )
     env.update(extra or {})
@@ -187,6 +245,10 @@ def ci_command() -> list[str]:
 
 def admin_command() -> list[str]:
     return _console_script("ci-admin", "ci_server.admin")
+
+
+def worker_command() -> list[str]:
+    return _console_script("ci-worker", "ci_server.worker.__main__")
 
 
 def cli_env(server: ServerProcess | str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
