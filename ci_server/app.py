@@ -59,7 +59,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             job_store = await stack.enter_async_context(store or open_store(settings))
-            hub = await stack.enter_async_context(EventHub(job_store))
+            hub = await stack.enter_async_context(
+                EventHub(job_store, flush_interval=settings.event_flush_seconds)
+            )
             uploads = UploadFolder(settings.uploads_dir)
             service = JobService(job_store, hub, uploads, settings)
             await stack.enter_async_context(service)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         description="postgresql://user:password@host:port/database: keep jobs, events, users "
         "and keys in PostgreSQL instead of the SQLite file",
     )
+    database_listen: bool = Field(
+        default=True,
+        description="LISTEN for PostgreSQL's notifications (a job queued, a batch of events, "
+        "a cancel); false through a pooler that cannot (PgBouncer in transaction mode): the "
+        "processes then poll, every 1 to 2 s",
+    )
     auth: bool = Field(
         default=True,
         description="require an API key (`ci-admin key create`) on every request but /health; "
@@ -134,6 +140,13 @@ class Settings(BaseSettings):
     )
     docker_host: str | None = Field(
         default=None, description="Docker engine URL; default DOCKER_HOST"
+    )
+    event_flush_seconds: float = Field(
+        default=0.05,
+        gt=0,
+        le=5,
+        description="a job's events are written to the store at least this often (sooner "
+        "when 2,000 wait): how late a client of another process sees a line, at most",
     )
     worker_name: str = Field(
         default_factory=socket.gethostname,

@@ -22,11 +22,12 @@ def parse_database(value: str) -> Database:
     return check_postgres_url(value) if value.startswith(POSTGRES_SCHEMES) else Path(value)
 
 
-def store_at(database: Database) -> JobStore:
-    """The store of the database, not yet open."""
+def store_at(database: Database, *, listen: bool = True) -> JobStore:
+    """The store of the database, not yet open; `listen`: whether a PostgreSQL store hears
+    other processes' signals (else it polls)."""
     if isinstance(database, Path):
         return SqliteJobStore(database)
-    return PostgresJobStore(database)
+    return PostgresJobStore(database, listen=listen)
 
 
 def describe(database: Database) -> str:
@@ -41,7 +42,7 @@ def configured_database(settings: Settings) -> Database:
 
 def open_store(settings: Settings) -> JobStore:
     """The settings' store (not yet open)."""
-    return store_at(configured_database(settings))
+    return store_at(configured_database(settings), listen=settings.database_listen)
 
 
 def open_blob_store(settings: Settings) -> BlobStore:

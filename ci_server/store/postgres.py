@@ -8,7 +8,9 @@ never wait on each other. The schema is migrated at open, under an advisory lock
 Signals cross processes: a write that signals sends NOTIFY in its own transaction (so the
 signal arrives once the rows are visible, and never for a write rolled back), at most once
 per job per batch of events. Each process LISTENs on one connection of its own
-(`_Notifications`), opened at the first `listen` and opened again when it drops.
+(`_Notifications`), opened at the first `listen` and opened again when it drops; its own
+writes reach it that way too. A store made with `listen=False` (a pooler that cannot LISTEN)
+hears only its own writes, and its listeners' slow polls do the rest.
 """
 
 from __future__ import annotations
@@ -328,9 +330,17 @@ class _Notifications:
 
 
 class PostgresJobStore(JobStore):
-    def __init__(self, url: str, *, min_connections: int = 1, max_connections: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        listen: bool = True,
+    ) -> None:
         super().__init__()
         self.url = url
+        self.listens = listen
         self.min_connections = min_connections
         self.max_connections = max_connections
         self._pool: asyncpg.Pool | None = None
@@ -361,8 +371,15 @@ class PostgresJobStore(JobStore):
 
     async def listen(self, kind: SignalKind, listener: Listener) -> Callable[[], None]:
         stop = await super().listen(kind, listener)
-        await self._notifications.add(kind)
+        if self.listens:
+            await self._notifications.add(kind)
         return stop
+
+    def _signal_here(self, *signals: Signal) -> None:
+        """Without LISTEN, this process's own writes still signal its listeners."""
+        if not self.listens:
+            for signal in signals:
+                self.signals.emit(signal)
 
     async def add_job(self, job: Job) -> None:
         count = len(JOB_COLUMN_NAMES)
@@ -376,6 +393,8 @@ class PostgresJobStore(JobStore):
             Signal(SignalKind.QUEUED, job.id).payload,
             JobStatus.QUEUED.value,
         )
+        if job.status is JobStatus.QUEUED:
+            self._signal_here(Signal(SignalKind.QUEUED, job.id))
 
     async def get_job(self, job_id: str) -> Job:
         row = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
@@ -461,7 +480,10 @@ class PostgresJobStore(JobStore):
             SignalKind.CANCEL.channel,
             Signal(SignalKind.CANCEL, job_id).payload,
         )
-        return row is not None
+        if row is None:
+            return False
+        self._signal_here(Signal(SignalKind.CANCEL, job_id))
+        return True
 
     async def cancel_requests(self, worker: str) -> list[str]:
         rows = await self.pool.fetch(
@@ -475,7 +497,7 @@ class PostgresJobStore(JobStore):
         if not events:
             return
         last = {event.job_id: event.seq for event in events}
-        payloads = [Signal(SignalKind.EVENTS, job_id, seq).payload for job_id, seq in last.items()]
+        signals = [Signal(SignalKind.EVENTS, job_id, seq) for job_id, seq in last.items()]
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.executemany(
                 # DO NOTHING: a batch retried after a failed commit may be partly written.
@@ -487,8 +509,9 @@ class PostgresJobStore(JobStore):
             await connection.execute(
                 "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
                 SignalKind.EVENTS.channel,
-                payloads,
+                [signal.payload for signal in signals],
             )
+        self._signal_here(*signals)
 
     async def events_after(
         self, job_id: str, after_seq: int = 0, *, limit: int | None = None

@@ -324,7 +324,10 @@ class SqliteJobStore(JobStore):
         # One statement: SQLite takes the write lock before it reads, so no other
         # connection (store, process) can claim between the choice and the update.
         running = claim_template(worker)
-        async with self.db.execute(
+        # execute_fetchall: the statement runs to its end in one call of aiosqlite's
+        # thread. Stepped in two calls, another coroutine's commit could come between, and
+        # a commit while an UPDATE ... RETURNING is in progress fails.
+        rows = await self.db.execute_fetchall(
             f"UPDATE jobs SET status=?, started_at=?, worker=? WHERE id = ("
             "SELECT id FROM jobs WHERE status=? ORDER BY created_at, id LIMIT 1"
             f") RETURNING {JOB_COLUMNS}",
@@ -334,9 +337,9 @@ class SqliteJobStore(JobStore):
                 running.worker,
                 JobStatus.QUEUED.value,
             ),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         await self.db.commit()
+        row = next(iter(rows), None)
         return None if row is None else _job_from_row(row)
 
     async def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]:
@@ -500,7 +503,7 @@ class SqliteJobStore(JobStore):
     async def end_jobs_of_silent_workers(self, silent_for: float, ended: Job) -> list[Job]:
         # One statement: SQLite holds the write lock from the choice to the update.
         since = _time(utcnow() - timedelta(seconds=silent_for))
-        async with self.db.execute(
+        rows = await self.db.execute_fetchall(  # in one call: see claim_next_job
             "UPDATE jobs SET status = ?, finished_at = ?, exit_code = ?, "
             "reason = replace(?, ?, worker) "
             "WHERE status = ? AND worker IS NOT NULL AND NOT EXISTS ("
@@ -515,8 +518,7 @@ class SqliteJobStore(JobStore):
                 JobStatus.RUNNING.value,
                 since,
             ),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         await self.db.commit()
         return [_job_from_row(row) for row in rows]
 

@@ -49,7 +49,9 @@ async def run_worker(
     name = settings.worker_name
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings))
-        hub = await stack.enter_async_context(EventHub(store))
+        hub = await stack.enter_async_context(
+            EventHub(store, flush_interval=settings.event_flush_seconds)
+        )
         job_executor = await stack.enter_async_context(executor or docker_executor(settings))
         uploads = UploadFolder(settings.uploads_dir)
         worker = Worker(

@@ -92,3 +92,25 @@ async def test_listening_resumes_after_the_connection_is_lost(postgres_database:
             return Signal(SignalKind.QUEUED, job.id) in heard
 
         await wait_until(heard_one, what="a signal after reconnecting", within=20)
+
+
+async def test_without_listen_a_store_hears_only_its_own_writes(postgres_database: str) -> None:
+    """Through a pooler that cannot LISTEN (CI_DATABASE_LISTEN=false): this process's own
+    writes still wake its listeners; another process's are found by polling."""
+    async with (
+        PostgresJobStore(postgres_database, listen=False) as deaf,
+        PostgresJobStore(postgres_database) as other,
+    ):
+        heard: list[Signal] = []
+        await deaf.listen(SignalKind.QUEUED, heard.append)
+        [own] = await add_jobs(deaf, 1)
+        assert heard == [Signal(SignalKind.QUEUED, own.id)]
+        await add_jobs(other, 1)
+        await other.ping()
+        await deaf.ping()
+        assert heard == [Signal(SignalKind.QUEUED, own.id)]
+        connections = await deaf.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%'"
+        )
+        assert connections == 0

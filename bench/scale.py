@@ -1,0 +1,446 @@
+"""Several processes on one database: how fast the queue drains, how soon a queued job
+starts, how soon a line reaches a client of another process.
+
+    python bench/scale.py [--database-url URL] [--jobs 1000] [--samples 100] [--poll-samples 30]
+
+Every process is real (`ci-server` apps under uvicorn, `ci-worker`'s run_worker, PostgreSQL
+or an SQLite file); only the executor is a no-op (NoopExecutor: a job "runs" in no time, or
+prints timestamped lines), so that the figures are the service's, not Docker's. PostgreSQL
+is the server at --database-url (default: $CI_TEST_DATABASE_URL, else the one
+scripts/ensure-postgres.sh starts); each measurement gets a database of its own, dropped
+after.
+
+1. Jobs claimed per second: --jobs queued jobs stored first, then 1, 2 or 4 worker processes
+   (CI_MAX_CONCURRENT_JOBS=4 each) drain them; the rate is the jobs over the time from the
+   first claim to the last (the database's timestamps). Every job must run exactly once.
+2. Queued to running: jobs submitted one at a time through an API process (POST /jobs) while
+   a worker process is free; start_time - created_at. With NOTIFY, and with polling only
+   (CI_DATABASE_LISTEN=false on every process).
+3. Live event latency: a job prints a line every 10 ms with the time in it; a client of
+   another API process reads the SSE stream; when it got the line minus when it was printed.
+The same three for SQLite in one process (`ci-server` with its embedded worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ci_server.models import EventType, Job, JobEvent, JobStatus, new_job_id
+from ci_server.runner.executor import ImageInfo, OutputSink, RunSpec
+from ci_server.settings import Settings
+from ci_server.store.factory import open_store
+from ci_server.uploads import UploadFolder
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:55432/postgres"
+LINES_VARIABLE = "BENCH_LINES"
+LINE_INTERVAL = 0.01
+PROJECT = {
+    "requirements.txt": "pytest\n",
+    "test_sample.py": "def test_ok():\n    pass\n",
+}
+
+
+# -- the no-op executor and the processes ------------------------------------------------------
+
+
+class NoopExecutor:
+    """Runs nothing: a job exits 0 at once, or prints $BENCH_LINES lines `T <time>`, one every
+    10 ms; environment builds succeed and are remembered."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, ImageInfo] = {}
+
+    async def __aenter__(self) -> NoopExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def run(self, spec: RunSpec, on_output: OutputSink) -> int:
+        for _ in range(int(spec.env.get(LINES_VARIABLE, "0"))):
+            on_output(f"T {time.time():.6f}\n".encode())
+            await asyncio.sleep(LINE_INTERVAL)
+        return 0
+
+    async def remove_orphans(self) -> int:
+        return 0
+
+    async def image_id(self, image: str) -> str:
+        return f"sha256:{image}"
+
+    async def build_image(
+        self, spec: RunSpec, tag: str, labels: Mapping[str, str], on_output: OutputSink
+    ) -> int:
+        self.images[tag] = ImageInfo(tag, time.time())
+        return 0
+
+    async def environment_images(self) -> list[ImageInfo]:
+        return list(self.images.values())
+
+    async def remove_image(self, tag: str) -> None:
+        self.images.pop(tag, None)
+
+
+def _serve(env: dict[str, str], port: int, worker: bool) -> None:
+    """A process: a `ci-server` app (with its worker, or --no-worker) on the no-op executor."""
+    import uvicorn
+
+    from ci_server.app import create_app
+
+    os.environ.update(env)
+    app = create_app(Settings(), executor=NoopExecutor(), worker=worker)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def _work(env: dict[str, str]) -> None:
+    """A process: `ci-worker` on the no-op executor, until SIGTERM."""
+    from ci_server.worker.__main__ import run_worker
+
+    os.environ.update(env)
+    asyncio.run(run_worker(Settings(), executor=NoopExecutor()))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    """The processes of one measurement; `api` is the URL a client uses."""
+
+    env: dict[str, str]
+    processes: list[BaseProcess]
+    api: str | None = None
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def start_api(env: dict[str, str], *, worker: bool) -> tuple[str, BaseProcess]:
+    port = free_port()
+    process = SPAWN.Process(target=_serve, args=(env, port, worker))
+    process.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/health", timeout=1).ok:
+                return url, process
+        if time.monotonic() > deadline or not process.is_alive():
+            raise SystemExit(f"the API process on port {port} did not start")
+        time.sleep(0.1)
+
+
+def start_worker(env: dict[str, str], name: str) -> BaseProcess:
+    process = SPAWN.Process(target=_work, args=({**env, "CI_WORKER_NAME": name},))
+    process.start()
+    return process
+
+
+@contextlib.contextmanager
+def deployment(
+    env: dict[str, str], *, apis: int = 0, one_process: bool = False, workers: int = 0
+) -> Iterator[Deployment]:
+    running = Deployment(env, [])
+    try:
+        if one_process:
+            running.api, process = start_api(env, worker=True)
+            running.processes.append(process)
+        for _ in range(apis):
+            running.api, process = start_api(env, worker=False)
+            running.processes.append(process)
+        for n in range(workers):
+            running.processes.append(start_worker(env, f"bench-{n + 1}"))
+        yield running
+    finally:
+        running.stop()
+
+
+# -- databases -------------------------------------------------------------------------------
+
+
+async def _execute(url: str, statement: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def database(kind: str, server: str, folder: Path) -> Iterator[dict[str, str]]:
+    """The CI_* settings of a new database: an SQLite file, or a PostgreSQL database."""
+    data = folder / uuid.uuid4().hex[:8]
+    env = {"CI_DATA_DIR": str(data / "data"), "CI_AUTH": "off", "CI_WARM_CONTAINERS": "0"}
+    if kind == "sqlite":
+        yield {**env, "CI_DB_PATH": str(data / "ci.db")}
+        return
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_execute(server, f"CREATE DATABASE {name}"))
+    try:
+        url = urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+        yield {**env, "CI_DATABASE_URL": url, "CI_DB_PATH": str(data / "unused.db")}
+    finally:
+        asyncio.run(_execute(server, f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+def project_zip(lines: int = 0) -> bytes:
+    files = dict(PROJECT)
+    if lines:
+        files["ci.toml"] = f'[env]\n{LINES_VARIABLE} = "{lines}"\n'
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def settings_of(env: Mapping[str, str]) -> Settings:
+    with _environment(env):
+        return Settings()
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# -- 1. jobs claimed per second ----------------------------------------------------------------
+
+
+async def queue_jobs(settings: Settings, count: int) -> None:
+    """`count` queued jobs, stored as the API stores them, each with its upload."""
+    uploads = UploadFolder(settings.uploads_dir)
+    archive = project_zip()
+    async with open_store(settings) as store:
+        for _ in range(count):
+            job = Job(id=new_job_id())
+            with tempfile.NamedTemporaryFile(dir=settings.uploads_dir, delete=False) as file:
+                file.write(archive)
+            await uploads.keep(job.id, Path(file.name))
+            await store.append_events([JobEvent(job.id, 1, EventType.STATUS, {"status": "queued"})])
+            await store.add_job(job)
+
+
+async def drained(settings: Settings, count: int) -> tuple[float, int, set[str]]:
+    """Wait until every job has ended; (claims per second, jobs run more than once, workers)."""
+    async with open_store(settings) as store:
+        while True:
+            jobs = await store.list_jobs(limit=count)
+            if all(job.status.is_terminal for job in jobs):
+                break
+            await asyncio.sleep(0.2)
+        started = sorted(job.started_at for job in jobs if job.started_at)
+        assert all(job.status is JobStatus.SUCCEEDED for job in jobs), {j.status for j in jobs}
+        twice = 0
+        for job in jobs:
+            events = await store.events_after(job.id)
+            runs = sum(1 for e in events if e.data.get("status") == "running")
+            ends = sum(1 for e in events if e.type is EventType.END)
+            twice += (runs, ends) != (1, 1)
+    span = (started[-1] - started[0]).total_seconds()
+    return count / span, twice, {job.worker or "" for job in jobs}
+
+
+def claims_per_second(env: dict[str, str], jobs: int, workers: int) -> tuple[float, int]:
+    settings = settings_of(env)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(queue_jobs(settings, jobs))
+    env = {**env, "CI_MAX_CONCURRENT_JOBS": "4"}
+    one_process = "CI_DATABASE_URL" not in env
+    with deployment(env, one_process=one_process, workers=0 if one_process else workers):
+        rate, twice, names = asyncio.run(drained(settings, jobs))
+    assert one_process or len(names) == workers, names
+    return rate, twice
+
+
+# -- 2. queued to running --------------------------------------------------------------------
+
+
+def queued_to_running(api: str, samples: int) -> list[float]:
+    archive = project_zip()
+    latencies = []
+    for _ in range(samples):
+        time.sleep(random.uniform(0, 0.05))  # not in step with any poll
+        response = requests.post(
+            f"{api}/jobs", files={"archive": ("p.zip", archive, "application/zip")}, timeout=30
+        )
+        response.raise_for_status()
+        job_id = response.json()["job_id"]
+        while (job := requests.get(f"{api}/jobs/{job_id}", timeout=30).json())[
+            "start_time"
+        ] is None:
+            time.sleep(0.005)
+        started = _time(job["start_time"]) - _time(job["created_at"])
+        latencies.append(started)
+        while requests.get(f"{api}/jobs/{job_id}", timeout=30).json()["end_time"] is None:
+            time.sleep(0.005)  # the worker is free again before the next one
+    return latencies
+
+
+def _time(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value).timestamp()
+
+
+# -- 3. live event latency -------------------------------------------------------------------
+
+
+def event_latencies(api: str, lines: int) -> list[float]:
+    response = requests.post(
+        f"{api}/jobs",
+        files={"archive": ("p.zip", project_zip(lines), "application/zip")},
+        timeout=30,
+    )
+    response.raise_for_status()
+    job_id = response.json()["job_id"]
+    latencies = []
+    with requests.get(f"{api}/jobs/{job_id}/events", stream=True, timeout=60) as stream:
+        for raw in stream.iter_lines():
+            if not raw.startswith(b"data:"):
+                continue
+            received = time.time()
+            event = json.loads(raw[5:])
+            text = event.get("text") or ""
+            if event["type"] == "log" and text.startswith("T "):
+                latencies.append(received - float(text[2:]))
+            if event["type"] == "end":
+                break
+    return latencies
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+
+
+def measure(
+    what: str, kind: str, server: str, folder: Path, run: Callable[[dict[str, str]], str]
+) -> None:
+    with database(kind, server, folder) as env:
+        print(f"{what:<64} {run(env)}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Several processes on one database.")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("CI_TEST_DATABASE_URL", DEFAULT_POSTGRES),
+        help="a PostgreSQL server where databases may be created",
+    )
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs for the claim rate")
+    parser.add_argument("--samples", type=int, default=100, help="latency samples")
+    parser.add_argument("--poll-samples", type=int, default=30, help="samples when polling")
+    parser.add_argument("--lines", type=int, default=300, help="lines for the event latency")
+    args = parser.parse_args()
+    server = args.database_url
+    with tempfile.TemporaryDirectory(prefix="ci-bench-scale-") as temporary:
+        folder = Path(temporary)
+
+        def claims(workers: int) -> Callable[[dict[str, str]], str]:
+            def run(env: dict[str, str]) -> str:
+                rate, twice = claims_per_second(env, args.jobs, workers)
+                return f"{rate:,.0f} jobs/s; run more than once: {twice} of {args.jobs}"
+
+            return run
+
+        def latency(samples: int, **extra: str) -> Callable[[dict[str, str]], str]:
+            def run(env: dict[str, str]) -> str:
+                env = {**env, **extra, "CI_MAX_CONCURRENT_JOBS": "1"}
+                split = "CI_DATABASE_URL" in env
+                with deployment(
+                    env, apis=int(split), one_process=not split, workers=int(split)
+                ) as running:
+                    assert running.api is not None
+                    return percentiles(queued_to_running(running.api, samples))
+
+            return run
+
+        def events(env: dict[str, str]) -> str:
+            split = "CI_DATABASE_URL" in env
+            with deployment(
+                env, apis=int(split), one_process=not split, workers=int(split)
+            ) as running:
+                assert running.api is not None
+                return percentiles(event_latencies(running.api, args.lines))
+
+        for workers in (1, 2, 4):
+            measure(
+                f"PostgreSQL: jobs claimed per second, {workers} worker(s)",
+                "pg",
+                server,
+                folder,
+                claims(workers),
+            )
+        measure(
+            "PostgreSQL: queued to running, NOTIFY", "pg", server, folder, latency(args.samples)
+        )
+        measure(
+            "PostgreSQL: queued to running, polling only",
+            "pg",
+            server,
+            folder,
+            latency(args.poll_samples, CI_DATABASE_LISTEN="false"),
+        )
+        measure("PostgreSQL: line printed to client of another API", "pg", server, folder, events)
+        measure("SQLite, one process: jobs claimed per second", "sqlite", server, folder, claims(1))
+        measure(
+            "SQLite, one process: queued to running",
+            "sqlite",
+            server,
+            folder,
+            latency(args.samples),
+        )
+        measure("SQLite, one process: line printed to client", "sqlite", server, folder, events)
+
+
+if __name__ == "__main__":
+    main()
