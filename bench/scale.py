@@ -124,6 +124,18 @@ def _work(env: dict[str, str]) -> None:
     asyncio.run(run_worker(Settings(), executor=NoopExecutor()))
 
 
+def _claim_only(env: dict[str, str], name: str) -> None:
+    """A process that only claims (JobStore.claim_next_job in a loop) until the queue is empty."""
+    os.environ.update(env)
+
+    async def claim() -> None:
+        async with open_store(Settings()) as store:
+            while await store.claim_next_job(name):
+                pass
+
+    asyncio.run(claim())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -294,14 +306,46 @@ def claims_per_second(env: dict[str, str], jobs: int, workers: int) -> tuple[flo
     return rate, twice
 
 
+async def claim_span(settings: Settings, count: int) -> tuple[float, int]:
+    """(claims per second from the first claim to the last, jobs claimed by no one)."""
+    async with open_store(settings) as store:
+        jobs = await store.list_jobs(limit=count)
+    started = sorted(job.started_at for job in jobs if job.started_at)
+    return count / (started[-1] - started[0]).total_seconds(), count - len(started)
+
+
+def claims_alone(env: dict[str, str], jobs: int, processes: int) -> float:
+    """The queue's own pace: `processes` processes that only claim, no job run."""
+    settings = settings_of(env)
+
+    async def queue() -> None:
+        async with open_store(settings) as store:
+            for _ in range(jobs):
+                await store.add_job(Job(id=new_job_id()))
+
+    asyncio.run(queue())
+    claimers = [
+        SPAWN.Process(target=_claim_only, args=(env, f"claimer-{n}")) for n in range(processes)
+    ]
+    for claimer in claimers:
+        claimer.start()
+    for claimer in claimers:
+        claimer.join()
+    rate, unclaimed = asyncio.run(claim_span(settings, jobs))
+    assert unclaimed == 0, unclaimed
+    return rate
+
+
 # -- 2. queued to running --------------------------------------------------------------------
 
 
-def queued_to_running(api: str, samples: int) -> list[float]:
+def queued_to_running(api: str, samples: int, pause: float) -> list[float]:
+    """Jobs submitted one at a time, each `pause` seconds at most after the previous one
+    ended (at random: not in step with a worker's poll)."""
     archive = project_zip()
     latencies = []
     for _ in range(samples):
-        time.sleep(random.uniform(0, 0.05))  # not in step with any poll
+        time.sleep(random.uniform(0, pause))
         response = requests.post(
             f"{api}/jobs", files={"archive": ("p.zip", archive, "application/zip")}, timeout=30
         )
@@ -392,7 +436,10 @@ def main() -> None:
 
             return run
 
-        def latency(samples: int, **extra: str) -> Callable[[dict[str, str]], str]:
+        def alone(processes: int) -> Callable[[dict[str, str]], str]:
+            return lambda env: f"{claims_alone(env, args.jobs, processes):,.0f} claims/s"
+
+        def latency(samples: int, pause: float, **extra: str) -> Callable[[dict[str, str]], str]:
             def run(env: dict[str, str]) -> str:
                 env = {**env, **extra, "CI_MAX_CONCURRENT_JOBS": "1"}
                 split = "CI_DATABASE_URL" in env
@@ -400,7 +447,7 @@ def main() -> None:
                     env, apis=int(split), one_process=not split, workers=int(split)
                 ) as running:
                     assert running.api is not None
-                    return percentiles(queued_to_running(running.api, samples))
+                    return percentiles(queued_to_running(running.api, samples, pause))
 
             return run
 
@@ -412,34 +459,21 @@ def main() -> None:
                 assert running.api is not None
                 return percentiles(event_latencies(running.api, args.lines))
 
-        for workers in (1, 2, 4):
-            measure(
-                f"PostgreSQL: jobs claimed per second, {workers} worker(s)",
-                "pg",
-                server,
-                folder,
-                claims(workers),
-            )
-        measure(
-            "PostgreSQL: queued to running, NOTIFY", "pg", server, folder, latency(args.samples)
-        )
+        pg, sqlite = ("pg", server, folder), ("sqlite", server, folder)
+        for n in (1, 2, 4):
+            measure(f"PostgreSQL: jobs claimed and run per second, {n} worker(s)", *pg, claims(n))
+        for n in (1, 2, 4):
+            measure(f"PostgreSQL: claims alone per second, {n} process(es)", *pg, alone(n))
+        measure("PostgreSQL: queued to running, NOTIFY", *pg, latency(args.samples, 0.05))
         measure(
             "PostgreSQL: queued to running, polling only",
-            "pg",
-            server,
-            folder,
-            latency(args.poll_samples, CI_DATABASE_LISTEN="false"),
+            *pg,
+            latency(args.poll_samples, 2.5, CI_DATABASE_LISTEN="false"),
         )
-        measure("PostgreSQL: line printed to client of another API", "pg", server, folder, events)
-        measure("SQLite, one process: jobs claimed per second", "sqlite", server, folder, claims(1))
-        measure(
-            "SQLite, one process: queued to running",
-            "sqlite",
-            server,
-            folder,
-            latency(args.samples),
-        )
-        measure("SQLite, one process: line printed to client", "sqlite", server, folder, events)
+        measure("PostgreSQL: line printed to client of another API", *pg, events)
+        measure("SQLite, one process: jobs claimed and run per second", *sqlite, claims(1))
+        measure("SQLite, one process: queued to running", *sqlite, latency(args.samples, 0.05))
+        measure("SQLite, one process: line printed to client", *sqlite, events)
 
 
 if __name__ == "__main__":
