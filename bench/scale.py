@@ -101,6 +101,9 @@ class NoopExecutor:
     async def environment_images(self) -> list[ImageInfo]:
         return list(self.images.values())
 
+    async def image_has_file(self, image: str, path: str) -> bool:
+        return False
+
     async def remove_image(self, tag: str) -> None:
         self.images.pop(tag, None)
 
