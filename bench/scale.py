@@ -52,8 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ci_server.models import EventType, Job, JobEvent, JobStatus, new_job_id
 from ci_server.runner.executor import ImageInfo, OutputSink, RunSpec
 from ci_server.settings import Settings
-from ci_server.store.factory import open_store
-from ci_server.uploads import UploadFolder
+from ci_server.store.factory import open_blob_store, open_store
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:55432/postgres"
 LINES_VARIABLE = "BENCH_LINES"
@@ -265,14 +264,11 @@ def _environment(env: Mapping[str, str]) -> Iterator[None]:
 
 async def queue_jobs(settings: Settings, count: int) -> None:
     """`count` queued jobs, stored as the API stores them, each with its upload."""
-    uploads = UploadFolder(settings.uploads_dir)
     archive = project_zip()
-    async with open_store(settings) as store:
+    async with open_store(settings) as store, open_blob_store(settings) as blobs:
         for _ in range(count):
             job = Job(id=new_job_id())
-            with tempfile.NamedTemporaryFile(dir=settings.uploads_dir, delete=False) as file:
-                file.write(archive)
-            await uploads.keep(job.id, Path(file.name))
+            await blobs.put(job.id, io.BytesIO(archive))
             await store.append_events([JobEvent(job.id, 1, EventType.STATUS, {"status": "queued"})])
             await store.add_job(job)
 
@@ -299,7 +295,6 @@ async def drained(settings: Settings, count: int) -> tuple[float, int, set[str]]
 
 def claims_per_second(env: dict[str, str], jobs: int, workers: int) -> tuple[float, int]:
     settings = settings_of(env)
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(queue_jobs(settings, jobs))
     env = {**env, "CI_MAX_CONCURRENT_JOBS": "4"}
     one_process = "CI_DATABASE_URL" not in env

@@ -1,6 +1,7 @@
 """create_app(settings): the FastAPI app, with the parts of the process wired in its lifespan.
 
-Every API process has the store, an EventHub, the JobService and a Sweeper (lost workers).
+Every API process has the store, the blob store (uploads), an EventHub, the JobService and
+a Sweeper (lost workers).
 By default it also runs a Worker of its own (one process: `ci-server`); `worker=False`
 serves the API only (`ci-server --no-worker`), and `ci-worker` processes run the jobs.
 """
@@ -24,9 +25,8 @@ from ci_server.jobs import JobService
 from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import Executor
 from ci_server.settings import Settings
-from ci_server.store.factory import open_store
+from ci_server.store.factory import open_blob_store, open_store
 from ci_server.store.repository import JobStore
-from ci_server.uploads import UploadFolder
 from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
 
@@ -62,17 +62,17 @@ def create_app(
             hub = await stack.enter_async_context(
                 EventHub(job_store, flush_interval=settings.event_flush_seconds)
             )
-            uploads = UploadFolder(settings.uploads_dir)
-            service = JobService(job_store, hub, uploads, settings)
+            blobs = await stack.enter_async_context(open_blob_store(settings))
+            service = JobService(job_store, hub, blobs, settings)
             await stack.enter_async_context(service)
             if worker:
                 job_executor = executor or docker_executor(settings)
                 await stack.enter_async_context(job_executor)
                 await stack.enter_async_context(
-                    Worker(job_store, hub, job_executor, uploads, settings)
+                    Worker(job_store, hub, job_executor, blobs, settings)
                 )
             local_worker = settings.worker_name if worker else None
-            await stack.enter_async_context(Sweeper(job_store, hub, settings, local_worker))
+            await stack.enter_async_context(Sweeper(job_store, hub, blobs, settings, local_worker))
             app.state.settings = settings
             app.state.store = job_store  # for authentication (api/auth.py)
             app.state.service = service

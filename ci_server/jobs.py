@@ -1,8 +1,9 @@
 """JobService: what a user may do with jobs, the only thing the API's routes call.
 
-It submits (the upload kept, a `queued` job stored: a worker of any process claims it from
-the store), shows and lists a user's jobs with their place in the queue (counted by the
-store, so every API replica says the same), cancels, and opens a job's event stream. A user
+It submits (the upload kept in the blob store, a `queued` job stored: a worker of any
+process claims it from the store and fetches the upload), shows and lists a user's jobs
+with their place in the queue (counted by the store, so every API replica says the same),
+cancels, and opens a job's event stream. A user
 sees only their own jobs: another user's job is JobNotFound, word for word as an unknown id.
 
 A cancel of a queued job is a compare-and-set here; of a running one, a request through the
@@ -42,8 +43,8 @@ from ci_server.periodic import cancel_all, start_every
 from ci_server.runner.workspace import check_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
+from ci_server.store.blobs import BlobStore
 from ci_server.store.repository import JobStore
-from ci_server.uploads import Uploads
 from ci_server.users import User, can_see, owner_filter
 
 CANCEL_WAIT_SECONDS = 10.0
@@ -63,11 +64,12 @@ class JobView:
 
 class JobService:
     def __init__(
-        self, store: JobStore, hub: EventHub, uploads: Uploads, settings: Settings
+        self, store: JobStore, hub: EventHub, blobs: BlobStore, settings: Settings
     ) -> None:
         self.store = store
         self.hub = hub
-        self.uploads = uploads
+        self.blobs = blobs
+        """Where uploads wait for their job's worker, under the job's id."""
         self.settings = settings
         self.incoming_dir = settings.resolved_data_dir / "incoming"
         self._owner_watch: asyncio.Task[None] | None = None
@@ -174,9 +176,7 @@ class JobService:
             owner_id=user.id,
         )
         try:
-            await self.uploads.keep(job.id, path)
-        except OSError as e:
-            raise StorageFailure(f"the server could not store the upload: {e}") from e
+            await self.blobs.put(job.id, path)  # StorageFailure if it cannot
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
         try:
@@ -186,7 +186,7 @@ class JobService:
             )
             await self.store.add_job(job)
         except BaseException:
-            await self.uploads.discard(job.id)
+            await self.blobs.delete(job.id)
             raise
         return await self.get(user, job.id)
 
@@ -253,7 +253,7 @@ class JobService:
         if not await self.store.update_job(cancelled, expected=JobStatus.QUEUED):
             return None
         await self.hub.end(cancelled, say_reason=False)
-        await self.uploads.discard(job.id)
+        await self.blobs.delete(job.id)
         return cancelled
 
     async def cancel_jobs_of_inactive_owners(self) -> list[Job]:

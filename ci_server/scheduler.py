@@ -12,11 +12,13 @@ from pathlib import Path
 
 from ci_server.events import JobChannel
 from ci_server.models import (
+    BlobNotFound,
     CIError,
     EventType,
     InvalidUpload,
     Job,
     JobStatus,
+    StorageFailure,
     TestSummary,
 )
 from ci_server.runner.config import ConfigError, ProjectConfig, load_config
@@ -35,8 +37,8 @@ from ci_server.runner.scripts import (
 )
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
+from ci_server.store.blobs import BlobStore
 from ci_server.store.repository import JobStore
-from ci_server.uploads import Uploads
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +64,11 @@ class Outcome:
 
 class JobPipeline:
     def __init__(
-        self, store: JobStore, executor: Executor, uploads: Uploads, settings: Settings
+        self, store: JobStore, executor: Executor, blobs: BlobStore, settings: Settings
     ) -> None:
         self.store = store
         self.executor = executor
-        self.uploads = uploads
+        self.blobs = blobs
         self.settings = settings
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
         self.environments = EnvironmentCache(
@@ -107,8 +109,13 @@ class JobPipeline:
         """Unpack, pick the environment, run pytest and read its report."""
         project, output = workspace / "src", workspace / "output"
         limits = self.settings.archive_limits
-        async with self.uploads.local_copy(job.id) as archive:
-            await asyncio.to_thread(unpack_archive, archive, project, limits)
+        archive = workspace / "upload.zip"
+        try:
+            await self.blobs.fetch(job.id, archive)
+        except BlobNotFound:
+            raise StorageFailure("the job's upload is missing from the blob store") from None
+        await asyncio.to_thread(unpack_archive, archive, project, limits)
+        await asyncio.to_thread(archive.unlink)
         output.mkdir()
         config = load_config(project)
         image = config.image or self.settings.runner_image

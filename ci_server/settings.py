@@ -198,10 +198,6 @@ class Settings(BaseSettings):
         return min(5.0, self.worker_timeout / 6)
 
     @property
-    def uploads_dir(self) -> Path:
-        return self.resolved_data_dir / "uploads"
-
-    @property
     def instance_id(self) -> str:
         """Stable for one database: labels the containers this server owns."""
         if self.database_url:

@@ -25,8 +25,7 @@ from ci_server.app import docker_executor
 from ci_server.events import EventHub
 from ci_server.runner.executor import Executor
 from ci_server.settings import Settings
-from ci_server.store.factory import configured_database, describe, open_store
-from ci_server.uploads import UploadFolder
+from ci_server.store.factory import configured_database, describe, open_blob_store, open_store
 from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
 
@@ -53,17 +52,17 @@ async def run_worker(
             EventHub(store, flush_interval=settings.event_flush_seconds)
         )
         job_executor = await stack.enter_async_context(executor or docker_executor(settings))
-        uploads = UploadFolder(settings.uploads_dir)
+        blobs = await stack.enter_async_context(open_blob_store(settings))
         worker = Worker(
             store,
             hub,
             job_executor,
-            uploads,
+            blobs,
             settings,
             interrupted_reason=f"worker {name} restarted",
         )
         await stack.enter_async_context(worker)
-        await stack.enter_async_context(Sweeper(store, hub, settings, local_worker=name))
+        await stack.enter_async_context(Sweeper(store, hub, blobs, settings, local_worker=name))
         logger.info(
             "worker %s: running up to %d job(s) at once, Docker at %s, database %s",
             name,

@@ -38,9 +38,9 @@ from ci_server.runner.executor import Executor, ExecutorError
 from ci_server.scheduler import JobPipeline, Outcome
 from ci_server.settings import Settings
 from ci_server.states import transition
+from ci_server.store.blobs import BlobStore
 from ci_server.store.repository import JobStore
 from ci_server.store.signals import Signal, SignalKind
-from ci_server.uploads import Uploads
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Worker:
         store: JobStore,
         hub: EventHub,
         executor: Executor,
-        uploads: Uploads,
+        blobs: BlobStore,
         settings: Settings,
         *,
         interrupted_reason: str = INTERRUPTED_REASON,
@@ -72,12 +72,12 @@ class Worker:
         self.store = store
         self.hub = hub
         self.executor = executor
-        self.uploads = uploads
+        self.blobs = blobs
         self.settings = settings
         self.name = settings.worker_name
         self.interrupted_reason = interrupted_reason
         """Why the jobs a previous run of this worker left running ended."""
-        self.pipeline = JobPipeline(store, executor, uploads, settings)
+        self.pipeline = JobPipeline(store, executor, blobs, settings)
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._queued = asyncio.Event()
         self._running: dict[str, _RunningJob] = {}
@@ -137,7 +137,8 @@ class Worker:
 
     async def _recover(self) -> None:
         """End what a previous run of this worker left: its containers, its running jobs (a
-        re-run could repeat side effects the user did not ask for twice)."""
+        re-run could repeat side effects the user did not ask for twice), and the uploads of
+        ended jobs."""
         try:
             removed = await self.executor.remove_orphans()
             if removed:
@@ -149,6 +150,9 @@ class Worker:
                 ended = transition(job, JobStatus.ERROR, reason=self.interrupted_reason)
                 if await self.store.update_job(ended, expected=JobStatus.RUNNING):
                     await self.hub.end(ended)
+        # The uploads of jobs that ended while no process could delete them (a crash).
+        waiting = await self.store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
+        await self.blobs.delete_except({job.id for job in waiting})
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -222,7 +226,7 @@ class Worker:
             await self._finish(job, channel, outcome)
         finally:
             self._running.pop(job.id, None)
-            await self.uploads.discard(job.id)
+            await self.blobs.delete(job.id)
 
     def _stop(self, job_id: str, outcome: Outcome) -> None:
         running = self._running.get(job_id)

@@ -1,9 +1,10 @@
 """Several processes on one PostgreSQL database, as on several machines: two API processes
 (`ci-server --no-worker`) and two workers (`ci-worker`), real Docker, the real `ci`.
 
-The processes share the database and the data folder (the uploads), as hosts would share the
-database and a mounted folder; each worker's containers are labelled with its name, so the
-two remove only their own although they share this machine's engine.
+The processes share only the database, as hosts would: each has a data folder of its own, and
+a worker fetches a job's upload from the database (the default blob store with
+CI_DATABASE_URL). Each worker's containers are labelled with its name, so the two remove only
+their own although they share this machine's engine.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def cluster(
         processes.append(a)
         b = ServerProcess(db_path=db_path, env=env, args=("--no-worker",), api_key=a.api_key)
         processes.append(b.start())
-        workers = {name: WorkerProcess(name, env, tmp_path) for name in WORKERS}
+        workers = {
+            name: WorkerProcess(name, {**env, "CI_DATA_DIR": str(tmp_path / name)}, tmp_path)
+            for name in WORKERS
+        }
         for worker in workers.values():
             processes.append(worker.start())
         yield Cluster(a, b, workers, postgres_database)
@@ -103,6 +107,12 @@ def test_jobs_submitted_through_both_apis_all_run_once_on_both_workers(
     )
     assert sorted(row["job_id"] for row in runs) == sorted(ids)
     assert {(row["running"], row["ends"]) for row in runs} == {(1, 1)}
+    # Their uploads, kept in the database for the workers, went with them.
+    wait_for(
+        lambda: not fetch(cluster.database, "SELECT key FROM blobs"),
+        timeout=10,
+        what="the uploads of the finished jobs to be deleted",
+    )
 
     # `ci list --json` names the worker of each job; `ci-admin workers` lists both, alive.
     listed = run_ci("list", "--json", cwd=passing, server=cluster.a)

@@ -15,9 +15,10 @@ from ci_server.events import EventHub
 from ci_server.jobs import JobService
 from ci_server.models import EventType, Job, JobEvent
 from ci_server.settings import Settings
+from ci_server.store.blobs import BlobStore
+from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.store.memory import MemoryJobStore
 from ci_server.store.repository import JobStore
-from ci_server.uploads import UploadFolder
 from ci_server.users import ANONYMOUS_ADMIN, User
 from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
@@ -36,7 +37,7 @@ class Harness:
         service: JobService,
         worker: Worker | None,
         executor: FakeExecutor,
-        uploads: UploadFolder,
+        blobs: BlobStore,
     ) -> None:
         self.tmp_path = tmp_path
         self.store = store
@@ -44,7 +45,7 @@ class Harness:
         self.service = service
         self._worker = worker
         self.executor = executor
-        self.uploads = uploads
+        self.blobs = blobs
 
     @property
     def worker(self) -> Worker:
@@ -89,8 +90,15 @@ class Harness:
 
     async def uploads_removed(self) -> None:
         # The upload is deleted just after the END event: wait for it.
-        directory = self.uploads.directory
-        await wait_until(lambda: not any(directory.iterdir()), what="uploads removed")
+        async def none_left() -> bool:
+            return await self.blobs.list_blobs() == []
+
+        await wait_until(none_left, what="uploads removed")
+
+
+def blob_store(settings: Settings) -> FileBlobStore:
+    """The uploads of the processes of one test (one host): a folder of its data dir."""
+    return FileBlobStore(settings.resolved_data_dir / "blobs")
 
 
 def settings_for(tmp_path: Path, **settings: Any) -> Settings:
@@ -116,14 +124,14 @@ async def harness(
     executor = executor or FakeExecutor()
     store = store or MemoryJobStore()
     config = settings_for(tmp_path, **settings)
-    uploads = UploadFolder(config.uploads_dir)
     async with contextlib.AsyncExitStack() as stack:
+        blobs = await stack.enter_async_context(blob_store(config))
         hub = await stack.enter_async_context(EventHub(store, flush_interval=0.02))
-        service = await stack.enter_async_context(JobService(store, hub, uploads, config))
+        service = await stack.enter_async_context(JobService(store, hub, blobs, config))
         running = None
         if worker:
-            running = await stack.enter_async_context(Worker(store, hub, executor, uploads, config))
+            running = await stack.enter_async_context(Worker(store, hub, executor, blobs, config))
         await stack.enter_async_context(
-            Sweeper(store, hub, config, config.worker_name if worker else None)
+            Sweeper(store, hub, blobs, config, config.worker_name if worker else None)
         )
-        yield Harness(tmp_path, store, hub, service, running, executor, uploads)
+        yield Harness(tmp_path, store, hub, service, running, executor, blobs)

@@ -69,7 +69,7 @@ async def test_a_submitted_job_waits_queued_with_its_first_event(tmp_path: Path)
         assert (await h.submit(timeout_seconds=3600)).timeout_seconds == 30  # capped
         [event] = await h.store.events_after(job.id)
         assert (event.seq, event.type, event.data) == (1, EventType.STATUS, {"status": "queued"})
-        assert h.uploads.path(job.id).is_file()
+        assert await h.blobs.exists(job.id)
 
 
 async def test_an_upload_that_is_not_a_zip_is_refused_and_nothing_is_kept(
@@ -80,7 +80,7 @@ async def test_an_upload_that_is_not_a_zip_is_refused_and_nothing_is_kept(
             await h.service.submit(ADMIN, io.BytesIO(b"not a zip"))
         assert await h.service.list(ADMIN) == []
         assert list(h.service.incoming_dir.iterdir()) == []
-        assert list(h.uploads.directory.iterdir()) == []
+        assert await h.blobs.list_blobs() == []
 
 
 async def test_cancelling_a_finished_job_changes_nothing(tmp_path: Path) -> None:

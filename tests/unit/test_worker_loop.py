@@ -15,13 +15,12 @@ from ci_server.models import EventType, Job, JobEvent, JobStatus
 from ci_server.states import claim, transition
 from ci_server.store.memory import MemoryJobStore
 from ci_server.store.signals import SignalKind
-from ci_server.uploads import UploadFolder
 from ci_server.users import ANONYMOUS_ADMIN
 from ci_server.worker import loop
 from ci_server.worker.loop import INTERRUPTED_REASON, Worker
 from ci_server.worker.recovery import end_jobs_of_lost_workers
 from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun, wait_until, write_zip
-from tests.unit.one_process import WORKER, harness, settings_for
+from tests.unit.one_process import WORKER, blob_store, harness, settings_for
 from tests.unit.test_pipeline import log_lines, statuses
 
 ADMIN = ANONYMOUS_ADMIN
@@ -94,8 +93,8 @@ async def test_two_workers_on_one_store_run_each_job_once(tmp_path: Path) -> Non
         for n, executor in enumerate(executors):
             settings = settings_for(tmp_path, worker_name=f"build-{n}", max_concurrent_jobs=2)
             hub = await stack.enter_async_context(EventHub(store, flush_interval=0.02))
-            uploads = UploadFolder(settings.uploads_dir)
-            await stack.enter_async_context(Worker(store, hub, executor, uploads, settings))
+            blobs = await stack.enter_async_context(blob_store(settings))
+            await stack.enter_async_context(Worker(store, hub, executor, blobs, settings))
         async with harness(tmp_path, store=store, worker=False) as api:
             ids = [(await api.submit()).id for _ in range(12)]
             await wait_until(
@@ -249,7 +248,8 @@ async def test_restart_ends_its_own_running_jobs_and_runs_the_queued_ones(tmp_pa
             JobEvent(waiting.id, 1, EventType.STATUS, {"status": "queued"}),
         ]
     )
-    write_zip(tmp_path / "data" / "uploads" / f"{waiting.id}.zip", PASSING_PROJECT)
+    async with blob_store(settings_for(tmp_path)) as blobs:
+        await blobs.put(waiting.id, write_zip(tmp_path / "waiting.zip", PASSING_PROJECT))
     executor = FakeExecutor(orphans=1)
 
     async with harness(tmp_path, executor, store=store) as h:
@@ -278,16 +278,19 @@ async def test_restart_ends_its_own_running_jobs_and_runs_the_queued_ones(tmp_pa
 
 async def test_the_jobs_of_a_silent_worker_end_with_a_reason_naming_it(tmp_path: Path) -> None:
     """A worker process that stopped beating (killed, its host down): the sweep of another
-    process ends its running job, and that job's watchers get the end."""
+    process ends its running job, that job's watchers get the end, and its upload goes."""
     store = MemoryJobStore()
     await store.register_worker("build-2", 1)
     await store.add_job(Job(id="aaaaaaaaaaaa"))
     await store.append_events([JobEvent("aaaaaaaaaaaa", 1, EventType.STATUS, {"status": "queued"})])
     await store.claim_next_job("build-2")
+    async with blob_store(settings_for(tmp_path)) as blobs:
+        await blobs.put("aaaaaaaaaaaa", write_zip(tmp_path / "lost.zip", PASSING_PROJECT))
     async with harness(tmp_path, store=store, worker_timeout=0.3) as h:
         watching = asyncio.ensure_future(h.events_until_end("aaaaaaaaaaaa"))
         job = await h.finished("aaaaaaaaaaaa")
         events = await watching
+        await h.uploads_removed()
     assert (job.status, job.reason) == (JobStatus.ERROR, "worker build-2 stopped responding")
     assert [e.seq for e in events] == [1, 2, 3]
     assert events[1].data["text"] == "worker build-2 stopped responding"
@@ -305,7 +308,7 @@ async def test_a_worker_that_was_thought_lost_leaves_the_end_written_for_it(
         await h.wait_running(job.id)
         await h.hub.flush()
         async with EventHub(h.store) as elsewhere:
-            [swept] = await end_jobs_of_lost_workers(h.store, elsewhere, silent_for=0)
+            [swept] = await end_jobs_of_lost_workers(h.store, elsewhere, h.blobs, silent_for=0)
         events = await h.events_until_end(job.id)
         gate.set()
         await wait_until(lambda: not h.worker.running, what="the worker done with the job")
