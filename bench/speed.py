@@ -77,7 +77,7 @@ from ci_server.runner.executor import ENVIRONMENT_LABEL, INSTANCE_LABEL  # noqa:
 from ci_server.runner.scripts import INSTALLED_PROJECT  # noqa: E402
 from ci_server.settings import Settings  # noqa: E402
 from ci_server.store.columns import JOB_COLUMNS  # noqa: E402
-from ci_server.store.sqlite import SqliteJobStore, _job_row  # noqa: E402
+from ci_server.store.sqlite import SqliteJobStore, job_row  # noqa: E402
 from tests.e2e.harness import ServerProcess, ci_command, run_ci, server_env, wait_for  # noqa: E402
 
 DEFAULT_IMAGE = "ci-runner:bookworm"
@@ -703,7 +703,7 @@ async def fill_database(path: Path, count: int) -> list[str]:
     store = SqliteJobStore(path)
     await store.open()  # creates the schema through the store's migrations
     try:
-        rows = [_job_row(job) for job in finished_jobs(count)]
+        rows = [job_row(job) for job in finished_jobs(count)]
         marks = ",".join("?" * len(rows[0]))
         await store.db.executemany(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", rows)
         await store.db.commit()

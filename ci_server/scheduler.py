@@ -117,7 +117,7 @@ class JobPipeline:
         await asyncio.to_thread(unpack_archive, archive, project, limits)
         await asyncio.to_thread(archive.unlink)
         output.mkdir()
-        config = load_config(project)
+        config = await asyncio.to_thread(load_config, project)
         image = config.image or self.settings.runner_image
         if image not in self.settings.allowed_image_set:
             allowed = ", ".join(sorted(self.settings.allowed_image_set))

@@ -162,6 +162,10 @@ class _Packaging:
     pyproject.toml with [project], [build-system] or [dependency-groups]; a setup.cfg with
     [metadata] or [options]. One holding only tools' settings (pytest's, a linter's) does
     not count: `pip install .` of such a project fails or makes a package nobody meant."""
+    setup_cfg: configparser.ConfigParser | None
+    """setup.cfg when it describes the project (it is in `files`)."""
+    setup_py: ast.Module | None
+    """setup.py's syntax tree when it has one Python can parse."""
     built: bool
     """Whether the project itself is installed, not only its dependencies: it has a build
     (setup.py, setuptools metadata in setup.cfg, or a pyproject.toml [build-system]).
@@ -179,15 +183,20 @@ def _packaging(root: Path) -> _Packaging:
     poetry = dependencies.poetry_table(pyproject)
     if {"project", "build-system", "dependency-groups"} & pyproject.keys() or poetry:
         files.append("pyproject.toml")
+    setup_py = None
     if (root / "setup.py").is_file():
         files.append("setup.py")
-    if (root / "setup.cfg").is_file():
-        cfg = _setup_cfg(root)
-        if cfg.has_section("metadata") or cfg.has_section("options"):
-            files.append("setup.cfg")
+        setup_py = _setup_py(root)
+    setup_cfg = _setup_cfg(root) if (root / "setup.cfg").is_file() else None
+    if setup_cfg is not None and (
+        setup_cfg.has_section("metadata") or setup_cfg.has_section("options")
+    ):
+        files.append("setup.cfg")
+    else:
+        setup_cfg = None
     built = "build-system" in pyproject or "setup.py" in files or "setup.cfg" in files
     built = built and poetry.get("package-mode", True) is not False
-    return _Packaging(pyproject, project, build_system, groups, files, built)
+    return _Packaging(pyproject, project, build_system, groups, files, setup_cfg, setup_py, built)
 
 
 def _project_install() -> str:
@@ -267,34 +276,31 @@ def _declared_extras(root: Path, packaging: _Packaging) -> dict[str, tuple[str, 
             label = f"pyproject.toml [tool.poetry.extras] {extra}"
             requirements = dependencies.poetry_requirements(root, table, label)
             declared[extra] = ("pyproject.toml", requirements)
-    if "setup.cfg" in packaging.files:
-        cfg = _setup_cfg(root)
-        if cfg.has_section("options.extras_require"):
-            for extra in cfg.options("options.extras_require"):
-                lines = cfg.get("options.extras_require", extra).splitlines()
-                names = frozenset(requirement_name(line) for line in lines if line.strip())
-                label = f"setup.cfg extra [{extra}]"
-                requirements = Requirements(label, (), ("setup.cfg",), names, extras=(extra,))
-                declared.setdefault(extra, ("setup.cfg", requirements))
-    tree = _setup_py(root) if "setup.py" in packaging.files else None
-    if tree is not None:
-        for extra, names in sorted(_setup_py_extras(tree).items()):
+    cfg = packaging.setup_cfg
+    if cfg is not None and cfg.has_section("options.extras_require"):
+        for extra in cfg.options("options.extras_require"):
+            lines = cfg.get("options.extras_require", extra).splitlines()
+            names = frozenset(requirement_name(line) for line in lines if line.strip())
+            label = f"setup.cfg extra [{extra}]"
+            requirements = Requirements(label, (), ("setup.cfg",), names, extras=(extra,))
+            declared.setdefault(extra, ("setup.cfg", requirements))
+    if packaging.setup_py is not None:
+        for extra, names in sorted(_setup_py_extras(packaging.setup_py).items()):
             label = f"setup.py extra [{extra}]"
             requirements = Requirements(label, (), ("setup.py",), names, extras=(extra,))
             declared.setdefault(extra, ("setup.py", requirements))
     return declared
 
 
-def _project_name(root: Path, packaging: _Packaging) -> str | None:
+def _project_name(packaging: _Packaging) -> str | None:
     pyproject = packaging.pyproject
     name = packaging.project.string("name")
     if name is None and "project" not in pyproject:
         name = dependencies.poetry_table(pyproject).get("name")
-    if name is None and "setup.cfg" in packaging.files:
-        name = _setup_cfg(root).get("metadata", "name", fallback=None)
-    tree = _setup_py(root) if name is None and "setup.py" in packaging.files else None
-    if tree is not None:
-        name = _setup_py_name(tree)
+    if name is None and packaging.setup_cfg is not None:
+        name = packaging.setup_cfg.get("metadata", "name", fallback=None)
+    if name is None and packaging.setup_py is not None:
+        name = _setup_py_name(packaging.setup_py)
     return name if isinstance(name, str) else None
 
 
@@ -324,7 +330,7 @@ def _metadata(root: Path, packaging: _Packaging) -> _Metadata:
     test extra (PEP 621, setup.cfg, setup.py, Poetry's extras), the first test dependency
     group (PEP 735) and Poetry's test groups."""
     pyproject = packaging.pyproject
-    name = _project_name(root, packaging)
+    name = _project_name(packaging)
     own = _own_dependencies(root, packaging)
     declared = _declared_extras(root, packaging)
     groups = packaging.groups

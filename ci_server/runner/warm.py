@@ -1,7 +1,7 @@
 """Containers started ahead of the jobs that will run in them.
 
 Creating and starting a container costs about 160 ms, the largest part of what a short job
-costs over a bare `docker run`. So after a job starts, one more container with the same
+costs over a bare `docker run`. So after a job's container has run, one more with the same
 settings (a Profile) is made ready for the next job: created, started and waiting, with an
 empty private directory mounted where the project goes. The next job with that profile
 takes it and only hands it the project and the script. Each container still serves exactly

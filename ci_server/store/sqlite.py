@@ -142,7 +142,7 @@ def _lifecycle_values(job: Job) -> tuple[Any, ...]:
     )
 
 
-def _job_row(job: Job) -> tuple[Any, ...]:
+def job_row(job: Job) -> tuple[Any, ...]:
     """The values of JOB_COLUMNS, in that order."""
     return (
         job.id,
@@ -272,7 +272,7 @@ class SqliteJobStore(JobStore):
 
     async def add_job(self, job: Job) -> None:
         await self.db.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({_JOB_MARKS})", _job_row(job)
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({_JOB_MARKS})", job_row(job)
         )
         await self.db.commit()
         if job.status is JobStatus.QUEUED:
