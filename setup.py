@@ -7,7 +7,9 @@ setup(
     version="0.1.0",
     description="Run a Python project's pytest suite in a clean Docker container, live.",
     python_requires=">=3.11",
-    packages=find_packages(include=["ci_server", "ci_server.*", "ci_client", "ci_client.*"]),
+    packages=find_packages(
+        include=["ci_server", "ci_server.*", "ci_client", "ci_client.*", "ci_common"]
+    ),
     install_requires=[
         "fastapi>=0.115",
         "uvicorn>=0.30",

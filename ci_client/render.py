@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 from ci_client.client import Event
+from ci_common.tables import local_time, print_table
 
 SYSTEM_PREFIX = "[ci] "
 
@@ -29,9 +30,7 @@ def format_duration(seconds: float | None) -> str:
 
 def format_time(value: str | None) -> str:
     """An ISO 8601 time from the server, shown in the user's local time zone."""
-    if not value:
-        return "-"
-    return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return local_time(datetime.fromisoformat(value) if value else None)
 
 
 COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "rerun")
@@ -113,22 +112,6 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: SupportsWrite[str]) -> Non
         for job in jobs
     ]
     print_table(headers, rows, out)
-
-
-def print_table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], out: SupportsWrite[str]
-) -> None:
-    """Columns as wide as their widest cell, two spaces apart (`ci list`, `ci-admin`)."""
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
-    ]
-    for row in (headers, *rows):
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip(),
-            file=out,
-        )
 
 
 def print_job_details(

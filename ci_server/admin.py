@@ -18,14 +18,13 @@ import json
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
 import asyncpg
 from pydantic import ValidationError
 
-from ci_client.render import format_time, print_table
+from ci_common.tables import local_time, print_table
 from ci_server import accounts
 from ci_server.models import CIError, JobStatus, WorkerInfo
 from ci_server.settings import Settings
@@ -48,10 +47,6 @@ Handler = Callable[[JobStore, argparse.Namespace], Awaitable[int]]
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _when(value: datetime | None) -> str:
-    return format_time(value.isoformat() if value else None)
 
 
 def _describe(user: User) -> str:
@@ -95,7 +90,7 @@ async def user_list(store: JobStore, args: argparse.Namespace) -> int:
                     u.email,
                     "admin" if u.is_admin else "user",
                     "active" if u.active else "deactivated",
-                    _when(u.created_at),
+                    local_time(u.created_at),
                 )
                 for u in users
             ],
@@ -153,9 +148,9 @@ async def key_list(store: JobStore, args: argparse.Namespace) -> int:
             k.id,
             k.name,
             emails.get(k.user_id, k.user_id),
-            _when(k.created_at),
-            _when(k.last_used_at),
-            _when(k.revoked_at),
+            local_time(k.created_at),
+            local_time(k.last_used_at),
+            local_time(k.revoked_at),
         )
         for k in keys
     ]
@@ -167,7 +162,7 @@ async def key_revoke(store: JobStore, args: argparse.Namespace) -> int:
     before = await store.get_api_key(args.key_id)
     key = await accounts.revoke_key(store, args.key_id)
     if before.revoked:
-        print(f"API key {key.id} ({key.name}) was already revoked on {_when(key.revoked_at)}.")
+        print(f"API key {key.id} ({key.name}) was already revoked on {local_time(key.revoked_at)}.")
     else:
         print(f"Revoked API key {key.id} ({key.name}): it no longer works.")
     return EXIT_OK
@@ -214,7 +209,7 @@ async def workers_list(store: JobStore, args: argparse.Namespace) -> int:
                     w.name,
                     worker_state(w, timeout),
                     f"{w.silent_seconds:.0f}s ago",
-                    _when(w.started_at),
+                    local_time(w.started_at),
                     f"{len(running.get(w.name, []))}/{w.max_jobs}",
                     " ".join(running.get(w.name, [])) or "-",
                 )
