@@ -2,17 +2,23 @@
 starts, how soon a line reaches a client of another process.
 
     python bench/scale.py [--database-url URL] [--jobs 1000] [--samples 100] [--poll-samples 30]
+                          [--docker-jobs 40]
 
 Every process is real (`ci-server` apps under uvicorn, `ci-worker`'s run_worker, PostgreSQL
 or an SQLite file); only the executor is a no-op (NoopExecutor: a job "runs" in no time, or
-prints timestamped lines), so that the figures are the service's, not Docker's. PostgreSQL
-is the server at --database-url (default: $CI_TEST_DATABASE_URL, else the one
-scripts/ensure-postgres.sh starts); each measurement gets a database of its own, dropped
-after.
+prints timestamped lines), so that the figures are the service's, not Docker's; part 1b
+alone runs real containers. PostgreSQL is the server at --database-url (default:
+$CI_TEST_DATABASE_URL, else the one scripts/ensure-postgres.sh starts); each measurement
+gets a database of its own, dropped after.
 
 1. Jobs claimed per second: --jobs queued jobs stored first, then 1, 2 or 4 worker processes
    (CI_MAX_CONCURRENT_JOBS=4 each) drain them; the rate is the jobs over the time from the
    first claim to the last (the database's timestamps). Every job must run exactly once.
+1b. The same on the real Docker engine (the worker processes' DockerExecutor, $CI_RUNNER_IMAGE,
+   warm containers as configured, default 2): a one-test project whose environment one job
+   builds first, then --docker-jobs queued jobs; the rate is the jobs over the time from the
+   first claim to the last job's end (a job's container, not the queue, sets the pace).
+   The environment images and containers of each measurement are removed after it.
 2. Queued to running: jobs submitted one at a time through an API process (POST /jobs) while
    a worker process is free; start_time - created_at. With NOTIFY, and with polling only
    (CI_DATABASE_LISTEN=false on every process).
@@ -50,7 +56,13 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ci_server.models import EventType, Job, JobEvent, JobStatus, new_job_id
-from ci_server.runner.executor import ImageInfo, OutputSink, RunSpec
+from ci_server.runner.executor import (
+    INSTANCE_LABEL,
+    OWNER_LABEL,
+    ImageInfo,
+    OutputSink,
+    RunSpec,
+)
 from ci_server.settings import Settings
 from ci_server.store.factory import open_blob_store, open_store
 
@@ -118,12 +130,13 @@ def _serve(env: dict[str, str], port: int, worker: bool) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def _work(env: dict[str, str]) -> None:
-    """A process: `ci-worker` on the no-op executor, until SIGTERM."""
+def _work(env: dict[str, str], docker: bool) -> None:
+    """A process: `ci-worker` on the no-op executor, or on Docker as `ci-worker` runs it,
+    until SIGTERM."""
     from ci_server.worker.__main__ import run_worker
 
     os.environ.update(env)
-    asyncio.run(run_worker(Settings(), executor=NoopExecutor()))
+    asyncio.run(run_worker(Settings(), executor=None if docker else NoopExecutor()))
 
 
 def _claim_only(env: dict[str, str], name: str) -> None:
@@ -179,15 +192,20 @@ def start_api(env: dict[str, str], *, worker: bool) -> tuple[str, BaseProcess]:
         time.sleep(0.1)
 
 
-def start_worker(env: dict[str, str], name: str) -> BaseProcess:
-    process = SPAWN.Process(target=_work, args=({**env, "CI_WORKER_NAME": name},))
+def start_worker(env: dict[str, str], name: str, *, docker: bool = False) -> BaseProcess:
+    process = SPAWN.Process(target=_work, args=({**env, "CI_WORKER_NAME": name}, docker))
     process.start()
     return process
 
 
 @contextlib.contextmanager
 def deployment(
-    env: dict[str, str], *, apis: int = 0, one_process: bool = False, workers: int = 0
+    env: dict[str, str],
+    *,
+    apis: int = 0,
+    one_process: bool = False,
+    workers: int = 0,
+    docker: bool = False,
 ) -> Iterator[Deployment]:
     running = Deployment(env, [])
     try:
@@ -198,7 +216,7 @@ def deployment(
             running.api, process = start_api(env, worker=False)
             running.processes.append(process)
         for n in range(workers):
-            running.processes.append(start_worker(env, f"bench-{n + 1}"))
+            running.processes.append(start_worker(env, f"bench-{n + 1}", docker=docker))
         yield running
     finally:
         running.stop()
@@ -273,15 +291,43 @@ async def queue_jobs(settings: Settings, count: int) -> None:
             await store.add_job(job)
 
 
-async def drained(settings: Settings, count: int) -> tuple[float, int, set[str]]:
-    """Wait until every job has ended; (claims per second, jobs run more than once, workers)."""
+@dataclass
+class Drained:
+    """The `count` newest jobs, all ended: how fast they were claimed, by whom, how often."""
+
+    jobs: list[Job]
+    run_twice: int
+
+    @property
+    def workers(self) -> set[str]:
+        return {job.worker or "" for job in self.jobs}
+
+    def claims_per_second(self, *, until_end: bool = False) -> float:
+        """The jobs over the time from the first claim to the last (or to the last end)."""
+        first = min(job.started_at for job in self.jobs if job.started_at)
+        last = max(
+            (job.finished_at if until_end else job.started_at)
+            for job in self.jobs
+            if job.started_at and job.finished_at
+        )
+        return len(self.jobs) / (last - first).total_seconds()
+
+    def median_run_seconds(self) -> float:
+        return statistics.median(
+            (job.finished_at - job.started_at).total_seconds()
+            for job in self.jobs
+            if job.started_at and job.finished_at
+        )
+
+
+async def drained(settings: Settings, count: int) -> Drained:
+    """Wait until the `count` newest jobs have ended (each must succeed)."""
     async with open_store(settings) as store:
         while True:
             jobs = await store.list_jobs(limit=count)
             if all(job.status.is_terminal for job in jobs):
                 break
             await asyncio.sleep(0.2)
-        started = sorted(job.started_at for job in jobs if job.started_at)
         assert all(job.status is JobStatus.SUCCEEDED for job in jobs), {j.status for j in jobs}
         twice = 0
         for job in jobs:
@@ -289,8 +335,7 @@ async def drained(settings: Settings, count: int) -> tuple[float, int, set[str]]
             runs = sum(1 for e in events if e.data.get("status") == "running")
             ends = sum(1 for e in events if e.type is EventType.END)
             twice += (runs, ends) != (1, 1)
-    span = (started[-1] - started[0]).total_seconds()
-    return count / span, twice, {job.worker or "" for job in jobs}
+    return Drained(jobs, twice)
 
 
 def claims_per_second(env: dict[str, str], jobs: int, workers: int) -> tuple[float, int]:
@@ -299,9 +344,43 @@ def claims_per_second(env: dict[str, str], jobs: int, workers: int) -> tuple[flo
     env = {**env, "CI_MAX_CONCURRENT_JOBS": "4"}
     one_process = "CI_DATABASE_URL" not in env
     with deployment(env, one_process=one_process, workers=0 if one_process else workers):
-        rate, twice, names = asyncio.run(drained(settings, jobs))
-    assert one_process or len(names) == workers, names
-    return rate, twice
+        ended = asyncio.run(drained(settings, jobs))
+    assert one_process or len(ended.workers) == workers, ended.workers
+    return ended.claims_per_second(), ended.run_twice
+
+
+def docker_claims_per_second(env: dict[str, str], jobs: int, workers: int) -> Drained:
+    """1b: `workers` worker processes on Docker, 4 jobs at once each; one job builds the
+    environment, then `jobs` more are queued and drained."""
+    env = {key: value for key, value in env.items() if key != "CI_WARM_CONTAINERS"}
+    env["CI_MAX_CONCURRENT_JOBS"] = "4"
+    settings = settings_of(env)
+    try:
+        with deployment(env, workers=workers, docker=True):
+            asyncio.run(queue_jobs(settings, 1))
+            asyncio.run(drained(settings, 1))
+            asyncio.run(queue_jobs(settings, jobs))
+            ended = asyncio.run(drained(settings, jobs))
+    finally:
+        remove_docker_leftovers(settings.instance_id)
+    assert ended.run_twice == 0 and len(ended.workers) == workers, ended.workers
+    return ended
+
+
+def remove_docker_leftovers(instance: str) -> None:
+    """The containers and environment images of one measurement's database."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}
+        ):
+            container.remove(force=True)
+        for image in client.images.list(filters={"label": f"{OWNER_LABEL}={instance}"}):
+            client.images.remove(image.id, force=True)
+    finally:
+        client.close()
 
 
 async def claim_span(settings: Settings, count: int) -> tuple[float, int]:
@@ -422,6 +501,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="latency samples")
     parser.add_argument("--poll-samples", type=int, default=30, help="samples when polling")
     parser.add_argument("--lines", type=int, default=300, help="lines for the event latency")
+    parser.add_argument(
+        "--docker-jobs", type=int, default=40, help="jobs for the claim rate on Docker"
+    )
     args = parser.parse_args()
     server = args.database_url
     with tempfile.TemporaryDirectory(prefix="ci-bench-scale-") as temporary:
@@ -431,6 +513,16 @@ def main() -> None:
             def run(env: dict[str, str]) -> str:
                 rate, twice = claims_per_second(env, args.jobs, workers)
                 return f"{rate:,.0f} jobs/s; run more than once: {twice} of {args.jobs}"
+
+            return run
+
+        def on_docker(workers: int) -> Callable[[dict[str, str]], str]:
+            def run(env: dict[str, str]) -> str:
+                ended = docker_claims_per_second(env, args.docker_jobs, workers)
+                return (
+                    f"{ended.claims_per_second(until_end=True):.2f} jobs/s; "
+                    f"a job's run: median {ended.median_run_seconds():.2f} s"
+                )
 
             return run
 
@@ -460,6 +552,8 @@ def main() -> None:
         pg, sqlite = ("pg", server, folder), ("sqlite", server, folder)
         for n in (1, 2, 4):
             measure(f"PostgreSQL: jobs claimed and run per second, {n} worker(s)", *pg, claims(n))
+        for n in (1, 2, 4):
+            measure(f"PostgreSQL, Docker: jobs run per second, {n} worker(s)", *pg, on_docker(n))
         for n in (1, 2, 4):
             measure(f"PostgreSQL: claims alone per second, {n} process(es)", *pg, alone(n))
         measure("PostgreSQL: queued to running, NOTIFY", *pg, latency(args.samples, 0.05))
