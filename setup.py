@@ -8,6 +8,7 @@ setup(
     description="Run a Python project's pytest suite in a clean Docker container, live.",
     python_requires=">=3.11",
     packages=find_packages(include=["ci_server", "ci_server.*", "ci_client", "ci_client.*"]),
+    package_data={"ci_server.web": ["templates/*.html", "static/*"]},
     install_requires=[
         "fastapi>=0.115",
         "uvicorn>=0.30",
@@ -23,6 +24,7 @@ setup(
         "pathspec>=0.12",
         "defusedxml>=0.7",
         "poetry-core>=1.9",
+        "jinja2>=3.1",
     ],
     extras_require={
         "dev": [
@@ -35,6 +37,7 @@ setup(
             "ruff>=0.6",
             "pyright>=1.1.380",
             "asyncpg-stubs>=0.29",
+            "playwright>=1.50",
         ],
     },
     entry_points={
