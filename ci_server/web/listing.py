@@ -35,8 +35,9 @@ async def jobs_page(
     *,
     status: JobStatus | None = None,
     before: str | None = None,
-    size: int = PAGE_SIZE,
+    size: int | None = None,
 ) -> JobsPage:
+    size = size or PAGE_SIZE
     if status is None:
         views = await service.list(user, limit=size, before=before)
         return JobsPage(views, views[-1].job.id if len(views) == size else None)

@@ -188,3 +188,21 @@ async def test_static_files_are_cached_and_versioned(
 async def test_pages_are_not_in_the_api_schema(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert all(path.startswith(("/jobs", "/health")) for path in paths)
+
+
+async def test_jobs_filter_by_status_and_page_by_key(
+    client: httpx.AsyncClient, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ci_server.web.listing.PAGE_SIZE", 2)
+    ids = [await job_of(client, people.ann) for _ in range(3)]  # each succeeds
+    await sign_in(client, people.ann)
+    first = (await client.get("/", params={"status": "succeeded"})).text
+    assert [i for i in reversed(ids) if i in first] == list(reversed(ids))[:2]
+    older = re.search(r'href="/\?status=succeeded&amp;before=([0-9a-f]{12})"', first)
+    assert older is not None
+    second = await client.get("/", params={"status": "succeeded", "before": older.group(1)})
+    assert ids[0] in second.text
+    assert ids[2] not in second.text
+    none = (await client.get("/", params={"status": "failed"})).text
+    assert not any(i in none for i in ids)
+    assert "No jobs failed here yet" in none
