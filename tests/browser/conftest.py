@@ -2,7 +2,8 @@
 
 Browsers cannot be downloaded here: Playwright launches the system's /usr/bin/chromium
 (`.ci/run` installs it). Without it (or Playwright) the tests skip on a developer machine and
-FAIL when CI is set, as Docker's do (tests/conftest.py). One server serves a module's tests.
+FAIL when CI is set, as Docker's do (tests/conftest.py). One browser and one server serve a
+module's tests.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ TIMEOUT_MS = 60_000
 """How long a page may take to show what a test waits for (jobs run in Docker)."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API runs an event loop in this thread while it is
+    open, and pytest-asyncio's tests in later modules could not start theirs."""
     if not CHROMIUM.exists():
         _unavailable(f"no browser at {CHROMIUM}: apt-get install chromium", "browser")
     try:
