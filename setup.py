@@ -10,6 +10,7 @@ setup(
     packages=find_packages(
         include=["ci_server", "ci_server.*", "ci_client", "ci_client.*", "ci_common"]
     ),
+    package_data={"ci_server.web": ["templates/*.html", "static/*"]},
     install_requires=[
         "fastapi>=0.115",
         "uvicorn>=0.30",
@@ -25,6 +26,7 @@ setup(
         "pathspec>=0.12",
         "defusedxml>=0.7",
         "poetry-core>=1.9",
+        "jinja2>=3.1",
     ],
     extras_require={
         "dev": [
@@ -37,6 +39,7 @@ setup(
             "ruff>=0.6",
             "pyright>=1.1.380",
             "asyncpg-stubs>=0.29",
+            "playwright>=1.50",
         ],
     },
     entry_points={

@@ -110,12 +110,19 @@ async def authenticate(store: JobStore, key: str | None) -> User:
         raise NotAuthenticated(INVALID_KEY) from None
     if not record.matches(secret):
         raise NotAuthenticated(INVALID_KEY)
+    user = await holder(store, record)
+    now = utcnow()
+    if record.last_used_at is None or now - record.last_used_at >= LAST_USED_PRECISION:
+        await store.touch_api_key(record.id, now)
+    return user
+
+
+async def holder(store: JobStore, record: ApiKey) -> User:
+    """The active user a stored key belongs to, if it still works (not revoked, its user
+    active): what a key, or a dashboard session made with one, is checked for each time."""
     if record.revoked:
         raise NotAuthenticated(f"API key {record.id} ({record.name}) has been revoked")
     user = await store.get_user(record.user_id)
     if not user.active:
         raise NotAuthenticated(f"user {user.email} has been deactivated")
-    now = utcnow()
-    if record.last_used_at is None or now - record.last_used_at >= LAST_USED_PRECISION:
-        await store.touch_api_key(record.id, now)
     return user

@@ -130,6 +130,14 @@ class JobService:
             start = max(0, min(start, await self.hub.last_seq(job_id) - 1))
         return self.hub.batches(job_id, start)
 
+    async def stored_events(
+        self, user: User, job_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[JobEvent]:
+        """Up to `limit` of the job's events after seq `after`, as stored now: a page of its
+        log to read (the dashboard's earlier lines, a download), not a stream to follow."""
+        await self._visible(user, job_id)
+        return await self.store.events_after(job_id, after, limit=limit)
+
     async def store_answers(self) -> bool:
         """Whether the store answers a query within STORE_CHECK_SECONDS."""
         try:

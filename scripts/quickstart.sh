@@ -95,5 +95,7 @@ print(write_api_key(sys.argv[1]))' "$key")
   fi
 fi
 
+echo "quickstart: the dashboard is at $URL/: sign in with your API key (ci's, in" \
+  "~/.config/ci/config.toml or \$CI_API_KEY)" >&2
 cd examples/demo
 exec ci submit test

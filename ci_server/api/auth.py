@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -89,9 +89,12 @@ async def while_authenticated(
     frames: AsyncGenerator[bytes, None],
     *,
     every: float = RECHECK_SECONDS,
+    check: Callable[[HTTPConnection], Awaitable[object]] = resolve_user,
 ) -> AsyncIterator[bytes]:
     """The `frames` of a stream for as long as its key works, checked every `every`
     seconds whether frames flood in or the stream idles; then an `unauthorized` event.
+    `check` says who the connection is, raising NotAuthenticated (the dashboard's checks
+    its session cookie).
 
     A key is checked when a request comes in; a stream may stay open for hours after.
     `ci-admin` revokes keys from another process, so the store is asked again (two reads
@@ -131,7 +134,7 @@ async def while_authenticated(
                 yield item
                 continue
             try:
-                await resolve_user(connection)
+                await check(connection)
             except NotAuthenticated as e:
                 payload = json.dumps({"status": 401, "detail": str(e)})
                 yield ServerSentEvent(payload, event=UNAUTHORIZED_EVENT).encode()

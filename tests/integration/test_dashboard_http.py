@@ -1,0 +1,208 @@
+"""The dashboard over HTTP (httpx + ASGI, a real SQLite file, the FakeExecutor): sessions,
+CSRF, who sees which job, the log's pages and download, static files. What a browser does
+with the pages is tests/browser's."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ci_server import accounts
+from ci_server.settings import Settings
+from ci_server.store.sqlite import SqliteJobStore
+from tests.fakes import FakeExecutor, FakeRun
+from tests.integration.test_auth_api import People, Person, add_person
+from tests.integration.test_sqlite_api import UNKNOWN_ID, finished, make_settings, serve, submit
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, auth=True)
+
+
+@pytest.fixture
+async def people(settings: Settings) -> People:
+    return People(
+        ann=await add_person(settings, "ann"),
+        bob=await add_person(settings, "bob"),
+        root=await add_person(settings, "root", admin=True),
+    )
+
+
+LINES = [f"line {n} \x1b[31m<b>red</b>\x1b[0m\n".encode() for n in range(1, 3001)]
+
+
+@pytest.fixture
+async def client(settings: Settings, people: People) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(settings, FakeExecutor(FakeRun(output=LINES))) as client:
+        yield client
+
+
+async def sign_in(client: httpx.AsyncClient, person: Person) -> httpx.Response:
+    response = await client.post("/sign-in", data={"api_key": person.key, "after": "/"})
+    assert response.status_code == 303, response.text
+    return response
+
+
+async def job_of(client: httpx.AsyncClient, person: Person) -> str:
+    """A finished job of `person`, submitted through the API with their key."""
+    client.headers.update(person.headers)
+    try:
+        response = await submit(client)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["job_id"]
+        await finished(client, job_id)
+    finally:
+        del client.headers["Authorization"]
+    return job_id
+
+
+async def test_pages_without_a_session_send_to_sign_in(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"/job/{UNKNOWN_ID}")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/sign-in?after=%2Fjob%2F{UNKNOWN_ID}"
+    for path in (f"/job/{UNKNOWN_ID}/events", f"/job/{UNKNOWN_ID}/log?before=5", "/live/jobs"):
+        assert (await client.get(path)).status_code == 401
+    assert "API key" in (await client.get("/sign-in")).text
+
+
+async def test_sign_in_sets_a_session_cookie_and_sign_out_ends_it(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    response = await sign_in(client, people.ann)
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Secure" not in cookie  # plain HTTP here; HTTPS gets Secure
+    assert people.ann.key not in cookie
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert "ann" in page.text
+    assert "Content-Security-Policy" in page.headers
+    token = CSRF.search(page.text)
+    assert token is not None
+    kept = dict(client.cookies)
+    out = await client.post("/sign-out", data={"csrf_token": token.group(1)})
+    assert out.status_code == 303
+    assert (await client.get("/")).status_code == 303
+    # The old cookie, kept by someone, no longer works either.
+    client.cookies.update(kept)
+    assert (await client.get("/")).status_code == 303
+
+
+async def test_a_wrong_key_is_refused_and_a_revoked_one_ends_the_session(
+    client: httpx.AsyncClient, settings: Settings, people: People
+) -> None:
+    response = await client.post("/sign-in", data={"api_key": people.ann.key + "x"})
+    assert response.status_code == 401
+    assert "invalid API key" in response.text
+    await sign_in(client, people.ann)
+    assert (await client.get("/")).status_code == 200
+    async with SqliteJobStore(settings.db_path) as store:
+        await accounts.revoke_key(store, people.ann.key.split("_")[1])
+    assert (await client.get("/")).status_code == 303
+
+
+async def test_forged_or_tampered_cookies_are_refused(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    await sign_in(client, people.ann)
+    cookie = client.cookies["ci_session"]
+    key_id, expires, nonce, mac = cookie.split(".")
+    for forged in (
+        f"{key_id}.{int(expires) + 10**6}.{nonce}.{mac}",
+        f"{key_id}.{expires}.{nonce}.{'0' * 64}",
+        f"{people.bob.key.split('_')[1]}.{expires}.{nonce}.{mac}",
+        "garbage",
+    ):
+        client.cookies.clear()
+        client.cookies.set("ci_session", forged)
+        assert (await client.get("/")).status_code == 303, forged
+
+
+async def test_another_users_job_is_a_404_like_an_unknown_one(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    job_id = await job_of(client, people.bob)
+    await sign_in(client, people.ann)
+    theirs = await client.get(f"/job/{job_id}")
+    unknown = await client.get(f"/job/{UNKNOWN_ID}")
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.text.replace(job_id, UNKNOWN_ID) == unknown.text
+    for path in ("/events", "/log?before=5", "/log.txt", "/details", "/tests"):
+        assert (await client.get(f"/job/{job_id}{path}")).status_code == 404, path
+    assert job_id not in (await client.get("/")).text
+    client.cookies.clear()
+    await sign_in(client, people.root)
+    assert (await client.get(f"/job/{job_id}")).status_code == 200
+    assert job_id in (await client.get("/")).text
+
+
+async def test_cancel_needs_the_csrf_token(client: httpx.AsyncClient, people: People) -> None:
+    await sign_in(client, people.ann)
+    job_id = await job_of(client, people.ann)
+    refused = await client.post(f"/job/{job_id}/cancel")
+    assert refused.status_code == 403
+    refused = await client.post(f"/job/{job_id}/cancel", data={"csrf_token": "x" * 64})
+    assert refused.status_code == 403
+    token = CSRF.search((await client.get(f"/job/{job_id}")).text)
+    assert token is not None
+    done = await client.post(f"/job/{job_id}/cancel", data={"csrf_token": token.group(1)})
+    assert done.status_code == 303  # it had finished: the page says how
+
+
+async def test_log_pages_and_download(client: httpx.AsyncClient, people: People) -> None:
+    job_id = await job_of(client, people.ann)
+    await sign_in(client, people.ann)
+    page = await client.get(f"/job/{job_id}")
+    assert "line 1 " not in page.text  # the log comes through the stream, not the page
+    earlier = (await client.get(f"/job/{job_id}/log", params={"before": 1500})).json()
+    seqs = [event["seq"] for event in earlier["events"]]
+    assert seqs == list(range(1500 - len(seqs), 1500))
+    assert len(seqs) == 1499
+    assert earlier["more"] is False
+    raw = await client.get(f"/job/{job_id}/log.txt")
+    assert raw.headers["content-disposition"] == f'attachment; filename="job-{job_id}.log"'
+    assert "line 3000 \x1b[31m<b>red</b>\x1b[0m\n" in raw.text
+    assert raw.text.count("\n") >= 3000
+
+
+async def test_static_files_are_cached_and_versioned(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    await sign_in(client, people.ann)
+    page = (await client.get("/")).text
+    css = re.search(r'href="(/static/dashboard\.css\?v=[0-9a-f]+)"', page)
+    assert css is not None
+    response = await client.get(css.group(1))
+    assert response.status_code == 200
+    assert "immutable" in response.headers["cache-control"]
+
+
+async def test_pages_are_not_in_the_api_schema(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert all(path.startswith(("/jobs", "/health")) for path in paths)
+
+
+async def test_jobs_filter_by_status_and_page_by_key(
+    client: httpx.AsyncClient, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ci_server.web.listing.PAGE_SIZE", 2)
+    ids = [await job_of(client, people.ann) for _ in range(3)]  # each succeeds
+    await sign_in(client, people.ann)
+    first = (await client.get("/", params={"status": "succeeded"})).text
+    assert [i for i in reversed(ids) if i in first] == list(reversed(ids))[:2]
+    older = re.search(r'href="/\?status=succeeded&amp;before=([0-9a-f]{12})"', first)
+    assert older is not None
+    second = await client.get("/", params={"status": "succeeded", "before": older.group(1)})
+    assert ids[0] in second.text
+    assert ids[2] not in second.text
+    none = (await client.get("/", params={"status": "failed"})).text
+    assert not any(i in none for i in ids)
+    assert "No jobs failed here yet" in none
