@@ -345,6 +345,7 @@ def test_below_the_free_disk_floor_an_upload_gets_507_and_leaves_no_trace(
     """CI_MIN_FREE_DISK_MB above the real free space: the disk is "low" for this server."""
     floor = shutil.disk_usage(tmp_path).free // 1024**2 + 1_000_000
     server = make_server(CI_MIN_FREE_DISK_MB=str(floor))
+    files_before = files_under(server.db_path.parent)
     since = time.time()
 
     response = upload(server, zipped())
@@ -354,7 +355,7 @@ def test_below_the_free_disk_floor_an_upload_gets_507_and_leaves_no_trace(
     assert "the server is low on disk space" in detail
     assert f"it keeps {floor} MiB free: CI_MIN_FREE_DISK_MB" in detail
     assert server.get("/jobs").json() == []
-    assert not any((Path(server.env["CI_DATA_DIR"]) / "uploads").iterdir())
+    assert files_under(server.db_path.parent) == files_before  # no upload kept, nor its blob
     assert containers_created(docker_client, server, since) == []
     project = tmp_path / "project"
     project.mkdir()
