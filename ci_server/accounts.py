@@ -1,7 +1,9 @@
-"""What `ci-admin` and the API do with users and keys, over any JobStore.
+"""What `ci-admin`, the API and the dashboard do with users, keys and sessions, over any
+JobStore.
 
 The rules live here once: how emails are compared, who may get a key, and what makes a
-presented key valid. `ci_server.admin` prints, `ci_server.api.auth` answers HTTP.
+presented key or a dashboard session valid. `ci_server.admin` prints, `ci_server.api.auth`
+and `ci_server.web` answer HTTP.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from ci_server.users import (
     ApiKeyNotFound,
     InvalidAccount,
     NotAuthenticated,
+    Session,
+    SessionNotFound,
     User,
     UserInactive,
     UserNotFound,
+    hash_secret,
     issue_key,
+    issue_session,
     new_user_id,
     parse_key,
 )
@@ -33,6 +39,10 @@ RECHECK_SECONDS = 2.0
 `ci-admin`, in another process): open event streams close, a user's queued jobs cancel."""
 INVALID_KEY = "invalid API key"
 """One answer for an unknown key id and a wrong secret: a guess learns nothing."""
+SESSION_LIFETIME = timedelta(hours=12)
+"""How long a dashboard session lasts; then the person signs in again."""
+NO_SESSION = "not signed in, or the session has ended: sign in again"
+"""One answer for a token never issued, signed out or expired."""
 
 
 def normalize_email(email: str) -> str:
@@ -101,6 +111,11 @@ async def revoke_key(store: JobStore, key_id: str) -> ApiKey:
 
 async def authenticate(store: JobStore, key: str | None) -> User:
     """The active user a presented key belongs to; NotAuthenticated says what is wrong."""
+    _, user = await _key_and_holder(store, key)
+    return user
+
+
+async def _key_and_holder(store: JobStore, key: str | None) -> tuple[ApiKey, User]:
     if not key:
         raise NotAuthenticated("no API key: send the header `Authorization: Bearer ci_...`")
     key_id, secret = parse_key(key)
@@ -114,7 +129,7 @@ async def authenticate(store: JobStore, key: str | None) -> User:
     now = utcnow()
     if record.last_used_at is None or now - record.last_used_at >= LAST_USED_PRECISION:
         await store.touch_api_key(record.id, now)
-    return user
+    return record, user
 
 
 async def holder(store: JobStore, record: ApiKey) -> User:
@@ -126,3 +141,31 @@ async def holder(store: JobStore, record: ApiKey) -> User:
     if not user.active:
         raise NotAuthenticated(f"user {user.email} has been deactivated")
     return user
+
+
+async def start_session(store: JobStore, key: str) -> tuple[Session, str]:
+    """Sign in to the dashboard with a presented key: the stored session and the token for
+    the browser. Sessions that have expired are forgotten meanwhile."""
+    record, _ = await _key_and_holder(store, key)
+    await store.delete_expired_sessions(utcnow())
+    session, token = issue_session(record, SESSION_LIFETIME)
+    await store.add_session(session)
+    return session, token
+
+
+async def session_holder(store: JobStore, token: str) -> tuple[User, Session]:
+    """The active user of a session's token and the session, while it works: stored (not
+    signed out), unexpired, its key not revoked and its user active."""
+    try:
+        session = await store.get_session(hash_secret(token))
+        record = await store.get_api_key(session.key_id)
+    except (SessionNotFound, ApiKeyNotFound):
+        raise NotAuthenticated(NO_SESSION) from None
+    if session.expires_at <= utcnow():
+        raise NotAuthenticated(NO_SESSION)
+    return await holder(store, record), session
+
+
+async def end_session(store: JobStore, session: Session) -> None:
+    """Sign out: every process refuses the session's token from now on."""
+    await store.delete_session(session.token_hash)

@@ -27,7 +27,7 @@ from ci_server.runner.executor import Executor
 from ci_server.settings import Settings
 from ci_server.store.factory import open_blob_store, open_store
 from ci_server.store.repository import JobStore
-from ci_server.web.install import install_dashboard, start_sessions
+from ci_server.web.install import install_dashboard
 from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
 
@@ -79,7 +79,6 @@ def create_app(
             app.state.service = service
             app.state.frames = SseFrames()
             app.state.role = "api+worker" if worker else "api"
-            await start_sessions(app, settings)
             yield
 
     app = FastAPI(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ci_server.runner.executor import ContainerLimits
@@ -50,12 +50,6 @@ class Settings(BaseSettings):
         description="require an API key (`ci-admin key create`) on every request but /health; "
         "CI_AUTH=off serves everyone as an admin, and `ci-server` allows it only on a "
         "loopback address",
-    )
-    session_secret: SecretStr | None = Field(
-        default=None,
-        description="signs the dashboard's session cookies and CSRF tokens: the same for "
-        "every API process behind one address; default: a random one kept in "
-        "<data_dir>/session-secret",
     )
     data_dir: Path | None = Field(
         default=None,

@@ -1,8 +1,10 @@
-"""Who may do what: users, their API keys, and which jobs a user may see. No storage, no HTTP.
+"""Who may do what: users, their API keys, their dashboard sessions, and which jobs a user may
+see. No storage, no HTTP.
 
 An API key reads `ci_<key id>_<secret>`. The key id (12 hex digits, public: it is shown by
 `ci-admin key list`) finds the stored key; the secret is 256 random bits and only its
-SHA-256 is stored. See `hash_secret` for why a fast hash is the right one here.
+SHA-256 is stored. See `hash_secret` for why a fast hash is the right one here. A session's
+token is 256 random bits too, and likewise only its SHA-256 is stored.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ci_server.models import CIError, Job, new_job_id, utcnow
@@ -66,6 +68,23 @@ class ApiKey:
         return hmac.compare_digest(hash_secret(secret), self.hash)
 
 
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A person signed in to the dashboard with an API key: it works while the key does (not
+    revoked, its user active) until `expires_at`, or until it is signed out (deleted)."""
+
+    token_hash: str
+    """SHA-256 of the token the browser holds (its cookie), hex; the token is never stored."""
+    key_id: str
+    csrf_token: str
+    """What the session's forms carry (the page shows it; another site cannot read it)."""
+    created_at: datetime
+    expires_at: datetime
+
+    def replace(self, **changes: Any) -> Session:
+        return dataclasses.replace(self, **changes)
+
+
 ANONYMOUS_ADMIN = User(id="anonymous", name="anonymous", email="anonymous@localhost", is_admin=True)
 """Who every request is when the server runs without authentication (CI_AUTH=off)."""
 
@@ -86,6 +105,10 @@ class UserNotFound(AccountError):
 
 
 class ApiKeyNotFound(AccountError):
+    pass
+
+
+class SessionNotFound(AccountError):
     pass
 
 
@@ -122,6 +145,21 @@ def issue_key(user_id: str, name: str) -> tuple[ApiKey, str]:
     secret = secrets.token_urlsafe(SECRET_BYTES)
     record = ApiKey(id=key_id, user_id=user_id, name=name, hash=hash_secret(secret))
     return record, f"{KEY_PREFIX}{key_id}_{secret}"
+
+
+def issue_session(key: ApiKey, lifetime: timedelta) -> tuple[Session, str]:
+    """A new session made with the key, from now for `lifetime`: the record to store, and
+    the token for the browser."""
+    token = secrets.token_urlsafe(SECRET_BYTES)
+    now = utcnow()
+    record = Session(
+        token_hash=hash_secret(token),
+        key_id=key.id,
+        csrf_token=secrets.token_urlsafe(SECRET_BYTES),
+        created_at=now,
+        expires_at=now + lifetime,
+    )
+    return record, token
 
 
 def parse_key(key: str) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """The columns the SQL stores (SQLite, PostgreSQL) read and write, in the order they do.
 
-Each column is named as the field of Job, User or ApiKey it holds.
+Each column is named as the field of Job, User, ApiKey or Session it holds.
 """
 
 from __future__ import annotations
@@ -27,3 +27,4 @@ JOB_COLUMN_NAMES = (
 JOB_COLUMNS = ", ".join(JOB_COLUMN_NAMES)
 USER_COLUMNS = "id, name, email, is_admin, active, created_at"
 KEY_COLUMNS = "id, user_id, name, hash, created_at, revoked_at, last_used_at"
+SESSION_COLUMNS = "token_hash, key_id, csrf_token, created_at, expires_at"

@@ -20,7 +20,15 @@ from ci_server.models import (
 from ci_server.states import claim
 from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore
 from ci_server.store.signals import Signal, SignalKind
-from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
+from ci_server.users import (
+    ApiKey,
+    ApiKeyNotFound,
+    EmailTaken,
+    Session,
+    SessionNotFound,
+    User,
+    UserNotFound,
+)
 
 
 class MemoryJobStore(JobStore):
@@ -34,6 +42,7 @@ class MemoryJobStore(JobStore):
         self._results: dict[str, list[TestResult]] = {}
         self._users: dict[str, User] = {}
         self._keys: dict[str, ApiKey] = {}
+        self._sessions: dict[str, Session] = {}
 
     async def open(self) -> None:
         return None
@@ -247,3 +256,24 @@ class MemoryJobStore(JobStore):
     async def touch_api_key(self, key_id: str, at: datetime) -> None:
         if key_id in self._keys:
             self._keys[key_id] = self._keys[key_id].replace(last_used_at=at)
+
+    async def add_session(self, session: Session) -> None:
+        await self.get_api_key(session.key_id)
+        if session.token_hash in self._sessions:
+            raise ValueError("duplicate session token")
+        self._sessions[session.token_hash] = session
+
+    async def get_session(self, token_hash: str) -> Session:
+        try:
+            return self._sessions[token_hash]
+        except KeyError:
+            raise SessionNotFound("no such session") from None
+
+    async def delete_session(self, token_hash: str) -> None:
+        self._sessions.pop(token_hash, None)
+
+    async def delete_expired_sessions(self, now: datetime) -> int:
+        expired = [h for h, session in self._sessions.items() if session.expires_at <= now]
+        for token_hash in expired:
+            del self._sessions[token_hash]
+        return len(expired)

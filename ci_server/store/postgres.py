@@ -43,11 +43,20 @@ from ci_server.store.columns import (
     JOB_COLUMNS,
     KEY_COLUMNS,
     LIFECYCLE_COLUMNS,
+    SESSION_COLUMNS,
     USER_COLUMNS,
 )
 from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore, claim_template
 from ci_server.store.signals import Listener, Signal, SignalKind
-from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
+from ci_server.users import (
+    ApiKey,
+    ApiKeyNotFound,
+    EmailTaken,
+    Session,
+    SessionNotFound,
+    User,
+    UserNotFound,
+)
 
 # Each entry migrates the schema from version i to i + 1 (a row in schema_migrations).
 MIGRATIONS: list[str] = [
@@ -138,6 +147,17 @@ MIGRATIONS: list[str] = [
         heartbeat_at TIMESTAMPTZ NOT NULL,
         stopped_at TIMESTAMPTZ
     );
+    """,
+    # Dashboard sessions, which every API process must see (sign-out ends one everywhere).
+    """
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES api_keys (id),
+        csrf_token TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
     """,
 ]
 
@@ -723,3 +743,33 @@ class PostgresJobStore(JobStore):
 
     async def touch_api_key(self, key_id: str, at: datetime) -> None:
         await self.pool.execute("UPDATE api_keys SET last_used_at = $1 WHERE id = $2", at, key_id)
+
+    # -- dashboard sessions ----------------------------------------------------------------
+
+    async def add_session(self, session: Session) -> None:
+        try:
+            await self.pool.execute(
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({marks(5)})",
+                session.token_hash,
+                session.key_id,
+                session.csrf_token,
+                session.created_at,
+                session.expires_at,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise ApiKeyNotFound(f"no API key with id {session.key_id!r}") from None
+
+    async def get_session(self, token_hash: str) -> Session:
+        row = await self.pool.fetchrow(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1", token_hash
+        )
+        if row is None:
+            raise SessionNotFound("no such session")
+        return Session(**dict(row.items()))
+
+    async def delete_session(self, token_hash: str) -> None:
+        await self.pool.execute("DELETE FROM sessions WHERE token_hash = $1", token_hash)
+
+    async def delete_expired_sessions(self, now: datetime) -> int:
+        status = await self.pool.execute("DELETE FROM sessions WHERE expires_at <= $1", now)
+        return int(status.split()[-1])

@@ -1,4 +1,5 @@
-"""The abstract repository for jobs and their events, the workers, users and their API keys.
+"""The abstract repository for jobs and their events, the workers, users, their API keys and
+their dashboard sessions.
 
 Every backend (in-memory, SQLite, PostgreSQL) implements this interface and passes the
 contract suites in tests/unit/test_store_contract.py, test_worker_store_contract.py and
@@ -25,7 +26,7 @@ from ci_server.models import (
 )
 from ci_server.states import claim, transition
 from ci_server.store.signals import Listener, SignalBoard, SignalKind
-from ci_server.users import ApiKey, User
+from ci_server.users import ApiKey, Session, User
 
 
 class JobStore(Lifecycle):
@@ -203,6 +204,26 @@ class JobStore(Lifecycle):
     @abc.abstractmethod
     async def touch_api_key(self, key_id: str, at: datetime) -> None:
         """Record that the key was used at `at` (only `last_used_at` changes)."""
+
+    # -- dashboard sessions ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_session(self, session: Session) -> None:
+        """Raise ApiKeyNotFound if the session's key is unknown."""
+
+    @abc.abstractmethod
+    async def get_session(self, token_hash: str) -> Session:
+        """Return the session or raise SessionNotFound (whether it has expired is the
+        caller's to judge)."""
+
+    @abc.abstractmethod
+    async def delete_session(self, token_hash: str) -> None:
+        """Forget the session (signed out): every process refuses it from now on. An
+        unknown one: nothing to do."""
+
+    @abc.abstractmethod
+    async def delete_expired_sessions(self, now: datetime) -> int:
+        """Forget every session that expired by `now`; say how many."""
 
 
 def claim_template(worker: str) -> Job:

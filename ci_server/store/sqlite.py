@@ -33,11 +33,20 @@ from ci_server.store.columns import (
     JOB_COLUMNS,
     KEY_COLUMNS,
     LIFECYCLE_COLUMNS,
+    SESSION_COLUMNS,
     USER_COLUMNS,
 )
 from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore, claim_template
 from ci_server.store.signals import Signal, SignalKind
-from ci_server.users import ApiKey, ApiKeyNotFound, EmailTaken, User, UserNotFound
+from ci_server.users import (
+    ApiKey,
+    ApiKeyNotFound,
+    EmailTaken,
+    Session,
+    SessionNotFound,
+    User,
+    UserNotFound,
+)
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -114,6 +123,17 @@ MIGRATIONS: list[str] = [
         heartbeat_at TEXT NOT NULL,
         stopped_at TEXT
     );
+    """,
+    # Dashboard sessions, which every API process must see (sign-out ends one everywhere).
+    """
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES api_keys (id),
+        csrf_token TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
     """,
 ]
 
@@ -205,6 +225,18 @@ def _key_from_row(row: aiosqlite.Row) -> ApiKey:
         created_at=_created_at(row),
         revoked_at=_parse_time(row["revoked_at"]),
         last_used_at=_parse_time(row["last_used_at"]),
+    )
+
+
+def _session_from_row(row: aiosqlite.Row) -> Session:
+    expires_at = _parse_time(row["expires_at"])
+    assert expires_at is not None  # NOT NULL in the schema
+    return Session(
+        token_hash=row["token_hash"],
+        key_id=row["key_id"],
+        csrf_token=row["csrf_token"],
+        created_at=_created_at(row),
+        expires_at=expires_at,
     )
 
 
@@ -610,3 +642,36 @@ class SqliteJobStore(JobStore):
     async def touch_api_key(self, key_id: str, at: datetime) -> None:
         await self.db.execute("UPDATE api_keys SET last_used_at=? WHERE id=?", (_time(at), key_id))
         await self.db.commit()
+
+    # -- dashboard sessions ----------------------------------------------------------------
+
+    async def add_session(self, session: Session) -> None:
+        await self.get_api_key(session.key_id)
+        await self.db.execute(
+            f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?,?,?,?,?)",
+            (
+                session.token_hash,
+                session.key_id,
+                session.csrf_token,
+                _time(session.created_at),
+                _time(session.expires_at),
+            ),
+        )
+        await self.db.commit()
+
+    async def get_session(self, token_hash: str) -> Session:
+        query = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"
+        async with self.db.execute(query, (token_hash,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise SessionNotFound("no such session")
+        return _session_from_row(row)
+
+    async def delete_session(self, token_hash: str) -> None:
+        await self.db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+        await self.db.commit()
+
+    async def delete_expired_sessions(self, now: datetime) -> int:
+        cursor = await self.db.execute("DELETE FROM sessions WHERE expires_at <= ?", (_time(now),))
+        await self.db.commit()
+        return cursor.rowcount

@@ -13,22 +13,21 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
-from ci_server.accounts import holder
-from ci_server.users import ANONYMOUS_ADMIN, ApiKeyNotFound, NotAuthenticated, User
-from ci_server.web.sessions import ANONYMOUS_NONCE, SESSION_COOKIE, Session, SessionSigner
-
-SIGNED_OUT = "not signed in, or the session has ended: sign in again"
+from ci_server.accounts import NO_SESSION, session_holder
+from ci_server.users import ANONYMOUS_ADMIN, NotAuthenticated, Session, User
+from ci_server.web.sessions import SESSION_COOKIE
 
 
 @dataclass(frozen=True, slots=True)
 class Viewer:
     user: User
-    session: Session
+    session: Session | None
+    """None for everyone when authentication is off (CI_AUTH=off)."""
     csrf_token: str
 
     @property
     def can_sign_out(self) -> bool:
-        return self.session.nonce != ANONYMOUS_NONCE
+        return self.session is not None
 
 
 class SignInRequired(Exception):
@@ -39,28 +38,15 @@ class SignInRequired(Exception):
         self.after = after
 
 
-def signer(connection: HTTPConnection) -> SessionSigner:
-    return connection.app.state.sessions
-
-
 async def viewer_of(connection: HTTPConnection) -> Viewer:
     """The viewer of the session cookie; NotAuthenticated if there is none that works."""
-    sessions = signer(connection)
     if not connection.app.state.settings.auth:
-        anonymous = Session(ANONYMOUS_NONCE, 0, ANONYMOUS_NONCE)
-        return Viewer(ANONYMOUS_ADMIN, anonymous, sessions.csrf_token(ANONYMOUS_NONCE))
-    session = Session.parse(connection.cookies.get(SESSION_COOKIE, ""))
-    if session is None:
-        raise NotAuthenticated(SIGNED_OUT)
-    store = connection.app.state.store
-    try:
-        key = await store.get_api_key(session.key_id)
-    except ApiKeyNotFound:
-        raise NotAuthenticated(SIGNED_OUT) from None
-    if not sessions.valid(session, key):
-        raise NotAuthenticated(SIGNED_OUT)
-    user = await holder(store, key)
-    return Viewer(user, session, sessions.csrf_token(session.nonce))
+        return Viewer(ANONYMOUS_ADMIN, None, connection.app.state.anonymous_csrf_token)
+    token = connection.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise NotAuthenticated(NO_SESSION)
+    user, session = await session_holder(connection.app.state.store, token)
+    return Viewer(user, session, session.csrf_token)
 
 
 async def page_viewer(request: Request) -> Viewer:

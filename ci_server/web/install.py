@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
+import secrets
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ci_server.settings import Settings
 from ci_server.web import live, logs, pages
 from ci_server.web.access import SignInRequired
 from ci_server.web.rendering import STATIC_DIR, STATIC_PREFIX, CachedStaticFiles, Pages
-from ci_server.web.sessions import SessionSigner, load_secret
 
 
 def install_dashboard(app: FastAPI) -> None:
     app.state.pages = Pages()
+    app.state.anonymous_csrf_token = secrets.token_urlsafe(32)
+    """The forms' CSRF token when authentication is off (CI_AUTH=off, one loopback host)."""
     app.include_router(pages.router)
     app.include_router(logs.router)
     app.include_router(live.router)
     app.mount(STATIC_PREFIX, CachedStaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(SignInRequired, _sign_in)
     app.add_exception_handler(pages.CsrfRefused, _csrf_refused)
-
-
-async def start_sessions(app: FastAPI, settings: Settings) -> None:
-    """In the lifespan: the session secret may be a file to read or make."""
-    app.state.sessions = SessionSigner(await asyncio.to_thread(load_secret, settings))
 
 
 async def _sign_in(request: Request, exc: Exception) -> Response:

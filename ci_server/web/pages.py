@@ -14,15 +14,15 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, Response
 
-from ci_server.accounts import authenticate
+from ci_server.accounts import end_session, start_session
 from ci_server.api.jobs import JOB_ID_PATTERN, MAX_SEQ, Service
 from ci_server.jobs import JobService
 from ci_server.models import JobAlreadyFinished, JobNotFound, JobStatus, TestOutcome
-from ci_server.users import NotAuthenticated, User, parse_key
-from ci_server.web.access import FetchViewer, PageViewer, Viewer, signer, viewer_of
+from ci_server.users import NotAuthenticated, User
+from ci_server.web.access import FetchViewer, PageViewer, Viewer, viewer_of
 from ci_server.web.listing import jobs_page, owner_names
 from ci_server.web.rendering import Pages
-from ci_server.web.sessions import SESSION_COOKIE, SESSION_SECONDS
+from ci_server.web.sessions import csrf_valid, drop_session_cookie, set_session_cookie
 
 router = APIRouter(include_in_schema=False)
 
@@ -43,8 +43,8 @@ def pages(request: Request) -> Pages:
 Templates = Annotated[Pages, Depends(pages)]
 
 
-def check_csrf(request: Request, viewer: Viewer, token: str | None) -> None:
-    if not signer(request).csrf_valid(viewer.session.nonce, token):
+def check_csrf(viewer: Viewer, token: str | None) -> None:
+    if not csrf_valid(viewer.csrf_token, token):
         raise CsrfRefused
 
 
@@ -80,25 +80,14 @@ async def sign_in(
     api_key: Annotated[str, Form()],
     after: Annotated[str | None, Form()] = None,
 ) -> Response:
-    store = request.app.state.store
     try:
-        await authenticate(store, api_key.strip())
-        key = await store.get_api_key(parse_key(api_key.strip())[0])
+        _, token = await start_session(request.app.state.store, api_key.strip())
     except NotAuthenticated as e:
         return templates.page(
             "sign_in.html", status_code=401, error=str(e), after=safe_after(after), viewer=None
         )
-    session = signer(request).issue(key)
     response = RedirectResponse(safe_after(after), status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        session.cookie,
-        max_age=SESSION_SECONDS,
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    set_session_cookie(request, response, token)
     return response
 
 
@@ -108,11 +97,11 @@ async def sign_out(request: Request, csrf_token: Annotated[str | None, Form()] =
         viewer = await viewer_of(request)
     except NotAuthenticated:
         viewer = None
-    if viewer is not None:
-        check_csrf(request, viewer, csrf_token)
-        signer(request).sign_out(viewer.session)
+    if viewer is not None and viewer.session is not None:
+        check_csrf(viewer, csrf_token)
+        await end_session(request.app.state.store, viewer.session)
     response = RedirectResponse("/sign-in", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    drop_session_cookie(response)
     return response
 
 
@@ -216,7 +205,7 @@ async def cancel(
     service: Service,
     csrf_token: Annotated[str | None, Form()] = None,
 ) -> Response:
-    check_csrf(request, viewer, csrf_token)
+    check_csrf(viewer, csrf_token)
     with contextlib.suppress(JobAlreadyFinished):  # the page shows how it ended
         await service.cancel(viewer.user, job_id)
     return RedirectResponse(f"/job/{job_id}", status_code=303)

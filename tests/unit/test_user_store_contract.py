@@ -1,4 +1,5 @@
-"""The JobStore contract for users, API keys and job owners: every backend passes it.
+"""The JobStore contract for users, API keys, dashboard sessions and job owners: every backend
+passes it.
 
 Jobs come from the helpers of the main contract suite (tests/unit/test_store_contract.py).
 """
@@ -19,9 +20,12 @@ from ci_server.users import (
     ApiKey,
     ApiKeyNotFound,
     EmailTaken,
+    Session,
+    SessionNotFound,
     User,
     UserNotFound,
     issue_key,
+    issue_session,
     new_user_id,
 )
 from tests.unit.conftest import StoreFactory
@@ -42,6 +46,13 @@ def make_user(n: int, **changes: object) -> User:
 def make_key(user: User, n: int) -> ApiKey:
     record, _ = issue_key(user.id, f"key {n}")
     return record.replace(created_at=BASE_TIME + timedelta(minutes=n, microseconds=n))
+
+
+def make_session(key: ApiKey, n: int) -> Session:
+    """A session of `key`, made n hours after BASE_TIME, lasting an hour."""
+    record, _ = issue_session(key, timedelta(hours=1))
+    created_at = BASE_TIME + timedelta(hours=n, microseconds=n)
+    return record.replace(created_at=created_at, expires_at=created_at + timedelta(hours=1))
 
 
 async def add_users(store: JobStore, count: int) -> list[User]:
@@ -161,6 +172,69 @@ async def test_touching_a_key_changes_only_its_last_use(store: JobStore) -> None
     stored = await store.get_api_key(key.id)
     assert stored == key.replace(revoked_at=revoked_at, last_used_at=used_at)
     await store.touch_api_key("0123456789ab", used_at)  # an unknown key: nothing to do
+
+
+# -- dashboard sessions -----------------------------------------------------------------------
+
+
+async def add_key(store: JobStore) -> ApiKey:
+    [user] = await add_users(store, 1)
+    key = make_key(user, 1)
+    await store.add_api_key(key)
+    return key
+
+
+async def test_every_session_field_round_trips(store: JobStore) -> None:
+    key = await add_key(store)
+    session = make_session(key, 1)
+    await store.add_session(session)
+    assert await store.get_session(session.token_hash) == session
+    assert (await store.get_session(session.token_hash)).expires_at.utcoffset() == timedelta(0)
+
+
+async def test_unknown_session_raises_session_not_found(store: JobStore) -> None:
+    key = await add_key(store)
+    await store.add_session(make_session(key, 1))
+    with pytest.raises(SessionNotFound):
+        await store.get_session("0" * 64)
+
+
+async def test_a_session_needs_a_known_key(store: JobStore) -> None:
+    [user] = await add_users(store, 1)
+    session = make_session(make_key(user, 1), 1)
+    with pytest.raises(ApiKeyNotFound):
+        await store.add_session(session)
+    with pytest.raises(SessionNotFound):
+        await store.get_session(session.token_hash)
+
+
+async def test_a_deleted_session_is_gone_for_every_store(new_store: StoreFactory) -> None:
+    """A sign-out through one API process: the others refuse the session at once."""
+    async with new_store() as first, new_store() as second:
+        key = await add_key(first)
+        gone, kept = make_session(key, 1), make_session(key, 2)
+        await first.add_session(gone)
+        await first.add_session(kept)
+        assert await second.get_session(gone.token_hash) == gone
+        await first.delete_session(gone.token_hash)
+        with pytest.raises(SessionNotFound):
+            await second.get_session(gone.token_hash)
+        assert await second.get_session(kept.token_hash) == kept
+        await second.delete_session(gone.token_hash)  # already gone: nothing to do
+
+
+async def test_expired_sessions_are_deleted_and_counted(store: JobStore) -> None:
+    key = await add_key(store)
+    sessions = [make_session(key, n) for n in range(4)]  # expire at hours 1, 2, 3, 4
+    for session in sessions:
+        await store.add_session(session)
+    assert await store.delete_expired_sessions(sessions[1].expires_at) == 2
+    for session in sessions[:2]:
+        with pytest.raises(SessionNotFound):
+            await store.get_session(session.token_hash)
+    for session in sessions[2:]:
+        assert await store.get_session(session.token_hash) == session
+    assert await store.delete_expired_sessions(sessions[1].expires_at) == 0
 
 
 # -- jobs and their owners --------------------------------------------------------------------

@@ -16,6 +16,7 @@ from ci_server.users import (
     EmailTaken,
     InvalidAccount,
     NotAuthenticated,
+    SessionNotFound,
     User,
     UserInactive,
     UserNotFound,
@@ -212,3 +213,68 @@ async def test_a_deactivated_users_keys_stop_working(store: MemoryJobStore) -> N
     await accounts.deactivate_user(store, "ann@example.com")
     with pytest.raises(NotAuthenticated, match=r"ann@example\.com has been deactivated"):
         await accounts.authenticate(store, key)
+
+
+# -- dashboard sessions -----------------------------------------------------------------------
+
+
+async def test_a_session_keeps_only_its_tokens_hash_and_works_until_signed_out(
+    store: MemoryJobStore,
+) -> None:
+    ann = await accounts.create_user(store, name="Ann", email="ann@example.com")
+    record, _, key = await accounts.create_key(store, email="ann@example.com", name="k")
+    session, token = await accounts.start_session(store, key)
+    assert (session.token_hash, session.key_id) == (hash_secret(token), record.id)
+    assert token not in repr(session)
+    assert session.expires_at - session.created_at == accounts.SESSION_LIFETIME
+    assert await accounts.session_holder(store, token) == (ann, session)
+    other, other_token = await accounts.start_session(store, key)
+    assert len({token, other_token, session.csrf_token, other.csrf_token}) == 4
+    await accounts.end_session(store, session)
+    for ended in (token, "", "not-a-token"):
+        with pytest.raises(NotAuthenticated, match="sign in again"):
+            await accounts.session_holder(store, ended)
+    assert await accounts.session_holder(store, other_token) == (ann, other)
+
+
+async def test_signing_in_needs_a_working_key(store: MemoryJobStore) -> None:
+    await accounts.create_user(store, name="Ann", email="ann@example.com")
+    record, _, key = await accounts.create_key(store, email="ann@example.com", name="k")
+    await accounts.revoke_key(store, record.id)
+    with pytest.raises(NotAuthenticated, match="revoked"):
+        await accounts.start_session(store, key)
+    with pytest.raises(NotAuthenticated, match="invalid API key"):
+        await accounts.start_session(store, key + "x")
+
+
+async def test_revoking_the_key_or_deactivating_the_user_ends_its_sessions(
+    store: MemoryJobStore,
+) -> None:
+    await accounts.create_user(store, name="Ann", email="ann@example.com")
+    await accounts.create_user(store, name="Bob", email="bob@example.com")
+    ann_key, _, ann = await accounts.create_key(store, email="ann@example.com", name="k")
+    _, _, bob = await accounts.create_key(store, email="bob@example.com", name="k")
+    _, ann_token = await accounts.start_session(store, ann)
+    _, bob_token = await accounts.start_session(store, bob)
+    await accounts.revoke_key(store, ann_key.id)
+    with pytest.raises(NotAuthenticated, match="revoked"):
+        await accounts.session_holder(store, ann_token)
+    await accounts.deactivate_user(store, "bob@example.com")
+    with pytest.raises(NotAuthenticated, match="deactivated"):
+        await accounts.session_holder(store, bob_token)
+
+
+async def test_an_expired_session_is_refused_and_forgotten_at_the_next_sign_in(
+    store: MemoryJobStore,
+) -> None:
+    await accounts.create_user(store, name="Ann", email="ann@example.com")
+    _, _, key = await accounts.create_key(store, email="ann@example.com", name="k")
+    old, old_token = await accounts.start_session(store, key)
+    expired = old.replace(expires_at=old.created_at)
+    await store.delete_session(old.token_hash)
+    await store.add_session(expired)
+    with pytest.raises(NotAuthenticated, match="sign in again"):
+        await accounts.session_holder(store, old_token)
+    await accounts.start_session(store, key)
+    with pytest.raises(SessionNotFound):
+        await store.get_session(old.token_hash)
