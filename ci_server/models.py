@@ -198,6 +198,9 @@ class Job:
     """The user who submitted it; None for jobs from before users existed (admins only)."""
     worker: str | None = None
     """The name of the worker that claimed it; None until a worker claims it."""
+    project: str | None = None
+    """The project it tests (naming.py), one of its owner's; None for jobs from before
+    projects, and when nothing named it."""
 
     @property
     def success(self) -> bool | None:

@@ -23,6 +23,7 @@ JOB_COLUMN_NAMES = (
     "pytest_args",
     "no_cache",
     "owner_id",
+    "project",
 )
 JOB_COLUMNS = ", ".join(JOB_COLUMN_NAMES)
 USER_COLUMNS = "id, name, email, is_admin, active, created_at"

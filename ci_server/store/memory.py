@@ -68,17 +68,25 @@ class MemoryJobStore(JobStore):
             raise JobNotFound(job_id) from None
 
     async def list_jobs(
-        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+        owner_id: str | None = None,
+        project: str | None = None,
     ) -> list[Job]:
-        newest_first = [
-            job_id
-            for job_id in reversed(self._order)
-            if owner_id is None or self._jobs[job_id].owner_id == owner_id
-        ]
+        newest_first = list(reversed(self._order))
         if before is not None:
-            if before not in newest_first:
+            cursor_job = await self.get_job(before)
+            if owner_id is not None and cursor_job.owner_id != owner_id:
                 raise JobNotFound(before)
             newest_first = newest_first[newest_first.index(before) + 1 :]
+        newest_first = [
+            job_id
+            for job_id in newest_first
+            if (owner_id is None or self._jobs[job_id].owner_id == owner_id)
+            and (project is None or self._jobs[job_id].project == project)
+        ]
         return [self._jobs[job_id] for job_id in newest_first[:limit]]
 
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:

@@ -159,6 +159,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX sessions_by_expiry ON sessions (expires_at);
     """,
+    # Projects: `ci list --project` pages through one project's jobs (a user's, or anyone's).
+    """
+    ALTER TABLE jobs ADD COLUMN project TEXT;
+    CREATE INDEX jobs_by_project ON jobs (project, created_at, id);
+    CREATE INDEX jobs_by_owner_project ON jobs (owner_id, project, created_at, id);
+    """,
 ]
 
 logger = logging.getLogger(__name__)
@@ -209,6 +215,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         list(job.pytest_args),
         job.no_cache,
         job.owner_id,
+        job.project,
     )
 
 
@@ -423,14 +430,23 @@ class PostgresJobStore(JobStore):
         return _job_from_row(row)
 
     async def list_jobs(
-        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+        owner_id: str | None = None,
+        project: str | None = None,
     ) -> list[Job]:
-        # Keyset pagination; with an owner, the (owner_id, created_at, id) index serves it.
+        # Keyset pagination; with an owner or a project, an index that starts with them
+        # (owner_id, project, created_at, id) serves it.
         conditions: list[str] = []
         params: list[Any] = []
         if owner_id is not None:
             params.append(owner_id)
             conditions.append(f"owner_id = ${len(params)}")
+        if project is not None:
+            params.append(project)
+            conditions.append(f"project = ${len(params)}")
         if before is not None:
             cursor_job = await self.get_job(before)
             if owner_id is not None and cursor_job.owner_id != owner_id:

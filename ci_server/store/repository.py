@@ -61,12 +61,18 @@ class JobStore(Lifecycle):
 
     @abc.abstractmethod
     async def list_jobs(
-        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+        owner_id: str | None = None,
+        project: str | None = None,
     ) -> list[Job]:
         """Newest first; `before` is the id of the last job of the previous page.
 
         With `owner_id`, only that user's jobs; `before` must then be one of them too
-        (JobNotFound otherwise, as for an unknown id).
+        (JobNotFound otherwise, as for an unknown id). With `project`, only the jobs of
+        projects of that name (`before` may be any job: it only says where to start).
         """
 
     @abc.abstractmethod

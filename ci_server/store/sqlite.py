@@ -135,6 +135,12 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX sessions_by_expiry ON sessions (expires_at);
     """,
+    # Projects: `ci list --project` pages through one project's jobs (a user's, or anyone's).
+    """
+    ALTER TABLE jobs ADD COLUMN project TEXT;
+    CREATE INDEX jobs_by_project ON jobs (project, created_at, id);
+    CREATE INDEX jobs_by_owner_project ON jobs (owner_id, project, created_at, id);
+    """,
 ]
 
 _JOB_MARKS = ",".join("?" * len(JOB_COLUMN_NAMES))
@@ -172,6 +178,7 @@ def job_row(job: Job) -> tuple[Any, ...]:
         json.dumps(list(job.pytest_args)),
         int(job.no_cache),
         job.owner_id,
+        job.project,
     )
 
 
@@ -196,6 +203,7 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         no_cache=bool(row["no_cache"]),
         owner_id=row["owner_id"],
         worker=row["worker"],
+        project=row["project"],
     )
 
 
@@ -318,14 +326,23 @@ class SqliteJobStore(JobStore):
         return _job_from_row(row)
 
     async def list_jobs(
-        self, *, limit: int = 100, before: str | None = None, owner_id: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+        owner_id: str | None = None,
+        project: str | None = None,
     ) -> list[Job]:
-        # Keyset pagination; with an owner, the (owner_id, created_at, id) index serves it.
+        # Keyset pagination; with an owner or a project, an index that starts with them
+        # (owner_id, project, created_at, id) serves it.
         conditions: list[str] = []
         params: list[Any] = []
         if owner_id is not None:
             conditions.append("owner_id = ?")
             params.append(owner_id)
+        if project is not None:
+            conditions.append("project = ?")
+            params.append(project)
         if before is not None:
             cursor_job = await self.get_job(before)
             if owner_id is not None and cursor_job.owner_id != owner_id:

@@ -89,6 +89,7 @@ async def test_every_field_round_trips_exactly(store: JobStore) -> None:
         no_cache=True,
         owner_id="0a1b2c3d4e5f",
         worker="build-2.example.com",
+        project="ünï app ✓",
     )
     await store.add_job(job)
     stored = await store.get_job(job.id)
@@ -125,6 +126,28 @@ async def test_paging_before_unknown_job_raises_job_not_found(store: JobStore) -
     await add_jobs(store, 3)
     with pytest.raises(JobNotFound):
         await store.list_jobs(before="0123456789ab")
+
+
+async def test_listing_one_project_pages_through_its_jobs_only(store: JobStore) -> None:
+    projects = ["app", "lib", None]
+    jobs = [make_job(n, project=projects[n % 3], owner_id=["ann", "bob"][n % 2]) for n in range(30)]
+    for job in jobs:
+        await store.add_job(job)
+    apps = [job for job in reversed(jobs) if job.project == "app"]
+
+    seen: list[Job] = []
+    before: str | None = None
+    while page := await store.list_jobs(limit=3, before=before, project="app"):
+        seen.extend(page)
+        before = page[-1].id
+    assert seen == apps
+    anns = await store.list_jobs(owner_id="ann", project="app")
+    assert anns == [job for job in apps if job.owner_id == "ann"]
+    assert await store.list_jobs(project="nothing") == []
+    # Any job says where a page starts, of the project or not.
+    assert await store.list_jobs(before=jobs[10].id, project="app") == [
+        job for job in apps if job.created_at < jobs[10].created_at
+    ]
 
 
 async def test_jobs_with_status_oldest_first(store: JobStore) -> None:

@@ -310,6 +310,7 @@ async def test_sqlite_migration_keeps_older_jobs_without_owner(tmp_path: Path) -
     async with SqliteJobStore(path) as store:
         old = await store.get_job("0123456789ab")
         assert old.owner_id is None
+        assert old.project is None
         assert await store.list_jobs(owner_id="0a1b2c3d4e5f") == []
         assert [job.id for job in await store.list_jobs()] == ["0123456789ab"]
         [user] = await add_users(store, 1)
