@@ -97,6 +97,8 @@ def _upload(client: CIClient, args: argparse.Namespace) -> str:
             timeout_seconds=args.timeout,
             pytest_args=args.pytest_args,
             no_cache=args.no_cache,
+            project=args.project,
+            directory=root.name,
         )
     return job["job_id"]
 
@@ -140,11 +142,13 @@ def cmd_wait(client: CIClient, args: argparse.Namespace) -> int:
 
 
 def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
-    jobs = client.list_jobs(limit=args.limit)
+    jobs = client.list_jobs(limit=args.limit, project=args.project)
     if args.json:
         print(json.dumps(jobs, indent=2))  # JSON escapes every control character but DEL
     elif jobs:
         print_jobs_table(jobs, SafeStream(sys.stdout))
+    elif args.project is not None:
+        _say(f"No jobs of project {args.project!r}.")
     else:
         _say("No jobs yet. Submit one with: ci submit test")
     return EXIT_PASSED
@@ -212,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="install the dependencies afresh instead of reusing the saved environment",
     )
+    submit.add_argument(
+        "--project",
+        metavar="NAME",
+        help="the project's name (default: ci.toml's `project`, else the packaging metadata's "
+        "name, else the directory's)",
+    )
     submit.set_defaults(handler=cmd_submit, pytest_args=[])
 
     wait = commands.add_parser(
@@ -224,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="show jobs, newest first")
     listing.add_argument("--json", action="store_true", help="a JSON array, for scripts")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    listing.add_argument("--project", metavar="NAME", help="only the jobs of this project")
     listing.set_defaults(handler=cmd_list)
 
     show = commands.add_parser("show", help="a job's summary and its failing tests")

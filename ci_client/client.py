@@ -93,7 +93,11 @@ class CIClient:
         timeout_seconds: float | None = None,
         pytest_args: Sequence[str] = (),
         no_cache: bool = False,
+        project: str | None = None,
+        directory: str | None = None,
     ) -> dict[str, Any]:
+        """Upload the project; the server names it `project`, else from its files, else
+        `directory` (the folder's name)."""
         with archive.open("rb") as stream:
             fields: list[tuple[str, Any]] = [
                 ("archive", ("project.zip", stream, "application/zip"))
@@ -103,6 +107,10 @@ class CIClient:
             fields.extend(("pytest_args", arg) for arg in pytest_args)
             if no_cache:
                 fields.append(("no_cache", "true"))
+            if project is not None:
+                fields.append(("project", project))
+            if directory is not None:
+                fields.append(("directory", directory))
             # The encoder streams the file: a large project is never held whole in memory.
             from requests_toolbelt.multipart.encoder import MultipartEncoder
 
@@ -128,8 +136,11 @@ class CIClient:
                 return
             params["after"] = page[-1]["position"]
 
-    def list_jobs(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        return self._json(self._request("GET", "/jobs", params={"limit": limit}))
+    def list_jobs(self, *, limit: int = 50, project: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if project is not None:
+            params["project"] = project
+        return self._json(self._request("GET", "/jobs", params=params))
 
     def cancel(self, job_id: str) -> tuple[dict[str, Any], bool]:
         """Cancel the job; say whether this call changed it (False: it had already finished)."""

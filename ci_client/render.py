@@ -98,10 +98,11 @@ def status_label(job: dict[str, Any]) -> str:
 
 
 def print_jobs_table(jobs: list[dict[str, Any]], out: SupportsWrite[str]) -> None:
-    headers = ("JOB ID", "STATUS", "STARTED", "ENDED", "DURATION", "RESULT", "TESTS")
+    headers = ("JOB ID", "PROJECT", "STATUS", "STARTED", "ENDED", "DURATION", "RESULT", "TESTS")
     rows = [
         (
             job["job_id"],
+            job.get("project") or "-",
             status_label(job),
             format_time(job.get("start_time")),
             format_time(job.get("end_time")),
@@ -123,6 +124,7 @@ def print_job_details(
     `ERROR collecting tests/test_x.py: ModuleNotFoundError: No module named 'foo'`.
     """
     print(format_outcome(job), file=out)
+    print(f"  project   {job.get('project') or '-'}", file=out)
     print(f"  started   {format_time(job.get('start_time'))}", file=out)
     print(f"  ended     {format_time(job.get('end_time'))}", file=out)
     if job.get("worker"):

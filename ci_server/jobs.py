@@ -40,6 +40,7 @@ from ci_server.models import (
     new_job_id,
 )
 from ci_server.periodic import cancel_all, start_every
+from ci_server.runner.naming import upload_project_name
 from ci_server.runner.workspace import check_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
@@ -93,10 +94,18 @@ class JobService:
         return (await self._views([job]))[0]
 
     async def list(
-        self, user: User, *, limit: int = 100, before: str | None = None
+        self,
+        user: User,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+        project: str | None = None,
     ) -> list[JobView]:
-        """Newest first; a user's own jobs, every job for an admin."""
-        jobs = await self.store.list_jobs(limit=limit, before=before, owner_id=owner_filter(user))
+        """Newest first; a user's own jobs, every job for an admin; with `project`, only
+        those of projects of that name."""
+        jobs = await self.store.list_jobs(
+            limit=limit, before=before, owner_id=owner_filter(user), project=project
+        )
         return await self._views(jobs)
 
     async def test_results(
@@ -169,21 +178,29 @@ class JobService:
         timeout_seconds: float | None = None,
         pytest_args: Sequence[str] = (),
         no_cache: bool = False,
+        project: str | None = None,
+        directory: str | None = None,
     ) -> JobView:
-        """Check the zip archive read from `archive`, keep it and queue a job for `user`.
+        """Check the zip archive read from `archive`, keep it and queue a job for `user`, of
+        the `project` given, else named from the upload or its `directory` (naming.py).
 
-        InvalidUpload if it is not a safe archive, StorageFailure if it cannot be kept.
+        InvalidUpload if it is not a safe archive, ProjectError if `project` cannot be a
+        name, StorageFailure if it cannot be kept.
         """
         path = await asyncio.to_thread(self._receive, archive)
-        limit = self.settings.max_job_timeout
-        job = Job(
-            id=new_job_id(),
-            timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
-            pytest_args=tuple(pytest_args),
-            no_cache=no_cache,
-            owner_id=user.id,
-        )
         try:
+            name = await asyncio.to_thread(
+                upload_project_name, path, self.incoming_dir, given=project, directory=directory
+            )
+            limit = self.settings.max_job_timeout
+            job = Job(
+                id=new_job_id(),
+                timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
+                pytest_args=tuple(pytest_args),
+                no_cache=no_cache,
+                owner_id=user.id,
+                project=name,
+            )
             await self.blobs.put(job.id, path)  # StorageFailure if it cannot
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)

@@ -31,6 +31,7 @@ from ci_server.api.frames import SseFrames
 from ci_server.api.schemas import EVENT_STREAM_SCHEMA, ErrorOut, JobOut, TestResultOut
 from ci_server.jobs import JobService, JobView
 from ci_server.models import TestOutcome, TestResult
+from ci_server.runner.naming import MAX_PROJECT_CHARS
 
 ERRORS = {
     400: "the upload is not a safe zip archive",
@@ -88,6 +89,21 @@ async def submit_job(
     timeout_seconds: Annotated[float | None, Form(gt=0)] = None,
     pytest_args: Annotated[list[str] | None, Form()] = None,
     no_cache: Annotated[bool, Form(description="rebuild the dependency environment")] = False,
+    project: Annotated[
+        str | None,
+        Form(
+            max_length=MAX_PROJECT_CHARS,
+            description="the project's name, instead of the one its files give (or `directory`)",
+        ),
+    ] = None,
+    directory: Annotated[
+        str | None,
+        Form(
+            max_length=1000,
+            description="the name of the folder the project was sent from: its name when "
+            "its files (ci.toml, pyproject.toml, setup.cfg, setup.py) give none",
+        ),
+    ] = None,
 ) -> JobOut:
     view = await service.submit(
         user,
@@ -95,6 +111,8 @@ async def submit_job(
         timeout_seconds=timeout_seconds,
         pytest_args=pytest_args or (),
         no_cache=no_cache,
+        project=project,
+        directory=directory,
     )
     return _job_out(view)
 
@@ -105,12 +123,16 @@ async def list_jobs(
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
+    project: Annotated[
+        str | None, Query(max_length=MAX_PROJECT_CHARS, description="only this project's jobs")
+    ] = None,
 ) -> list[JobOut]:
     """Newest first; pass the last job_id of a page as `before` to get the next one.
 
     A user sees their own jobs; an admin sees every job.
     """
-    return [_job_out(view) for view in await service.list(user, limit=limit, before=before)]
+    views = await service.list(user, limit=limit, before=before, project=project)
+    return [_job_out(view) for view in views]
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=documented(404))

@@ -57,6 +57,10 @@ class JobOut(BaseModel):
     summary: SummaryOut | None = Field(description="test counts from pytest's report")
     owner_id: str | None = Field(description="the id of the user who submitted the job")
     worker: str | None = Field(description="the worker that ran (runs) it; null until claimed")
+    project: str | None = Field(
+        description="the project's name (--project, ci.toml, packaging metadata, or the "
+        "folder's name); null for jobs from before projects"
+    )
 
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> JobOut:
@@ -76,6 +80,7 @@ class JobOut(BaseModel):
             summary=None if job.summary is None else SummaryOut.model_validate(job.summary),
             owner_id=job.owner_id,
             worker=job.worker,
+            project=job.project,
         )
 
 

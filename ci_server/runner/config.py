@@ -4,6 +4,7 @@
     system_packages = ["libpq-dev"]    # Debian packages, installed with apt before anything else
     install = ["make -C native"]       # shell commands run after the dependencies install
     pytest_args = ["-x", "tests/unit"] # before any given on the command line
+    project = "shop"                   # the project's name (naming.py), if not its package's
     [env]                              # environment variables for the install and the tests
     DJANGO_SETTINGS_MODULE = "site.settings"
 
@@ -23,7 +24,7 @@ from ci_server.models import CIError
 from ci_server.runner.shapes import Table, read_toml
 
 CONFIG_FILE = "ci.toml"
-KNOWN_KEYS = ("image", "system_packages", "install", "pytest_args", "env")
+KNOWN_KEYS = ("image", "system_packages", "install", "pytest_args", "env", "project")
 DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 """Debian policy 5.6.1: lowercase letters, digits, `+`, `-` and `.`, at least two
 characters, starting with a letter or a digit."""
@@ -40,6 +41,7 @@ class ProjectConfig:
     install: tuple[str, ...] = ()
     pytest_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    project: str | None = None
 
 
 def _strings(data: Table, key: str) -> tuple[str, ...]:
@@ -75,4 +77,5 @@ def load_config(root: Path) -> ProjectConfig:
         install=_strings(data, "install"),
         pytest_args=_strings(data, "pytest_args"),
         env={name: value for name in env if (value := env.string(name)) is not None},
+        project=data.string("project"),
     )

@@ -102,6 +102,19 @@ def _setup_py_name(tree: ast.Module) -> str | None:
     return None
 
 
+def packaging_name(root: Path) -> str | None:
+    """The name the packaging metadata gives the project: pyproject.toml's [project] name,
+    else setup.cfg's [metadata] name, else a literal `setup(name=...)` in setup.py.
+    ProjectError if pyproject.toml cannot be read or its name is no string."""
+    packaging = _packaging(root)
+    name = packaging.project.string("name")
+    if name is None and packaging.setup_cfg is not None:
+        name = packaging.setup_cfg.get("metadata", "name", fallback=None)
+    if name is None and packaging.setup_py is not None:
+        name = _setup_py_name(packaging.setup_py)
+    return name
+
+
 def _group_requirements(groups: Table, name: str) -> list[str]:
     """The requirements of a PEP 735 dependency group, following `include-group`: each
     group is expanded once and each requirement listed once (groups including another

@@ -15,7 +15,7 @@ import shutil
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -126,27 +126,46 @@ def unpack_archive(path: Path, destination: Path, limits: ArchiveLimits) -> None
             if not target.resolve().is_relative_to(root):
                 raise InvalidUpload(f"archive entry {info.filename!r} points outside the project")
             target.parent.mkdir(parents=True, exist_ok=True)
-            # Errors reading the archive are its fault; errors writing (a full disk) are not.
-            with _refusing_damage(_unreadable(info)):
-                source = archive.open(info)
-            with source, target.open("wb") as sink:
-                while True:
-                    # Only reading the data finds a bad CRC or a damaged stream.
-                    with _refusing_damage(_unreadable(info)):
-                        chunk = source.read(COPY_CHUNK)
-                    if not chunk:
-                        break
-                    budget -= len(chunk)
-                    if budget < 0:
-                        raise InvalidUpload(
-                            f"archive unpacks to more than {limits.max_unpacked_bytes} bytes"
-                        )
-                    sink.write(chunk)
+            budget -= _copy_entry(archive, info, target, budget)
+            if budget < 0:
+                raise InvalidUpload(
+                    f"archive unpacks to more than {limits.max_unpacked_bytes} bytes"
+                )
             # Readable by the unprivileged user the tests run as; executable bits survive.
             executable = (info.external_attr >> 16) & 0o111
             target.chmod(0o755 if executable else 0o644)
     for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
         directory.chmod(0o755)
+
+
+def unpack_files(path: Path, destination: Path, names: Collection[str], most: int) -> None:
+    """Unpack only the files of a checked archive whose paths are `names` (top-level files
+    such as pyproject.toml) into the directory `destination`. A file's writing stops once
+    it is longer than `most` bytes: whoever reads it bounded sees that it is too long."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            relative = _safe_member_path(info)
+            if relative is not None and len(relative.parts) == 1 and relative.name in names:
+                _copy_entry(archive, info, destination / relative.name, most)
+
+
+def _copy_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, most: int) -> int:
+    """Write the entry's data to `target`, stopping once more than `most` bytes are
+    written; return how many were."""
+    written = 0
+    # Errors reading the archive are its fault; errors writing (a full disk) are not.
+    with _refusing_damage(_unreadable(info)):
+        source = archive.open(info)
+    with source, target.open("wb") as sink:
+        while written <= most:
+            # Only reading the data finds a bad CRC or a damaged stream.
+            with _refusing_damage(_unreadable(info)):
+                chunk = source.read(COPY_CHUNK)
+            if not chunk:
+                break
+            written += len(chunk)
+            sink.write(chunk)
+    return written
 
 
 def remove_tree(path: Path) -> None:

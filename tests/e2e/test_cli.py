@@ -334,9 +334,9 @@ def test_async_submit_then_wait_and_list(
     jobs: list[dict[str, Any]] = json.loads(listed.stdout)
     assert isinstance(jobs, list)
     assert [job["job_id"] for job in jobs] == [failing, slow]  # newest first
-    expected = {slow: ("succeeded", True), failing: ("failed", False)}
-    for job in jobs:
-        assert (job["status"], job["success"]) == expected[job["job_id"]], job
+    expected = {slow: ("succeeded", True, "slow"), failing: ("failed", False, "failing")}
+    for job in jobs:  # each named after its folder: the fixtures have no packaging metadata
+        assert (job["status"], job["success"], job["project"]) == expected[job["job_id"]], job
         start = datetime.fromisoformat(job["start_time"])
         end = datetime.fromisoformat(job["end_time"])
         assert start.tzinfo is not None, job
@@ -346,10 +346,40 @@ def test_async_submit_then_wait_and_list(
     table = run_ci("list", cwd=tmp_path, server=server, timeout=30)
     assert table.returncode == 0, describe(table)
     rows = table.stdout.strip().splitlines()
-    assert rows[0].split()[:3] == ["JOB", "ID", "STATUS"], describe(table)
-    assert [row.split()[0] for row in rows[1:]] == [failing, slow], describe(table)
-    assert "succeeded" in rows[2], describe(table)
-    assert "failed" in rows[1], describe(table)
+    assert rows[0].split()[:4] == ["JOB", "ID", "PROJECT", "STATUS"], describe(table)
+    assert [row.split()[:3] for row in rows[1:]] == [
+        [failing, "failing", "failed"],
+        [slow, "slow", "succeeded"],
+    ], describe(table)
+
+    only = run_ci("list", "--project", "slow", cwd=tmp_path, server=server, timeout=30)
+    assert only.returncode == 0, describe(only)
+    assert [row.split()[0] for row in only.stdout.strip().splitlines()[1:]] == [slow]
+    none = run_ci("list", "--project", "nothing", cwd=tmp_path, server=server, timeout=30)
+    assert (none.returncode, none.stdout) == (0, ""), describe(none)
+    assert "No jobs of project 'nothing'" in none.stderr, describe(none)
+
+
+@pytest.mark.docker
+def test_a_project_is_named_by_its_ci_toml_or_by_the_user(
+    server: ServerProcess, project: ProjectFactory, tmp_path: Path
+) -> None:
+    passing = project("passing")
+    (passing / "ci.toml").write_text('project = "calc"\n')
+    named = run_ci("submit", "test", cwd=passing, server=server)
+    assert named.returncode == 0, describe(named)
+    chosen = run_ci("submit", "test", "--project", "shop front", cwd=passing, server=server)
+    assert chosen.returncode == 0, describe(chosen)
+    calc, shop = job_id_from_submit(named.stderr), job_id_from_submit(chosen.stderr)
+
+    shown = run_ci("show", shop, cwd=tmp_path, server=server, timeout=30)
+    assert shown.returncode == 0, describe(shown)
+    assert "\n  project   shop front\n" in shown.stdout, describe(shown)
+    listed = run_ci("list", "--json", "--project", "calc", cwd=tmp_path, server=server, timeout=30)
+    assert listed.returncode == 0, describe(listed)
+    assert [(job["job_id"], job["project"]) for job in json.loads(listed.stdout)] == [
+        (calc, "calc")
+    ]
 
 
 @pytest.mark.docker

@@ -177,6 +177,21 @@ async def test_another_users_job_is_a_404_like_an_unknown_one(
     assert job_id in (await client.get("/")).text
 
 
+async def test_pages_name_the_jobs_project(client: httpx.AsyncClient, people: People) -> None:
+    client.headers.update(people.ann.headers)
+    response = await submit(client, project="<b>shop</b>")
+    del client.headers["Authorization"]
+    job_id = response.json()["job_id"]
+    unnamed = await job_of(client, people.ann)
+    await sign_in(client, people.ann)
+    jobs = (await client.get("/")).text
+    assert f'<a href="/job/{job_id}">&lt;b&gt;shop&lt;/b&gt; <span class="job-id">{job_id}' in jobs
+    assert f'<a href="/job/{unnamed}">Job <span class="job-id">{unnamed}' in jobs
+    page = (await client.get(f"/job/{job_id}")).text
+    assert "<title>&lt;b&gt;shop&lt;/b&gt; " in page
+    assert "<dt>Project</dt><dd>&lt;b&gt;shop&lt;/b&gt;</dd>" in page
+
+
 async def test_cancel_needs_the_csrf_token(client: httpx.AsyncClient, people: People) -> None:
     await sign_in(client, people.ann)
     job_id = await job_of(client, people.ann)

@@ -283,6 +283,35 @@ async def test_listing_is_newest_first_and_pages(client: httpx.AsyncClient) -> N
     assert pages == [newest_first[:2], newest_first[2:4], newest_first[4:]]
 
 
+async def test_jobs_are_named_and_listed_by_project(client: httpx.AsyncClient) -> None:
+    packaged = {**PASSING_PROJECT, "pyproject.toml": '[project]\nname = "calc"\n'}
+    submitted = {
+        "calc": await submit(client, packaged, directory="checkout"),
+        "shop": await submit(client, packaged, project="shop", directory="checkout"),
+        "checkout": await submit(client, directory="checkout"),
+        None: await submit(client),  # an older client: no folder, and no name in the files
+        "calc again": await submit(client, packaged),
+    }
+    names = {}
+    for expected, response in submitted.items():
+        assert response.status_code == 201, response.text
+        names[response.json()["job_id"]] = response.json()["project"]
+        assert response.json()["project"] == (expected and expected.removesuffix(" again"))
+    for job_id, name in names.items():
+        assert (await finished(client, job_id))["project"] == name
+
+    calcs = (await client.get("/jobs", params={"project": "calc"})).json()
+    assert [job["job_id"] for job in calcs] == [i for i in reversed(names) if names[i] == "calc"]
+    page = (await client.get("/jobs", params={"project": "calc", "limit": 1})).json()
+    rest = await client.get("/jobs", params={"project": "calc", "before": page[0]["job_id"]})
+    assert [job["job_id"] for job in page + rest.json()] == [job["job_id"] for job in calcs]
+    assert (await client.get("/jobs", params={"project": "nothing"})).json() == []
+
+    refused = await submit(client, packaged, project="a\x1bb")
+    assert refused.status_code == 400
+    assert "printable characters" in refused.json()["detail"]
+
+
 async def test_jobs_and_events_survive_a_restart(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     async with serve(settings, FakeExecutor()) as client:

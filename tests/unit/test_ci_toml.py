@@ -49,3 +49,10 @@ def test_system_packages_must_be_a_list_of_strings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         config_of(tmp_path, 'system_packages = "libpq-dev"')
     assert str(raised.value) == "ci.toml: system_packages must be an array of strings, not a string"
+
+
+def test_the_project_may_name_itself(tmp_path: Path) -> None:
+    assert config_of(tmp_path, 'project = "shop"').project == "shop"
+    assert config_of(tmp_path, 'pytest_args = ["-x"]').project is None
+    with pytest.raises(ConfigError, match=r"ci\.toml: project must be a string, not an integer"):
+        config_of(tmp_path, "project = 3")
