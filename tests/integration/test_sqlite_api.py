@@ -39,6 +39,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "runner_image": "runner:test",
         "max_concurrent_jobs": 1,
         "auth": False,  # about jobs, as the anonymous admin; keys: test_auth_api.py
+        "worker_grace": 1.0,  # a test's end stops the app: jobs still gated end at once
     }
     return Settings(**(values | overrides))
 
