@@ -46,7 +46,7 @@ from ci_server.models import (  # noqa: E402
     new_job_id,
     utcnow,
 )
-from ci_server.store.sqlite import SqliteJobStore  # noqa: E402
+from ci_server.store.sqlite import SqliteStore  # noqa: E402
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.e2e.harness import free_port, wait_for  # noqa: E402
 
@@ -65,7 +65,7 @@ def output_line(n: int) -> str:
 
 async def write_job(db_path: Path, lines: int) -> tuple[str, str]:
     """The job's id and an admin's key."""
-    async with SqliteJobStore(db_path) as store:
+    async with SqliteStore(db_path) as store:
         await accounts.create_user(store, name="bench", email="bench@example.com", is_admin=True)
         _, _, key = await accounts.create_key(store, email="bench@example.com", name="bench")
         job = Job(id=new_job_id(), owner_id=(await store.list_users())[0].id)

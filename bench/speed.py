@@ -77,7 +77,7 @@ from ci_server.runner.executor import ENVIRONMENT_LABEL, INSTANCE_LABEL  # noqa:
 from ci_server.runner.scripts import INSTALLED_PROJECT  # noqa: E402
 from ci_server.settings import Settings  # noqa: E402
 from ci_server.store.columns import JOB_COLUMNS  # noqa: E402
-from ci_server.store.sqlite import SqliteJobStore, job_row  # noqa: E402
+from ci_server.store.sqlite import SqliteStore, job_row  # noqa: E402
 from tests.e2e.harness import ServerProcess, ci_command, run_ci, server_env, wait_for  # noqa: E402
 
 DEFAULT_IMAGE = "ci-runner:bookworm"
@@ -700,7 +700,7 @@ def finished_jobs(count: int) -> Iterator[Job]:
 
 async def fill_database(path: Path, count: int) -> list[str]:
     """Write `count` finished jobs in one transaction; their ids, oldest first."""
-    store = SqliteJobStore(path)
+    store = SqliteStore(path)
     await store.open()  # creates the schema through the store's migrations
     try:
         rows = [job_row(job) for job in finished_jobs(count)]

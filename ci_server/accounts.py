@@ -1,5 +1,5 @@
 """What `ci-admin`, the API and the dashboard do with users, keys and sessions, over any
-JobStore.
+AccountStore.
 
 The rules live here once: how emails are compared, who may get a key, and what makes a
 presented key or a dashboard session valid. `ci_server.admin` prints, `ci_server.api.auth`
@@ -12,7 +12,7 @@ import re
 from datetime import timedelta
 
 from ci_server.models import utcnow
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import AccountStore
 from ci_server.users import (
     ApiKey,
     ApiKeyNotFound,
@@ -60,7 +60,9 @@ def _checked_name(name: str, what: str) -> str:
     return name
 
 
-async def create_user(store: JobStore, *, name: str, email: str, is_admin: bool = False) -> User:
+async def create_user(
+    store: AccountStore, *, name: str, email: str, is_admin: bool = False
+) -> User:
     """EmailTaken if the email is in use, InvalidAccount for an empty name or a bad email."""
     user = User(
         id=new_user_id(),
@@ -72,18 +74,18 @@ async def create_user(store: JobStore, *, name: str, email: str, is_admin: bool 
     return user
 
 
-async def user_by_email(store: JobStore, email: str) -> User:
+async def user_by_email(store: AccountStore, email: str) -> User:
     return await store.get_user_by_email(normalize_email(email))
 
 
-async def deactivate_user(store: JobStore, email: str) -> User:
+async def deactivate_user(store: AccountStore, email: str) -> User:
     """The user's keys stop working at once (they are kept, to show in `key list`); within
     RECHECK_SECONDS their open streams close and the server cancels their queued jobs."""
     user = await user_by_email(store, email)
     return await store.set_user_active(user.id, False)
 
 
-async def is_active(store: JobStore, user_id: str | None) -> bool:
+async def is_active(store: AccountStore, user_id: str | None) -> bool:
     """Whether a job's owner may still have it run. No owner, or one the store does not
     know (the anonymous admin of CI_AUTH=off), is no one to lock out."""
     if user_id is None:
@@ -94,7 +96,7 @@ async def is_active(store: JobStore, user_id: str | None) -> bool:
         return True
 
 
-async def create_key(store: JobStore, *, email: str, name: str) -> tuple[ApiKey, User, str]:
+async def create_key(store: AccountStore, *, email: str, name: str) -> tuple[ApiKey, User, str]:
     """A new key for an active user: (stored record, its user, the key to show once)."""
     user = await user_by_email(store, email)
     if not user.active:
@@ -104,18 +106,18 @@ async def create_key(store: JobStore, *, email: str, name: str) -> tuple[ApiKey,
     return record, user, key
 
 
-async def revoke_key(store: JobStore, key_id: str) -> ApiKey:
+async def revoke_key(store: AccountStore, key_id: str) -> ApiKey:
     """Revoke the key (a revoked one stays as it was)."""
     return await store.revoke_api_key(key_id, utcnow())
 
 
-async def authenticate(store: JobStore, key: str | None) -> User:
+async def authenticate(store: AccountStore, key: str | None) -> User:
     """The active user a presented key belongs to; NotAuthenticated says what is wrong."""
     _, user = await _key_and_holder(store, key)
     return user
 
 
-async def _key_and_holder(store: JobStore, key: str | None) -> tuple[ApiKey, User]:
+async def _key_and_holder(store: AccountStore, key: str | None) -> tuple[ApiKey, User]:
     if not key:
         raise NotAuthenticated("no API key: send the header `Authorization: Bearer ci_...`")
     key_id, secret = parse_key(key)
@@ -132,7 +134,7 @@ async def _key_and_holder(store: JobStore, key: str | None) -> tuple[ApiKey, Use
     return record, user
 
 
-async def holder(store: JobStore, record: ApiKey) -> User:
+async def holder(store: AccountStore, record: ApiKey) -> User:
     """The active user a stored key belongs to, if it still works (not revoked, its user
     active): what a key, or a dashboard session made with one, is checked for each time."""
     if record.revoked:
@@ -143,7 +145,7 @@ async def holder(store: JobStore, record: ApiKey) -> User:
     return user
 
 
-async def start_session(store: JobStore, key: str) -> tuple[Session, str]:
+async def start_session(store: AccountStore, key: str) -> tuple[Session, str]:
     """Sign in to the dashboard with a presented key: the stored session and the token for
     the browser. Sessions that have expired are forgotten meanwhile."""
     record, _ = await _key_and_holder(store, key)
@@ -153,7 +155,7 @@ async def start_session(store: JobStore, key: str) -> tuple[Session, str]:
     return session, token
 
 
-async def session_holder(store: JobStore, token: str) -> tuple[User, Session]:
+async def session_holder(store: AccountStore, token: str) -> tuple[User, Session]:
     """The active user of a session's token and the session, while it works: stored (not
     signed out), unexpired, its key not revoked and its user active."""
     try:
@@ -166,6 +168,6 @@ async def session_holder(store: JobStore, token: str) -> tuple[User, Session]:
     return await holder(store, record), session
 
 
-async def end_session(store: JobStore, session: Session) -> None:
+async def end_session(store: AccountStore, session: Session) -> None:
     """Sign out: every process refuses the session's token from now on."""
     await store.delete_session(session.token_hash)

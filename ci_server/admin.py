@@ -35,14 +35,14 @@ from ci_server.store.factory import (
     parse_database,
     store_at,
 )
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import Store
 from ci_server.users import User
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 CONFIG_HINT = "~/.config/ci/config.toml"
 
-Handler = Callable[[JobStore, argparse.Namespace], Awaitable[int]]
+Handler = Callable[[Store, argparse.Namespace], Awaitable[int]]
 
 
 def _say(message: str) -> None:
@@ -56,7 +56,7 @@ def _describe(user: User) -> str:
 # -- users ------------------------------------------------------------------------------------
 
 
-async def user_create(store: JobStore, args: argparse.Namespace) -> int:
+async def user_create(store: Store, args: argparse.Namespace) -> int:
     user = await accounts.create_user(store, name=args.name, email=args.email, is_admin=args.admin)
     role = "an admin" if user.is_admin else "a user"
     print(f"Created {role}: {_describe(user)}, id {user.id}")
@@ -64,7 +64,7 @@ async def user_create(store: JobStore, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def user_list(store: JobStore, args: argparse.Namespace) -> int:
+async def user_list(store: Store, args: argparse.Namespace) -> int:
     users = await store.list_users()
     if args.json:
         rows = [
@@ -101,7 +101,7 @@ async def user_list(store: JobStore, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def user_deactivate(store: JobStore, args: argparse.Namespace) -> int:
+async def user_deactivate(store: Store, args: argparse.Namespace) -> int:
     before = await accounts.user_by_email(store, args.email)
     user = await accounts.deactivate_user(store, args.email)
     if not before.active:
@@ -119,7 +119,7 @@ async def user_deactivate(store: JobStore, args: argparse.Namespace) -> int:
 # -- keys -------------------------------------------------------------------------------------
 
 
-async def key_create(store: JobStore, args: argparse.Namespace) -> int:
+async def key_create(store: Store, args: argparse.Namespace) -> int:
     record, user, key = await accounts.create_key(store, email=args.email, name=args.name)
     _say(
         f"Created API key {record.id} ({record.name}) for {_describe(user)}. "
@@ -134,7 +134,7 @@ async def key_create(store: JobStore, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def key_list(store: JobStore, args: argparse.Namespace) -> int:
+async def key_list(store: Store, args: argparse.Namespace) -> int:
     """Never shows a key or its hash: they are not needed to manage keys."""
     owner = await accounts.user_by_email(store, args.email) if args.email else None
     keys = await store.list_api_keys(owner.id if owner else None)
@@ -158,7 +158,7 @@ async def key_list(store: JobStore, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def key_revoke(store: JobStore, args: argparse.Namespace) -> int:
+async def key_revoke(store: Store, args: argparse.Namespace) -> int:
     before = await store.get_api_key(args.key_id)
     key = await accounts.revoke_key(store, args.key_id)
     if before.revoked:
@@ -179,7 +179,7 @@ def worker_state(worker: WorkerInfo, timeout: float) -> str:
     return "alive" if worker.silent_seconds < timeout else "lost"
 
 
-async def workers_list(store: JobStore, args: argparse.Namespace) -> int:
+async def workers_list(store: Store, args: argparse.Namespace) -> int:
     workers = await store.list_workers()
     timeout = Settings().worker_timeout
     running: dict[str, list[str]] = {}

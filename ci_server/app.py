@@ -26,7 +26,7 @@ from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import Executor
 from ci_server.settings import Settings
 from ci_server.store.factory import open_blob_store, open_store
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import Store
 from ci_server.web.install import install_dashboard
 from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
@@ -48,7 +48,7 @@ def docker_executor(settings: Settings) -> DockerExecutor:
 def create_app(
     settings: Settings | None = None,
     *,
-    store: JobStore | None = None,
+    store: Store | None = None,
     executor: Executor | None = None,
     worker: bool = True,
 ) -> FastAPI:

@@ -45,7 +45,7 @@ from ci_server.runner.workspace import check_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
 from ci_server.store.blobs import BlobStore
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import Store
 from ci_server.users import User, can_see, owner_filter
 
 CANCEL_WAIT_SECONDS = 10.0
@@ -64,9 +64,7 @@ class JobView:
 
 
 class JobService:
-    def __init__(
-        self, store: JobStore, hub: EventHub, blobs: BlobStore, settings: Settings
-    ) -> None:
+    def __init__(self, store: Store, hub: EventHub, blobs: BlobStore, settings: Settings) -> None:
         self.store = store
         self.hub = hub
         self.blobs = blobs

@@ -8,9 +8,9 @@ from ci_server.settings import POSTGRES_SCHEMES, Settings, check_postgres_url
 from ci_server.store.blobs import BlobStore
 from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.store.blobs_postgres import PostgresBlobStore
-from ci_server.store.postgres import PostgresJobStore, redacted
-from ci_server.store.repository import JobStore
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.postgres import PostgresStore, redacted
+from ci_server.store.repository import Store
+from ci_server.store.sqlite import SqliteStore
 
 Database = str | Path
 """A PostgreSQL URL (str) or an SQLite file (Path)."""
@@ -22,12 +22,12 @@ def parse_database(value: str) -> Database:
     return check_postgres_url(value) if value.startswith(POSTGRES_SCHEMES) else Path(value)
 
 
-def store_at(database: Database, *, listen: bool = True) -> JobStore:
+def store_at(database: Database, *, listen: bool = True) -> Store:
     """The store of the database, not yet open; `listen`: whether a PostgreSQL store hears
     other processes' signals (else it polls)."""
     if isinstance(database, Path):
-        return SqliteJobStore(database)
-    return PostgresJobStore(database, listen=listen)
+        return SqliteStore(database)
+    return PostgresStore(database, listen=listen)
 
 
 def describe(database: Database) -> str:
@@ -40,7 +40,7 @@ def configured_database(settings: Settings) -> Database:
     return settings.database_url or settings.db_path
 
 
-def open_store(settings: Settings) -> JobStore:
+def open_store(settings: Settings) -> Store:
     """The settings' store (not yet open)."""
     return store_at(configured_database(settings), listen=settings.database_listen)
 

@@ -1,4 +1,4 @@
-"""An in-memory JobStore: the twin of the real backends, for unit tests and experiments."""
+"""An in-memory Store: the twin of the real backends, for unit tests and experiments."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ci_server.models import (
     utcnow,
 )
 from ci_server.states import claim
-from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore
+from ci_server.store.repository import WORKER_PLACEHOLDER, Store
 from ci_server.store.signals import Signal, SignalKind
 from ci_server.users import (
     ApiKey,
@@ -31,7 +31,7 @@ from ci_server.users import (
 )
 
 
-class MemoryJobStore(JobStore):
+class MemoryStore(Store):
     def __init__(self) -> None:
         super().__init__()
         self._jobs: dict[str, Job] = {}

@@ -1,4 +1,4 @@
-"""The PostgreSQL JobStore, through asyncpg and its connection pool.
+"""The PostgreSQL Store, through asyncpg and its connection pool.
 
 Several processes (API replicas, workers, `ci-admin`) share one database: every write is
 one statement or one transaction, and the claim of a queued job is a single UPDATE whose
@@ -46,7 +46,7 @@ from ci_server.store.columns import (
     SESSION_COLUMNS,
     USER_COLUMNS,
 )
-from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore, claim_template
+from ci_server.store.repository import WORKER_PLACEHOLDER, Store, claim_template
 from ci_server.store.signals import Listener, Signal, SignalKind
 from ci_server.users import (
     ApiKey,
@@ -356,7 +356,7 @@ class _Notifications:
         await self._drop_connection()
 
 
-class PostgresJobStore(JobStore):
+class PostgresStore(Store):
     def __init__(
         self,
         url: str,
@@ -374,7 +374,7 @@ class PostgresJobStore(JobStore):
         self._notifications = _Notifications(url, self.signals.emit)
 
     def __repr__(self) -> str:
-        return f"PostgresJobStore({redacted(self.url)!r})"
+        return f"PostgresStore({redacted(self.url)!r})"
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -1,7 +1,7 @@
-"""The abstract repository for jobs and their events, the workers, users, their API keys and
-their dashboard sessions.
+"""The abstract repository, in two parts: JobStore (jobs, their events and test results,
+the queue, the workers) and AccountStore (users, their API keys and dashboard sessions).
 
-Every backend (in-memory, SQLite, PostgreSQL) implements this interface and passes the
+Every backend (in-memory, SQLite, PostgreSQL) implements both (Store) and passes the
 contract suites in tests/unit/test_store_contract.py, test_worker_store_contract.py and
 test_user_store_contract.py. A store performs atomic compare-and-set updates, the claim of a
 queued job and the end of the jobs of silent workers; which transitions are legal is decided
@@ -165,7 +165,10 @@ class JobStore(Lifecycle):
         sweeper or its worker ended first is not returned: each is ended exactly once.
         """
 
-    # -- users and their API keys ----------------------------------------------------------
+
+class AccountStore(abc.ABC):
+    """Users, their API keys and their dashboard sessions: what ci_server.accounts reads
+    and writes, nothing of jobs."""
 
     @abc.abstractmethod
     async def add_user(self, user: User) -> None:
@@ -230,6 +233,11 @@ class JobStore(Lifecycle):
     @abc.abstractmethod
     async def delete_expired_sessions(self, now: datetime) -> int:
         """Forget every session that expired by `now`; say how many."""
+
+
+class Store(JobStore, AccountStore):
+    """The whole contract a backend implements: one database holds both parts. Callers take
+    the part they use (JobService a JobStore, ci_server.accounts an AccountStore)."""
 
 
 def claim_template(worker: str) -> Job:

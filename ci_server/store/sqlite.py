@@ -1,4 +1,4 @@
-"""The SQLite JobStore, through aiosqlite (one connection, WAL journal).
+"""The SQLite Store, through aiosqlite (one connection, WAL journal).
 
 The server and `ci-admin` may use one database file at once: WAL and a busy timeout let
 them, and every read sees the other's committed writes (a revoked key stops working at once).
@@ -36,7 +36,7 @@ from ci_server.store.columns import (
     SESSION_COLUMNS,
     USER_COLUMNS,
 )
-from ci_server.store.repository import WORKER_PLACEHOLDER, JobStore, claim_template
+from ci_server.store.repository import WORKER_PLACEHOLDER, Store, claim_template
 from ci_server.store.signals import Signal, SignalKind
 from ci_server.users import (
     ApiKey,
@@ -260,7 +260,7 @@ def _event_from_row(row: aiosqlite.Row) -> JobEvent:
     )
 
 
-class SqliteJobStore(JobStore):
+class SqliteStore(Store):
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ci_server.jobs import JobService, JobView
 from ci_server.models import JobStatus
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import AccountStore
 from ci_server.users import User, UserNotFound
 
 PAGE_SIZE = 50
@@ -56,7 +56,7 @@ async def jobs_page(
     return JobsPage(found, cursor)
 
 
-async def owner_names(store: JobStore, views: Iterable[JobView]) -> dict[str, str]:
+async def owner_names(store: AccountStore, views: Iterable[JobView]) -> dict[str, str]:
     """The names of the jobs' owners, by user id (a deleted one's id stands for its name)."""
     names: dict[str, str] = {}
     for owner in {view.job.owner_id for view in views if view.job.owner_id is not None}:

@@ -39,7 +39,7 @@ from ci_server.scheduler import JobPipeline, Outcome
 from ci_server.settings import Settings
 from ci_server.states import transition
 from ci_server.store.blobs import BlobStore
-from ci_server.store.repository import JobStore
+from ci_server.store.repository import Store
 from ci_server.store.signals import Signal, SignalKind
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class _RunningJob:
 class Worker:
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         hub: EventHub,
         executor: Executor,
         blobs: BlobStore,

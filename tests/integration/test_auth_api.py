@@ -24,7 +24,7 @@ from ci_server import accounts
 from ci_server.app import create_app
 from ci_server.runner.executor import OutputSink, RunSpec
 from ci_server.settings import Settings
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.sqlite import SqliteStore
 from ci_server.users import ANONYMOUS_ADMIN, parse_key
 from tests.fakes import FakeExecutor, FakeRun, wait_until
 from tests.integration.test_sqlite_api import (
@@ -58,7 +58,7 @@ class People:
 
 
 async def add_person(settings: Settings, name: str, *, admin: bool = False) -> Person:
-    async with SqliteJobStore(settings.db_path) as store:
+    async with SqliteStore(settings.db_path) as store:
         email = f"{name}@example.com"
         user = await accounts.create_user(store, name=name, email=email, is_admin=admin)
         _, _, key = await accounts.create_key(store, email=email, name="laptop")
@@ -161,7 +161,7 @@ async def test_a_revoked_key_stops_working_at_once(
 ) -> None:
     assert (await client.get("/jobs", headers=people.ann.headers)).status_code == 200
     key_id, _ = parse_key(people.ann.key)
-    async with SqliteJobStore(settings.db_path) as admin_tool:  # as `ci-admin key revoke`
+    async with SqliteStore(settings.db_path) as admin_tool:  # as `ci-admin key revoke`
         await accounts.revoke_key(admin_tool, key_id)
     response = await client.get("/jobs", headers=people.ann.headers)
     assert_401(response, f"API key {key_id} (laptop) has been revoked")
@@ -171,7 +171,7 @@ async def test_a_revoked_key_stops_working_at_once(
 async def test_a_deactivated_users_keys_stop_working(
     client: httpx.AsyncClient, settings: Settings, people: People
 ) -> None:
-    async with SqliteJobStore(settings.db_path) as admin_tool:
+    async with SqliteStore(settings.db_path) as admin_tool:
         await accounts.deactivate_user(admin_tool, people.bob.email)
     assert_401(
         await client.get("/jobs", headers=people.bob.headers),
@@ -258,13 +258,13 @@ async def running_app(settings: Settings, executor: FakeExecutor) -> AsyncIterat
 
 async def revoke_anns_key(settings: Settings, people: People) -> str:
     key_id, _ = parse_key(people.ann.key)
-    async with SqliteJobStore(settings.db_path) as admin_tool:  # as `ci-admin key revoke`
+    async with SqliteStore(settings.db_path) as admin_tool:  # as `ci-admin key revoke`
         await accounts.revoke_key(admin_tool, key_id)
     return f"API key {key_id} (laptop) has been revoked"
 
 
 async def deactivate_ann(settings: Settings, people: People) -> str:
-    async with SqliteJobStore(settings.db_path) as admin_tool:  # as `ci-admin user deactivate`
+    async with SqliteStore(settings.db_path) as admin_tool:  # as `ci-admin user deactivate`
         await accounts.deactivate_user(admin_tool, people.ann.email)
     return "user ann@example.com has been deactivated"
 

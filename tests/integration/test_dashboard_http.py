@@ -13,7 +13,7 @@ import pytest
 
 from ci_server import accounts
 from ci_server.settings import Settings
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.sqlite import SqliteStore
 from ci_server.users import Session
 from tests.fakes import FakeExecutor, FakeRun
 from tests.integration.test_auth_api import People, Person, add_person
@@ -105,7 +105,7 @@ async def test_a_wrong_key_is_refused_and_a_revoked_one_ends_the_session(
     assert "invalid API key" in response.text
     await sign_in(client, people.ann)
     assert (await client.get("/")).status_code == 200
-    async with SqliteJobStore(settings.db_path) as store:
+    async with SqliteStore(settings.db_path) as store:
         await accounts.revoke_key(store, people.ann.key.split("_")[1])
     assert (await client.get("/")).status_code == 303
 
@@ -115,7 +115,7 @@ async def test_forged_cookies_are_refused(
 ) -> None:
     await sign_in(client, people.ann)
     token = client.cookies["ci_session"]
-    async with SqliteJobStore(settings.db_path) as store:
+    async with SqliteStore(settings.db_path) as store:
         [session] = await store_sessions(store)
     assert token not in repr(session)  # only its hash is stored
     for forged in (
@@ -130,7 +130,7 @@ async def test_forged_cookies_are_refused(
         assert (await client.get("/")).status_code == 303, forged
 
 
-async def store_sessions(store: SqliteJobStore) -> list[Session]:
+async def store_sessions(store: SqliteStore) -> list[Session]:
     async with store.db.execute("SELECT token_hash FROM sessions") as cursor:
         hashes = [row["token_hash"] for row in await cursor.fetchall()]
     return [await store.get_session(token_hash) for token_hash in hashes]

@@ -11,7 +11,7 @@ import contextlib
 
 import asyncpg
 
-from ci_server.store.postgres import MIGRATIONS, PostgresJobStore, redacted
+from ci_server.store.postgres import MIGRATIONS, PostgresStore, redacted
 from ci_server.store.signals import Signal, SignalKind
 from tests.fakes import wait_until
 from tests.unit.test_store_contract import add_jobs, make_event
@@ -22,7 +22,7 @@ async def test_stores_opening_a_new_database_at_once_migrate_it_once(
 ) -> None:
     """Six processes (API replicas, workers) starting together on an empty database."""
     async with contextlib.AsyncExitStack() as stack:
-        stores = [PostgresJobStore(postgres_database) for _ in range(6)]
+        stores = [PostgresStore(postgres_database) for _ in range(6)]
         await asyncio.gather(*(stack.enter_async_context(store) for store in stores))
         jobs = await add_jobs(stores[0], 3)
         for store in stores:
@@ -37,9 +37,9 @@ async def test_stores_opening_a_new_database_at_once_migrate_it_once(
 
 
 async def test_reopening_applies_no_migration_again(postgres_database: str) -> None:
-    async with PostgresJobStore(postgres_database) as first:
+    async with PostgresStore(postgres_database) as first:
         [job] = await add_jobs(first, 1)
-    async with PostgresJobStore(postgres_database) as reopened:
+    async with PostgresStore(postgres_database) as reopened:
         assert await reopened.get_job(job.id) == job
         applied = await reopened.pool.fetchval("SELECT COUNT(*) FROM schema_migrations")
     assert applied == len(MIGRATIONS)
@@ -48,15 +48,15 @@ async def test_reopening_applies_no_migration_again(postgres_database: str) -> N
 def test_messages_never_show_the_password() -> None:
     url = "postgresql://ci:s3cret@db.example.com:5432/ci"
     assert redacted(url) == "postgresql://ci:***@db.example.com:5432/ci"
-    assert "s3cret" not in repr(PostgresJobStore(url))
+    assert "s3cret" not in repr(PostgresStore(url))
     assert redacted("postgresql://ci@db/ci") == "postgresql://ci@db/ci"
 
 
 async def test_signals_reach_the_listeners_of_another_process(postgres_database: str) -> None:
     """An API replica's store hears what a worker's store writes, and the other way round."""
     async with (
-        PostgresJobStore(postgres_database) as api,
-        PostgresJobStore(postgres_database) as worker,
+        PostgresStore(postgres_database) as api,
+        PostgresStore(postgres_database) as worker,
     ):
         at_worker: list[Signal] = []
         at_api: list[Signal] = []
@@ -77,7 +77,7 @@ async def test_signals_reach_the_listeners_of_another_process(postgres_database:
 
 
 async def test_listening_resumes_after_the_connection_is_lost(postgres_database: str) -> None:
-    async with PostgresJobStore(postgres_database) as store:
+    async with PostgresStore(postgres_database) as store:
         heard: list[Signal] = []
         await store.listen(SignalKind.QUEUED, heard.append)
         # The server ends every other session: the listening connection is cut.
@@ -98,8 +98,8 @@ async def test_without_listen_a_store_hears_only_its_own_writes(postgres_databas
     """Through a pooler that cannot LISTEN (CI_DATABASE_LISTEN=false): this process's own
     writes still wake its listeners; another process's are found by polling."""
     async with (
-        PostgresJobStore(postgres_database, listen=False) as deaf,
-        PostgresJobStore(postgres_database) as other,
+        PostgresStore(postgres_database, listen=False) as deaf,
+        PostgresStore(postgres_database) as other,
     ):
         heard: list[Signal] = []
         await deaf.listen(SignalKind.QUEUED, heard.append)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from ci_server.events import EventHub
 from ci_server.models import EventType, JobEvent
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.sqlite import SqliteStore
 
 JOB = "0123456789ab"
 
 
-class SignallingStore(SqliteJobStore):
+class SignallingStore(SqliteStore):
     """Says when a batch write has started (the write itself runs in aiosqlite's thread)."""
 
     def __init__(self, path: Path) -> None:
@@ -35,7 +35,7 @@ async def test_shutdown_during_a_batch_write_stores_every_event_once(tmp_path: P
         async with asyncio.timeout(10):
             await store.writing.wait()
         # Leaving the hub now cancels the flusher while its write is in flight.
-    async with SqliteJobStore(path) as reopened:
+    async with SqliteStore(path) as reopened:
         assert await reopened.events_after(JOB) == published
 
 
@@ -43,7 +43,7 @@ async def test_events_of_a_finished_job_replay_from_the_file_after_a_restart(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "ci.db"
-    async with SqliteJobStore(path) as store, EventHub(store) as hub:
+    async with SqliteStore(path) as store, EventHub(store) as hub:
         channel = hub.open(JOB)
         published = [
             channel.publish(EventType.STATUS, status="running"),
@@ -52,7 +52,7 @@ async def test_events_of_a_finished_job_replay_from_the_file_after_a_restart(
         ]
         await channel.close()
 
-    async with SqliteJobStore(path) as store, EventHub(store) as restarted:
+    async with SqliteStore(path) as store, EventHub(store) as restarted:
         async with asyncio.timeout(10):
             replayed = [event async for event in restarted.stream(JOB)]
         assert replayed == published

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ci_server.models import JobStatus
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.sqlite import SqliteStore
 from tests.fakes import FakeExecutor, FakeRun
 from tests.unit.one_process import harness
 
@@ -17,7 +17,7 @@ async def test_a_busy_worker_drains_the_queue_without_a_failed_write(tmp_path: P
     `cannot commit transaction - SQL statements in progress`, and jobs ended `error`."""
     executor = FakeExecutor(FakeRun(output=()), build_plan=FakeRun(output=()))
     async with (
-        SqliteJobStore(tmp_path / "ci.db") as store,
+        SqliteStore(tmp_path / "ci.db") as store,
         harness(tmp_path, executor, store=store, max_concurrent_jobs=4) as h,
     ):
         ids = [(await h.submit()).id for _ in range(80)]

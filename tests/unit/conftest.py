@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ci_server.store.memory import MemoryJobStore
-from ci_server.store.postgres import PostgresJobStore
-from ci_server.store.repository import JobStore
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.memory import MemoryStore
+from ci_server.store.postgres import PostgresStore
+from ci_server.store.repository import Store
+from ci_server.store.sqlite import SqliteStore
 
-StoreFactory = Callable[[], JobStore]
+StoreFactory = Callable[[], Store]
 """Makes a store (not yet open) on the test's one database."""
 
 
@@ -25,15 +25,15 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """Each call is a new store on the same data, as another process would open it (SQLite:
     the same file; PostgreSQL: the same database; memory has only the one store)."""
     if request.param == "memory":
-        memory = MemoryJobStore()
+        memory = MemoryStore()
         return lambda: memory
     if request.param == "sqlite":
-        return lambda: SqliteJobStore(tmp_path / "jobs.db")
+        return lambda: SqliteStore(tmp_path / "jobs.db")
     url: str = request.getfixturevalue("postgres_database")
-    return lambda: PostgresJobStore(url)
+    return lambda: PostgresStore(url)
 
 
 @pytest.fixture
-async def store(new_store: StoreFactory) -> AsyncIterator[JobStore]:
+async def store(new_store: StoreFactory) -> AsyncIterator[Store]:
     async with new_store() as backend:
         yield backend

@@ -17,8 +17,8 @@ from ci_server.models import EventType, Job, JobEvent
 from ci_server.settings import Settings
 from ci_server.store.blobs import BlobStore
 from ci_server.store.blobs_fs import FileBlobStore
-from ci_server.store.memory import MemoryJobStore
-from ci_server.store.repository import JobStore
+from ci_server.store.memory import MemoryStore
+from ci_server.store.repository import Store
 from ci_server.users import ANONYMOUS_ADMIN, User
 from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
@@ -32,7 +32,7 @@ class Harness:
     def __init__(
         self,
         tmp_path: Path,
-        store: JobStore,
+        store: Store,
         hub: EventHub,
         service: JobService,
         worker: Worker | None,
@@ -115,14 +115,14 @@ async def harness(
     tmp_path: Path,
     executor: FakeExecutor | None = None,
     *,
-    store: JobStore | None = None,
+    store: Store | None = None,
     worker: bool = True,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
     """The parts of one process on `store` (a new in-memory one by default), the worker
     named WORKER running one job at a time unless `max_concurrent_jobs` says otherwise."""
     executor = executor or FakeExecutor()
-    store = store or MemoryJobStore()
+    store = store or MemoryStore()
     config = settings_for(tmp_path, **settings)
     async with contextlib.AsyncExitStack() as stack:
         blobs = await stack.enter_async_context(blob_store(config))

@@ -9,14 +9,14 @@ import pytest
 
 from ci_server.events import EventHub, JobChannel
 from ci_server.models import EventType, Job, JobEvent, JobStatus
-from ci_server.store.memory import MemoryJobStore
+from ci_server.store.memory import MemoryStore
 from tests.fakes import wait_until
 
 JOB = "0123456789ab"
 NEVER = 3600.0  # a flush interval that never elapses: the test flushes by hand
 
 
-class CountingStore(MemoryJobStore):
+class CountingStore(MemoryStore):
     """Counts writes and replays; can fail the next few writes and hold replays at a gate."""
 
     def __init__(self) -> None:
@@ -71,7 +71,7 @@ def seqs(events: Sequence[JobEvent]) -> list[int]:
 
 
 async def test_events_are_numbered_from_one_and_stored_on_close() -> None:
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with EventHub(store, flush_interval=NEVER) as hub:
         channel = hub.open(JOB)
         published = [channel.publish(EventType.STATUS, status="running"), *log(channel, 4)]
@@ -86,7 +86,7 @@ async def test_events_are_numbered_from_one_and_stored_on_close() -> None:
 
 
 async def test_reopened_job_continues_its_numbering() -> None:
-    async with EventHub(MemoryJobStore(), flush_interval=NEVER) as hub:
+    async with EventHub(MemoryStore(), flush_interval=NEVER) as hub:
         channel = hub.open(JOB, last_seq=7)
         assert seqs(log(channel, 2)) == [8, 9]
         assert hub.open(JOB) is channel  # opening again does not restart it
@@ -94,7 +94,7 @@ async def test_reopened_job_continues_its_numbering() -> None:
 
 
 async def test_leaving_the_hub_writes_pending_events() -> None:
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with EventHub(store, flush_interval=NEVER) as hub:
         published = log(hub.open(JOB), 3)
     assert await store.events_after(JOB) == published
@@ -102,7 +102,7 @@ async def test_leaving_the_hub_writes_pending_events() -> None:
 
 @pytest.mark.parametrize("flush_while_watching", [False, True])
 async def test_watcher_joining_mid_job_gets_every_event_once(flush_while_watching: bool) -> None:
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with EventHub(store, flush_interval=NEVER) as hub:
         channel = hub.open(JOB)
         log(channel, 3)
@@ -151,7 +151,7 @@ async def test_events_written_during_a_slow_replay_are_not_repeated() -> None:
 
 
 async def test_resuming_after_a_seq_yields_exactly_the_rest() -> None:
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with EventHub(store, flush_interval=NEVER) as hub:
         channel = hub.open(JOB)
         log(channel, 6)
@@ -191,7 +191,7 @@ async def test_finished_job_replays_from_the_store() -> None:
 
 
 async def test_stream_of_an_unknown_job_is_empty() -> None:
-    async with EventHub(MemoryJobStore(), flush_interval=NEVER) as hub:
+    async with EventHub(MemoryStore(), flush_interval=NEVER) as hub:
         assert await rest(hub.stream(JOB)) == []
 
 
@@ -218,7 +218,7 @@ async def test_slow_watcher_with_a_tiny_queue_misses_nothing() -> None:
 
 
 async def test_watcher_that_reads_nothing_until_the_end_misses_nothing() -> None:
-    async with EventHub(MemoryJobStore(), flush_interval=NEVER, watcher_queue_size=2) as hub:
+    async with EventHub(MemoryStore(), flush_interval=NEVER, watcher_queue_size=2) as hub:
         channel = hub.open(JOB)
         stream = hub.stream(JOB)
         log(channel)
@@ -246,7 +246,7 @@ async def test_events_are_written_in_batches() -> None:
 
 
 async def test_a_full_batch_is_written_before_the_interval() -> None:
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with EventHub(store, flush_interval=NEVER, batch_size=100) as hub:
         channel = hub.open(JOB)
         log(channel, 250)
@@ -280,7 +280,7 @@ async def test_failed_write_is_retried_without_loss_or_duplicate() -> None:
 async def test_a_watcher_gets_what_waits_for_it_in_one_batch() -> None:
     """Stored events in one batch, pending ones in the next, and whatever queued up while
     the watcher was busy in one more: one write each, not one per event."""
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with EventHub(store, flush_interval=NEVER) as hub:
         channel = hub.open(JOB)
         log(channel, 5)
@@ -301,7 +301,7 @@ async def test_a_watcher_gets_what_waits_for_it_in_one_batch() -> None:
 # -- a job that another process runs ---------------------------------------------------------
 
 
-class SilentStore(MemoryJobStore):
+class SilentStore(MemoryStore):
     """Sends no signal: as if every NOTIFY were lost (a dropped listening connection)."""
 
     async def append_events(self, events: Sequence[JobEvent]) -> None:
@@ -312,7 +312,7 @@ class SilentStore(MemoryJobStore):
             self.signals = stop
 
 
-async def running_job(store: MemoryJobStore) -> None:
+async def running_job(store: MemoryStore) -> None:
     await store.add_job(Job(id=JOB))
     assert await store.claim_next_job("elsewhere") is not None
 

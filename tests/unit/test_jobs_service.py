@@ -19,7 +19,7 @@ from ci_server.models import (
 )
 from ci_server.models import TestOutcome as Outcome
 from ci_server.models import TestResult as Result
-from ci_server.store.memory import MemoryJobStore
+from ci_server.store.memory import MemoryStore
 from ci_server.users import ANONYMOUS_ADMIN, User
 from tests.fakes import FakeExecutor, FakeRun
 from tests.unit.one_process import harness
@@ -99,7 +99,7 @@ async def test_a_cancel_no_worker_answers_returns_the_job_still_running(
     """Its worker is gone: the request stays in the store (for it, if it comes back), the
     answer comes after CANCEL_WAIT_SECONDS, and the sweep will end the job."""
     monkeypatch.setattr(jobs, "CANCEL_WAIT_SECONDS", 0.2)
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with harness(tmp_path, store=store, worker=False) as h:
         job = await h.submit()
         await store.claim_next_job("gone")
@@ -130,7 +130,7 @@ async def test_events_start_where_asked_and_a_finished_job_always_sends_its_end(
 
 
 async def test_the_queued_jobs_of_a_deactivated_owner_are_cancelled(tmp_path: Path) -> None:
-    store = MemoryJobStore()
+    store = MemoryStore()
     for user in (ANN, BOB):
         await store.add_user(user)
     async with harness(tmp_path, store=store, worker=False) as h:
@@ -152,7 +152,7 @@ async def test_the_queued_jobs_of_a_deactivated_owner_are_cancelled(tmp_path: Pa
 
 
 async def test_the_store_answers_or_not(tmp_path: Path) -> None:
-    class Down(MemoryJobStore):
+    class Down(MemoryStore):
         async def ping(self) -> None:
             await asyncio.sleep(3600)
 

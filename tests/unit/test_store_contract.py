@@ -30,7 +30,7 @@ from ci_server.models import TestSummary as Summary
 from ci_server.states import claim
 from ci_server.store.repository import JobStore
 from ci_server.store.signals import Signal, SignalKind
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.sqlite import SqliteStore
 from tests.fakes import wait_until
 from tests.unit.conftest import StoreFactory
 
@@ -517,7 +517,7 @@ async def test_sqlite_keeps_summaries_and_results_from_before_xfailed_counts(
 ) -> None:
     """A summary stored with four counts reads back with the new ones at 0."""
     path = tmp_path / "old.db"
-    async with SqliteJobStore(path) as store:
+    async with SqliteStore(path) as store:
         (job,) = await add_jobs(store, 1)
         await store.set_test_results(job.id, make_results(3))
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -527,7 +527,7 @@ async def test_sqlite_keeps_summaries_and_results_from_before_xfailed_counts(
         )
         db.commit()
 
-    async with SqliteJobStore(path) as reopened:
+    async with SqliteStore(path) as reopened:
         summary = (await reopened.get_job(job.id)).summary
         assert summary == Summary(passed=2, failed=1)
         assert await reopened.test_results(job.id, outcomes=[Outcome.FAILED]) == [

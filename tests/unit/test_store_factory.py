@@ -12,22 +12,22 @@ from ci_server.settings import Settings
 from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.store.blobs_postgres import PostgresBlobStore
 from ci_server.store.factory import describe, open_blob_store, open_store, parse_database
-from ci_server.store.postgres import PostgresJobStore
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.postgres import PostgresStore
+from ci_server.store.sqlite import SqliteStore
 
 URL = "postgresql://ci:s3cret@db.example.com:5432/ci"
 
 
 def test_sqlite_at_db_path_is_the_default(tmp_path: Path) -> None:
     store = open_store(Settings(db_path=tmp_path / "ci.db"))
-    assert isinstance(store, SqliteJobStore)
+    assert isinstance(store, SqliteStore)
     assert store.path == tmp_path / "ci.db"
 
 
 def test_a_database_url_chooses_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI_DATABASE_URL", URL)
     store = open_store(Settings())
-    assert isinstance(store, PostgresJobStore)
+    assert isinstance(store, PostgresStore)
     assert store.url == URL
 
 

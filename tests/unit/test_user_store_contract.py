@@ -1,4 +1,4 @@
-"""The JobStore contract for users, API keys, dashboard sessions and job owners: every backend
+"""The AccountStore contract for users, API keys, dashboard sessions and job owners: every backend
 passes it.
 
 Jobs come from the helpers of the main contract suite (tests/unit/test_store_contract.py).
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ci_server.models import JobNotFound
-from ci_server.store.repository import JobStore
-from ci_server.store.sqlite import MIGRATIONS, SqliteJobStore
+from ci_server.store.repository import Store
+from ci_server.store.sqlite import MIGRATIONS, SqliteStore
 from ci_server.users import (
     ApiKey,
     ApiKeyNotFound,
@@ -55,7 +55,7 @@ def make_session(key: ApiKey, n: int) -> Session:
     return record.replace(created_at=created_at, expires_at=created_at + timedelta(hours=1))
 
 
-async def add_users(store: JobStore, count: int) -> list[User]:
+async def add_users(store: Store, count: int) -> list[User]:
     users = [make_user(n) for n in range(count)]
     for user in users:
         await store.add_user(user)
@@ -65,7 +65,7 @@ async def add_users(store: JobStore, count: int) -> list[User]:
 # -- users ------------------------------------------------------------------------------------
 
 
-async def test_every_user_field_round_trips(store: JobStore) -> None:
+async def test_every_user_field_round_trips(store: Store) -> None:
     user = make_user(1, name='Zoë O\'Brien "zo"', is_admin=True, active=False)
     await store.add_user(user)
     assert await store.get_user(user.id) == user
@@ -73,7 +73,7 @@ async def test_every_user_field_round_trips(store: JobStore) -> None:
     assert (await store.get_user(user.id)).created_at.utcoffset() == timedelta(0)
 
 
-async def test_unknown_user_raises_user_not_found(store: JobStore) -> None:
+async def test_unknown_user_raises_user_not_found(store: Store) -> None:
     await add_users(store, 2)
     with pytest.raises(UserNotFound, match="0123456789ab"):
         await store.get_user("0123456789ab")
@@ -81,7 +81,7 @@ async def test_unknown_user_raises_user_not_found(store: JobStore) -> None:
         await store.get_user_by_email("nobody@example.com")
 
 
-async def test_an_email_belongs_to_one_user(store: JobStore) -> None:
+async def test_an_email_belongs_to_one_user(store: Store) -> None:
     [first] = await add_users(store, 1)
     with pytest.raises(EmailTaken) as raised:
         await store.add_user(make_user(2, email=first.email))
@@ -91,13 +91,13 @@ async def test_an_email_belongs_to_one_user(store: JobStore) -> None:
     assert len(await store.list_users()) == 2
 
 
-async def test_users_are_listed_oldest_first(store: JobStore) -> None:
+async def test_users_are_listed_oldest_first(store: Store) -> None:
     assert await store.list_users() == []
     users = await add_users(store, 4)
     assert await store.list_users() == users
 
 
-async def test_set_user_active(store: JobStore) -> None:
+async def test_set_user_active(store: Store) -> None:
     first, second = await add_users(store, 2)
     deactivated = await store.set_user_active(first.id, False)
     assert deactivated == first.replace(active=False)
@@ -111,7 +111,7 @@ async def test_set_user_active(store: JobStore) -> None:
 # -- API keys ---------------------------------------------------------------------------------
 
 
-async def test_every_key_field_round_trips(store: JobStore) -> None:
+async def test_every_key_field_round_trips(store: Store) -> None:
     [user] = await add_users(store, 1)
     key = make_key(user, 1).replace(
         revoked_at=BASE_TIME + timedelta(days=1, microseconds=3),
@@ -121,7 +121,7 @@ async def test_every_key_field_round_trips(store: JobStore) -> None:
     assert await store.get_api_key(key.id) == key
 
 
-async def test_unknown_key_raises_api_key_not_found(store: JobStore) -> None:
+async def test_unknown_key_raises_api_key_not_found(store: Store) -> None:
     [user] = await add_users(store, 1)
     await store.add_api_key(make_key(user, 1))
     with pytest.raises(ApiKeyNotFound, match="0123456789ab"):
@@ -130,14 +130,14 @@ async def test_unknown_key_raises_api_key_not_found(store: JobStore) -> None:
         await store.revoke_api_key("0123456789ab", BASE_TIME)
 
 
-async def test_a_key_needs_a_known_user(store: JobStore) -> None:
+async def test_a_key_needs_a_known_user(store: Store) -> None:
     ghost = make_user(1)
     with pytest.raises(UserNotFound):
         await store.add_api_key(make_key(ghost, 1))
     assert await store.list_api_keys() == []
 
 
-async def test_keys_are_listed_oldest_first_for_all_or_one_user(store: JobStore) -> None:
+async def test_keys_are_listed_oldest_first_for_all_or_one_user(store: Store) -> None:
     ann, bob = await add_users(store, 2)
     keys = [make_key(owner, n) for n, owner in enumerate([ann, bob, ann, ann])]
     for key in keys:
@@ -148,7 +148,7 @@ async def test_keys_are_listed_oldest_first_for_all_or_one_user(store: JobStore)
     assert await store.list_api_keys("0123456789ab") == []
 
 
-async def test_revoking_keeps_the_first_revocation_time(store: JobStore) -> None:
+async def test_revoking_keeps_the_first_revocation_time(store: Store) -> None:
     [user] = await add_users(store, 1)
     key, other = make_key(user, 1), make_key(user, 2)
     await store.add_api_key(key)
@@ -161,7 +161,7 @@ async def test_revoking_keeps_the_first_revocation_time(store: JobStore) -> None
     assert await store.get_api_key(other.id) == other
 
 
-async def test_touching_a_key_changes_only_its_last_use(store: JobStore) -> None:
+async def test_touching_a_key_changes_only_its_last_use(store: Store) -> None:
     [user] = await add_users(store, 1)
     key = make_key(user, 1)
     await store.add_api_key(key)
@@ -177,14 +177,14 @@ async def test_touching_a_key_changes_only_its_last_use(store: JobStore) -> None
 # -- dashboard sessions -----------------------------------------------------------------------
 
 
-async def add_key(store: JobStore) -> ApiKey:
+async def add_key(store: Store) -> ApiKey:
     [user] = await add_users(store, 1)
     key = make_key(user, 1)
     await store.add_api_key(key)
     return key
 
 
-async def test_every_session_field_round_trips(store: JobStore) -> None:
+async def test_every_session_field_round_trips(store: Store) -> None:
     key = await add_key(store)
     session = make_session(key, 1)
     await store.add_session(session)
@@ -192,14 +192,14 @@ async def test_every_session_field_round_trips(store: JobStore) -> None:
     assert (await store.get_session(session.token_hash)).expires_at.utcoffset() == timedelta(0)
 
 
-async def test_unknown_session_raises_session_not_found(store: JobStore) -> None:
+async def test_unknown_session_raises_session_not_found(store: Store) -> None:
     key = await add_key(store)
     await store.add_session(make_session(key, 1))
     with pytest.raises(SessionNotFound):
         await store.get_session("0" * 64)
 
 
-async def test_a_session_needs_a_known_key(store: JobStore) -> None:
+async def test_a_session_needs_a_known_key(store: Store) -> None:
     [user] = await add_users(store, 1)
     session = make_session(make_key(user, 1), 1)
     with pytest.raises(ApiKeyNotFound):
@@ -223,7 +223,7 @@ async def test_a_deleted_session_is_gone_for_every_store(new_store: StoreFactory
         await second.delete_session(gone.token_hash)  # already gone: nothing to do
 
 
-async def test_expired_sessions_are_deleted_and_counted(store: JobStore) -> None:
+async def test_expired_sessions_are_deleted_and_counted(store: Store) -> None:
     key = await add_key(store)
     sessions = [make_session(key, n) for n in range(4)]  # expire at hours 1, 2, 3, 4
     for session in sessions:
@@ -240,7 +240,7 @@ async def test_expired_sessions_are_deleted_and_counted(store: JobStore) -> None
 # -- jobs and their owners --------------------------------------------------------------------
 
 
-async def test_a_jobs_owner_round_trips(store: JobStore) -> None:
+async def test_a_jobs_owner_round_trips(store: Store) -> None:
     owned, unowned = make_job(1, owner_id="0a1b2c3d4e5f"), make_job(2)
     await store.add_job(owned)
     await store.add_job(unowned)
@@ -248,7 +248,7 @@ async def test_a_jobs_owner_round_trips(store: JobStore) -> None:
     assert (await store.get_job(unowned.id)).owner_id is None
 
 
-async def test_listing_by_owner_pages_through_their_jobs_only(store: JobStore) -> None:
+async def test_listing_by_owner_pages_through_their_jobs_only(store: Store) -> None:
     unowned = await add_jobs(store, 3)
     owners = ["ann", "bob", None]
     owned = [make_job(10 + n, owner_id=owners[n % 3]) for n in range(30)]
@@ -270,7 +270,7 @@ async def test_listing_by_owner_pages_through_their_jobs_only(store: JobStore) -
     assert len(everyone) == len(unowned) + len(owned)  # no filter: every job, ownerless too
 
 
-async def test_paging_by_owner_from_another_owners_job_is_job_not_found(store: JobStore) -> None:
+async def test_paging_by_owner_from_another_owners_job_is_job_not_found(store: Store) -> None:
     ann, bob = make_job(1, owner_id="ann"), make_job(2, owner_id="bob")
     await store.add_job(ann)
     await store.add_job(bob)
@@ -307,7 +307,7 @@ async def test_sqlite_migration_keeps_older_jobs_without_owner(tmp_path: Path) -
         )
         db.commit()
 
-    async with SqliteJobStore(path) as store:
+    async with SqliteStore(path) as store:
         old = await store.get_job("0123456789ab")
         assert old.owner_id is None
         assert old.project is None

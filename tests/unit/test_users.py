@@ -11,7 +11,7 @@ import pytest
 
 from ci_server import accounts, users
 from ci_server.models import Job, new_job_id
-from ci_server.store.memory import MemoryJobStore
+from ci_server.store.memory import MemoryStore
 from ci_server.users import (
     EmailTaken,
     InvalidAccount,
@@ -119,11 +119,11 @@ def test_a_user_sees_only_their_own_jobs_and_an_admin_sees_all() -> None:
 
 
 @pytest.fixture
-async def store() -> MemoryJobStore:
-    return MemoryJobStore()
+async def store() -> MemoryStore:
+    return MemoryStore()
 
 
-async def test_emails_are_compared_without_case_or_blanks(store: MemoryJobStore) -> None:
+async def test_emails_are_compared_without_case_or_blanks(store: MemoryStore) -> None:
     user = await accounts.create_user(store, name="  Ann ", email=" Ann@Example.COM ")
     assert (user.name, user.email, user.is_admin, user.active) == (
         "Ann",
@@ -139,15 +139,13 @@ async def test_emails_are_compared_without_case_or_blanks(store: MemoryJobStore)
 @pytest.mark.parametrize(
     ("name", "email"), [("", "a@b.c"), ("   ", "a@b.c"), ("A", "nope"), ("A", "a b@c.d")]
 )
-async def test_bad_names_and_emails_are_refused(
-    store: MemoryJobStore, name: str, email: str
-) -> None:
+async def test_bad_names_and_emails_are_refused(store: MemoryStore, name: str, email: str) -> None:
     with pytest.raises(InvalidAccount):
         await accounts.create_user(store, name=name, email=email)
     assert await store.list_users() == []
 
 
-async def test_keys_only_for_known_active_users(store: MemoryJobStore) -> None:
+async def test_keys_only_for_known_active_users(store: MemoryStore) -> None:
     await accounts.create_user(store, name="Ann", email="ann@example.com")
     with pytest.raises(UserNotFound, match="nobody"):
         await accounts.create_key(store, email="nobody@example.com", name="k")
@@ -157,7 +155,7 @@ async def test_keys_only_for_known_active_users(store: MemoryJobStore) -> None:
     assert await store.list_api_keys() == []
 
 
-async def test_authenticate_returns_the_keys_user(store: MemoryJobStore) -> None:
+async def test_authenticate_returns_the_keys_user(store: MemoryStore) -> None:
     ann = await accounts.create_user(store, name="Ann", email="ann@example.com")
     record, user, key = await accounts.create_key(store, email="ann@example.com", name="laptop")
     assert user == ann
@@ -165,7 +163,7 @@ async def test_authenticate_returns_the_keys_user(store: MemoryJobStore) -> None
     assert (await store.get_api_key(record.id)).last_used_at is not None
 
 
-async def test_last_use_is_written_at_most_once_a_minute(store: MemoryJobStore) -> None:
+async def test_last_use_is_written_at_most_once_a_minute(store: MemoryStore) -> None:
     await accounts.create_user(store, name="Ann", email="ann@example.com")
     record, _, key = await accounts.create_key(store, email="ann@example.com", name="k")
     await accounts.authenticate(store, key)
@@ -180,7 +178,7 @@ async def test_last_use_is_written_at_most_once_a_minute(store: MemoryJobStore) 
     assert later - first < timedelta(seconds=30)  # written again: it was a minute old
 
 
-async def test_what_is_wrong_with_a_key_is_said(store: MemoryJobStore) -> None:
+async def test_what_is_wrong_with_a_key_is_said(store: MemoryStore) -> None:
     await accounts.create_user(store, name="Ann", email="ann@example.com")
     record, _, key = await accounts.create_key(store, email="ann@example.com", name="laptop")
     key_id, secret = parse_key(key)
@@ -207,7 +205,7 @@ async def test_what_is_wrong_with_a_key_is_said(store: MemoryJobStore) -> None:
         await accounts.authenticate(store, wrong_secret)  # revoked or not: still just invalid
 
 
-async def test_a_deactivated_users_keys_stop_working(store: MemoryJobStore) -> None:
+async def test_a_deactivated_users_keys_stop_working(store: MemoryStore) -> None:
     await accounts.create_user(store, name="Ann", email="ann@example.com")
     _, _, key = await accounts.create_key(store, email="ann@example.com", name="k")
     await accounts.deactivate_user(store, "ann@example.com")
@@ -219,7 +217,7 @@ async def test_a_deactivated_users_keys_stop_working(store: MemoryJobStore) -> N
 
 
 async def test_a_session_keeps_only_its_tokens_hash_and_works_until_signed_out(
-    store: MemoryJobStore,
+    store: MemoryStore,
 ) -> None:
     ann = await accounts.create_user(store, name="Ann", email="ann@example.com")
     record, _, key = await accounts.create_key(store, email="ann@example.com", name="k")
@@ -237,7 +235,7 @@ async def test_a_session_keeps_only_its_tokens_hash_and_works_until_signed_out(
     assert await accounts.session_holder(store, other_token) == (ann, other)
 
 
-async def test_signing_in_needs_a_working_key(store: MemoryJobStore) -> None:
+async def test_signing_in_needs_a_working_key(store: MemoryStore) -> None:
     await accounts.create_user(store, name="Ann", email="ann@example.com")
     record, _, key = await accounts.create_key(store, email="ann@example.com", name="k")
     await accounts.revoke_key(store, record.id)
@@ -248,7 +246,7 @@ async def test_signing_in_needs_a_working_key(store: MemoryJobStore) -> None:
 
 
 async def test_revoking_the_key_or_deactivating_the_user_ends_its_sessions(
-    store: MemoryJobStore,
+    store: MemoryStore,
 ) -> None:
     await accounts.create_user(store, name="Ann", email="ann@example.com")
     await accounts.create_user(store, name="Bob", email="bob@example.com")
@@ -265,7 +263,7 @@ async def test_revoking_the_key_or_deactivating_the_user_ends_its_sessions(
 
 
 async def test_an_expired_session_is_refused_and_forgotten_at_the_next_sign_in(
-    store: MemoryJobStore,
+    store: MemoryStore,
 ) -> None:
     await accounts.create_user(store, name="Ann", email="ann@example.com")
     _, _, key = await accounts.create_key(store, email="ann@example.com", name="k")

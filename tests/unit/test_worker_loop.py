@@ -13,7 +13,7 @@ import pytest
 from ci_server.events import EventHub
 from ci_server.models import EventType, Job, JobEvent, JobStatus
 from ci_server.states import claim, transition
-from ci_server.store.memory import MemoryJobStore
+from ci_server.store.memory import MemoryStore
 from ci_server.store.signals import SignalKind
 from ci_server.users import ANONYMOUS_ADMIN
 from ci_server.worker import loop
@@ -26,7 +26,7 @@ from tests.unit.test_pipeline import log_lines, statuses
 ADMIN = ANONYMOUS_ADMIN
 
 
-class DeafStore(MemoryJobStore):
+class DeafStore(MemoryStore):
     """Delivers no signal of the given kinds: as if every NOTIFY of them were lost."""
 
     def __init__(self, *deaf: SignalKind) -> None:
@@ -86,7 +86,7 @@ async def test_without_signals_a_free_worker_still_claims_by_polling(
 
 async def test_two_workers_on_one_store_run_each_job_once(tmp_path: Path) -> None:
     """Two worker processes (a hub each) and an API process on one store."""
-    store = MemoryJobStore()
+    store = MemoryStore()
     gate = asyncio.Event()
     executors = [FakeExecutor(FakeRun(gate=gate)) for _ in range(2)]
     async with contextlib.AsyncExitStack() as stack:
@@ -165,7 +165,7 @@ async def test_a_cancel_sent_by_another_process_stops_the_job(
     """An API process without a worker cancels a job the worker process runs: the store
     carries the request (a signal, or the worker's poll when signals are lost)."""
     monkeypatch.setattr(loop, "CANCEL_POLL_SECONDS", 0.05)
-    store = DeafStore(SignalKind.CANCEL) if signals == "lost" else MemoryJobStore()
+    store = DeafStore(SignalKind.CANCEL) if signals == "lost" else MemoryStore()
     _, executor = gated()
     async with (
         harness(tmp_path, executor, store=store) as worker,
@@ -202,7 +202,7 @@ async def test_stop_lets_running_jobs_finish_within_the_grace_and_claims_no_more
     tmp_path: Path,
 ) -> None:
     gate, executor = gated()
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with harness(tmp_path, executor, store=store, worker_grace=30) as h:
         running, queued = await h.one_running_one_queued()
         stopping = asyncio.create_task(h.worker.stop())
@@ -218,7 +218,7 @@ async def test_stop_lets_running_jobs_finish_within_the_grace_and_claims_no_more
 
 async def test_stop_ends_the_jobs_still_running_after_the_grace_in_error(tmp_path: Path) -> None:
     _, executor = gated()
-    store = MemoryJobStore()
+    store = MemoryStore()
     async with harness(tmp_path, executor, store=store, worker_grace=0.1) as h:
         job = await h.submit()
         await h.wait_running(job.id)
@@ -232,7 +232,7 @@ async def test_stop_ends_the_jobs_still_running_after_the_grace_in_error(tmp_pat
 
 
 async def test_restart_ends_its_own_running_jobs_and_runs_the_queued_ones(tmp_path: Path) -> None:
-    store = MemoryJobStore()
+    store = MemoryStore()
     interrupted = claim(Job(id="aaaaaaaaaaaa"), WORKER)
     legacy = transition(Job(id="cccccccccccc"), JobStatus.RUNNING)  # from before worker names
     elsewhere = claim(Job(id="dddddddddddd"), "build-7")  # another worker's: not this one's
@@ -279,7 +279,7 @@ async def test_restart_ends_its_own_running_jobs_and_runs_the_queued_ones(tmp_pa
 async def test_the_jobs_of_a_silent_worker_end_with_a_reason_naming_it(tmp_path: Path) -> None:
     """A worker process that stopped beating (killed, its host down): the sweep of another
     process ends its running job, that job's watchers get the end, and its upload goes."""
-    store = MemoryJobStore()
+    store = MemoryStore()
     await store.register_worker("build-2", 1)
     await store.add_job(Job(id="aaaaaaaaaaaa"))
     await store.append_events([JobEvent("aaaaaaaaaaaa", 1, EventType.STATUS, {"status": "queued"})])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ci_server.models import JobStatus
-from ci_server.store.sqlite import SqliteJobStore
+from ci_server.store.sqlite import SqliteStore
 from ci_server.worker import loop
 from ci_server.worker.__main__ import main, run_worker
 from tests.fakes import FakeExecutor
@@ -26,7 +26,7 @@ async def test_a_worker_process_runs_what_another_process_queued(
     worker = asyncio.create_task(run_worker(settings, executor=executor, stop=stop))
     try:
         async with (
-            SqliteJobStore(settings.db_path) as store,
+            SqliteStore(settings.db_path) as store,
             harness(tmp_path, store=store, worker=False) as api,
         ):
             ids = [(await api.submit()).id for _ in range(3)]
@@ -39,7 +39,7 @@ async def test_a_worker_process_runs_what_another_process_queued(
     finally:
         stop.set()
         await asyncio.wait_for(worker, 30)
-    async with SqliteJobStore(settings.db_path) as store:
+    async with SqliteStore(settings.db_path) as store:
         [stopped] = await store.list_workers()
         assert stopped.stopped_at is not None
     assert sorted(spec.job_id for spec in executor.specs) == sorted(ids)
