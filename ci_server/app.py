@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ci_server.api import health, jobs
+from ci_server.api import health, jobs, tests
 from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
@@ -92,6 +92,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(tests.router)
     install_dashboard(app)
     return app
 

@@ -35,6 +35,7 @@ from ci_server.models import (
     JobNotFound,
     JobStatus,
     StorageFailure,
+    TestHistory,
     TestOutcome,
     TestResult,
     new_job_id,
@@ -45,7 +46,7 @@ from ci_server.runner.workspace import check_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
 from ci_server.store.blobs import BlobStore
-from ci_server.store.repository import Store
+from ci_server.store.repository import MAX_HISTORY_RUNS, Store
 from ci_server.users import User, can_see, owner_filter
 
 CANCEL_WAIT_SECONDS = 10.0
@@ -117,6 +118,13 @@ class JobService:
     ) -> list[TestResult]:
         await self._visible(user, job_id)
         return await self.store.test_results(job_id, after=after, limit=limit, outcomes=outcomes)
+
+    async def test_history(
+        self, user: User, project: str, *, runs: int = MAX_HISTORY_RUNS
+    ) -> list[TestHistory]:
+        """Each test of the user's own `project` with its latest `runs` outcomes: projects
+        are their owner's (two users' `app` are two projects), an admin's too."""
+        return await self.store.test_history(user.id, project, runs=runs)
 
     async def events(
         self, user: User, job_id: str, *, after: int | None = None, tail: int | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import statistics
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -133,6 +134,38 @@ class TestResult:
     """The failure's traceback, cut to a few KB."""
     position: int = 0
     """Its place in the report, from 0: the order the tests ran, and the key results page by."""
+
+
+@dataclass(frozen=True, slots=True)
+class TestRun:
+    """One outcome of a test in one finished job of its project."""
+
+    job_id: str
+    outcome: TestOutcome
+    duration_seconds: float
+
+
+FAILING_OUTCOMES = frozenset({TestOutcome.FAILED, TestOutcome.ERROR})
+
+
+@dataclass(frozen=True, slots=True)
+class TestHistory:
+    """A test's recent runs in its project's finished jobs, newest first."""
+
+    node_id: str
+    runs: tuple[TestRun, ...]
+
+    @property
+    def failure_rate(self) -> float:
+        """The share of its runs that failed or errored (0 with no runs)."""
+        if not self.runs:
+            return 0.0
+        return sum(run.outcome in FAILING_OUTCOMES for run in self.runs) / len(self.runs)
+
+    @property
+    def median_duration(self) -> float:
+        """The median of its runs' durations, in seconds (0 with no runs)."""
+        return statistics.median(run.duration_seconds for run in self.runs) if self.runs else 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,9 +28,15 @@ from ci_server.api.auth import (
     while_authenticated,
 )
 from ci_server.api.frames import SseFrames
-from ci_server.api.schemas import EVENT_STREAM_SCHEMA, ErrorOut, JobOut, TestResultOut
+from ci_server.api.schemas import (
+    EVENT_STREAM_SCHEMA,
+    ErrorOut,
+    JobOut,
+    TestResultOut,
+    json_array,
+)
 from ci_server.jobs import JobService, JobView
-from ci_server.models import TestOutcome, TestResult
+from ci_server.models import TestOutcome
 from ci_server.runner.naming import MAX_PROJECT_CHARS
 
 ERRORS = {
@@ -157,14 +163,8 @@ async def list_test_results(
     results = await service.test_results(
         user, job_id, after=after, limit=limit, outcomes=outcome or ()
     )
-    return Response(await asyncio.to_thread(_results_json, results), media_type="application/json")
-
-
-def _results_json(results: list[TestResult]) -> bytes:
-    """The page as JSON, one result at a time: a thread encoding a large page in one call
-    would hold the GIL, and so stall the event loop, until it is done."""
-    encoded = (TestResultOut.model_validate(result).model_dump_json() for result in results)
-    return f"[{','.join(encoded)}]".encode()
+    encoded = await asyncio.to_thread(json_array, TestResultOut, results)
+    return Response(encoded, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=documented(404, 409))

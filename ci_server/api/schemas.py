@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -39,6 +40,30 @@ class TestResultOut(BaseModel):
     details: str | None
 
     model_config = ConfigDict(from_attributes=True)  # read from the domain's TestResult
+
+
+class TestRunOut(BaseModel):
+    job_id: str
+    outcome: TestOutcome
+    duration_seconds: float
+
+    model_config = ConfigDict(from_attributes=True)  # read from the domain's TestRun
+
+
+class TestHistoryOut(BaseModel):
+    node_id: str
+    runs: list[TestRunOut] = Field(description="its latest runs in finished jobs, newest first")
+    failure_rate: float = Field(description="the share of those runs that failed or errored")
+    median_duration: float = Field(description="the median of their durations, in seconds")
+
+    model_config = ConfigDict(from_attributes=True)  # read from the domain's TestHistory
+
+
+def json_array(schema: type[BaseModel], items: Iterable[object]) -> bytes:
+    """`items` as a JSON array of `schema`, one at a time: a thread encoding a large answer
+    in one call would hold the GIL, and so stall the event loop, until it is done."""
+    encoded = (schema.model_validate(item).model_dump_json() for item in items)
+    return f"[{','.join(encoded)}]".encode()
 
 
 class JobOut(BaseModel):

@@ -12,13 +12,20 @@ from ci_server.models import (
     JobEvent,
     JobNotFound,
     JobStatus,
+    TestHistory,
     TestOutcome,
     TestResult,
     WorkerInfo,
     utcnow,
 )
 from ci_server.states import claim
-from ci_server.store.repository import WORKER_PLACEHOLDER, Store
+from ci_server.store.repository import (
+    HISTORY_JOBS,
+    MAX_HISTORY_RUNS,
+    WORKER_PLACEHOLDER,
+    Store,
+    histories_of,
+)
 from ci_server.store.signals import Signal, SignalKind
 from ci_server.users import (
     ApiKey,
@@ -175,6 +182,29 @@ class MemoryStore(Store):
             and (not outcomes or result.outcome in outcomes)
         )
         return list(itertools.islice(chosen, limit))
+
+    async def test_history(
+        self, owner_id: str, project: str, *, runs: int = MAX_HISTORY_RUNS
+    ) -> list[TestHistory]:
+        finished = sorted(
+            (
+                job
+                for job in self._jobs.values()
+                if job.owner_id == owner_id and job.project == project and job.status.is_terminal
+            ),
+            key=lambda job: (job.created_at, job.id),
+            reverse=True,
+        )[:HISTORY_JOBS]
+        counts: dict[str, int] = {}
+        rows: list[tuple[str, str, str, float]] = []
+        for job in finished:
+            for result in self._results.get(job.id, []):
+                if counts.get(result.node_id, 0) < runs:
+                    counts[result.node_id] = counts.get(result.node_id, 0) + 1
+                    rows.append(
+                        (result.node_id, job.id, result.outcome.value, result.duration_seconds)
+                    )
+        return histories_of(rows)
 
     async def register_worker(self, name: str, max_jobs: int) -> None:
         now = utcnow()

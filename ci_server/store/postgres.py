@@ -33,6 +33,7 @@ from ci_server.models import (
     JobEvent,
     JobNotFound,
     JobStatus,
+    TestHistory,
     TestOutcome,
     TestResult,
     TestSummary,
@@ -46,7 +47,15 @@ from ci_server.store.columns import (
     SESSION_COLUMNS,
     USER_COLUMNS,
 )
-from ci_server.store.repository import WORKER_PLACEHOLDER, Store, claim_template
+from ci_server.store.repository import (
+    FINISHED_STATUSES,
+    HISTORY_JOBS,
+    MAX_HISTORY_RUNS,
+    WORKER_PLACEHOLDER,
+    Store,
+    claim_template,
+    histories_of,
+)
 from ci_server.store.signals import Listener, Signal, SignalKind
 from ci_server.users import (
     ApiKey,
@@ -623,6 +632,32 @@ class PostgresStore(Store):
             )
             for row in rows
         ]
+
+    async def test_history(
+        self, owner_id: str, project: str, *, runs: int = MAX_HISTORY_RUNS
+    ) -> list[TestHistory]:
+        # The latest finished jobs through the (owner_id, project, created_at, id) index,
+        # then their results through the primary key; each test's newest `runs` kept.
+        rows = await self.pool.fetch(
+            """
+            SELECT node_id, job_id, outcome, duration FROM (
+                SELECT r.node_id, r.job_id, r.outcome, r.duration, ROW_NUMBER() OVER (
+                    PARTITION BY r.node_id ORDER BY j.created_at DESC, j.id DESC
+                ) AS n
+                FROM (
+                    SELECT id, created_at FROM jobs
+                    WHERE owner_id = $1 AND project = $2 AND status = ANY($3::text[])
+                    ORDER BY created_at DESC, id DESC LIMIT $4
+                ) AS j JOIN test_results AS r ON r.job_id = j.id
+            ) AS numbered WHERE n <= $5 ORDER BY node_id, n
+            """,
+            owner_id,
+            project,
+            list(FINISHED_STATUSES),
+            HISTORY_JOBS,
+            runs,
+        )
+        return histories_of(tuple(row) for row in rows)
 
     # -- workers ---------------------------------------------------------------------------
 

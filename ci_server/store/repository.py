@@ -12,21 +12,40 @@ and the live logs of other processes wait on those signals, not on a tight poll.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 
 from ci_server.lifecycle import Lifecycle
 from ci_server.models import (
+    TERMINAL_STATUSES,
     Job,
     JobEvent,
     JobStatus,
+    TestHistory,
     TestOutcome,
     TestResult,
+    TestRun,
     WorkerInfo,
 )
 from ci_server.states import claim, transition
 from ci_server.store.signals import Listener, SignalBoard, SignalKind
 from ci_server.users import ApiKey, Session, User
+
+MAX_HISTORY_RUNS = 100
+"""The most runs of one test that its history holds."""
+HISTORY_JOBS = 1000
+"""How many of a project's latest finished jobs its test history is read from."""
+FINISHED_STATUSES = tuple(sorted(status.value for status in TERMINAL_STATUSES))
+"""The statuses of finished jobs, as the stores write them."""
+
+
+def histories_of(rows: Iterable[tuple[str, str, str, float]]) -> list[TestHistory]:
+    """Test histories from (node id, job id, outcome, duration) rows, each test's newest
+    first, sorted by node id (here, not in SQL: PostgreSQL's collation may differ)."""
+    runs: dict[str, list[TestRun]] = {}
+    for node_id, job_id, outcome, duration in rows:
+        runs.setdefault(node_id, []).append(TestRun(job_id, TestOutcome(outcome), duration))
+    return [TestHistory(node_id, tuple(runs[node_id])) for node_id in sorted(runs)]
 
 
 class JobStore(Lifecycle):
@@ -136,6 +155,14 @@ class JobStore(Lifecycle):
     ) -> list[TestResult]:
         """By position, the order pytest ran them: those past position `after` (a page's
         last), of one of `outcomes` if any are given, at most `limit`."""
+
+    @abc.abstractmethod
+    async def test_history(
+        self, owner_id: str, project: str, *, runs: int = MAX_HISTORY_RUNS
+    ) -> list[TestHistory]:
+        """Each test of `owner_id`'s `project`, by node id, with its last `runs` outcomes
+        (newest first) in the project's finished jobs: at most its last HISTORY_JOBS ones,
+        so that the cost stays bounded however long the project lives."""
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from ci_server.models import (
     JobEvent,
     JobNotFound,
     JobStatus,
+    TestHistory,
     TestOutcome,
     TestResult,
     TestSummary,
@@ -36,7 +37,15 @@ from ci_server.store.columns import (
     SESSION_COLUMNS,
     USER_COLUMNS,
 )
-from ci_server.store.repository import WORKER_PLACEHOLDER, Store, claim_template
+from ci_server.store.repository import (
+    FINISHED_STATUSES,
+    HISTORY_JOBS,
+    MAX_HISTORY_RUNS,
+    WORKER_PLACEHOLDER,
+    Store,
+    claim_template,
+    histories_of,
+)
 from ci_server.store.signals import Signal, SignalKind
 from ci_server.users import (
     ApiKey,
@@ -501,6 +510,28 @@ class SqliteStore(Store):
                 )
                 for row in await cursor.fetchall()
             ]
+
+    async def test_history(
+        self, owner_id: str, project: str, *, runs: int = MAX_HISTORY_RUNS
+    ) -> list[TestHistory]:
+        # The latest finished jobs through the (owner_id, project, created_at, id) index,
+        # then their results through the primary key; each test's newest `runs` kept.
+        statuses = ",".join("?" * len(FINISHED_STATUSES))
+        query = f"""
+            SELECT node_id, job_id, outcome, duration FROM (
+                SELECT r.node_id, r.job_id, r.outcome, r.duration, ROW_NUMBER() OVER (
+                    PARTITION BY r.node_id ORDER BY j.created_at DESC, j.id DESC
+                ) AS n
+                FROM (
+                    SELECT id, created_at FROM jobs
+                    WHERE owner_id = ? AND project = ? AND status IN ({statuses})
+                    ORDER BY created_at DESC, id DESC LIMIT ?
+                ) AS j JOIN test_results AS r ON r.job_id = j.id
+            ) WHERE n <= ? ORDER BY node_id, n
+        """
+        params = [owner_id, project, *FINISHED_STATUSES, HISTORY_JOBS, runs]
+        async with self.db.execute(query, params) as cursor:
+            return histories_of(tuple(row) for row in await cursor.fetchall())
 
     # -- workers ---------------------------------------------------------------------------
 

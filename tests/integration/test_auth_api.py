@@ -100,6 +100,7 @@ ROUTES = [
     ("GET", f"/jobs/{UNKNOWN_ID}/tests"),
     ("GET", f"/jobs/{UNKNOWN_ID}/events"),
     ("POST", f"/jobs/{UNKNOWN_ID}/cancel"),
+    ("GET", "/tests?project=app"),
     ("GET", "/jobs/not-a-job"),  # authentication comes before validation
 ]
 

@@ -502,6 +502,56 @@ async def test_set_test_results_replaces_the_job_s_results(store: JobStore) -> N
     assert await store.test_results(job.id) == make_results(2)
 
 
+async def finished_run(
+    store: JobStore, n: int, outcomes: dict[str, Outcome], **changes: Any
+) -> Job:
+    """The n-th job of alice's `app`, finished, with one result per test of `outcomes`."""
+    job = make_job(
+        n, **{"owner_id": "alice", "project": "app", "status": JobStatus.FAILED, **changes}
+    )
+    await store.add_job(job)
+    await store.set_test_results(
+        job.id,
+        [
+            Result(node_id, outcome, n + position / 10, position=position)
+            for position, (node_id, outcome) in enumerate(outcomes.items())
+        ],
+    )
+    return job
+
+
+async def test_history_holds_each_test_s_latest_outcomes_newest_first(store: JobStore) -> None:
+    passed, failed = Outcome.PASSED, Outcome.FAILED
+    old = await finished_run(store, 1, {"t.py::b": passed, "t.py::a": failed})
+    new = await finished_run(store, 3, {"t.py::a": passed})
+    middle = await finished_run(store, 2, {"t.py::b": failed, "t.py::a": failed})
+    # Not in the history: a running job, another owner's `app`, alice's other project.
+    await finished_run(store, 4, {"t.py::a": failed}, status=JobStatus.RUNNING)
+    await finished_run(store, 5, {"t.py::a": failed}, owner_id="bob")
+    await finished_run(store, 6, {"t.py::a": failed}, project="lib")
+
+    history = await store.test_history("alice", "app")
+
+    assert [test.node_id for test in history] == ["t.py::a", "t.py::b"]
+    a, b = history
+    assert [(run.job_id, run.outcome, run.duration_seconds) for run in a.runs] == [
+        (new.id, passed, 3.0),
+        (middle.id, failed, 2.1),
+        (old.id, failed, 1.1),
+    ]
+    assert [(run.job_id, run.outcome) for run in b.runs] == [(middle.id, failed), (old.id, passed)]
+    assert round(a.failure_rate, 3) == 0.667
+    assert a.median_duration == 2.1
+    assert await store.test_history("bob", "app") != history
+    assert await store.test_history("carol", "app") == []
+
+
+async def test_history_keeps_at_most_the_runs_asked_for(store: JobStore) -> None:
+    jobs = [await finished_run(store, n, {"t.py::a": Outcome.PASSED}) for n in range(5)]
+    (a,) = await store.test_history("alice", "app", runs=3)
+    assert [run.job_id for run in a.runs] == [job.id for job in reversed(jobs)][:3]
+
+
 async def test_a_summary_round_trips_with_its_warning_and_kept_count(store: JobStore) -> None:
     (job,) = await add_jobs(store, 1)
     summary = Summary(
