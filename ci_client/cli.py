@@ -25,6 +25,7 @@ from ci_client.render import (
     format_outcome,
     print_job_details,
     print_jobs_table,
+    print_test_history,
 )
 from ci_client.terminal import SafeStream
 
@@ -154,6 +155,28 @@ def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+def cmd_tests(client: CIClient, args: argparse.Namespace) -> int:
+    project = args.project
+    if project is None:
+        latest = client.list_jobs(limit=1)
+        project = latest[0].get("project") if latest else None
+        if project is None:
+            _say("No project yet: submit one with `ci submit test`, or pass --project NAME.")
+            return EXIT_PASSED
+    tests = client.test_history(project, runs=args.runs)
+    if args.slowest is not None:
+        tests = sorted(tests, key=lambda test: test["median_duration"], reverse=True)
+        tests = tests[: args.slowest]
+    if args.json:
+        print(json.dumps(tests, indent=2))
+    elif tests:
+        _say(f"Project {project}: each test's latest runs, the newest on the right")
+        print_test_history(tests, SafeStream(sys.stdout))
+    else:
+        _say(f"No test results of project {project!r} yet.")
+    return EXIT_PASSED
+
+
 def cmd_show(client: CIClient, args: argparse.Namespace) -> int:
     job = client.get_job(args.job_id)
     failures = client.test_results(args.job_id, outcomes=PROBLEM_OUTCOMES)
@@ -240,6 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="a job's summary and its failing tests")
     show.add_argument("job_id")
     show.set_defaults(handler=cmd_show)
+
+    tests = commands.add_parser(
+        "tests",
+        help="each test's recent outcomes, failure rate and median duration in a project",
+        description="Outcomes are pytest's letters: . passed, F failed, E error, s skipped, "
+        "x xfailed.",
+    )
+    tests.add_argument(
+        "--project", metavar="NAME", help="the project (default: that of your latest job)"
+    )
+    tests.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    tests.add_argument(
+        "--slowest", type=int, metavar="N", help="only the N slowest tests, by median duration"
+    )
+    tests.add_argument(
+        "--runs", type=int, metavar="N", help="each test's latest N runs (default and most: 100)"
+    )
+    tests.set_defaults(handler=cmd_tests)
 
     logs = commands.add_parser("logs", help="print a job's whole log (following it if running)")
     logs.add_argument("job_id")

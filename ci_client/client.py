@@ -142,6 +142,13 @@ class CIClient:
             params["project"] = project
         return self._json(self._request("GET", "/jobs", params=params))
 
+    def test_history(self, project: str, *, runs: int | None = None) -> list[dict[str, Any]]:
+        """Each test of the user's project with its latest runs, newest first."""
+        params: dict[str, Any] = {"project": project}
+        if runs is not None:
+            params["runs"] = runs
+        return self._json(self._request("GET", "/tests", params=params))
+
     def cancel(self, job_id: str) -> tuple[dict[str, Any], bool]:
         """Cancel the job; say whether this call changed it (False: it had already finished)."""
         response = self._request("POST", f"/jobs/{job_id}/cancel")

@@ -160,3 +160,35 @@ def print_job_details(
         print(f"  {result['outcome'].upper()} {result['node_id']}", file=out)
         for line in message.splitlines():
             print(f"      {line}", file=out)
+
+
+OUTCOME_LETTERS = {"passed": ".", "failed": "F", "error": "E", "skipped": "s", "xfailed": "x"}
+"""pytest's letters for outcomes, as its progress line prints them."""
+RECENT_SHOWN = 20
+"""How many of a test's latest runs `ci tests` draws."""
+
+
+def format_test_duration(seconds: float) -> str:
+    """A test's duration: milliseconds below a second (most tests), else as jobs'."""
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else format_duration(seconds)
+
+
+def format_recent(runs: list[dict[str, Any]]) -> str:
+    """A test's latest runs as pytest's letters, oldest first: the newest is on the right."""
+    latest = runs[:RECENT_SHOWN]
+    return "".join(OUTCOME_LETTERS.get(run["outcome"], "?") for run in reversed(latest))
+
+
+def print_test_history(tests: list[dict[str, Any]], out: SupportsWrite[str]) -> None:
+    headers = ("TEST", "RECENT", "FAILED", "MEDIAN", "RUNS")
+    rows = [
+        (
+            test["node_id"],
+            format_recent(test["runs"]),
+            f"{test['failure_rate']:.0%}",
+            format_test_duration(test["median_duration"]),
+            len(test["runs"]),
+        )
+        for test in tests
+    ]
+    print_table(headers, rows, out)
