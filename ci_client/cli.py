@@ -96,12 +96,20 @@ def _upload(client: CIClient, args: argparse.Namespace) -> str:
         job = client.submit(
             archive,
             timeout_seconds=args.timeout,
-            pytest_args=args.pytest_args,
+            pytest_args=[*_order_args(args), *args.pytest_args],
             no_cache=args.no_cache,
             project=args.project,
             directory=root.name,
         )
     return job["job_id"]
+
+
+def _order_args(args: argparse.Namespace) -> list[str]:
+    """--lf and --no-ff as pytest's own: the server feeds pytest the project's last
+    failures unless its cache provider is off."""
+    if args.lf:
+        return ["--lf"]
+    return ["-p", "no:cacheprovider"] if args.no_ff else []
 
 
 def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
@@ -244,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the project's name (default: ci.toml's `project`, else the packaging metadata's "
         "name, else the directory's)",
+    )
+    order = submit.add_mutually_exclusive_group()
+    order.add_argument(
+        "--lf",
+        action="store_true",
+        help="run only the tests that failed in the project's last finished job (all if none)",
+    )
+    order.add_argument(
+        "--no-ff",
+        action="store_true",
+        help="keep pytest's order (by default the last job's failures run first)",
     )
     submit.set_defaults(handler=cmd_submit, pytest_args=[])
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ci_server.events import JobChannel
+from ci_server.history import last_failed
 from ci_server.models import (
     BlobNotFound,
     CIError,
@@ -33,7 +35,9 @@ from ci_server.runner.scripts import (
     JUNIT_FILE,
     PYTEST_MISSING_EXIT,
     TMP_FULL_EXIT,
+    cache_disabled,
     job_script,
+    only_last_failed,
 )
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
@@ -138,8 +142,11 @@ class JobPipeline:
         log.system(f"Project: {plan.description}")
         for note in plan.notes:
             log.system(note)
+        last_failed = await self._last_failed(job, pytest_args, log)
         tail = OutputTail()
-        outcome = await self._run_tests(job, spec, plan, config, pytest_args, tail, log)
+        outcome = await self._run_tests(
+            job, spec, plan, config, pytest_args, last_failed, tail, log
+        )
         if isinstance(outcome, Outcome):
             return outcome
         exit_code = outcome
@@ -152,6 +159,27 @@ class JobPipeline:
             return Outcome(JobStatus.FAILED, exit_code, limit_reached, summary)
         status = JobStatus.SUCCEEDED if exit_code == 0 else JobStatus.FAILED
         return Outcome(status, exit_code, summary=summary)
+
+    async def _last_failed(
+        self, job: Job, pytest_args: list[str], log: _JobLog
+    ) -> Sequence[str] | None:
+        """The failures of the project's last finished job, for pytest to run first (or
+        only, with --lf); None to keep pytest's order (-p no:cacheprovider, or none failed)."""
+        if cache_disabled(pytest_args):
+            return None
+        last = await last_failed(self.store, job)
+        failed = last.node_ids if last is not None else ()
+        if only_last_failed(pytest_args):
+            which = f"the {len(failed)} tests that failed" if failed else "every test: none failed"
+            log.system(f"Last failed only: {which} in the project's last finished job")
+            return failed
+        if last is None or not failed:
+            return None
+        log.system(
+            f"Failed first: {len(failed)} tests that failed in job {last.job_id} "
+            "(the project's last finished) run first"
+        )
+        return failed
 
     def _limit_reached(self, exit_code: int, report: Path) -> str | None:
         """Why the job fails if it wrote as much as it may somewhere."""
@@ -171,6 +199,7 @@ class JobPipeline:
         plan: InstallPlan,
         config: ProjectConfig,
         pytest_args: list[str],
+        last_failed: Sequence[str] | None,
         tail: OutputTail,
         log: _JobLog,
     ) -> int | Outcome:
@@ -188,7 +217,9 @@ class JobPipeline:
             try:
                 if prepared.failure is not None:
                     return Outcome(JobStatus.FAILED, prepared.exit_code, prepared.failure)
-                exit_code = await self._run_in(prepared, spec, plan, pytest_args, tail, log)
+                exit_code = await self._run_in(
+                    prepared, spec, plan, pytest_args, last_failed, tail, log
+                )
             except ImageMissing as e:
                 if not self.environments.forget(e.image):
                     raise
@@ -208,10 +239,13 @@ class JobPipeline:
         spec: RunSpec,
         plan: InstallPlan,
         pytest_args: list[str],
+        last_failed: Sequence[str] | None,
         tail: OutputTail,
         log: _JobLog,
     ) -> int:
-        script = job_script(plan, pytest_args, environment=prepared.installed)
+        script = job_script(
+            plan, pytest_args, environment=prepared.installed, last_failed=last_failed
+        )
         log.system(f"Running in {prepared.image}")
         job_spec = replace(spec, image=prepared.image, script=script)
         return await self.executor.run(job_spec, tail.following(log.feed))

@@ -21,6 +21,8 @@ from the network (its tests have none).
 
 from __future__ import annotations
 
+import itertools
+import json
 import shlex
 from collections.abc import Sequence
 
@@ -52,6 +54,36 @@ BY_SOURCE = f"{INSTALLED_PROJECT}/by-source"
 """In an environment image: the project is not installed in it, but built from each source
 on top of it (source_script)."""
 DEFAULT_PYTEST_ARGS = ("-v", "-p", "no:cacheprovider", "-o", "junit_family=xunit1")
+
+
+PYTEST_CACHE = "/tmp/ci-pytest-cache"
+"""pytest's cache directory when the server feeds it the last failures: on the tmpfs, away
+from whatever cache_dir the project sets or its upload holds."""
+
+
+def _failed_first(pytest_args: Sequence[str]) -> tuple[str, ...]:
+    """pytest's options with its cache provider on, reading PYTEST_CACHE."""
+    on = [arg for arg in DEFAULT_PYTEST_ARGS if arg not in ("-p", "no:cacheprovider")]
+    order = () if only_last_failed(pytest_args) else ("--ff",)
+    return (*on, "-o", f"cache_dir={PYTEST_CACHE}", *order)
+
+
+def cache_disabled(pytest_args: Sequence[str]) -> bool:
+    """Whether the user turned pytest's cache provider off (`ci submit test --no-ff` does)."""
+    pairs = itertools.pairwise(pytest_args)
+    return "-pno:cacheprovider" in pytest_args or ("-p", "no:cacheprovider") in pairs
+
+
+def only_last_failed(pytest_args: Sequence[str]) -> bool:
+    """Whether the user asked pytest to run only the last failures (`ci submit test --lf`)."""
+    return "--lf" in pytest_args or "--last-failed" in pytest_args
+
+
+def _write_last_failed(node_ids: Sequence[str]) -> str:
+    """The shell command that writes pytest's last-failed set (one JSON line, quoted)."""
+    content = json.dumps(dict.fromkeys(node_ids, True))
+    folder = f"{PYTEST_CACHE}/v/cache"
+    return f"mkdir -p {folder} && printf '%s' {shlex.quote(content)} > {folder}/lastfailed"
 
 
 def _copy_source(*under: str) -> str:
@@ -203,24 +235,29 @@ def _check_pytest() -> str:
     )
 
 
-def job_script(plan: InstallPlan, pytest_args: Sequence[str], *, environment: bool) -> str:
+def job_script(
+    plan: InstallPlan,
+    pytest_args: Sequence[str],
+    *,
+    environment: bool,
+    last_failed: Sequence[str] | None = None,
+) -> str:
     """Copy the read-only source and run pytest; install nothing from the network.
+
+    `last_failed`: node ids for pytest's cache provider, which is then on (in PYTEST_CACHE)
+    with `--ff`, unless `pytest_args` ask for `--lf` (only those; all when none).
 
     `environment`: the image holds what the plan installs (the dependencies, the project
     when it has a build: checked at run time). Else the plan installs nothing and the image
     is the job's own, which may lack pytest: then the status is PYTEST_MISSING_EXIT.
     Otherwise it is pytest's, INSTALL_FAILED_EXIT, or TMP_FULL_EXIT.
     """
+    options = DEFAULT_PYTEST_ARGS if last_failed is None else _failed_first(pytest_args)
     pytest = shlex.join(
-        [
-            "python",
-            "-m",
-            "pytest",
-            *DEFAULT_PYTEST_ARGS,
-            f"--junitxml={PYTEST_REPORT}",
-            *pytest_args,
-        ]
+        ["python", "-m", "pytest", *options, f"--junitxml={PYTEST_REPORT}", *pytest_args]
     )
+    if last_failed is not None:
+        pytest = f"{_write_last_failed(last_failed)} && {pytest}"
     install_project = _install_step(
         "Installing the project", [*plan.build_commands, *plan.project_commands]
     )
