@@ -13,19 +13,17 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from ci_server.api.auth import while_authenticated
 from ci_server.api.jobs import KEEPALIVE_SECONDS, Service
 from ci_server.jobs import JobService
-from ci_server.models import JobStatus
 from ci_server.store.signals import SignalKind
 from ci_server.web.access import FetchViewer, Viewer, viewer_of
-from ci_server.web.listing import jobs_page, owner_names
-from ci_server.web.pages import Templates
+from ci_server.web.listing import JobFilter, jobs_page, owner_names
+from ci_server.web.pages import Filter, Templates
 from ci_server.web.rendering import Pages
 
 router = APIRouter(include_in_schema=False)
@@ -40,7 +38,7 @@ async def _row_changes(
     service: JobService,
     templates: Pages,
     viewer: Viewer,
-    status: JobStatus | None,
+    only: JobFilter,
 ) -> AsyncGenerator[bytes, None]:
     store = request.app.state.store
     changed = asyncio.Event()
@@ -51,7 +49,7 @@ async def _row_changes(
     shown: dict[str, str] = {}
     try:
         while True:
-            page = await jobs_page(service, viewer.user, status=status)
+            page = await jobs_page(service, viewer.user, only=only)
             owners = await owner_names(store, page.views)
             frames = []
             for view in reversed(page.views):
@@ -78,9 +76,9 @@ async def live_jobs(
     viewer: FetchViewer,
     service: Service,
     templates: Templates,
-    status: Annotated[JobStatus | None, Query()] = None,
+    only: Filter,
 ) -> EventSourceResponse:
-    changes = _row_changes(request, service, templates, viewer, status)
+    changes = _row_changes(request, service, templates, viewer, only)
     return EventSourceResponse(
         while_authenticated(request, changes, check=viewer_of),
         ping=KEEPALIVE_SECONDS,

@@ -8,7 +8,7 @@ carry the session's CSRF token.
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
@@ -18,9 +18,10 @@ from ci_server.accounts import end_session, start_session
 from ci_server.api.jobs import JOB_ID_PATTERN, MAX_SEQ, Service
 from ci_server.jobs import JobService
 from ci_server.models import JobAlreadyFinished, JobNotFound, JobStatus, TestOutcome
+from ci_server.runner.naming import MAX_PROJECT_CHARS
 from ci_server.users import NotAuthenticated, User
 from ci_server.web.access import FetchViewer, PageViewer, Viewer, viewer_of
-from ci_server.web.listing import jobs_page, owner_names
+from ci_server.web.listing import JobFilter, jobs_page, owner_names
 from ci_server.web.rendering import Pages
 from ci_server.web.sessions import csrf_valid, drop_session_cookie, set_session_cookie
 
@@ -41,6 +42,18 @@ def pages(request: Request) -> Pages:
 
 
 Templates = Annotated[Pages, Depends(pages)]
+
+
+def job_filter(
+    status: Annotated[JobStatus | Literal[""] | None, Query()] = None,
+    project: Annotated[str | None, Query(max_length=MAX_PROJECT_CHARS)] = None,
+) -> JobFilter:
+    """The jobs page's filter from its query; the form's empty fields ("any") filter
+    nothing."""
+    return JobFilter(status or None, (project or "").strip() or None)
+
+
+Filter = Annotated[JobFilter, Depends(job_filter)]
 
 
 def check_csrf(viewer: Viewer, token: str | None) -> None:
@@ -114,13 +127,13 @@ async def jobs(
     viewer: PageViewer,
     service: Service,
     templates: Templates,
-    status: Annotated[JobStatus | None, Query()] = None,
+    only: Filter,
     before: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
 ) -> Response:
     try:
-        page = await jobs_page(service, viewer.user, status=status, before=before)
+        page = await jobs_page(service, viewer.user, only=only, before=before)
     except JobNotFound:  # a `before` that is not one of the user's jobs
-        page = await jobs_page(service, viewer.user, status=status)
+        page = await jobs_page(service, viewer.user, only=only)
         before = None
     owners = await owner_names(request.app.state.store, page.views)
     return templates.page(
@@ -128,7 +141,7 @@ async def jobs(
         viewer=viewer,
         page=page,
         owners=owners,
-        status=status,
+        only=only,
         before=before,
         live=before is None,
     )

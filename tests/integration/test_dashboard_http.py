@@ -17,7 +17,14 @@ from ci_server.store.sqlite import SqliteStore
 from ci_server.users import Session
 from tests.fakes import FakeExecutor, FakeRun
 from tests.integration.test_auth_api import People, Person, add_person
-from tests.integration.test_sqlite_api import UNKNOWN_ID, finished, make_settings, serve, submit
+from tests.integration.test_sqlite_api import (
+    PASSING_PROJECT,
+    UNKNOWN_ID,
+    finished,
+    make_settings,
+    serve,
+    submit,
+)
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -51,11 +58,12 @@ async def sign_in(client: httpx.AsyncClient, person: Person) -> httpx.Response:
     return response
 
 
-async def job_of(client: httpx.AsyncClient, person: Person) -> str:
-    """A finished job of `person`, submitted through the API with their key."""
+async def job_of(client: httpx.AsyncClient, person: Person, **form: str) -> str:
+    """A finished job of `person`, submitted through the API with their key (and `form`'s
+    fields)."""
     client.headers.update(person.headers)
     try:
-        response = await submit(client)
+        response = await submit(client, PASSING_PROJECT, **form)
         assert response.status_code == 201, response.text
         job_id = response.json()["job_id"]
         await finished(client, job_id)
@@ -189,7 +197,8 @@ async def test_pages_name_the_jobs_project(client: httpx.AsyncClient, people: Pe
     assert f'<a href="/job/{unnamed}">Job <span class="job-id">{unnamed}' in jobs
     page = (await client.get(f"/job/{job_id}")).text
     assert "<title>&lt;b&gt;shop&lt;/b&gt; " in page
-    assert "<dt>Project</dt><dd>&lt;b&gt;shop&lt;/b&gt;</dd>" in page
+    assert '<dt>Project</dt><dd><a href="/?project=%3Cb%3Eshop%3C%2Fb%3E"' in page
+    assert ">&lt;b&gt;shop&lt;/b&gt;</a></dd>" in page
 
 
 async def test_cancel_needs_the_csrf_token(client: httpx.AsyncClient, people: People) -> None:
@@ -254,3 +263,40 @@ async def test_jobs_filter_by_status_and_page_by_key(
     none = (await client.get("/", params={"status": "failed"})).text
     assert not any(i in none for i in ids)
     assert "No jobs failed here yet" in none
+
+
+def shown(page: str, ids: list[str]) -> list[str]:
+    """Which of the jobs `ids` the page lists, in its order."""
+    return sorted((i for i in ids if f'id="job-{i}"' in page), key=page.index)
+
+
+async def test_jobs_filter_by_project_with_status_and_pages(
+    client: httpx.AsyncClient, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ci_server.web.listing.PAGE_SIZE", 2)
+    shop = [await job_of(client, people.ann, project="shop & co") for _ in range(3)]
+    other = await job_of(client, people.ann, project="other")
+    theirs = await job_of(client, people.bob, project="shop & co")
+    every = [*shop, other, theirs]
+    await sign_in(client, people.ann)
+    first = (await client.get("/", params={"project": "shop & co"})).text
+    assert shown(first, every) == shop[:0:-1]  # newest first
+    assert 'value="shop &amp; co"' in first  # the field keeps the filter
+    assert 'data-live="/live/jobs?project=shop+%26+co"' in first
+    older = re.search(r'href="/\?project=shop\+%26\+co&amp;before=([0-9a-f]{12})"', first)
+    assert older is not None
+    second = await client.get("/", params={"project": "shop & co", "before": older.group(1)})
+    assert shown(second.text, every) == shop[:1]
+    assert 'href="/?project=shop+%26+co">Newest' in second.text
+    # With a status too: both filters hold, and the pages' links keep both.
+    both = (await client.get("/", params={"status": "succeeded", "project": "shop & co"})).text
+    assert shown(both, every) == shop[:0:-1]
+    assert "/?status=succeeded&amp;project=shop+%26+co&amp;before=" in both
+    failed = (await client.get("/", params={"status": "failed", "project": "shop & co"})).text
+    assert "No jobs failed of project shop &amp; co here yet" in failed
+    # An empty field (the form's "any") filters nothing; a job page links to its project's.
+    response = await client.get("/", params={"status": "", "project": " "})
+    everything = response.text
+    assert shown(everything, every) == [other, shop[2]]
+    page = (await client.get(f"/job/{other}")).text
+    assert '<dt>Project</dt><dd><a href="/?project=other"' in page
