@@ -90,9 +90,16 @@ def submit(server: ServerProcess, person: Person, project: str) -> str:
     return response.json()["job_id"]
 
 
-def sign_in(browser: Any, server: ServerProcess, person: Person) -> Any:
-    """A new browser context (its own cookies) signed in as `person`; its page."""
-    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+LAPTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def sign_in(
+    browser: Any, server: ServerProcess, person: Person, viewport: dict[str, int] = LAPTOP
+) -> Any:
+    """A new browser context (its own cookies, a screen of `viewport`'s size) signed in as
+    `person`; its page."""
+    context = browser.new_context(base_url=server.url, viewport=viewport)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto("/")
@@ -101,3 +108,33 @@ def sign_in(browser: Any, server: ServerProcess, person: Person) -> Any:
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{server.url}/")
     return page
+
+
+def tab_to(page: Any, target: Any, *, backwards: bool = False, most: int = 60) -> None:
+    """Press Tab (Shift+Tab) until `target` (a locator) has the keyboard's focus."""
+    key = "Shift+Tab" if backwards else "Tab"
+    for _ in range(most):
+        page.keyboard.press(key)
+        if target.evaluate("element => element === document.activeElement"):
+            return
+    raise AssertionError(f"{most} presses of {key} never reached {target}")
+
+
+OUT_OF_SCREEN = """(selectors) => {
+  const wrong = [];
+  if (document.scrollingElement.scrollWidth > innerWidth)
+    wrong.push(`the page is ${document.scrollingElement.scrollWidth}px wide`);
+  for (const element of document.querySelectorAll(selectors)) {
+    const box = element.getBoundingClientRect();
+    const size = parseFloat(getComputedStyle(element).fontSize);
+    if (box.left < 0 || box.right > innerWidth + 0.5 || size < 12)
+      wrong.push(`${element.outerHTML.slice(0, 80)}: ${box.left}-${box.right}px, ${size}px`);
+  }
+  return wrong;
+}"""
+
+
+def out_of_screen(page: Any, selectors: str) -> list[str]:
+    """What would make a reader scroll sideways: the page wider than the window, an element
+    of `selectors` out of it or in a font smaller than 12px. Empty when all is readable."""
+    return page.evaluate(OUT_OF_SCREEN, selectors)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Person, sign_in, submit
+from tests.browser.conftest import PHONE, Person, out_of_screen, sign_in, submit, tab_to
 from tests.e2e.harness import ServerProcess
 
 pytestmark = pytest.mark.docker
@@ -35,6 +36,20 @@ def ann(dashboard_server: ServerProcess) -> Person:
     return person(dashboard_server, "ann")
 
 
+@pytest.fixture(scope="module")
+def demo_job(dashboard_server: ServerProcess, ann: Person) -> Callable[[], str]:
+    """Ann's dashboard_demo job: submitted when a test first asks (that test watches it
+    run), then the same job for the module's later tests."""
+    submitted: list[str] = []
+
+    def job() -> str:
+        if not submitted:
+            submitted.append(submit(dashboard_server, ann, "dashboard_demo"))
+        return submitted[0]
+
+    return job
+
+
 def test_jobs_appear_and_change_live_and_cancel_needs_the_page(
     browser: Any, dashboard_server: ServerProcess, ann: Person
 ) -> None:
@@ -55,7 +70,15 @@ def test_jobs_appear_and_change_live_and_cancel_needs_the_page(
     job_page = jobs.context.new_page()
     job_page.goto(f"/job/{hanging}")
     expect(job_page.locator("#log-lines")).to_contain_text("hanging test started")
-    job_page.get_by_role("button", name="Cancel job").click()
+    # By keyboard: Tab reaches "Follow the end" (Space toggles it) and Cancel (Enter).
+    follow = job_page.get_by_label("Follow the end")
+    tab_to(job_page, follow)
+    job_page.keyboard.press("Space")
+    expect(follow).not_to_be_checked()
+    job_page.keyboard.press("Space")
+    expect(follow).to_be_checked()
+    tab_to(job_page, job_page.get_by_role("button", name="Cancel job"), backwards=True)
+    job_page.keyboard.press("Enter")
     expect(job_page.locator("#details .status")).to_have_text("cancelled")
     expect(job_page.get_by_role("button", name="Cancel job")).to_have_count(0)
     assert dashboard_server.job(hanging)["status"] == "cancelled"
@@ -69,10 +92,10 @@ def test_jobs_appear_and_change_live_and_cancel_needs_the_page(
 
 
 def test_a_running_jobs_log_arrives_live_in_order_and_its_failure_is_shown(
-    browser: Any, dashboard_server: ServerProcess, ann: Person
+    browser: Any, dashboard_server: ServerProcess, ann: Person, demo_job: Callable[[], str]
 ) -> None:
     page = sign_in(browser, dashboard_server, ann)
-    job_id = submit(dashboard_server, ann, "dashboard_demo")
+    job_id = demo_job()
     page.goto(f"/job/{job_id}")
     lines = page.locator("#log-lines")
     expect(lines).to_contain_text("counting 05", timeout=120_000)
@@ -96,6 +119,29 @@ def test_a_running_jobs_log_arrives_live_in_order_and_its_failure_is_shown(
     with page.expect_download() as download:
         page.get_by_role("link", name="Download the raw log").click()
     assert "counting 30" in download.value.path().read_text()
+
+
+def test_at_phone_width_nothing_is_out_of_screen_and_the_keyboard_opens_a_job(
+    browser: Any, dashboard_server: ServerProcess, ann: Person, demo_job: Callable[[], str]
+) -> None:
+    job_id = demo_job()
+    page = sign_in(browser, dashboard_server, ann, viewport=PHONE)
+    link = page.locator(f"#job-{job_id} a")
+    expect(link).to_be_visible()
+    assert out_of_screen(page, "h1, .filter > *, #jobs td, #jobs td > *, .pager a") == []
+    tab_to(page, link)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/job/{job_id}")
+    expect(page.locator("#details .status")).to_have_text("failed", timeout=120_000)
+    lines = page.locator("#log-lines")
+    expect(lines).to_contain_text("wide:" + "=" * 300)
+    expect(page.locator("details.failure .traceback")).to_be_visible()
+    parts = (
+        "h1, .details dt, .details dd, .actions > *, .log-bar > :not([hidden]), #log-lines,"
+        " details.failure, .traceback, #tests td"
+    )
+    assert out_of_screen(page, parts) == []
+    assert lines.evaluate("box => box.scrollWidth <= box.clientWidth + 1")  # wide lines wrap
 
 
 def test_another_users_job_is_a_404_like_an_unknown_one(

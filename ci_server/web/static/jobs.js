@@ -11,8 +11,12 @@
     template.innerHTML = html.trim();
     const row = template.content.firstElementChild;
     const old = document.getElementById(`job-${id}`);
-    if (old) old.replaceWith(row);
-    else body.prepend(row);
+    if (old) {
+      // A keyboard user's focus stays on the row's link while its status changes.
+      const focused = old.contains(document.activeElement);
+      old.replaceWith(row);
+      if (focused) row.querySelector("a").focus();
+    } else body.prepend(row);
     const empty = document.getElementById("no-jobs");
     if (empty) empty.remove();
   });
