@@ -54,6 +54,15 @@ BY_SOURCE = f"{INSTALLED_PROJECT}/by-source"
 """In an environment image: the project is not installed in it, but built from each source
 on top of it (source_script)."""
 DEFAULT_PYTEST_ARGS = ("-v", "-p", "no:cacheprovider", "-o", "junit_family=xunit1")
+COLOUR_ARG = "--color=yes"
+"""pytest prints colour, though its output is not a terminal: the dashboard renders it, and
+`ci` strips it when its own output is not a terminal (ci_client/terminal.py)."""
+
+
+def _colour(pytest_args: Sequence[str]) -> list[str]:
+    """COLOUR_ARG, unless the user's own arguments choose (`--color NAME`, `--color=NAME`)."""
+    chosen = any(arg == "--color" or arg.startswith("--color=") for arg in pytest_args)
+    return [] if chosen else [COLOUR_ARG]
 
 
 PYTEST_CACHE = "/tmp/ci-pytest-cache"
@@ -254,7 +263,15 @@ def job_script(
     """
     options = DEFAULT_PYTEST_ARGS if last_failed is None else _failed_first(pytest_args)
     pytest = shlex.join(
-        ["python", "-m", "pytest", *options, f"--junitxml={PYTEST_REPORT}", *pytest_args]
+        [
+            "python",
+            "-m",
+            "pytest",
+            *options,
+            *_colour(pytest_args),
+            f"--junitxml={PYTEST_REPORT}",
+            *pytest_args,
+        ]
     )
     if last_failed is not None:
         pytest = f"{_write_last_failed(last_failed)} && {pytest}"
