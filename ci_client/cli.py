@@ -104,12 +104,22 @@ def _upload(client: CIClient, args: argparse.Namespace) -> str:
     return job["job_id"]
 
 
+def _count(text: str) -> int:
+    """A command-line count: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 or more")
+    return value
+
+
 def _order_args(args: argparse.Namespace) -> list[str]:
-    """--lf and --no-ff as pytest's own: the server feeds pytest the project's last
-    failures unless its cache provider is off."""
+    """--lf, --no-ff and --rerun-failures as pytest's own: the server feeds pytest the
+    project's last failures unless its cache provider is off, and installs
+    pytest-rerunfailures for `--reruns`."""
+    reruns = ["--reruns", str(args.rerun_failures)] if args.rerun_failures else []
     if args.lf:
-        return ["--lf"]
-    return ["-p", "no:cacheprovider"] if args.no_ff else []
+        return ["--lf", *reruns]
+    return ["-p", "no:cacheprovider", *reruns] if args.no_ff else reruns
 
 
 def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
@@ -172,6 +182,9 @@ def cmd_tests(client: CIClient, args: argparse.Namespace) -> int:
             _say("No project yet: submit one with `ci submit test`, or pass --project NAME.")
             return EXIT_PASSED
     tests = client.test_history(project, runs=args.runs)
+    if args.flaky:
+        tests = [test for test in tests if test["flaky_runs"]]
+        tests = sorted(tests, key=lambda test: test["flake_rate"], reverse=True)
     if args.slowest is not None:
         tests = sorted(tests, key=lambda test: test["median_duration"], reverse=True)
         tests = tests[: args.slowest]
@@ -180,6 +193,8 @@ def cmd_tests(client: CIClient, args: argparse.Namespace) -> int:
     elif tests:
         _say(f"Project {project}: each test's latest runs, the newest on the right")
         print_test_history(tests, SafeStream(sys.stdout))
+    elif args.flaky:
+        _say(f"No flaky tests in project {project!r}'s history.")
     else:
         _say(f"No test results of project {project!r} yet.")
     return EXIT_PASSED
@@ -187,8 +202,9 @@ def cmd_tests(client: CIClient, args: argparse.Namespace) -> int:
 
 def cmd_show(client: CIClient, args: argparse.Namespace) -> int:
     job = client.get_job(args.job_id)
-    failures = client.test_results(args.job_id, outcomes=PROBLEM_OUTCOMES)
-    print_job_details(job, failures, SafeStream(sys.stdout))
+    failures = client.test_results(args.job_id, outcomes=(*PROBLEM_OUTCOMES, "flaky"))
+    history = client.test_history(job["project"]) if job.get("project") and failures else []
+    print_job_details(job, failures, SafeStream(sys.stdout), history)
     return EXIT_PASSED
 
 
@@ -264,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep pytest's order (by default the last job's failures run first)",
     )
+    submit.add_argument(
+        "--rerun-failures",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="rerun a failing test up to N times (pytest-rerunfailures): one that then passes "
+        "is flaky, and does not fail the job",
+    )
     submit.set_defaults(handler=cmd_submit, pytest_args=[])
 
     wait = commands.add_parser(
@@ -287,12 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
         "tests",
         help="each test's recent outcomes, failure rate and median duration in a project",
         description="Outcomes are pytest's letters: . passed, F failed, E error, s skipped, "
-        "x xfailed.",
+        "x xfailed, R flaky (failed, then passed on a rerun).",
     )
     tests.add_argument(
         "--project", metavar="NAME", help="the project (default: that of your latest job)"
     )
     tests.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    tests.add_argument(
+        "--flaky",
+        action="store_true",
+        help="only the flaky tests (failed, then passed on a rerun), the flakiest first",
+    )
     tests.add_argument(
         "--slowest", type=int, metavar="N", help="only the N slowest tests, by median duration"
     )

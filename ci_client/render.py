@@ -33,7 +33,7 @@ def format_time(value: str | None) -> str:
     return local_time(datetime.fromisoformat(value) if value else None)
 
 
-COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "rerun")
+COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "flaky", "rerun")
 """A summary's counts, in the order they are shown."""
 PROBLEM_OUTCOMES = ("failed", "error")
 
@@ -115,10 +115,28 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: SupportsWrite[str]) -> Non
     print_table(headers, rows, out)
 
 
+def flaky_note(test: dict[str, Any] | None) -> str:
+    """What a test's history says of its flakiness: ` flaky (failed, then passed on a rerun
+    in 2 of its last 20 runs; failed in 3)`, or nothing when none of its runs was flaky."""
+    runs = test["runs"][:RECENT_SHOWN] if test else []
+    flaky = sum(run["outcome"] == "flaky" for run in runs)
+    failed = sum(run["outcome"] in PROBLEM_OUTCOMES for run in runs)
+    if not flaky:
+        return ""
+    return (
+        f"  flaky (failed, then passed on a rerun in {flaky} of its last {len(runs)} runs; "
+        f"failed in {failed})"
+    )
+
+
 def print_job_details(
-    job: dict[str, Any], results: Iterable[dict[str, Any]], out: SupportsWrite[str]
+    job: dict[str, Any],
+    results: Iterable[dict[str, Any]],
+    out: SupportsWrite[str],
+    history: Iterable[dict[str, Any]] = (),
 ) -> None:
-    """`ci show`: the job's summary, then each test that did not pass, with its message.
+    """`ci show`: the job's summary, then each test that did not pass, with its message,
+    marked flaky when the project's `history` says so; then its flaky tests.
 
     A collection error (its node id is a module's path, without `::`) takes one line:
     `ERROR collecting tests/test_x.py: ModuleNotFoundError: No module named 'foo'`.
@@ -133,7 +151,9 @@ def print_job_details(
         print(f"  pytest    {shlex.join(job['pytest_args'])}", file=out)
     summary = job.get("summary")
     if summary:
-        counts = [f"{summary.get(key, 0)} {key}" for key in COUNTS[:-1]]
+        counts = [f"{summary.get(key, 0)} {key}" for key in COUNTS[:-2]]
+        if summary.get("flaky"):
+            counts.append(f"{summary['flaky']} flaky")
         if summary.get("rerun"):
             counts.append(f"{summary['rerun']} rerun")
         print(f"  tests     {', '.join(counts)}", file=out)
@@ -145,6 +165,8 @@ def print_job_details(
                 f"{summary['total']:,} tests (the server's limit)",
                 file=out,
             )
+    tests = {test["node_id"]: test for test in history}
+    results = list(results)
     heading = False
     for result in results:
         if result["outcome"] not in PROBLEM_OUTCOMES:
@@ -157,13 +179,27 @@ def print_job_details(
             error = f": {message}" if message else ""
             print(f"  ERROR collecting {result['node_id']}{error}", file=out)
             continue
-        print(f"  {result['outcome'].upper()} {result['node_id']}", file=out)
+        note = flaky_note(tests.get(result["node_id"]))
+        print(f"  {result['outcome'].upper()} {result['node_id']}{note}", file=out)
         for line in message.splitlines():
             print(f"      {line}", file=out)
+    flaky = [result for result in results if result["outcome"] == "flaky"]
+    if flaky:
+        print("\nFlaky (failed, then passed on a rerun; they do not fail the job):", file=out)
+    for result in flaky:
+        print(f"  FLAKY {result['node_id']}: {result.get('message') or ''}", file=out)
 
 
-OUTCOME_LETTERS = {"passed": ".", "failed": "F", "error": "E", "skipped": "s", "xfailed": "x"}
-"""pytest's letters for outcomes, as its progress line prints them."""
+OUTCOME_LETTERS = {
+    "passed": ".",
+    "failed": "F",
+    "error": "E",
+    "skipped": "s",
+    "xfailed": "x",
+    "flaky": "R",
+}
+"""pytest's letters for outcomes, as its progress line prints them (R: pytest-rerunfailures'
+for a rerun; here a test that failed, then passed on a rerun)."""
 RECENT_SHOWN = 20
 """How many of a test's latest runs `ci tests` draws."""
 
@@ -180,12 +216,13 @@ def format_recent(runs: list[dict[str, Any]]) -> str:
 
 
 def print_test_history(tests: list[dict[str, Any]], out: SupportsWrite[str]) -> None:
-    headers = ("TEST", "RECENT", "FAILED", "MEDIAN", "RUNS")
+    headers = ("TEST", "RECENT", "FAILED", "FLAKY", "MEDIAN", "RUNS")
     rows = [
         (
             test["node_id"],
             format_recent(test["runs"]),
             f"{test['failure_rate']:.0%}",
+            f"{test['flake_rate']:.0%}",
             format_test_duration(test["median_duration"]),
             len(test["runs"]),
         )

@@ -120,6 +120,8 @@ class TestOutcome(enum.StrEnum):
     ERROR = "error"
     SKIPPED = "skipped"
     XFAILED = "xfailed"
+    FLAKY = "flaky"
+    """Failed, then passed when rerun in the same job (pytest-rerunfailures)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,19 @@ class TestHistory:
         return sum(run.outcome in FAILING_OUTCOMES for run in self.runs) / len(self.runs)
 
     @property
+    def flaky_runs(self) -> int:
+        """How many of its runs failed, then passed on a rerun in the same job."""
+        return sum(run.outcome is TestOutcome.FLAKY for run in self.runs)
+
+    @property
+    def flake_rate(self) -> float:
+        """The share of its runs that were flaky (0 with no runs).
+
+        Only reruns within a job tell: jobs keep no hash of their upload's content yet, so
+        a pass and a failure on the same content in two jobs are not recognised."""
+        return self.flaky_runs / len(self.runs) if self.runs else 0.0
+
+    @property
     def median_duration(self) -> float:
         """The median of its runs' durations, in seconds (0 with no runs)."""
         return statistics.median(run.duration_seconds for run in self.runs) if self.runs else 0.0
@@ -181,6 +196,8 @@ class TestSummary:
     """Unexpected passes of xfail tests (not strict): pytest's report lists them as passed."""
     rerun: int = 0
     """Runs a plugin repeated (pytest-rerunfailures): not tests, not in `total`."""
+    flaky: int = 0
+    """Tests that failed, then passed on a rerun: they do not fail the job."""
     results_kept: int | None = None
     """How many per-test results were kept, when fewer than the report has (a limit)."""
     warning: str | None = None
@@ -195,11 +212,20 @@ class TestSummary:
             errors=outcomes.get(TestOutcome.ERROR, 0),
             skipped=outcomes.get(TestOutcome.SKIPPED, 0),
             xfailed=outcomes.get(TestOutcome.XFAILED, 0),
+            flaky=outcomes.get(TestOutcome.FLAKY, 0),
         )
 
     @property
     def total(self) -> int:
-        return self.passed + self.failed + self.errors + self.skipped + self.xfailed + self.xpassed
+        return (
+            self.passed
+            + self.failed
+            + self.errors
+            + self.skipped
+            + self.xfailed
+            + self.xpassed
+            + self.flaky
+        )
 
     def checked(self, exit_code: int) -> TestSummary:
         """The summary, with a warning if it contradicts `exit_code` (pytest's).

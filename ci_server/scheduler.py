@@ -21,6 +21,7 @@ from ci_server.models import (
     Job,
     JobStatus,
     StorageFailure,
+    TestOutcome,
     TestSummary,
 )
 from ci_server.runner.config import ConfigError, ProjectConfig, load_config
@@ -29,7 +30,13 @@ from ci_server.runner.executor import REPORT_DIR, Executor, ExecutorError, Image
 from ci_server.runner.layers import JobImage, Layers
 from ci_server.runner.output import LineSplitter, LogBudget
 from ci_server.runner.project import InstallPlan, ProjectError, plan_install
-from ci_server.runner.reports import OutputTail, ReportReader, ReportRefused, with_pytest_counts
+from ci_server.runner.reports import (
+    OutputTail,
+    ReportReader,
+    ReportRefused,
+    with_pytest_counts,
+    with_reruns,
+)
 from ci_server.runner.scripts import (
     INSTALL_FAILED_EXIT,
     JUNIT_FILE,
@@ -126,7 +133,8 @@ class JobPipeline:
         if image not in self.settings.allowed_image_set:
             allowed = ", ".join(sorted(self.settings.allowed_image_set))
             raise ProjectError(f"ci.toml: image {image!r} is not allowed here (allowed: {allowed})")
-        plan = await asyncio.to_thread(plan_install, project, config)  # reads the tests too
+        # It reads the tests too, and the job's own pytest args for the plugins they need.
+        plan = await asyncio.to_thread(plan_install, project, config, job.pytest_args)
         pytest_args = [*config.pytest_args, *job.pytest_args]
         spec = RunSpec(
             job_id=job.id,
@@ -262,7 +270,12 @@ class JobPipeline:
             return None
         if report is None:
             return None
-        summary = with_pytest_counts(report.summary, tail.pytest_counts()).checked(exit_code)
+        summary = with_pytest_counts(report.summary, tail.pytest_counts())
+        results, summary = with_reruns(report.results, summary)
+        summary = summary.checked(exit_code)
+        for result in results:
+            if result.outcome is TestOutcome.FLAKY:
+                log.system(f"Flaky: {result.node_id} {result.message} (it does not fail the job)")
         if summary.results_kept is not None:
             log.system(
                 f"Test report capped: it has {summary.total:,} tests; the results of the first "
@@ -278,7 +291,7 @@ class JobPipeline:
                 f"Test report disagrees with the exit code: it says {says}, pytest exited with "
                 f"{exit_code}; the job's status follows the exit code"
             )
-        await self.store.set_test_results(job.id, report.results)
+        await self.store.set_test_results(job.id, results)
         return summary
 
 

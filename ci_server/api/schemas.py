@@ -19,6 +19,7 @@ class SummaryOut(BaseModel):
     xfailed: int
     xpassed: int
     rerun: int = Field(description="runs a plugin repeated; not tests, not in `total`")
+    flaky: int = Field(description="tests that failed, then passed on a rerun (the job passes)")
     total: int
     results_kept: int | None = Field(
         description="per-test results kept, when fewer than the tests (the server's limit)"
@@ -55,6 +56,8 @@ class TestHistoryOut(BaseModel):
     runs: list[TestRunOut] = Field(description="its latest runs in finished jobs, newest first")
     failure_rate: float = Field(description="the share of those runs that failed or errored")
     median_duration: float = Field(description="the median of their durations, in seconds")
+    flaky_runs: int = Field(description="how many of those runs failed, then passed on a rerun")
+    flake_rate: float = Field(description="the share of those runs that were flaky")
 
     model_config = ConfigDict(from_attributes=True)  # read from the domain's TestHistory
 

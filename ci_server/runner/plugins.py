@@ -1,7 +1,8 @@
 """The pytest plugins a project needs without listing them, found from a table.
 
 Each row says what a plugin brings that a project may use: command-line options (in the
-pytest configuration's `addopts`, ci.toml's `pytest_args` or its `PYTEST_ADDOPTS`),
+pytest configuration's `addopts`, ci.toml's `pytest_args` or its `PYTEST_ADDOPTS`, or the
+job's own pytest arguments: `ci submit test --rerun-failures 3` sends `--reruns 3`),
 configuration keys, markers and fixtures its tests use. A project using one gets the plugin
 installed, and the job's log says why. pytest's own `required_plugins` are taken as they are.
 What is not in the table stays the user's to install: pytest says what it does not know. A
@@ -20,7 +21,7 @@ import os
 import re
 import shlex
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,14 @@ def _words(value: Any) -> list[str]:
     return words
 
 
-def _options(config: PytestConfig | None, project: ProjectConfig) -> Iterator[tuple[str, str]]:
-    """(option, where) for each option the project passes pytest."""
-    places = [(f"{CONFIG_FILE} pytest_args", list(project.pytest_args))]
+def _options(
+    config: PytestConfig | None, project: ProjectConfig, command_line: Sequence[str]
+) -> Iterator[tuple[str, str]]:
+    """(option, where) for each option the project, or the job, passes pytest."""
+    places = [
+        (f"{CONFIG_FILE} pytest_args", list(project.pytest_args)),
+        ("the job's pytest arguments", list(command_line)),
+    ]
     if "PYTEST_ADDOPTS" in project.env:
         places.append((f"{CONFIG_FILE} PYTEST_ADDOPTS", [project.env["PYTEST_ADDOPTS"]]))
     if config is not None:
@@ -301,7 +307,11 @@ def _reason(
 
 
 def needed_plugins(
-    root: Path, pyproject: Mapping[str, Any], project: ProjectConfig, listed: frozenset[str]
+    root: Path,
+    pyproject: Mapping[str, Any],
+    project: ProjectConfig,
+    listed: frozenset[str],
+    command_line: Sequence[str] = (),
 ) -> list[NeededPlugin]:
     """The plugins the project uses and its dependencies (`listed`: normalized names) do
     not list, in the table's order (the install command keys the environment)."""
@@ -311,7 +321,7 @@ def needed_plugins(
         for requirement in _words(config.settings.get(REQUIRED_PLUGINS, [])):
             if requirement_name(requirement) not in listed:
                 needed.append(NeededPlugin(requirement, f"{REQUIRED_PLUGINS} in {config.label}"))
-    options = list(_options(config, project))
+    options = list(_options(config, project, command_line))
     used = _used_in_tests(root, config)
     taken = listed | {requirement_name(plugin.requirement) for plugin in needed}
     for plugin in PLUGINS:

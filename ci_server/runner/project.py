@@ -516,7 +516,11 @@ def _description(choice: _Choice, packaging: _Packaging, metadata: _Metadata | N
     return description
 
 
-def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
+def plan_install(
+    root: Path, config: ProjectConfig, command_line: Sequence[str] = ()
+) -> InstallPlan:
+    """What to install for the project at `root`; `command_line`: the job's own pytest
+    arguments (`ci submit test -- ...`), whose options may need a plugin too."""
     packaging = _packaging(root)
     metadata = _metadata(root, packaging) if packaging.files else None
     choice = _choose(root, packaging, metadata)
@@ -533,7 +537,7 @@ def plan_install(root: Path, config: ProjectConfig) -> InstallPlan:
     notes = _used_notes(choice, packaging) + notes
     notes += [f"Not installed: {skipped}" for r in used for skipped in r.skipped]
     listed = frozenset().union(*(r.names for r in used))
-    plugins = needed_plugins(root, packaging.pyproject, config, listed)
+    plugins = needed_plugins(root, packaging.pyproject, config, listed, command_line)
     if plugins:
         commands.append(_plugin_command([plugin.requirement for plugin in plugins]))
         notes += [f"Adding pytest plugin {p.requirement}: {p.reason}" for p in plugins]

@@ -11,7 +11,9 @@ All test cases are counted; the first `max_results` are kept.
 pytest's report (xunit1) marks an xfailed test as `<skipped type="pytest.xfail">`, an
 unexpected pass (xfail, not strict) as a plain pass, and a rerun (pytest-rerunfailures) as an
 extra passing test case. Its terminal summary line (`2 passed, 1 xpassed, 1 rerun in 0.1s`)
-counts those two; `with_pytest_counts` moves them out of the passes.
+counts those two; `with_pytest_counts` moves them out of the passes. A test that was rerun is
+its run's test cases in a row, the same node id each, all but the last a plain pass whatever it
+did (pytest-rerunfailures 16): `with_reruns` makes them one result, flaky when the last passed.
 """
 
 from __future__ import annotations
@@ -333,3 +335,31 @@ def with_pytest_counts(summary: TestSummary, counts: Mapping[str, int] | None) -
     return dataclasses.replace(
         summary, passed=summary.passed - xpassed - rerun, xpassed=xpassed, rerun=rerun
     )
+
+
+def with_reruns(
+    results: list[TestResult], summary: TestSummary
+) -> tuple[list[TestResult], TestSummary]:
+    """One result per test that was rerun (its last run's, with the time of all its runs):
+    flaky when it passed in the end, as the summary then counts it (not among the passes).
+
+    Only when pytest's line counted reruns: else the same node id twice in a row is not a
+    rerun (a call's failure and its teardown's error are two test cases too)."""
+    if not summary.rerun:
+        return results, summary
+    merged: list[tuple[TestResult, int, float]] = []  # a result, its runs, their time
+    for result in results:
+        if merged and merged[-1][0].node_id == result.node_id:
+            _, runs, duration = merged.pop()
+            merged.append((result, runs + 1, duration + result.duration_seconds))
+        else:
+            merged.append((result, 1, result.duration_seconds))
+    kept: list[TestResult] = []
+    for result, runs, duration in merged:
+        if runs > 1 and result.outcome is TestOutcome.PASSED:
+            message = f"failed, then passed on rerun {runs - 1}"
+            result = dataclasses.replace(result, outcome=TestOutcome.FLAKY, message=message)
+        kept.append(dataclasses.replace(result, duration_seconds=duration))
+    flaky = sum(result.outcome is TestOutcome.FLAKY for result in kept)
+    flaky = min(flaky, summary.passed)
+    return kept, dataclasses.replace(summary, passed=summary.passed - flaky, flaky=flaky)

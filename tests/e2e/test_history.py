@@ -30,9 +30,9 @@ def test_ci_tests_shows_each_test_s_recent_outcomes_rate_and_median(
     table = run_ci("tests", cwd=tmp_path, server=server, timeout=30)  # the latest job's project
     assert table.returncode == 0, describe(table)
     assert "Project failing:" in table.stderr, describe(table)
-    assert re.search(rf"^{re.escape(SUBTRACT)}\s+F\.\s+50%\s+\d+ms\s+2$", table.stdout, re.M), (
-        describe(table)
-    )
+    assert re.search(
+        rf"^{re.escape(SUBTRACT)}\s+F\.\s+50%\s+0%\s+\d+ms\s+2$", table.stdout, re.M
+    ), describe(table)
     assert re.search(r"^tests/test_calc\.py::test_add\s+\.\.\s+0%", table.stdout, re.M), describe(
         table
     )

@@ -113,12 +113,17 @@ def test_show_counts_every_outcome_as_pytest_prints_them(
         word: int(count)
         for count, word in (item.split(" ") for item in tests_line.split(None, 1)[1].split(", "))
     }
-    assert shown_counts == pytest_says, shown
+    # The test that failed, then passed on its rerun is flaky, not one of the passes.
+    assert shown_counts == {**pytest_says, "passed": 1, "flaky": 1}, shown
     assert run.final_line.startswith(
-        f"Job {run.job_id} failed: 2 passed, 1 failed, 2 errors, 1 skipped, 1 xfailed, "
-        "1 xpassed, 1 rerun in "
+        f"Job {run.job_id} failed: 1 passed, 1 failed, 2 errors, 1 skipped, 1 xfailed, "
+        "1 xpassed, 1 flaky, 1 rerun in "
     ), run.stderr
-    failures = shown[shown.index("Failures:") :].splitlines()
+    failures = shown[shown.index("Failures:") : shown.index("Flaky")].splitlines()
+    assert (
+        "  FLAKY tests/test_outcomes.py::test_flaky_passes_the_second_time: "
+        "failed, then passed on rerun 1"
+    ) in shown, shown
     assert (
         "  ERROR collecting tests/test_needs_a_module.py: "
         "ModuleNotFoundError: No module named 'not_installed_anywhere'"

@@ -60,6 +60,8 @@ async def test_a_user_sees_the_history_of_their_own_project_only(tmp_path: Path)
             ],
             "failure_rate": 0.0,
             "median_duration": 0.5,
+            "flaky_runs": 0,
+            "flake_rate": 0.0,
         },
         {
             "node_id": "t.py::test_b",
@@ -69,6 +71,8 @@ async def test_a_user_sees_the_history_of_their_own_project_only(tmp_path: Path)
             ],
             "failure_rate": 0.5,
             "median_duration": 0.5,
+            "flaky_runs": 0,
+            "flake_rate": 0.0,
         },
     ]
     assert [(test["node_id"], [r["job_id"] for r in test["runs"]]) for test in bob] == [

@@ -68,6 +68,7 @@ async def test_results_come_in_pages_of_limit_following_the_last_position(
         "xfailed": xfailed,
         "xpassed": 0,
         "rerun": 0,
+        "flaky": 0,
         "total": CASES,
         "results_kept": None,
         "warning": None,

@@ -295,3 +295,14 @@ def test_the_plugins_needed_key_the_environment(tmp_path: Path) -> None:
     assert key() == before
     write(tmp_path, {"tests/test_c.py": TEST_USING.format(fixture="mocker")})
     assert key() != before
+
+
+def test_a_plugin_option_among_the_jobs_own_pytest_args_adds_it(tmp_path: Path) -> None:
+    """`ci submit test --rerun-failures 3` sends `--reruns 3`: pytest-rerunfailures comes."""
+    write(tmp_path, {"requirements.txt": "pytest\n", "tests/test_a.py": "def test_a(): pass\n"})
+    assert plan_install(tmp_path, ProjectConfig()).notes == ("Dependencies from requirements.txt",)
+    plan = plan_install(tmp_path, ProjectConfig(), ["--reruns", "3"])
+    assert "Adding pytest plugin pytest-rerunfailures: --reruns in the job's pytest arguments" in (
+        plan.notes
+    )
+    assert "pytest-rerunfailures" in plan.dependency_commands[-1]

@@ -17,6 +17,7 @@ from ci_server.runner.reports import (
     ReportRefused,
     read_report,
     with_pytest_counts,
+    with_reruns,
 )
 
 LIMITS = ReportLimits(max_bytes=1024**2, max_results=1000)
@@ -273,3 +274,43 @@ def test_counts_that_contradict_the_exit_code_carry_a_warning(
     summary: Summary, exit_code: int, warning: str | None
 ) -> None:
     assert summary.checked(exit_code).warning == warning
+
+
+# What pytest-rerunfailures 16.7 writes with --reruns 3 (pytest 9, xunit1): each rerun is a
+# plain passing test case before the last run's, whatever it did.
+RERUN_REPORT = """<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests">
+<testsuite name="pytest" errors="0" failures="1" skipped="0" tests="3" time="0.156">
+<testcase classname="test_f" name="test_flaky" file="test_f.py" line="1" time="0.011" />
+<testcase classname="test_f" name="test_flaky" file="test_f.py" line="1" time="0.001" />
+<testcase classname="test_f" name="test_ok" file="test_f.py" line="6" time="0.001" />
+<testcase classname="test_f" name="test_bad" file="test_f.py" line="8" time="0.008" />
+<testcase classname="test_f" name="test_bad" file="test_f.py" line="8" time="0.001" />
+<testcase classname="test_f" name="test_bad" file="test_f.py" line="8" time="0.001" />
+<testcase classname="test_f" name="test_bad" file="test_f.py" line="8" time="0.001">
+<failure message="assert 0">E       assert 0</failure></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_a_test_that_failed_then_passed_on_a_rerun_is_flaky(tmp_path: Path) -> None:
+    report = read_report(write(tmp_path, RERUN_REPORT).parent, NAME, LIMITS)
+    assert report is not None
+    counts = OutputTail()
+    counts.feed(b"1 failed, 2 passed, 4 rerun in 0.15s\n")
+    summary = with_pytest_counts(report.summary, counts.pytest_counts())
+    results, summary = with_reruns(report.results, summary)
+    assert [(r.node_id, r.outcome, r.message) for r in results] == [
+        ("test_f.py::test_flaky", Outcome.FLAKY, "failed, then passed on rerun 1"),
+        ("test_f.py::test_ok", Outcome.PASSED, None),
+        ("test_f.py::test_bad", Outcome.FAILED, "assert 0"),
+    ]
+    assert results[0].duration_seconds == pytest.approx(0.012)  # all its runs
+    assert summary == Summary(passed=1, failed=1, flaky=1, rerun=4)
+    assert summary.total == 3 and summary.checked(1) == summary
+
+
+def test_without_reruns_a_repeated_node_id_is_not_flaky(tmp_path: Path) -> None:
+    """A call's failure and its teardown's error are two test cases of one node id."""
+    report = read_report(write(tmp_path, RERUN_REPORT).parent, NAME, LIMITS)
+    assert report is not None
+    assert with_reruns(report.results, report.summary) == (report.results, report.summary)

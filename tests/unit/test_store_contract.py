@@ -546,6 +546,15 @@ async def test_history_holds_each_test_s_latest_outcomes_newest_first(store: Job
     assert await store.test_history("carol", "app") == []
 
 
+async def test_history_tells_a_flaky_test_and_its_flake_rate(store: JobStore) -> None:
+    """Flaky: failed, then passed on a rerun in the same job; not a failure."""
+    for n, outcome in enumerate([Outcome.FLAKY, Outcome.PASSED, Outcome.FAILED, Outcome.FLAKY]):
+        await finished_run(store, n, {"t.py::a": outcome, "t.py::b": Outcome.PASSED})
+    a, b = await store.test_history("alice", "app")
+    assert (a.flaky_runs, a.flake_rate, a.failure_rate) == (2, 0.5, 0.25)
+    assert (b.flaky_runs, b.flake_rate) == (0, 0.0)
+
+
 async def test_history_keeps_at_most_the_runs_asked_for(store: JobStore) -> None:
     jobs = [await finished_run(store, n, {"t.py::a": Outcome.PASSED}) for n in range(5)]
     (a,) = await store.test_history("alice", "app", runs=3)
@@ -555,7 +564,7 @@ async def test_history_keeps_at_most_the_runs_asked_for(store: JobStore) -> None
 async def test_a_summary_round_trips_with_its_warning_and_kept_count(store: JobStore) -> None:
     (job,) = await add_jobs(store, 1)
     summary = Summary(
-        passed=3, failed=1, xfailed=2, xpassed=1, rerun=4, results_kept=5, warning="w"
+        passed=3, failed=1, xfailed=2, xpassed=1, flaky=2, rerun=4, results_kept=5, warning="w"
     )
     done = job.replace(status=JobStatus.FAILED, exit_code=1, summary=summary)
     assert await store.update_job(done, expected=JobStatus.QUEUED)
