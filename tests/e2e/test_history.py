@@ -83,3 +83,33 @@ def test_the_last_job_s_failures_run_first_or_only(
     in_order = run_ci("submit", "test", "--no-ff", cwd=failing, server=server)
     assert order_of(in_order.stdout)[-1] == SUBTRACT, describe(in_order)
     assert "Failed first" not in in_order.stderr, describe(in_order)
+
+
+FLAKY = "tests/test_flaky.py::test_first_call_fails"
+
+
+@pytest.mark.docker
+def test_a_test_that_passes_on_a_rerun_is_flaky_and_the_job_passes(
+    server: ServerProcess, project: ProjectFactory, tmp_path: Path
+) -> None:
+    flaky = project("flaky")
+    rerun = run_ci("submit", "test", "--rerun-failures", "3", cwd=flaky, server=server)
+    assert rerun.returncode == 0, describe(rerun)
+    assert "Adding pytest plugin pytest-rerunfailures: --reruns in the job's pytest arguments" in (
+        rerun.stderr
+    ), describe(rerun)
+    assert f"[ci] Flaky: {FLAKY} failed, then passed on rerun 1" in rerun.stderr, describe(rerun)
+    assert re.search(r"succeeded: 1 passed, 1 flaky, 1 rerun in", rerun.stderr), describe(rerun)
+
+    listed = run_ci("tests", "--flaky", "--project", "flaky", cwd=tmp_path, server=server)
+    assert listed.returncode == 0, describe(listed)
+    assert re.search(rf"^{re.escape(FLAKY)}\s+R\s+0%\s+100%", listed.stdout, re.M), describe(listed)
+    assert "test_steady" not in listed.stdout, describe(listed)
+
+    without = submit(flaky, server)  # no reruns: its first call fails, and so does the job
+    assert without.result.returncode == 1, describe(without.result)
+    shown = run_ci("show", without.job_id, cwd=tmp_path, server=server)
+    assert (
+        f"FAILED {FLAKY}  flaky (failed, then passed on a rerun in 1 of its last 2 runs; "
+        "failed in 1)"
+    ) in shown.stdout, describe(shown)
