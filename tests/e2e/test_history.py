@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import ServerFactory
 from tests.e2e.harness import ServerProcess, run_ci
 from tests.e2e.test_cli import ProjectFactory, describe, submit
 
@@ -113,3 +114,35 @@ def test_a_test_that_passes_on_a_rerun_is_flaky_and_the_job_passes(
         f"FAILED {FLAKY}  flaky (failed, then passed on a rerun in 1 of its last 2 runs; "
         "failed in 1)"
     ) in shown.stdout, describe(shown)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_history_survives_a_server_restart(
+    database: str,
+    make_server: ServerFactory,
+    project: ProjectFactory,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    settings = {}
+    if database == "postgresql":
+        settings["CI_DATABASE_URL"] = request.getfixturevalue("postgres_database")
+    server = make_server(**settings)
+    run = run_ci("submit", "test", "--rerun-failures", "2", cwd=project("flaky"), server=server)
+    assert run.returncode == 0, describe(run)
+
+    server.stop()
+    restarted = ServerProcess(db_path=server.db_path, env=server.env, api_key=server.api_key)
+    restarted.start()
+    try:
+        listed = run_ci("tests", "--project", "flaky", "--json", cwd=tmp_path, server=restarted)
+    finally:
+        restarted.stop()
+    assert listed.returncode == 0, describe(listed)
+    history = {test["node_id"]: test for test in json.loads(listed.stdout)}
+    assert [run["outcome"] for run in history[FLAKY]["runs"]] == ["flaky"], describe(listed)
+    assert history[FLAKY]["flake_rate"] == 1.0
+    assert [run["outcome"] for run in history["tests/test_flaky.py::test_steady"]["runs"]] == [
+        "passed"
+    ]
