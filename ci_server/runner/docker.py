@@ -50,6 +50,7 @@ from ci_server.runner.executor import (
     OutputSink,
     RunSpec,
 )
+from ci_server.runner.output import in_turns
 from ci_server.runner.warm import Profile, WarmPool
 from ci_server.runner.workspace import remove_tree
 
@@ -58,8 +59,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _END = object()
-CHUNKS_PER_TURN = 1000
-"""Output chunks passed on in one go before the loop may run other tasks."""
 MAX_WAITING_BYTES = 1024**2
 """Output not yet taken by the loop past which the pump stops reading it: the container
 then waits on its writes. Attached, a job floods the server as fast as it prints (the
@@ -136,7 +135,7 @@ def _payloads(raw: socket.socket) -> Iterator[bytes]:
     frame is an 8-byte header, whose last 4 bytes are the size, then that many bytes; the
     engine makes one per write, often a line), read from the socket in large pieces. One
     payload per frame, as the engine's own log stream gave them: the run loop passes on a
-    bounded number of them per turn (CHUNKS_PER_TURN)."""
+    bounded number and size of them per turn (output.in_turns)."""
     raw.settimeout(None)  # a job may print nothing for a long while
     buffer = b""
     while chunk := raw.recv(256 * 1024):
@@ -480,10 +479,10 @@ class DockerExecutor:
             ended = False
             while not ended:
                 chunks, ended = await output.take()
-                for start in range(0, len(chunks), CHUNKS_PER_TURN):
-                    if start:
+                for turn, data in enumerate(in_turns(chunks)):
+                    if turn:
                         await asyncio.sleep(0)  # a backlog goes in turns, not in one block
-                    on_output(b"".join(chunks[start : start + CHUNKS_PER_TURN]))
+                    on_output(data)
             await pump
             status = await self._call(self._wait, container)
             await self._call(self._finish_files, box, spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ci_server.runner.output import LineSplitter, LogBudget
+from ci_server.runner.output import BYTES_PER_TURN, LineSplitter, LogBudget, in_turns
 
 
 def split(chunks: list[bytes], max_chars: int = 4096) -> list[str]:
@@ -120,3 +120,27 @@ def test_budget_refuses_everything_after_the_first_refusal() -> None:
     assert not budget.admit("")
     assert budget.dropped_lines == 3
     assert budget.used == 11
+
+
+def test_a_long_line_in_one_big_chunk_is_cut_into_every_piece() -> None:
+    splitter = LineSplitter(4096)
+    pieces = splitter.feed(b"0123456789" * 1_000_000)  # 10 MB of one line
+    assert len(pieces) == 10_000_000 // 4096
+    assert all(len(piece) == 4096 for piece in pieces)
+    rest = splitter.feed(b"\n")
+    assert len(rest) == 1 and 0 < len(rest[0]) <= 4096
+    assert "".join(pieces + rest) == "0123456789" * 1_000_000
+
+
+def test_a_backlog_of_chunks_is_handed_on_in_bounded_turns() -> None:
+    chunks = [b"x" * 16384] * 100 + [b"y\n"] * 3000  # a long line in Docker's chunks, then lines
+    turns = list(in_turns(chunks))
+    assert b"".join(turns) == b"".join(chunks)
+    assert all(len(turn) <= BYTES_PER_TURN for turn in turns)
+    assert len(turns) <= 8  # a few turns (1.6 MB, then 3,000 chunks), not one per chunk
+
+
+def test_chunks_bigger_than_a_turn_go_whole_one_per_turn() -> None:
+    big = b"z" * (BYTES_PER_TURN + 1)
+    assert list(in_turns([b"a", big, b"b"])) == [b"a", big, b"b"]
+    assert list(in_turns([])) == []
