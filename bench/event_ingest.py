@@ -85,7 +85,7 @@ def write_project(root: Path, lines: int) -> Path:
 
             def test_flood() -> None:
                 write = sys.stdout.write
-                write("\\n")  # pytest -v has printed the test id without a newline
+                write("\\n")  # pytest has printed the test file's name without a newline
                 for i in range(LINES):
                     write(f"{LINE_PREFIX}{{i}}\\n")
                 sys.stdout.flush()
@@ -189,19 +189,20 @@ class Watcher:
                     return
                 if kind != "log" or payload.get("stream") != "stdout":
                     continue
-                match = LINE_RE.fullmatch(payload.get("text", ""))
-                if match is None:
-                    continue
-                now = time.monotonic()
-                if self.first_line_at is None:
-                    self.first_line_at = now
-                self.last_line_at = now
-                self.last_line_wall = time.time()
-                self.received += 1
-                line = int(match.group(1))
-                if line != self.next_line:
-                    self._anomaly(f"got line {line} where {self.next_line} was due (seq {seq})")
-                self.next_line = line + 1
+                for text in payload.get("text", "").split("\n"):  # the lines that came together
+                    match = LINE_RE.fullmatch(text)
+                    if match is None:
+                        continue
+                    now = time.monotonic()
+                    if self.first_line_at is None:
+                        self.first_line_at = now
+                    self.last_line_at = now
+                    self.last_line_wall = time.time()
+                    self.received += 1
+                    line = int(match.group(1))
+                    if line != self.next_line:
+                        self._anomaly(f"got line {line} where {self.next_line} was due (seq {seq})")
+                    self.next_line = line + 1
         if self.end_status is None and self.error is None:
             self.error = "the stream ended without an `end` event"
 
@@ -386,13 +387,14 @@ def stored_events(db_path: Path, job_id: str, expected_lines: int) -> Stored:
             payload = json.loads(data)
             if payload.get("stream") != "stdout":
                 continue
-            match = LINE_RE.fullmatch(payload.get("text", ""))
-            if match is None:
-                continue
-            in_order = in_order and int(match.group(1)) == lines
-            lines += 1
-            first = first or stamp
-            last = stamp
+            for text in payload.get("text", "").split("\n"):
+                match = LINE_RE.fullmatch(text)
+                if match is None:
+                    continue
+                in_order = in_order and int(match.group(1)) == lines
+                lines += 1
+                first = first or stamp
+                last = stamp
     finally:
         db.close()
     return Stored(

@@ -28,7 +28,7 @@ from ci_server.runner.config import ConfigError, ProjectConfig, load_config
 from ci_server.runner.environments import EnvironmentCache
 from ci_server.runner.executor import REPORT_DIR, Executor, ExecutorError, ImageMissing, RunSpec
 from ci_server.runner.layers import JobImage, Layers
-from ci_server.runner.output import LineSplitter, LogBudget
+from ci_server.runner.output import LineSplitter, LogBudget, pack_lines
 from ci_server.runner.project import InstallPlan, ProjectError, plan_install
 from ci_server.runner.reports import (
     OutputTail,
@@ -296,7 +296,7 @@ class JobPipeline:
 
 
 class _JobLog:
-    """Publishes a job's output as bounded log lines."""
+    """Publishes a job's output as bounded log lines, those that come together in one event."""
 
     def __init__(self, channel: JobChannel, max_line_chars: int, max_bytes: int) -> None:
         self.channel = channel
@@ -319,11 +319,11 @@ class _JobLog:
             self.system(f"{self.budget.dropped_lines} more output line(s) not kept")
 
     def _emit(self, lines: list[str]) -> None:
-        for line in lines:
-            if self.budget.admit(line):
-                self.channel.publish(EventType.LOG, stream="stdout", text=line)
-            elif self.budget.dropped_lines == 1:
-                self.system(
-                    f"log truncated: the job printed more than {self.budget.max_bytes} bytes; "
-                    "the rest of its output is discarded (the job keeps running)"
-                )
+        exhausted = self.budget.exhausted
+        for text in pack_lines(self.budget.admit(lines)):
+            self.channel.publish(EventType.LOG, stream="stdout", text=text)
+        if self.budget.exhausted and not exhausted:
+            self.system(
+                f"log truncated: the job printed more than {self.budget.max_bytes} bytes; "
+                "the rest of its output is discarded (the job keeps running)"
+            )

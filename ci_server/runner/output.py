@@ -1,9 +1,18 @@
-"""Turn a container's raw output into bounded log lines."""
+"""Turn a container's raw output into bounded log lines, and lines into log events' texts."""
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+
+LOG_EVENT_CHARS = 16 * 1024
+"""Most characters of lines one log event carries (a line alone may take its own event).
+
+One event per line cost more than the line itself at every step (an object, a row, a JSON
+document, an SSE frame, a parse in the client): a suite printing 64,000 lines ran 1.3 times
+slower through the service than alone. Lines that arrive together share an event; a line
+that arrives alone is still sent at once, in its own."""
+
 
 CHUNKS_PER_TURN = 1000
 BYTES_PER_TURN = 512 * 1024
@@ -78,10 +87,28 @@ class LogBudget:
     def exhausted(self) -> bool:
         return self.dropped_lines > 0
 
-    def admit(self, line: str) -> bool:
-        size = len(line.encode()) + 1
-        if self.dropped_lines or self.used + size > self.max_bytes:
-            self.dropped_lines += 1
-            return False
-        self.used += size
-        return True
+    def admit(self, lines: list[str]) -> list[str]:
+        """The lines kept: those before the first that does not fit; the rest are counted."""
+        for kept, line in enumerate(lines):
+            size = (len(line) if line.isascii() else len(line.encode())) + 1
+            if self.dropped_lines or self.used + size > self.max_bytes:
+                self.dropped_lines += len(lines) - kept
+                return lines[:kept]
+            self.used += size
+        return lines
+
+
+def pack_lines(lines: Iterable[str], max_chars: int = LOG_EVENT_CHARS) -> list[str]:
+    """The lines joined by \\n into texts of at most `max_chars` (or one longer line alone)."""
+    texts: list[str] = []
+    group: list[str] = []
+    size = 0
+    for line in lines:
+        if group and size + len(line) > max_chars:
+            texts.append("\n".join(group))
+            group, size = [], 0
+        group.append(line)
+        size += len(line) + 1
+    if group:
+        texts.append("\n".join(group))
+    return texts

@@ -31,7 +31,7 @@ from tests.e2e.harness import (
     start_ci,
     wait_for,
 )
-from tests.e2e.test_lifecycle import job_log, log_texts
+from tests.e2e.test_lifecycle import job_log, log_lines
 
 ProjectFactory = Callable[[str], Path]
 
@@ -229,7 +229,7 @@ def test_failing_project_exits_1_and_shows_the_assertion_message(
     assert re.search(r"^tests/test_calc.py::test_subtract FAILED\b", run.result.stdout, re.M)
     # pytest printed colour (the dashboard shows it); `ci` on a pipe prints none of it.
     assert "\x1b[" not in run.result.stdout + run.result.stderr, describe(run.result)
-    stored = "\n".join(log_texts(job_log(server, run.job_id)))
+    stored = "\n".join(log_lines(job_log(server, run.job_id)))
     assert re.search(r"\x1b\[[0-9;]*mFAILED", stored), stored
     assert passed_line("tests/test_calc.py", "test_add").search(run.result.stdout)
     assert outcome_pattern(run.job_id, "failed").match(last_line(run.result.stderr)), describe(

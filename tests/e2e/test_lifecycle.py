@@ -143,8 +143,15 @@ def job_log(server: ServerProcess, job_id: str) -> list[Event]:
     return read_events(server, job_id, params={"after": 0})
 
 
-def log_texts(events: list[Event]) -> list[str]:
-    return [event["text"] for event in events if event["type"] == "log"]
+def log_lines(events: list[Event]) -> list[str]:
+    """The lines of the log events: one event carries the lines that came together."""
+    return [
+        line for event in events if event["type"] == "log" for line in event["text"].split("\n")
+    ]
+
+
+def has_line(event: Event, line: str) -> bool:
+    return event["type"] == "log" and line in event["text"].split("\n")
 
 
 def wait_for_log_line(
@@ -521,7 +528,7 @@ def test_a_server_crash_ends_running_jobs_and_keeps_queued_ones(
     hanging = project("hanging")
     blocking = project("blocking")
     running_id, seen = submit_hanging(server, hanging)
-    assert any("test session starts" in text for text in log_texts(seen)), seen
+    assert any("test session starts" in text for text in log_lines(seen)), seen
     queued_id = submit_async(blocking, server)
     assert server.job(queued_id)["status"] == "queued"
     assert len(containers_of(docker_client, running_id)) == 1
@@ -555,7 +562,7 @@ def test_a_server_crash_ends_running_jobs_and_keeps_queued_ones(
     assert tail[-1]["type"] == "end"
     assert tail[-1]["status"] == "error"
     assert tail[-1]["reason"] == "interrupted by server restart"
-    assert "interrupted by server restart" in log_texts(tail)
+    assert "interrupted by server restart" in log_lines(tail)
     assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
 
     finished = restarted.wait_for_status(queued_id, *TERMINAL, timeout=180)
@@ -603,7 +610,7 @@ def test_ci_wait_follows_a_job_across_a_server_crash(
 
 def noisy_line_numbers(events: list[Event]) -> list[int]:
     numbers = []
-    for text in log_texts(events):
+    for text in log_lines(events):
         match = re.fullmatch(r"line (\d+)", text)
         if match:
             numbers.append(int(match.group(1)))
@@ -618,7 +625,7 @@ def test_a_resumed_event_stream_loses_and_repeats_nothing(
     job_id = submit_async(noisy, server)
 
     def reached_line(n: int) -> Callable[[Event], bool]:
-        return lambda event: event["type"] == "log" and event["text"] == f"line {n}"
+        return lambda event: has_line(event, f"line {n}")
 
     # Hang up mid-job twice, each time resuming after the last event seen.
     events = read_events(server, job_id, stop=reached_line(500), what="line 500")
@@ -661,7 +668,7 @@ def test_resuming_with_after_while_the_job_runs(
             server,
             job_id,
             params={"after": after},
-            stop=lambda event, n=n: event["type"] == "log" and event["text"] == f"line {n}",
+            stop=lambda event, n=n: has_line(event, f"line {n}"),
             what=f"line {n}",
         )
     events += read_events(server, job_id, params={"after": events[-1]["seq"]})

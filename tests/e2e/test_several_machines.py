@@ -27,8 +27,9 @@ from tests.e2e.test_lifecycle import (
     ProjectFactory,
     assert_no_container_left,
     containers_of,
+    has_line,
     job_log,
-    log_texts,
+    log_lines,
     read_events,
     submit_async,
     submit_hanging,
@@ -134,7 +135,7 @@ def test_a_client_of_one_api_follows_a_job_submitted_through_the_other(
 
     # A client reads some of the live log from A, then resumes on B with Last-Event-ID.
     seen = read_events(
-        cluster.a, job_id, params={"after": 0}, stop=lambda e: e.get("text") == "line 1200"
+        cluster.a, job_id, params={"after": 0}, stop=lambda e: has_line(e, "line 1200")
     )
     resumed = read_events(cluster.b, job_id, headers={"Last-Event-ID": str(seen[-1]["seq"])})
     assert [e["seq"] for e in seen + resumed] == list(range(1, len(seen) + len(resumed) + 1))
@@ -147,7 +148,7 @@ def test_a_client_of_one_api_follows_a_job_submitted_through_the_other(
     assert numbers == list(range(NOISY_LINES))
     through_a = run_ci("wait", "--all", job_id, cwd=noisy, server=cluster.a)
     assert through_a.stdout == through_b.stdout
-    assert log_texts(job_log(cluster.a, job_id)) == log_texts(seen + resumed)
+    assert log_lines(job_log(cluster.a, job_id)) == log_lines(seen + resumed)
 
 
 def test_a_cancel_through_one_api_stops_the_job_a_worker_runs(

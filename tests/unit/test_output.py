@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ci_server.runner.output import BYTES_PER_TURN, LineSplitter, LogBudget, in_turns
+from ci_server.runner.output import (
+    BYTES_PER_TURN,
+    LineSplitter,
+    LogBudget,
+    in_turns,
+    pack_lines,
+)
 
 
 def split(chunks: list[bytes], max_chars: int = 4096) -> list[str]:
@@ -93,33 +99,56 @@ def test_lines_do_not_depend_on_how_output_is_chunked(data: bytes) -> None:
 
 def test_budget_admits_lines_until_the_limit() -> None:
     budget = LogBudget(max_bytes=12)
-    assert budget.admit("hello")  # 5 bytes + newline = 6
-    assert budget.admit("world")  # 12 in all: exactly at the limit
+    assert budget.admit(["hello"]) == ["hello"]  # 5 bytes + newline = 6
+    assert budget.admit(["world"]) == ["world"]  # 12 in all: exactly at the limit
     assert not budget.exhausted
     assert budget.used == 12
-    assert not budget.admit("x")
+    assert budget.admit(["x"]) == []
     assert budget.exhausted
     assert budget.dropped_lines == 1
 
 
+def test_budget_keeps_the_lines_of_a_chunk_that_fit_and_counts_the_rest() -> None:
+    budget = LogBudget(max_bytes=10)
+    assert budget.admit(["abc", "def", "ghi", "j"]) == ["abc", "def"]
+    assert budget.dropped_lines == 2
+    assert budget.used == 8
+
+
 def test_budget_counts_utf8_bytes_not_characters() -> None:
     fits = LogBudget(max_bytes=7)
-    assert fits.admit("✓✓")  # 2 characters, 6 bytes, + newline = 7 bytes
+    assert fits.admit(["✓✓"]) == ["✓✓"]  # 2 characters, 6 bytes, + newline = 7 bytes
     assert fits.used == 7
     too_small = LogBudget(max_bytes=6)
-    assert not too_small.admit("✓✓")  # 3 characters with the newline, but 7 bytes
+    assert too_small.admit(["✓✓"]) == []  # 3 characters with the newline, but 7 bytes
     assert too_small.used == 0
 
 
 def test_budget_refuses_everything_after_the_first_refusal() -> None:
     budget = LogBudget(max_bytes=20)
-    assert budget.admit("a" * 10)
-    assert not budget.admit("b" * 50)
+    assert budget.admit(["a" * 10]) == ["a" * 10]
+    assert budget.admit(["b" * 50]) == []
     # A small line would fit, but the log is already cut: no holes in the kept output.
-    assert not budget.admit("c")
-    assert not budget.admit("")
+    assert budget.admit(["c", ""]) == []
     assert budget.dropped_lines == 3
     assert budget.used == 11
+
+
+def test_lines_that_come_together_are_packed_into_texts_of_bounded_size() -> None:
+    lines = ["one", "two", "", "three", "four"]
+    texts = pack_lines(lines, max_chars=9)
+    assert texts == ["one\ntwo\n", "three", "four"]
+    assert all(len(text) <= 9 for text in texts)
+    assert [line for text in texts for line in text.split("\n")] == lines
+
+
+def test_a_line_longer_than_a_pack_goes_alone() -> None:
+    assert pack_lines(["ab", "x" * 10, "cd"], max_chars=4) == ["ab", "x" * 10, "cd"]
+
+
+def test_no_lines_make_no_text_and_an_empty_line_makes_one() -> None:
+    assert pack_lines([]) == []
+    assert pack_lines([""]) == [""]
 
 
 def test_a_long_line_in_one_big_chunk_is_cut_into_every_piece() -> None:

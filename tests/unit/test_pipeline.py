@@ -13,6 +13,7 @@ import pytest
 
 from ci_server.models import EventType, JobEvent, JobStatus
 from ci_server.runner.executor import ExecutorError
+from ci_server.runner.output import LOG_EVENT_CHARS
 from ci_server.users import ANONYMOUS_ADMIN
 from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun
 from tests.unit.one_process import IMAGE, harness
@@ -21,10 +22,15 @@ END_KEYS = ("status", "exit_code", "success", "reason", "duration_seconds")
 NO_BUILD_OUTPUT = FakeRun(output=())
 
 
-def log_lines(events: list[JobEvent], stream: str = "stdout") -> list[str]:
+def log_texts(events: list[JobEvent], stream: str = "stdout") -> list[str]:
     return [
         e.data["text"] for e in events if e.type is EventType.LOG and e.data["stream"] == stream
     ]
+
+
+def log_lines(events: list[JobEvent], stream: str = "stdout") -> list[str]:
+    """The lines of the log events' texts (one event may carry several)."""
+    return [line for text in log_texts(events, stream) for line in text.split("\n")]
 
 
 def statuses(events: list[JobEvent]) -> list[str]:
@@ -254,6 +260,35 @@ async def test_log_cap_truncates_and_says_so(tmp_path: Path) -> None:
         # The truncation notice comes right after the last kept line.
         texts = [e.data.get("text") for e in events]
         assert texts.index(truncated[0]) == texts.index(kept[-1]) + 1
+
+
+async def test_lines_that_arrive_together_share_one_log_event(tmp_path: Path) -> None:
+    flood = "".join(f"line {n:05}\n" for n in range(5000)).encode()
+    run = FakeRun(output=[b"alone\n", flood, b"last, without a newline"])
+    executor = FakeExecutor(run, build_plan=NO_BUILD_OUTPUT)
+    async with harness(tmp_path, executor) as h:
+        events = await h.events_until_end((await h.submit()).id)
+
+        lines = [f"line {n:05}" for n in range(5000)]
+        assert log_lines(events) == ["alone", *lines, "last, without a newline"]
+        texts = log_texts(events)
+        assert texts[0] == "alone"  # a line that comes alone is not held back
+        assert 2 <= len(texts) - 2 <= 5  # 5000 lines of 10 characters: about 4 events
+        assert all(len(text) <= LOG_EVENT_CHARS for text in texts)
+
+
+async def test_a_chunk_that_passes_the_log_cap_keeps_its_lines_that_fit(tmp_path: Path) -> None:
+    lines = [f"line {n:03}" for n in range(100)]
+    run = FakeRun(output=["".join(f"{line}\n" for line in lines).encode()])
+    executor = FakeExecutor(run, build_plan=NO_BUILD_OUTPUT)
+    async with harness(tmp_path, executor, max_log_bytes=200) as h:
+        events = await h.events_until_end((await h.submit()).id)
+
+        assert log_lines(events) == lines[:22]  # 22 lines of 9 bytes fit in 200
+        stdout = [n for n, e in enumerate(events) if e.data.get("stream") == "stdout"]
+        notice = events[stdout[-1] + 1].data["text"]
+        assert notice.startswith("log truncated") and "200 bytes" in notice
+        assert "78 more output line(s) not kept" in log_lines(events, "system")
 
 
 # -- dependency environments -----------------------------------------------------------------
