@@ -5,8 +5,8 @@ the next sequence number, pushes it at once to every watcher's queue and leaves 
 until the flusher writes pending events of all jobs to the store in one transaction (every
 `flush_interval` seconds, or sooner once `batch_size` events wait). A watcher replays what the
 store has, then the pending events, then what arrives live: by sequence number, with no gap
-and no duplicate, in batches of whatever is at hand at once (`batches`). A watcher too slow
-for its queue is dropped back to the replay path.
+and no duplicate, in batches of whatever is at hand at once, up to BATCH_CHARS of text
+(`batches`). A watcher too slow for its queue is dropped back to the replay path.
 
 A job with no channel here runs in another process (or waits, or has ended): its watchers
 read the store by sequence number each time the store signals that the job's events were
@@ -33,6 +33,18 @@ logger = logging.getLogger(__name__)
 REPLAY_PAGE = 1000
 BATCH_SIZE = 1000
 """Most live events a watcher takes from its queue at once."""
+BATCH_CHARS = 1024 * 1024
+"""About the most text a watcher gets in one batch, and that waits to be written before
+the flusher is woken: each batch is encoded (JSON, SSE) in one go on the event loop, and a
+log event may carry 16 KiB of lines, so counting events alone let one batch grow to 16 MB."""
+EVENT_CHARS = 100
+"""What an event weighs besides its text: its JSON fields and SSE framing, roughly."""
+
+
+def weight(event: JobEvent) -> int:
+    """About how many characters the event takes once encoded."""
+    text = event.data.get("text")
+    return EVENT_CHARS + (len(text) if isinstance(text, str) else 0)
 
 
 class _Overflow(Exception):
@@ -116,7 +128,7 @@ class JobChannel:
         self.pending.append(event)
         for watcher in self.watchers:
             watcher.push(event)
-        self.hub.note_pending()
+        self.hub.note_pending(event)
         return event
 
     async def close(self) -> None:
@@ -153,6 +165,7 @@ class EventHub:
         """The watchers of jobs without a channel here, woken by the store's signals."""
         self._stop_listening: Callable[[], None] | None = None
         self._pending_count = 0
+        self._pending_chars = 0
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -209,9 +222,10 @@ class EventHub:
     def forget(self, job_id: str) -> None:
         self._channels.pop(job_id, None)
 
-    def note_pending(self) -> None:
+    def note_pending(self, event: JobEvent) -> None:
         self._pending_count += 1
-        if self._pending_count >= self.batch_size:
+        self._pending_chars += weight(event)
+        if self._pending_count >= self.batch_size or self._pending_chars >= BATCH_CHARS:
             self._wake.set()
 
     async def _flush_forever(self) -> None:
@@ -247,6 +261,7 @@ class EventHub:
                 # Only now may watchers find these events in the store instead.
                 del channel.pending[:count]
             self._pending_count = max(0, self._pending_count - len(events))
+            self._pending_chars = max(0, self._pending_chars - sum(map(weight, events)))
 
     async def stream(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEvent]:
         """Every event of the job after `after_seq`, live, until and including its END."""
@@ -259,17 +274,18 @@ class EventHub:
         self, job_id: str, after_seq: int = 0
     ) -> AsyncGenerator[list[JobEvent], None]:
         """The events of `stream`, in lists of what is at hand at once (a replay page, the
-        pending events, what waits in the watcher's queue), so that a watcher falling
-        behind catches up with one write per list instead of one per event."""
+        pending events, what waits in the watcher's queue) up to BATCH_CHARS, so that a
+        watcher falling behind catches up with one write per list instead of one per event."""
         async with contextlib.aclosing(self._batches(job_id, after_seq)) as batches:
             async for batch in batches:
-                yield batch
-                # Nothing below need ever suspend: a replay page, the pending copy and a
-                # non-empty queue are at hand, and a socket that a client drains never
-                # blocks a send. Without this pause one watcher catching up on a flood
-                # holds the event loop for seconds: the job's output, the flusher and
-                # every other request wait behind it.
-                await asyncio.sleep(0)
+                for part in _up_to_chars(batch, BATCH_CHARS):
+                    yield part
+                    # Nothing below need ever suspend: a replay page, the pending copy and
+                    # a non-empty queue are at hand, and a socket that a client drains
+                    # never blocks a send. Without this pause one watcher catching up on a
+                    # flood holds the event loop for seconds: the job's output, the flusher
+                    # and every other request wait behind it.
+                    await asyncio.sleep(0)
 
     async def _batches(self, job_id: str, after_seq: int) -> AsyncGenerator[list[JobEvent], None]:
         last = after_seq
@@ -340,6 +356,21 @@ class EventHub:
             return False
         tail = await self.store.events_after(job_id, max(0, stored - 1))
         return not tail or tail[-1].type is EventType.END
+
+
+def _up_to_chars(events: list[JobEvent], limit: int) -> list[list[JobEvent]]:
+    """The events in consecutive slices of about `limit` characters (at least one event)."""
+    if not events:
+        return []
+    slices: list[list[JobEvent]] = []
+    start, size = 0, 0
+    for n, event in enumerate(events):
+        if n > start and size + weight(event) > limit:
+            slices.append(events[start:n])
+            start, size = n, 0
+        size += weight(event)
+    slices.append(events[start:])
+    return slices
 
 
 def _newer(events: list[JobEvent], last: int) -> tuple[list[JobEvent], bool]:

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from ci_server.events import EventHub, JobChannel
+from ci_server.events import BATCH_CHARS, EventHub, JobChannel, weight
 from ci_server.models import EventType, Job, JobEvent, JobStatus
+from ci_server.runner.output import LOG_EVENT_CHARS
 from ci_server.store.memory import MemoryStore
 from tests.fakes import wait_until
 
@@ -296,6 +297,45 @@ async def test_a_watcher_gets_what_waits_for_it_in_one_batch() -> None:
             assert seqs(await anext(batches)) == [8, 9, 10, 11]
             assert [batch async for batch in batches] == []
         await channel.close()
+
+
+def big_log(channel: JobChannel, count: int) -> list[JobEvent]:
+    """Events as a flood makes them: 16 KiB of lines each."""
+    return [
+        channel.publish(EventType.LOG, stream="stdout", text="x" * LOG_EVENT_CHARS)
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("stored", [False, True])
+async def test_a_batch_holds_about_a_mebibyte_of_text_however_big_its_events(
+    stored: bool,
+) -> None:
+    """Each batch is encoded in one go on the event loop: 1000 events of 16 KiB were 16 MB."""
+    async with EventHub(MemoryStore(), flush_interval=NEVER) as hub:
+        channel = hub.open(JOB)
+        big_log(channel, 200)  # 3.2 MB
+        if stored:
+            await hub.flush()
+        end(channel)
+        async with asyncio.timeout(10):
+            batches = [batch async for batch in hub.batches(JOB)]
+        await channel.close()
+    assert [event.seq for batch in batches for event in batch] == list(range(1, 202))
+    assert all(sum(weight(event) for event in batch) <= BATCH_CHARS for batch in batches)
+    assert len(batches) <= 5  # still a few writes, not one per event
+
+
+async def test_a_mebibyte_of_pending_text_is_written_before_the_interval() -> None:
+    store = MemoryStore()
+    async with EventHub(store, flush_interval=NEVER, batch_size=10_000) as hub:
+        channel = hub.open(JOB)
+        big_log(channel, 100)  # 100 events, far from batch_size, but 1.6 MB
+
+        async def stored() -> bool:
+            return await store.last_event_seq(JOB) >= 60
+
+        await wait_until(stored, what="the pending text written", within=5)
 
 
 # -- a job that another process runs ---------------------------------------------------------

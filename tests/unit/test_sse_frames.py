@@ -39,3 +39,13 @@ def test_an_event_is_encoded_once_for_every_watcher_until_it_is_old() -> None:
     # ...until newer events pushed it out.
     frames.of(JOB, [log(2, "b"), log(3, "c")])
     assert json.loads(parse(frames.of(JOB, [log(1, "again")]))[0].data)["text"] == "again"
+
+
+def test_frames_kept_are_bounded_in_bytes_too() -> None:
+    frames = SseFrames(kept_bytes=40_000)
+    big = frames.of(JOB, [log(1, "x" * 16_000)])
+    frames.of(JOB, [log(2, "y" * 16_000)])
+    assert frames.of(JOB, [log(1, "never encoded")]) == big  # two fit
+    frames.of(JOB, [log(3, "z" * 16_000)])  # a third does not: the oldest goes
+    assert json.loads(parse(frames.of(JOB, [log(1, "again")]))[0].data)["text"] == "again"
+    assert json.loads(parse(frames.of(JOB, [log(3, "kept")]))[0].data)["text"] == "z" * 16_000
