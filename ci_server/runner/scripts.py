@@ -53,7 +53,10 @@ how, for the job's log)."""
 BY_SOURCE = f"{INSTALLED_PROJECT}/by-source"
 """In an environment image: the project is not installed in it, but built from each source
 on top of it (source_script)."""
-DEFAULT_PYTEST_ARGS = ("-v", "-p", "no:cacheprovider", "-o", "junit_family=xunit1")
+DEFAULT_PYTEST_ARGS = ("-p", "no:cacheprovider", "-o", "junit_family=xunit1")
+"""pytest's own verbosity (a dot per test, failures in full): the results come from the
+JUnit report, and `-v`'s line per test made a 64,000-test suite 1.5 times slower. `-v`
+after `--` or in ci.toml's pytest_args asks for it."""
 COLOUR_ARG = "--color=yes"
 """pytest prints colour, though its output is not a terminal: the dashboard renders it, and
 `ci` strips it when its own output is not a terminal (ci_client/terminal.py)."""

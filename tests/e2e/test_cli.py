@@ -53,7 +53,13 @@ LIVE_TIMEOUT = 180.0
 
 
 def passed_line(path: str, test: str) -> re.Pattern[str]:
+    """A test's line in pytest -v's output."""
     return re.compile(rf"^{re.escape(path)}::{test} PASSED\b", re.MULTILINE)
+
+
+def progress_line(path: str, dots: str) -> re.Pattern[str]:
+    """A file's line in pytest's default output: a character per test, then the percentage."""
+    return re.compile(rf"^{re.escape(path)} {re.escape(dots)} +\[100%\]$", re.MULTILINE)
 
 
 def job_id_from_submit(stderr: str) -> str:
@@ -152,8 +158,8 @@ class Submitted:
     result: subprocess.CompletedProcess[str]
 
 
-def submit(project: Path, server: ServerProcess) -> Submitted:
-    result = run_ci("submit", "test", cwd=project, server=server)
+def submit(project: Path, server: ServerProcess, *args: str) -> Submitted:
+    result = run_ci("submit", "test", *args, cwd=project, server=server)
     return Submitted(job_id_from_submit(result.stderr), result)
 
 
@@ -199,16 +205,18 @@ def foreign_http_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.docker
-def test_passing_project_exits_0_and_shows_each_test_passed(
+def test_passing_project_exits_0_and_shows_pytest_s_own_output(
     server: ServerProcess, project: ProjectFactory
 ) -> None:
     run = submit(project("passing"), server)
 
     assert run.result.returncode == 0, describe(run.result)
-    for test in PASSING_TESTS:
-        assert passed_line("tests/test_calc.py", test).search(run.result.stdout), describe(
-            run.result
-        )
+    # pytest's default verbosity: a dot per test, not a line (`-v` is the user's choice).
+    assert progress_line("tests/test_calc.py", "...").search(run.result.stdout), describe(
+        run.result
+    )
+    assert "PASSED" not in run.result.stdout, describe(run.result)
+    assert re.search(r"^=+ 3 passed in ", run.result.stdout, re.M), describe(run.result)
     stderr = run.result.stderr.strip().splitlines()
     # The job id and how to reattach come first, before anything about the job's progress.
     assert UPLOADING.match(stderr[0]), describe(run.result)
@@ -219,6 +227,19 @@ def test_passing_project_exits_0_and_shows_each_test_passed(
 
 
 @pytest.mark.docker
+def test_a_line_per_test_when_the_user_asks_pytest_for_it(
+    server: ServerProcess, project: ProjectFactory
+) -> None:
+    run = submit(project("passing"), server, "--", "-v")
+
+    assert run.result.returncode == 0, describe(run.result)
+    for test in PASSING_TESTS:
+        assert passed_line("tests/test_calc.py", test).search(run.result.stdout), describe(
+            run.result
+        )
+
+
+@pytest.mark.docker
 def test_failing_project_exits_1_and_shows_the_assertion_message(
     server: ServerProcess, project: ProjectFactory
 ) -> None:
@@ -226,12 +247,12 @@ def test_failing_project_exits_1_and_shows_the_assertion_message(
 
     assert run.result.returncode == 1, describe(run.result)
     assert "subtract(5, 3) should be 2 but was -2" in run.result.stdout, describe(run.result)
-    assert re.search(r"^tests/test_calc.py::test_subtract FAILED\b", run.result.stdout, re.M)
+    assert progress_line("tests/test_calc.py", "..F").search(run.result.stdout)
+    assert re.search(r"^FAILED tests/test_calc.py::test_subtract\b", run.result.stdout, re.M)
     # pytest printed colour (the dashboard shows it); `ci` on a pipe prints none of it.
     assert "\x1b[" not in run.result.stdout + run.result.stderr, describe(run.result)
     stored = "\n".join(log_lines(job_log(server, run.job_id)))
     assert re.search(r"\x1b\[[0-9;]*mFAILED", stored), stored
-    assert passed_line("tests/test_calc.py", "test_add").search(run.result.stdout)
     assert outcome_pattern(run.job_id, "failed").match(last_line(run.result.stderr)), describe(
         run.result
     )
@@ -417,8 +438,7 @@ def test_jobs_and_logs_survive_a_server_restart(
     after = run_ci("wait", "--all", run.job_id, cwd=passing, server=second)
     assert after.returncode == 0, describe(after)
     assert after.stdout == before.stdout
-    for test in PASSING_TESTS:
-        assert passed_line("tests/test_calc.py", test).search(after.stdout), describe(after)
+    assert progress_line("tests/test_calc.py", "...").search(after.stdout), describe(after)
     assert outcome_pattern(run.job_id, "succeeded").match(last_line(after.stderr))
 
 

@@ -56,8 +56,12 @@ def test_ci_tests_shows_each_test_s_recent_outcomes_rate_and_median(
     assert "No test results of project 'nothing' yet." in nothing.stderr, describe(nothing)
 
 
+VERBOSE = ("--", "-v")
+"""pytest's own output is a dot per test: a line per test is asked for."""
+
+
 def order_of(stdout: str) -> list[str]:
-    """The tests in the order pytest ran them, from its -v lines."""
+    """The tests in the order pytest ran them, from its -v lines (VERBOSE asks for them)."""
     return re.findall(r"^(tests/test_calc\.py::\w+) (?:PASSED|FAILED)", stdout, re.M)
 
 
@@ -66,10 +70,10 @@ def test_the_last_job_s_failures_run_first_or_only(
     server: ServerProcess, project: ProjectFactory
 ) -> None:
     failing = project("failing")  # test_subtract fails, and comes last
-    first = submit(failing, server)
+    first = submit(failing, server, *VERBOSE)
     assert order_of(first.result.stdout)[-1] == SUBTRACT, describe(first.result)
 
-    again = submit(failing, server)
+    again = submit(failing, server, *VERBOSE)
     assert again.result.returncode == 1, describe(again.result)
     assert order_of(again.result.stdout)[0] == SUBTRACT, describe(again.result)
     assert (
@@ -77,11 +81,11 @@ def test_the_last_job_s_failures_run_first_or_only(
         "(the project's last finished) run first"
     ) in again.result.stderr, describe(again.result)
 
-    only = run_ci("submit", "test", "--lf", cwd=failing, server=server)
+    only = run_ci("submit", "test", "--lf", *VERBOSE, cwd=failing, server=server)
     assert order_of(only.stdout) == [SUBTRACT], describe(only)
     assert "Last failed only: the 1 tests that failed" in only.stderr, describe(only)
 
-    in_order = run_ci("submit", "test", "--no-ff", cwd=failing, server=server)
+    in_order = run_ci("submit", "test", "--no-ff", *VERBOSE, cwd=failing, server=server)
     assert order_of(in_order.stdout)[-1] == SUBTRACT, describe(in_order)
     assert "Failed first" not in in_order.stderr, describe(in_order)
 

@@ -242,7 +242,7 @@ def test_after_every_hostile_upload_the_server_still_runs_a_job(
     result = run_ci("submit", "test", cwd=project, server=server)
 
     assert result.returncode == 0, describe(result)
-    assert "test_ok.py::test_ok PASSED" in result.stdout, describe(result)
+    assert "1 passed" in result.stdout, describe(result)
     # The container check of the hostile cases sees containers when there are some.
     assert len(containers_created(docker_client, server, since)) >= 1
 

@@ -25,6 +25,7 @@ import pytest
 
 from ci_server.app import create_app
 from ci_server.runner.executor import Executor
+from ci_server.runner.reports import ANSI_SGR
 from ci_server.settings import Settings
 from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun, wait_until
 
@@ -344,8 +345,9 @@ async def test_real_project_in_real_docker(
 
         assert (passed["status"], passed["exit_code"], passed["success"]) == ("succeeded", 0, True)
         assert (failed["status"], failed["exit_code"], failed["success"]) == ("failed", 1, False)
-        log = [e.data.get("text", "") for e in await sse(client, failed_id)]
-        assert any("test_sample.py::test_bad FAILED" in line for line in log)
+        # pytest prints colour (--color=yes): the log is read without it.
+        log = [ANSI_SGR.sub("", e.data.get("text", "")) for e in await sse(client, failed_id)]
+        assert any("FAILED test_sample.py::test_bad" in line for line in log)
         assert any("1 failed, 1 passed" in line for line in log)
 
     leftovers = docker_client.containers.list(
