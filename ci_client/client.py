@@ -1,4 +1,4 @@
-"""Talking to the CI server: HTTP with requests, live events over SSE with reconnection."""
+"""Talking to the CI server: HTTP with requests, live events over SSE (sse.py) with reconnection."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from ci_client.sse import sse_events
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
@@ -160,8 +162,6 @@ class CIClient:
         self, job_id: str, *, after: int | None = None, tail: int | None = None
     ) -> Iterator[Event]:
         """The job's events until its `end` event, resuming by itself when the link drops."""
-        import sseclient  # only the commands that follow a job need it
-
         last_seq = after
         deadline: float | None = None
         while True:
@@ -183,12 +183,12 @@ class CIClient:
             if response.status_code != 200:
                 self._json(response, job_id)
             try:
-                for message in sseclient.SSEClient(response.iter_content(chunk_size=None)).events():
-                    if not message.data:
+                for kind, data in sse_events(response.iter_content(chunk_size=None)):
+                    if not data:
                         continue
-                    if message.event == "unauthorized":  # the key stopped working meanwhile
-                        raise NotAuthenticated(json.loads(message.data)["detail"])
-                    payload = json.loads(message.data)
+                    if kind == "unauthorized":  # the key stopped working meanwhile
+                        raise NotAuthenticated(json.loads(data)["detail"])
+                    payload = json.loads(data)
                     event = Event(payload.pop("seq"), payload.pop("type"), payload)
                     last_seq = event.seq
                     deadline = None
