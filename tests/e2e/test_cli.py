@@ -240,6 +240,29 @@ def test_a_line_per_test_when_the_user_asks_pytest_for_it(
 
 
 @pytest.mark.docker
+def test_a_burst_of_output_reaches_the_terminal_line_by_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Lines that come out together travel in one event: `ci` prints each on its own."""
+    project = tmp_path / "burst"
+    (project / "tests").mkdir(parents=True)
+    (project / "requirements.txt").write_text("pytest\n")
+    (project / "pytest.ini").write_text("[pytest]\naddopts = -s\n")
+    (project / "tests" / "test_burst.py").write_text(
+        "def test_burst():\n"
+        "    print()\n"
+        "    print('\\n'.join(f'burst line {n}' for n in range(20000)), flush=True)\n"
+    )
+    run = submit(project, server)
+
+    assert run.result.returncode == 0, describe(run.result)
+    printed = re.findall(r"^burst line (\d+)$", run.result.stdout, re.M)
+    assert printed == [str(n) for n in range(20000)], describe(run.result)
+    log = server.get(f"/jobs/{run.job_id}/events", params={"after": 0}).text
+    assert log.count("event: log") < 1000, "one event per line"
+
+
+@pytest.mark.docker
 def test_failing_project_exits_1_and_shows_the_assertion_message(
     server: ServerProcess, project: ProjectFactory
 ) -> None:
