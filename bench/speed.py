@@ -253,6 +253,7 @@ class DockerRun:
     started_at: float
     """time.time() just before `docker run` started."""
     ended_at: float
+    stdout: str
 
 
 def docker_run(arguments: Sequence[str], *, timeout: float = DOCKER_TIMEOUT) -> DockerRun:
@@ -274,7 +275,7 @@ def docker_run(arguments: Sequence[str], *, timeout: float = DOCKER_TIMEOUT) -> 
     if result.returncode != 0:
         output = (result.stdout + result.stderr)[-3000:]
         raise BenchError(f"`{' '.join(command[:8])} ...` exited {result.returncode}:\n{output}")
-    return DockerRun(name, wall, started_at, ended_at)
+    return DockerRun(name, wall, started_at, ended_at, result.stdout)
 
 
 def container_events(client: docker.DockerClient, since: float, **filters: str) -> dict[str, float]:
@@ -353,15 +354,18 @@ class Submit:
     """time.time() just before the subprocess started."""
     ended_at: float
     stderr: str
+    stdout: str
 
 
-def submit(project: Path, server: ServerProcess, *args: str) -> Submit:
+def submit(
+    project: Path, server: ServerProcess, *args: str, timeout: float = SUBMIT_TIMEOUT
+) -> Submit:
     """Run the real `ci submit test` in `project`; it must pass."""
     started_at, started = time.time(), time.monotonic()
     try:
-        result = run_ci("submit", "test", *args, cwd=project, server=server, timeout=SUBMIT_TIMEOUT)
+        result = run_ci("submit", "test", *args, cwd=project, server=server, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        raise BenchError(f"`ci submit test` did not end within {SUBMIT_TIMEOUT:g}s") from e
+        raise BenchError(f"`ci submit test` did not end within {timeout:g}s") from e
     wall, ended_at = time.monotonic() - started, time.time()
     match = JOB_ID_RE.search(result.stderr)
     if result.returncode != 0 or match is None:
@@ -369,7 +373,7 @@ def submit(project: Path, server: ServerProcess, *args: str) -> Submit:
             f"`ci submit test` in {project.name} exited {result.returncode}:\n"
             f"{result.stdout[-2000:]}{result.stderr[-2000:]}\nserver log: {server.log_path}"
         )
-    return Submit(match.group(1), wall, started_at, ended_at, result.stderr)
+    return Submit(match.group(1), wall, started_at, ended_at, result.stderr, result.stdout)
 
 
 def job_events(server: ServerProcess, job_id: str) -> list[Event]:
