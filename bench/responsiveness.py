@@ -1,24 +1,26 @@
 """Responsiveness benchmark: how long `GET /health` takes while the server is under heavy output.
 
-    python bench/responsiveness.py [--line-mb 50] [--watchers 150] [--lines 50000] [--parts 12]
+    python bench/responsiveness.py [--line-mb 50] [--watchers 150] [--lines 50000] [--parts 123]
 
 Starts a real `ci-server` process (free port, temporary database and data folder, default
-settings otherwise) and, after a warm-up job that builds the environment, runs two jobs:
+settings otherwise) and, after a warm-up job that builds the environment, runs three parts:
 
 1. a test printing one line of --line-mb MB (no newline until its end), followed live by one
    SSE client; three such jobs, one after the other;
 2. a chatty test printing --lines lines over about ten seconds, in bursts of 100 lines,
    followed live by --watchers SSE clients (the test waits two seconds before it prints,
-   time for them to connect).
+   time for them to connect);
+3. --watchers SSE clients replaying a finished job of part 1's kind (20 MiB of log kept, the
+   server's default) from the store.
 
 The SSE clients run in a child process (asyncio, raw sockets, reading and discarding), so
 that the probe, a thread of this process, measures the server and not this process's
-other work. The probe sends `GET /health` every 20 ms from the submit until every client
-has the job's `end` event. It prints, for each part, the probe's p50 / p99 / max, how many
-answers it got, the job's time and status, and whether every client got the end. It stops
-everything it started. `--profile DIR` samples the server with py-spy during each part
-(DIR/part1.txt, collapsed stacks). Exit status 0 when both jobs succeeded and every client
-got the end, 1 otherwise, 2 when it could not run.
+other work. The probe sends `GET /health` every 20 ms from the submit (part 3: from the
+clients' start) until every client has the job's `end` event. It prints, for each part,
+the probe's p50 / p99 / max, how many answers it got, the jobs' time and status, and
+whether every client got the end. It stops everything it started. `--profile DIR` samples
+the server with py-spy during each part (DIR/part1.txt, collapsed stacks). Exit status 0
+when the jobs succeeded and every client got the end, 1 otherwise, 2 when it could not run.
 """
 
 from __future__ import annotations
@@ -201,6 +203,8 @@ class Part:
     body: str
     watchers: int
     jobs: int = 1
+    replay: bool = False
+    """The jobs run to their end first, unmeasured: the clients replay them from the store."""
 
 
 @dataclass
@@ -234,17 +238,24 @@ def run_part(
 ) -> Result:
     assert server.process is not None
     client = CIClient(server.url)
+    jobs: list[dict[str, Any]] = []
+    if part.replay:
+        for run in range(part.jobs):
+            job_id = submit(client, workdir, f"part{number}-{run}", part.body)
+            jobs.append(wait_until_finished(server, job_id, time.monotonic() + 900))
     cpu_before = cpu_seconds(server.process.pid)
     profiler = None
     if profile is not None:
         profiler = start_profiler(server.process.pid, profile / f"part{number}.txt")
     probe = HealthProbe(server.url)
     probe.start()
-    jobs: list[dict[str, Any]] = []
     seen: list[dict[str, Any]] = []
     try:
         for run in range(part.jobs):
-            job_id = submit(client, workdir, f"part{number}-{run}", part.body)
+            if part.replay:
+                job_id = jobs[run]["job_id"]
+            else:
+                job_id = submit(client, workdir, f"part{number}-{run}", part.body)
             watchers = start_watchers(server.url, job_id, part.watchers)
             try:
                 out, _ = watchers.communicate(timeout=900)
@@ -253,7 +264,8 @@ def run_part(
                     watchers.kill()
                     watchers.wait()
             seen += json.loads(out) if out.strip() else []
-            jobs.append(wait_until_finished(server, job_id, time.monotonic() + 900))
+            if not part.replay:
+                jobs.append(wait_until_finished(server, job_id, time.monotonic() + 900))
     finally:
         probe.stop()
         if profiler is not None:
@@ -311,6 +323,13 @@ def run(options: argparse.Namespace, workdir: Path) -> int:
             chatty_body(options.lines),
             watchers=options.watchers,
         ),
+        "3": Part(
+            f"3. {options.watchers} SSE clients replay a finished job of one {options.line_mb} MB"
+            " line",
+            long_line_body(options.line_mb),
+            watchers=options.watchers,
+            replay=True,
+        ),
     }
     passed = True
     try:
@@ -349,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--line-mb", type=int, default=50, help="part 1: the line's size, MB")
     parser.add_argument("--watchers", type=int, default=150, help="part 2: SSE clients")
     parser.add_argument("--lines", type=int, default=50_000, help="part 2: lines printed")
-    parser.add_argument("--parts", default="12", help="which parts to run (default: 12)")
+    parser.add_argument("--parts", default="123", help="which parts to run (default: 123)")
     parser.add_argument(
         "--image",
         default=os.environ.get("CI_RUNNER_IMAGE") or DEFAULT_IMAGE,
