@@ -6,6 +6,7 @@ them, and every read sees the other's committed writes (a revoked key stops work
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sqlite3
@@ -451,7 +452,10 @@ class SqliteStore(Store):
             query += " LIMIT ?"
             params = (*params, limit)
         async with self.db.execute(query, params) as cursor:
-            return [_event_from_row(row) for row in await cursor.fetchall()]
+            rows = await cursor.fetchall()
+        # A page of log events may hold 16 MiB of JSON: decoded on the event loop, each
+        # watcher replaying a long log stalled every request for tens of milliseconds.
+        return await asyncio.to_thread(lambda: [_event_from_row(row) for row in rows])
 
     async def last_event_seq(self, job_id: str) -> int:
         async with self.db.execute("SELECT MAX(seq) FROM events WHERE job_id=?", (job_id,)) as c:
