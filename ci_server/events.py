@@ -31,6 +31,11 @@ from ci_server.store.signals import Signal, SignalKind
 logger = logging.getLogger(__name__)
 
 REPLAY_PAGE = 1000
+REPLAY_READS = 2
+"""Replay pages read from the store at once, whatever the number of watchers: a page may
+hold 16 MiB of log, and the store answers one query at a time (SQLite) or from a small
+pool (PostgreSQL), so 150 watchers replaying a long log queued every other query (the
+/health check's among them) behind seconds of page reads."""
 BATCH_SIZE = 1000
 """Most live events a watcher takes from its queue at once."""
 BATCH_CHARS = 1024 * 1024
@@ -168,6 +173,7 @@ class EventHub:
         self._pending_chars = 0
         self._wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        self._replay_reads = asyncio.Semaphore(REPLAY_READS)
         self._flusher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> EventHub:
@@ -304,7 +310,8 @@ class EventHub:
             try:
                 before = last
                 while True:
-                    page = await self.store.events_after(job_id, last, limit=REPLAY_PAGE)
+                    async with self._replay_reads:
+                        page = await self.store.events_after(job_id, last, limit=REPLAY_PAGE)
                     batch, ended = _newer(page, last)
                     if batch:
                         yield batch

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from ci_server.events import BATCH_CHARS, EventHub, JobChannel, weight
+from ci_server.events import BATCH_CHARS, REPLAY_READS, EventHub, JobChannel, weight
 from ci_server.models import EventType, Job, JobEvent, JobStatus
 from ci_server.runner.output import LOG_EVENT_CHARS
 from ci_server.store.memory import MemoryStore
@@ -149,6 +149,24 @@ async def test_events_written_during_a_slow_replay_are_not_repeated() -> None:
         received += await rest(stream)
         await channel.close()
     assert seqs(received) == list(range(1, 10))
+
+
+async def test_many_watchers_replay_a_few_pages_at_a_time() -> None:
+    """A replay page may hold 16 MiB: the store, which the health check asks too, never has
+    more than REPLAY_READS of them to read at once, however many watchers replay."""
+    store = CountingStore()
+    async with EventHub(store, flush_interval=NEVER) as hub:
+        channel = hub.open(JOB)
+        published = [*log(channel, 3), end(channel)]
+        await channel.close()
+        store.replay_gate = asyncio.Event()
+        watchers = [asyncio.ensure_future(rest(hub.stream(JOB))) for _ in range(10)]
+        await wait_until(lambda: store.replays == REPLAY_READS, what="replays", within=5)
+        for _ in range(20):
+            await asyncio.sleep(0)  # turns for the other watchers to start theirs, if they could
+        assert store.replays == REPLAY_READS
+        store.replay_gate.set()
+        assert [await watcher for watcher in watchers] == [published] * 10
 
 
 async def test_resuming_after_a_seq_yields_exactly_the_rest() -> None:
