@@ -178,13 +178,13 @@ class JobPipeline:
         last = await last_failed(self.store, job)
         failed = last.node_ids if last is not None else ()
         if only_last_failed(pytest_args):
-            which = f"the {len(failed)} tests that failed" if failed else "every test: none failed"
+            which = f"the {_that_failed(len(failed))}" if failed else "every test: none failed"
             log.system(f"Last failed only: {which} in the project's last finished job")
             return failed
         if last is None or not failed:
             return None
         log.system(
-            f"Failed first: {len(failed)} tests that failed in job {last.job_id} "
+            f"Failed first: {_that_failed(len(failed))} in job {last.job_id} "
             "(the project's last finished) run first"
         )
         return failed
@@ -327,3 +327,7 @@ class _JobLog:
                 f"log truncated: the job printed more than {self.budget.max_bytes} bytes; "
                 "the rest of its output is discarded (the job keeps running)"
             )
+
+
+def _that_failed(count: int) -> str:
+    return f"{count} test that failed" if count == 1 else f"{count} tests that failed"

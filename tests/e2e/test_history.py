@@ -77,13 +77,13 @@ def test_the_last_job_s_failures_run_first_or_only(
     assert again.result.returncode == 1, describe(again.result)
     assert order_of(again.result.stdout)[0] == SUBTRACT, describe(again.result)
     assert (
-        f"[ci] Failed first: 1 tests that failed in job {first.job_id} "
+        f"[ci] Failed first: 1 test that failed in job {first.job_id} "
         "(the project's last finished) run first"
     ) in again.result.stderr, describe(again.result)
 
     only = run_ci("submit", "test", "--lf", *VERBOSE, cwd=failing, server=server)
     assert order_of(only.stdout) == [SUBTRACT], describe(only)
-    assert "Last failed only: the 1 tests that failed" in only.stderr, describe(only)
+    assert "Last failed only: the 1 test that failed" in only.stderr, describe(only)
 
     in_order = run_ci("submit", "test", "--no-ff", *VERBOSE, cwd=failing, server=server)
     assert order_of(in_order.stdout)[-1] == SUBTRACT, describe(in_order)

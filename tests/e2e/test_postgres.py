@@ -41,7 +41,7 @@ def test_a_server_on_postgresql_runs_a_job_and_keeps_it_there(
 ) -> None:
     # The admin's key is made by the real `ci-admin`, which reads CI_DATABASE_URL too.
     server = make_server(CI_DATABASE_URL=postgres_database)
-    run = submit(project("passing"), server)
+    run = submit(project("passing"), server, "--", "-v")  # a line per test, to replay
 
     assert run.result.returncode == 0, describe(run.result)
     for test in PASSING_TESTS:
