@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     tests.add_argument(
         "--flaky",
         action="store_true",
-        help="only the flaky tests (failed, then passed on a rerun), the flakiest first",
+        help="only the flaky tests (failed, then passed on a rerun, or passed and failed on "
+        "unchanged code), the flakiest first",
     )
     tests.add_argument(
         "--slowest", type=int, metavar="N", help="only the N slowest tests, by median duration"

@@ -116,8 +116,15 @@ def print_jobs_table(jobs: list[dict[str, Any]], out: SupportsWrite[str]) -> Non
 
 
 def flaky_note(test: dict[str, Any] | None) -> str:
-    """What a test's history says of its flakiness: ` flaky (failed, then passed on a rerun
-    in 2 of its last 20 runs; failed in 3)`, or nothing when none of its runs was flaky."""
+    """What a test's history says of its flakiness: ` flaky (failed 3 of the last 20 runs
+    on unchanged code)` when it passed and failed on the same content (files and
+    environment), else ` flaky (failed, then passed on a rerun in 2 of its last 20 runs;
+    failed in 3)`, or nothing when none of its runs was flaky."""
+    if test and test.get("failures_on_flaky_content"):
+        return (
+            f"  flaky (failed {test['failures_on_flaky_content']} of the last "
+            f"{test['runs_on_flaky_content']} runs on unchanged code)"
+        )
     runs = test["runs"][:RECENT_SHOWN] if test else []
     flaky = sum(run["outcome"] == "flaky" for run in runs)
     failed = sum(run["outcome"] in PROBLEM_OUTCOMES for run in runs)

@@ -145,9 +145,13 @@ class TestRun:
     job_id: str
     outcome: TestOutcome
     duration_seconds: float
+    content_hash: str | None = None
+    """What its job tested (Job.content_hash); None when unknown."""
 
 
 FAILING_OUTCOMES = frozenset({TestOutcome.FAILED, TestOutcome.ERROR})
+PASSING_OUTCOMES = frozenset({TestOutcome.PASSED, TestOutcome.FLAKY})
+"""A flaky outcome passed in the end: it shows the content can pass."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,15 +170,31 @@ class TestHistory:
 
     @property
     def flaky_runs(self) -> int:
-        """How many of its runs failed, then passed on a rerun in the same job."""
-        return sum(run.outcome is TestOutcome.FLAKY for run in self.runs)
+        """How many of its runs were flaky: failed, then passed on a rerun in the same job,
+        or failed on content it passed on too (runs_on_flaky_content)."""
+        reruns = sum(run.outcome is TestOutcome.FLAKY for run in self.runs)
+        return reruns + self.failures_on_flaky_content
+
+    @property
+    def runs_on_flaky_content(self) -> int:
+        """How many of its runs were on content (Job.content_hash) it both passed and
+        failed on: the same files in the same environment, so unchanged code."""
+        return len(self._on_flaky_content())
+
+    @property
+    def failures_on_flaky_content(self) -> int:
+        """How many of its runs failed on content it passed on too."""
+        return sum(run.outcome in FAILING_OUTCOMES for run in self._on_flaky_content())
+
+    def _on_flaky_content(self) -> list[TestRun]:
+        passed = {run.content_hash for run in self.runs if run.outcome in PASSING_OUTCOMES}
+        failed = {run.content_hash for run in self.runs if run.outcome in FAILING_OUTCOMES}
+        both = (passed & failed) - {None}
+        return [run for run in self.runs if run.content_hash in both]
 
     @property
     def flake_rate(self) -> float:
-        """The share of its runs that were flaky (0 with no runs).
-
-        Only reruns within a job tell: jobs keep no hash of their upload's content yet, so
-        a pass and a failure on the same content in two jobs are not recognised."""
+        """The share of its runs that were flaky (0 with no runs)."""
         return self.flaky_runs / len(self.runs) if self.runs else 0.0
 
     @property
@@ -260,6 +280,9 @@ class Job:
     project: str | None = None
     """The project it tests (naming.py), one of its owner's; None for jobs from before
     projects, and when nothing named it."""
+    content_hash: str | None = None
+    """What it tested: its files and environment (runner/content.py), once its tests ran;
+    None before, and for jobs from before content hashes."""
 
     @property
     def success(self) -> bool | None:

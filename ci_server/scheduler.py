@@ -25,6 +25,7 @@ from ci_server.models import (
     TestSummary,
 )
 from ci_server.runner.config import ConfigError, ProjectConfig, load_config
+from ci_server.runner.content import content_hash, project_digest
 from ci_server.runner.environments import EnvironmentCache
 from ci_server.runner.executor import REPORT_DIR, Executor, ExecutorError, ImageMissing, RunSpec
 from ci_server.runner.layers import JobImage, Layers
@@ -71,6 +72,8 @@ class Outcome:
     exit_code: int | None = None
     reason: str | None = None
     summary: TestSummary | None = None
+    content_hash: str | None = None
+    """What the tests ran on (runner/content.py), once they ran."""
 
 
 class JobPipeline:
@@ -127,6 +130,7 @@ class JobPipeline:
             raise StorageFailure("the job's upload is missing from the blob store") from None
         await asyncio.to_thread(unpack_archive, archive, project, limits)
         await asyncio.to_thread(archive.unlink)
+        files_digest = await asyncio.to_thread(project_digest, project)
         output.mkdir()
         config = await asyncio.to_thread(load_config, project)
         image = config.image or self.settings.runner_image
@@ -157,16 +161,17 @@ class JobPipeline:
         )
         if isinstance(outcome, Outcome):
             return outcome
-        exit_code = outcome
+        exit_code, environment = outcome
         log.finish()
         if exit_code == INSTALL_FAILED_EXIT and plan.project_commands:
             return Outcome(JobStatus.FAILED, exit_code, "installing the project failed")
         summary = await self._store_results(job, output, exit_code, tail, log)
+        tested = content_hash(files_digest, environment)
         limit_reached = self._limit_reached(exit_code, output / JUNIT_FILE)
         if limit_reached:
-            return Outcome(JobStatus.FAILED, exit_code, limit_reached, summary)
+            return Outcome(JobStatus.FAILED, exit_code, limit_reached, summary, tested)
         status = JobStatus.SUCCEEDED if exit_code == 0 else JobStatus.FAILED
-        return Outcome(status, exit_code, summary=summary)
+        return Outcome(status, exit_code, summary=summary, content_hash=tested)
 
     async def _last_failed(
         self, job: Job, pytest_args: list[str], log: _JobLog
@@ -210,9 +215,10 @@ class JobPipeline:
         last_failed: Sequence[str] | None,
         tail: OutputTail,
         log: _JobLog,
-    ) -> int | Outcome:
+    ) -> tuple[int, str] | Outcome:
         """Run the tests in the image the layers make for the job, with nothing to install
-        from the network: the pytest's status, or the Outcome of a failed build.
+        from the network: the pytest's status and the key of the environment it ran in
+        (JobImage.environment), or the Outcome of a failed build.
 
         A job with nothing to install runs in its own image; if pytest is not there, again in
         an environment, which installs it. An environment image gone from the engine meanwhile
@@ -236,7 +242,7 @@ class JobPipeline:
             finally:
                 await self.layers.discard(prepared)
             if exit_code != PYTEST_MISSING_EXIT or prepared.installed:
-                return exit_code
+                return exit_code, prepared.environment
             self._without_pytest.add(spec.image)
             pytest_missing = True
         raise ExecutorError(f"the images for job {job.id} kept going missing from the engine")

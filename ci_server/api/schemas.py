@@ -47,6 +47,9 @@ class TestRunOut(BaseModel):
     job_id: str
     outcome: TestOutcome
     duration_seconds: float
+    content_hash: str | None = Field(
+        description="what its job tested: a digest of the project's files and environment"
+    )
 
     model_config = ConfigDict(from_attributes=True)  # read from the domain's TestRun
 
@@ -56,7 +59,16 @@ class TestHistoryOut(BaseModel):
     runs: list[TestRunOut] = Field(description="its latest runs in finished jobs, newest first")
     failure_rate: float = Field(description="the share of those runs that failed or errored")
     median_duration: float = Field(description="the median of their durations, in seconds")
-    flaky_runs: int = Field(description="how many of those runs failed, then passed on a rerun")
+    flaky_runs: int = Field(
+        description="how many of those runs failed, then passed on a rerun, or failed on "
+        "content (files and environment) it also passed on"
+    )
+    runs_on_flaky_content: int = Field(
+        description="how many of those runs were on content it both passed and failed on"
+    )
+    failures_on_flaky_content: int = Field(
+        description="how many of those runs failed on content it also passed on"
+    )
     flake_rate: float = Field(description="the share of those runs that were flaky")
 
     model_config = ConfigDict(from_attributes=True)  # read from the domain's TestHistory
@@ -89,6 +101,10 @@ class JobOut(BaseModel):
         description="the project's name (--project, ci.toml, packaging metadata, or the "
         "folder's name); null for jobs from before projects"
     )
+    content_hash: str | None = Field(
+        description="a digest of the project's files and the environment its tests ran in; "
+        "null until they ran, and for jobs from before content hashes"
+    )
 
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> JobOut:
@@ -109,6 +125,7 @@ class JobOut(BaseModel):
             owner_id=job.owner_id,
             worker=job.worker,
             project=job.project,
+            content_hash=job.content_hash,
         )
 
 

@@ -52,6 +52,9 @@ class JobImage:
     """The failed build's status."""
     discard: tuple[str, ...] = ()
     """Images made for this job alone, to discard after it (Layers.discard)."""
+    environment: str = ""
+    """What the image is made of: its last layer's key, or the id of the job's own image
+    when nothing was built on it (runner/content.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +124,12 @@ class Layers:
         `pytest_missing`: the job's image has no pytest, so even a plan with nothing to
         install needs an environment."""
         image = spec.image
+        environment = ""
         discard: list[str] = []
         try:
             if config.system_packages:
                 script = system_script(config.system_packages)
-                image = await self._ensure(
+                image, environment = await self._ensure(
                     replace(spec, image=image, script=script, env={}),
                     SYSTEM,
                     log,
@@ -134,19 +138,20 @@ class Layers:
                     names=" ".join(config.system_packages),
                 )
             if not (plan.dependency_commands or plan.project_commands or pytest_missing):
-                return JobImage(image, installed=False)
+                environment = environment or await self.executor.image_id(image)
+                return JobImage(image, installed=False, environment=environment)
             build = replace(spec, image=image, script=environment_script(plan))
-            image = await self._ensure(
+            image, environment = await self._ensure(
                 build, ENVIRONMENT, log, rebuild=rebuild, key_files=plan.key_files, once=discard
             )
             if plan.project_commands and await self._builds_by_source(image):
                 build = replace(spec, image=image, script=source_script(plan))
-                image = await self._ensure(
+                image, environment = await self._ensure(
                     build, SOURCE_BUILD, log, rebuild=rebuild, key_files=WHOLE_SOURCE, once=discard
                 )
         except _BuildFailed as e:
             return JobImage(image, False, e.reason, e.exit_code, tuple(discard))
-        return JobImage(image, installed=True, discard=tuple(discard))
+        return JobImage(image, installed=True, discard=tuple(discard), environment=environment)
 
     async def discard(self, job_image: JobImage) -> None:
         """Remove the images made for the job alone."""
@@ -165,10 +170,11 @@ class Layers:
         capabilities: tuple[str, ...] = (),
         names: str = "",
         once: list[str] | None = None,
-    ) -> str:
+    ) -> tuple[str, str]:
         """The image `build.script` makes on `build.image`, run as root (with the network)
-        if it is not kept already; _BuildFailed if the build fails. Without the cache, a
-        layer given `once` is built for this job alone, and its image added there."""
+        if it is not kept already, and its key; _BuildFailed if the build fails. Without
+        the cache, a layer given `once` is built for this job alone, and its image added
+        there."""
         base_id = await self.executor.image_id(build.image)
         key = await asyncio.to_thread(
             environment_key, base_id, build.script, build.workspace, key_files, build.env
@@ -203,7 +209,7 @@ class Layers:
         log.system(said.format(key=key[:12], seconds=environment.build_seconds, names=names))
         if environment.built:
             self._by_source.pop(environment.image, None)  # a new image under a known tag
-        return environment.image
+        return environment.image, key
 
     async def _builds_by_source(self, image: str) -> bool:
         if image not in self._by_source:

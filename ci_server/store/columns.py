@@ -13,6 +13,7 @@ LIFECYCLE_COLUMNS = (
     "reason",
     "summary",
     "worker",
+    "content_hash",
 )
 """What changes over a job's life; the other columns are fixed when it is submitted."""
 JOB_COLUMN_NAMES = (

@@ -196,14 +196,13 @@ class MemoryStore(Store):
             reverse=True,
         )[:HISTORY_JOBS]
         counts: dict[str, int] = {}
-        rows: list[tuple[str, str, str, float]] = []
+        rows: list[tuple[str, str, str, float, str | None]] = []
         for job in finished:
             for result in self._results.get(job.id, []):
                 if counts.get(result.node_id, 0) < runs:
                     counts[result.node_id] = counts.get(result.node_id, 0) + 1
-                    rows.append(
-                        (result.node_id, job.id, result.outcome.value, result.duration_seconds)
-                    )
+                    outcome, duration = result.outcome.value, result.duration_seconds
+                    rows.append((result.node_id, job.id, outcome, duration, job.content_hash))
         return histories_of(rows)
 
     async def register_worker(self, name: str, max_jobs: int) -> None:

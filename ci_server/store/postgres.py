@@ -174,6 +174,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_by_project ON jobs (project, created_at, id);
     CREATE INDEX jobs_by_owner_project ON jobs (owner_id, project, created_at, id);
     """,
+    # Same content: a test that passed and failed on the same files is flaky (TestHistory).
+    "ALTER TABLE jobs ADD COLUMN content_hash TEXT;",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,6 +213,7 @@ def _lifecycle_values(job: Job) -> tuple[Any, ...]:
         job.reason,
         summary,
         job.worker,
+        job.content_hash,
     )
 
 
@@ -643,12 +646,13 @@ class PostgresStore(Store):
         # then their results through the primary key; each test's newest `runs` kept.
         rows = await self.pool.fetch(
             """
-            SELECT node_id, job_id, outcome, duration FROM (
-                SELECT r.node_id, r.job_id, r.outcome, r.duration, ROW_NUMBER() OVER (
+            SELECT node_id, job_id, outcome, duration, content_hash FROM (
+                SELECT r.node_id, r.job_id, r.outcome, r.duration, j.content_hash,
+                ROW_NUMBER() OVER (
                     PARTITION BY r.node_id ORDER BY j.created_at DESC, j.id DESC
                 ) AS n
                 FROM (
-                    SELECT id, created_at FROM jobs
+                    SELECT id, created_at, content_hash FROM jobs
                     WHERE owner_id = $1 AND project = $2 AND status = ANY($3::text[])
                     ORDER BY created_at DESC, id DESC LIMIT $4
                 ) AS j JOIN test_results AS r ON r.job_id = j.id

@@ -39,12 +39,14 @@ FINISHED_STATUSES = tuple(sorted(status.value for status in TERMINAL_STATUSES))
 """The statuses of finished jobs, as the stores write them."""
 
 
-def histories_of(rows: Iterable[tuple[str, str, str, float]]) -> list[TestHistory]:
-    """Test histories from (node id, job id, outcome, duration) rows, each test's newest
-    first, sorted by node id (here, not in SQL: PostgreSQL's collation may differ)."""
+def histories_of(rows: Iterable[tuple[str, str, str, float, str | None]]) -> list[TestHistory]:
+    """Test histories from (node id, job id, outcome, duration, content hash) rows, each
+    test's newest first, sorted by node id (here, not in SQL: PostgreSQL's collation may
+    differ)."""
     runs: dict[str, list[TestRun]] = {}
-    for node_id, job_id, outcome, duration in rows:
-        runs.setdefault(node_id, []).append(TestRun(job_id, TestOutcome(outcome), duration))
+    for node_id, job_id, outcome, duration, content_hash in rows:
+        run = TestRun(job_id, TestOutcome(outcome), duration, content_hash)
+        runs.setdefault(node_id, []).append(run)
     return [TestHistory(node_id, tuple(runs[node_id])) for node_id in sorted(runs)]
 
 

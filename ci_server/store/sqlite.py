@@ -151,6 +151,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_by_project ON jobs (project, created_at, id);
     CREATE INDEX jobs_by_owner_project ON jobs (owner_id, project, created_at, id);
     """,
+    # Same content: a test that passed and failed on the same files is flaky (TestHistory).
+    "ALTER TABLE jobs ADD COLUMN content_hash TEXT;",
 ]
 
 _JOB_MARKS = ",".join("?" * len(JOB_COLUMN_NAMES))
@@ -175,6 +177,7 @@ def _lifecycle_values(job: Job) -> tuple[Any, ...]:
         job.reason,
         _summary_json(job.summary),
         job.worker,
+        job.content_hash,
     )
 
 
@@ -214,6 +217,7 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         owner_id=row["owner_id"],
         worker=row["worker"],
         project=row["project"],
+        content_hash=row["content_hash"],
     )
 
 
@@ -522,12 +526,13 @@ class SqliteStore(Store):
         # then their results through the primary key; each test's newest `runs` kept.
         statuses = ",".join("?" * len(FINISHED_STATUSES))
         query = f"""
-            SELECT node_id, job_id, outcome, duration FROM (
-                SELECT r.node_id, r.job_id, r.outcome, r.duration, ROW_NUMBER() OVER (
+            SELECT node_id, job_id, outcome, duration, content_hash FROM (
+                SELECT r.node_id, r.job_id, r.outcome, r.duration, j.content_hash,
+                ROW_NUMBER() OVER (
                     PARTITION BY r.node_id ORDER BY j.created_at DESC, j.id DESC
                 ) AS n
                 FROM (
-                    SELECT id, created_at FROM jobs
+                    SELECT id, created_at, content_hash FROM jobs
                     WHERE owner_id = ? AND project = ? AND status IN ({statuses})
                     ORDER BY created_at DESC, id DESC LIMIT ?
                 ) AS j JOIN test_results AS r ON r.job_id = j.id

@@ -241,7 +241,7 @@ class Worker:
     ) -> None:
         final = transition(
             job, outcome.status, exit_code=outcome.exit_code, reason=outcome.reason
-        ).replace(summary=outcome.summary)
+        ).replace(summary=outcome.summary, content_hash=outcome.content_hash)
         if await self.store.update_job(final, expected=JobStatus.RUNNING):
             await self.hub.end(final, say_reason=say_reason)
         else:

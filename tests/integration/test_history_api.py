@@ -51,28 +51,56 @@ async def test_a_user_sees_the_history_of_their_own_project_only(tmp_path: Path)
         no_project = await client.get("/tests")
         too_many_runs = await client.get("/tests", params={"project": "app", "runs": 101})
 
+    # Both of ann's jobs tested the same upload in the same environment: one content hash,
+    # so test_b, which passed and failed on it, is flaky.
+    tested = ann[0]["runs"][0]["content_hash"]
+    assert tested is not None
     assert ann == [
         {
             "node_id": "t.py::test_a",
             "runs": [
-                {"job_id": second, "outcome": "passed", "duration_seconds": 0.5},
-                {"job_id": first, "outcome": "passed", "duration_seconds": 0.5},
+                {
+                    "job_id": second,
+                    "outcome": "passed",
+                    "duration_seconds": 0.5,
+                    "content_hash": tested,
+                },
+                {
+                    "job_id": first,
+                    "outcome": "passed",
+                    "duration_seconds": 0.5,
+                    "content_hash": tested,
+                },
             ],
             "failure_rate": 0.0,
             "median_duration": 0.5,
             "flaky_runs": 0,
+            "runs_on_flaky_content": 0,
+            "failures_on_flaky_content": 0,
             "flake_rate": 0.0,
         },
         {
             "node_id": "t.py::test_b",
             "runs": [
-                {"job_id": second, "outcome": "passed", "duration_seconds": 0.5},
-                {"job_id": first, "outcome": "failed", "duration_seconds": 0.5},
+                {
+                    "job_id": second,
+                    "outcome": "passed",
+                    "duration_seconds": 0.5,
+                    "content_hash": tested,
+                },
+                {
+                    "job_id": first,
+                    "outcome": "failed",
+                    "duration_seconds": 0.5,
+                    "content_hash": tested,
+                },
             ],
             "failure_rate": 0.5,
             "median_duration": 0.5,
-            "flaky_runs": 0,
-            "flake_rate": 0.0,
+            "flaky_runs": 1,
+            "runs_on_flaky_content": 2,
+            "failures_on_flaky_content": 1,
+            "flake_rate": 0.5,
         },
     ]
     assert [(test["node_id"], [r["job_id"] for r in test["runs"]]) for test in bob] == [

@@ -310,6 +310,18 @@ async def test_same_dependencies_reuse_the_environment(tmp_path: Path) -> None:
         assert "Successfully installed pytest" not in log_lines(events)
 
 
+async def test_a_job_keeps_the_hash_of_the_content_it_tested(tmp_path: Path) -> None:
+    """The same files in the same environment: the same hash; changed files: another."""
+    async with harness(tmp_path, FakeExecutor()) as h:
+        first = await h.finished((await h.submit()).id)
+        again = await h.finished((await h.submit()).id)
+        edited = {**PASSING_PROJECT, "test_more.py": "def test_more():\n    pass\n"}
+        changed = await h.finished((await h.submit(edited)).id)
+        assert first.content_hash is not None
+        assert again.content_hash == first.content_hash
+        assert changed.content_hash not in (None, first.content_hash)
+
+
 async def test_changed_dependencies_build_a_new_environment(tmp_path: Path) -> None:
     executor = FakeExecutor()
     async with harness(tmp_path, executor) as h:

@@ -25,6 +25,12 @@ def test_a_failure_is_marked_flaky_from_its_recent_runs() -> None:
     assert flaky_note(None) == ""
 
 
+def test_a_failure_on_unchanged_code_is_marked_from_the_runs_on_that_code() -> None:
+    test = {**history("failed", "passed", "failed", "flaky", *["passed"] * 20)}
+    test |= {"runs_on_flaky_content": 20, "failures_on_flaky_content": 3}
+    assert flaky_note(test) == "  flaky (failed 3 of the last 20 runs on unchanged code)"
+
+
 def test_show_lists_failures_with_their_mark_and_the_flaky_tests() -> None:
     job = {"job_id": "j1", "status": "succeeded", "project": "app", "summary": {"flaky": 1}}
     results = [

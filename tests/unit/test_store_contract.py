@@ -27,7 +27,7 @@ from ci_server.models import (
 from ci_server.models import TestOutcome as Outcome
 from ci_server.models import TestResult as Result
 from ci_server.models import TestSummary as Summary
-from ci_server.states import claim
+from ci_server.states import claim, transition
 from ci_server.store.repository import JobStore
 from ci_server.store.signals import Signal, SignalKind
 from ci_server.store.sqlite import SqliteStore
@@ -553,6 +553,38 @@ async def test_history_tells_a_flaky_test_and_its_flake_rate(store: JobStore) ->
     a, b = await store.test_history("alice", "app")
     assert (a.flaky_runs, a.flake_rate, a.failure_rate) == (2, 0.5, 0.25)
     assert (b.flaky_runs, b.flake_rate) == (0, 0.0)
+
+
+async def test_history_tells_a_test_that_passed_and_failed_on_the_same_content(
+    store: JobStore,
+) -> None:
+    """Flaky too: a failure on content (files and environment) the test also passed on;
+    a failure on changed content is not, nor are jobs without a content hash."""
+    runs = [
+        (Outcome.PASSED, "same"),
+        (Outcome.FAILED, "same"),
+        (Outcome.FAILED, "changed"),
+        (Outcome.PASSED, None),
+        (Outcome.FAILED, None),
+    ]
+    for n, (outcome, content) in enumerate(runs):
+        await finished_run(store, n, {"t.py::a": outcome}, content_hash=content)
+    (a,) = await store.test_history("alice", "app")
+    assert [run.content_hash for run in a.runs] == [None, None, "changed", "same", "same"]
+    assert (a.flaky_runs, a.runs_on_flaky_content, a.failures_on_flaky_content) == (1, 2, 1)
+    assert a.flake_rate == 0.2
+
+
+async def test_a_job_s_content_hash_is_kept_once_it_ends(store: JobStore) -> None:
+    (job,) = await add_jobs(store, 1)
+    assert (await store.get_job(job.id)).content_hash is None
+    claimed = await store.claim_next_job("w1")
+    assert claimed is not None
+    ended = transition(claimed, JobStatus.SUCCEEDED, exit_code=0).replace(content_hash="c0ffee")
+    assert await store.update_job(ended, expected=JobStatus.RUNNING)
+    assert (await store.get_job(job.id)).content_hash == "c0ffee"
+    (listed,) = await store.list_jobs()
+    assert listed.content_hash == "c0ffee"
 
 
 async def test_history_keeps_at_most_the_runs_asked_for(store: JobStore) -> None:
