@@ -150,3 +150,49 @@ def test_history_survives_a_server_restart(
     assert [run["outcome"] for run in history["tests/test_flaky.py::test_steady"]["runs"]] == [
         "passed"
     ]
+
+
+COIN = "tests/test_coin.py::test_heads"
+COIN_TEST = """import os
+
+
+def test_heads():
+    assert os.urandom(1)[0] % 2 == 0, "tails"
+"""
+MAX_FLIPS = 20
+"""Submits of one unchanged project until its coin-flip test has both passed and failed: the
+chance that 20 flips all land alike is 2 in a million."""
+
+
+@pytest.mark.docker
+def test_a_test_that_passed_and_failed_on_unchanged_code_is_flaky(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    coin = tmp_path / "coin"
+    (coin / "tests").mkdir(parents=True)
+    (coin / "tests" / "test_coin.py").write_text(COIN_TEST)
+    (coin / "requirements.txt").write_text("pytest\n")
+    failed_job = None
+    passed = False
+    for _ in range(MAX_FLIPS):
+        run = submit(coin, server)
+        assert run.result.returncode in (0, 1), describe(run.result)
+        if run.result.returncode == 1:
+            assert "AssertionError: tails" in run.result.stdout, describe(run.result)
+            failed_job = run.job_id
+        else:
+            passed = True
+        if passed and failed_job is not None:
+            break
+    assert passed and failed_job is not None, "20 flips landed alike"
+
+    listed = run_ci("tests", "--flaky", "--project", "coin", "--json", cwd=tmp_path, server=server)
+    assert listed.returncode == 0, describe(listed)
+    [heads] = json.loads(listed.stdout)
+    assert heads["node_id"] == COIN
+    assert heads["failures_on_flaky_content"] >= 1, heads
+    shown = run_ci("show", failed_job, cwd=tmp_path, server=server)
+    assert re.search(
+        rf"FAILED {re.escape(COIN)}  flaky \(failed \d+ of the last \d+ runs on unchanged code\)",
+        shown.stdout,
+    ), describe(shown)
