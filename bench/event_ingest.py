@@ -32,6 +32,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -673,14 +674,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--lines and --watchers must be at least 1, --timeout positive")
     options = Options(args.lines, args.watchers, args.image, args.timeout, args.keep)
 
+    return run_in_workdir("event_ingest", options.keep, lambda workdir: run(options, workdir))
+
+
+def run_in_workdir(name: str, keep: bool, run: Callable[[Path], int]) -> int:
+    """Run a benchmark in a new temporary folder, removed after unless `keep`: its status, or
+    2 with a message when it could not run (BenchError, ClientError)."""
     workdir = Path(tempfile.mkdtemp(prefix="ci-bench-"))
     try:
-        return run(options, workdir)
+        return run(workdir)
     except (BenchError, ClientError) as e:
-        print(f"event_ingest: {e}", file=sys.stderr)
+        print(f"{name}: {e}", file=sys.stderr)
         return 2
     finally:
-        if options.keep:
+        if keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -29,11 +29,9 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -54,10 +52,11 @@ from bench.event_ingest import (  # noqa: E402
     cpu_seconds,
     print_table,
     remove_leftover_containers,
+    run_in_workdir,
     wait_until_finished,
 )
 from ci_client.archive import build_archive  # noqa: E402
-from ci_client.client import CIClient, ClientError  # noqa: E402
+from ci_client.client import CIClient  # noqa: E402
 from tests.e2e.harness import ServerProcess, server_env  # noqa: E402
 
 PROBE_SECONDS = 0.02
@@ -383,17 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(arguments)
     if min(options.line_mb, options.watchers, options.lines) < 1:
         parser.error("--line-mb, --watchers and --lines must be at least 1")
-    workdir = Path(tempfile.mkdtemp(prefix="ci-bench-"))
-    try:
-        return run(options, workdir)
-    except (BenchError, ClientError) as e:
-        print(f"responsiveness: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if options.keep:
-            print(f"kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir("responsiveness", options.keep, lambda workdir: run(options, workdir))
 
 
 if __name__ == "__main__":
