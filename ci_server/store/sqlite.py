@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -262,6 +262,29 @@ def _session_from_row(row: aiosqlite.Row) -> Session:
     )
 
 
+INSERT_PART_BYTES = 64 * 1024
+"""A batch of events goes in as statements of about this much text each: the connection's one
+thread serves every other query (`/health`'s too) between them, not after a whole batch."""
+
+
+EventRow = tuple[str, int, str, str, str | None]
+"""An events row: job_id, seq, type, data (JSON), time."""
+
+
+def _parts_of(rows: list[EventRow], limit: int) -> Iterator[list[EventRow]]:
+    """`rows` in consecutive parts of at most `limit` characters of data (or one row)."""
+    part: list[EventRow] = []
+    size = 0
+    for row in rows:
+        if part and size + len(row[3]) > limit:
+            yield part
+            part, size = [], 0
+        part.append(row)
+        size += len(row[3])
+    if part:
+        yield part
+
+
 def _event_from_row(row: aiosqlite.Row) -> JobEvent:
     time = _parse_time(row["time"])
     assert time is not None
@@ -435,11 +458,15 @@ class SqliteStore(Store):
     async def append_events(self, events: Sequence[JobEvent]) -> None:
         if not events:
             return
-        await self.db.executemany(
+        rows: list[EventRow] = [
+            (e.job_id, e.seq, e.type.value, json.dumps(e.data), _time(e.time)) for e in events
+        ]
+        for part in _parts_of(rows, INSERT_PART_BYTES):
             # OR IGNORE: a batch retried after a failed commit may be partly written already.
-            "INSERT OR IGNORE INTO events (job_id, seq, type, data, time) VALUES (?,?,?,?,?)",
-            [(e.job_id, e.seq, e.type.value, json.dumps(e.data), _time(e.time)) for e in events],
-        )
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO events (job_id, seq, type, data, time) VALUES (?,?,?,?,?)",
+                part,
+            )
         await self.db.commit()
         last = {event.job_id: event.seq for event in events}
         for job_id, seq in last.items():

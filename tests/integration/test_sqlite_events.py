@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ci_server.events import EventHub
 from ci_server.models import EventType, JobEvent
-from ci_server.store.sqlite import SqliteStore
+from ci_server.store.sqlite import INSERT_PART_BYTES, SqliteStore
 
 JOB = "0123456789ab"
 
@@ -57,3 +57,16 @@ async def test_events_of_a_finished_job_replay_from_the_file_after_a_restart(
             replayed = [event async for event in restarted.stream(JOB)]
         assert replayed == published
         assert await restarted.last_seq(JOB) == 3
+
+
+async def test_a_batch_larger_than_one_insert_is_stored_whole_and_in_order(
+    tmp_path: Path,
+) -> None:
+    """A batch goes in as several statements (INSERT_PART_BYTES each), so that other queries
+    run between them; it is still committed whole."""
+    line = "x" * (INSERT_PART_BYTES // 3)
+    async with SqliteStore(tmp_path / "ci.db") as store, EventHub(store) as hub:
+        channel = hub.open(JOB)
+        published = [channel.publish(EventType.LOG, stream="stdout", text=line) for _ in range(20)]
+    async with SqliteStore(tmp_path / "ci.db") as reopened:
+        assert await reopened.events_after(JOB) == published
