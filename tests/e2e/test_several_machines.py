@@ -69,20 +69,19 @@ def cluster(
     )
     db_path = Path(env["CI_DB_PATH"])
     processes: list[ServerProcess | WorkerProcess] = []
+    workers: dict[str, WorkerProcess] = {}
+    """The cluster's workers as the tests leave them (a test may restart one)."""
     try:
         a = ServerProcess(db_path=db_path, env=env, args=("--no-worker",)).start()
         processes.append(a)
         b = ServerProcess(db_path=db_path, env=env, args=("--no-worker",), api_key=a.api_key)
         processes.append(b.start())
-        workers = {
-            name: WorkerProcess(name, {**env, "CI_DATA_DIR": str(tmp_path / name)}, tmp_path)
-            for name in WORKERS
-        }
-        for worker in workers.values():
-            processes.append(worker.start())
+        for name in WORKERS:
+            env_of_worker = {**env, "CI_DATA_DIR": str(tmp_path / name)}
+            workers[name] = WorkerProcess(name, env_of_worker, tmp_path).start()
         yield Cluster(a, b, workers, postgres_database)
     finally:
-        for process in processes:
+        for process in [*processes, *workers.values()]:
             process.stop()
 
 
