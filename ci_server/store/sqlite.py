@@ -48,6 +48,7 @@ from ci_server.store.repository import (
     histories_of,
 )
 from ci_server.store.signals import Signal, SignalKind
+from ci_server.store.sqlite_wal import WalCheckpointer
 from ci_server.users import (
     ApiKey,
     ApiKeyNotFound,
@@ -302,6 +303,7 @@ class SqliteStore(Store):
         super().__init__()
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._checkpointer = WalCheckpointer(self.path)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -316,7 +318,10 @@ class SqliteStore(Store):
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.execute("PRAGMA busy_timeout=5000")
+        # WalCheckpointer does it, on its own connection (sqlite_wal.py says why).
+        await self._db.execute("PRAGMA wal_autocheckpoint=0")
         await self._migrate()
+        await self._checkpointer.start()
 
     async def _version(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cursor:
@@ -339,6 +344,7 @@ class SqliteStore(Store):
                     raise
 
     async def close(self) -> None:
+        await self._checkpointer.stop()
         if self._db is not None:
             await self._db.close()
             self._db = None

@@ -9,6 +9,7 @@ from pathlib import Path
 from ci_server.events import EventHub
 from ci_server.models import EventType, JobEvent
 from ci_server.store.sqlite import INSERT_PART_BYTES, SqliteStore
+from tests.fakes import wait_until
 
 JOB = "0123456789ab"
 
@@ -70,3 +71,23 @@ async def test_a_batch_larger_than_one_insert_is_stored_whole_and_in_order(
         published = [channel.publish(EventType.LOG, stream="stdout", text=line) for _ in range(20)]
     async with SqliteStore(tmp_path / "ci.db") as reopened:
         assert await reopened.events_after(JOB) == published
+
+
+async def test_the_wal_is_copied_into_the_database_file_while_the_store_is_open(
+    tmp_path: Path,
+) -> None:
+    """The store's connection never checkpoints (a checkpoint inside a commit held up every
+    query); its WalCheckpointer does, on a connection of its own, so the WAL does not keep
+    everything written while the server runs."""
+    path = tmp_path / "ci.db"
+    line = "x" * 65536
+    async with SqliteStore(path) as store, EventHub(store) as hub:
+        channel = hub.open(JOB)
+        for _ in range(128):  # 8 MiB
+            channel.publish(EventType.LOG, stream="stdout", text=line)
+        await hub.flush()
+        await wait_until(
+            lambda: path.stat().st_size > 8 * 2**20,
+            what="the events copied from the WAL into the database file",
+            within=20,
+        )
