@@ -10,7 +10,7 @@ import logging
 import uvicorn
 
 from ci_server.app import create_app
-from ci_server.settings import Settings
+from ci_server.settings import InvalidSettings, load_settings
 
 logger = logging.getLogger("ci_server")
 
@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except InvalidSettings as e:
+        parser.error(str(e))
     if not settings.auth:
         if not is_loopback(args.host):
             parser.error(

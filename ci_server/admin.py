@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import NoReturn
 
 import asyncpg
-from pydantic import ValidationError
 
 from ci_common.tables import local_time, print_table
 from ci_server import accounts
 from ci_server.models import CIError, JobStatus, WorkerInfo
-from ci_server.settings import Settings
+from ci_server.settings import InvalidSettings, load_settings
 from ci_server.store.factory import (
     Database,
     configured_database,
@@ -181,7 +180,7 @@ def worker_state(worker: WorkerInfo, timeout: float) -> str:
 
 async def workers_list(store: Store, args: argparse.Namespace) -> int:
     workers = await store.list_workers()
-    timeout = Settings().worker_timeout
+    timeout = load_settings().worker_timeout
     running: dict[str, list[str]] = {}
     for job in await store.jobs_with_status(JobStatus.RUNNING):
         running.setdefault(job.worker or "", []).append(job.id)
@@ -305,9 +304,10 @@ async def _run(handler: Handler, database: Database, args: argparse.Namespace) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        database: Database = args.db or configured_database(Settings())
-    except ValidationError as e:
-        _fail(f"invalid CI_* setting: {e}")
+        settings = load_settings()  # checked even with --db: `workers` reads one
+        database: Database = args.db or configured_database(settings)
+    except InvalidSettings as e:
+        _fail(str(e))
     try:
         if isinstance(database, Path):
             _check_database(database)

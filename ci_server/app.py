@@ -95,6 +95,3 @@ def create_app(
     app.include_router(tests.router)
     install_dashboard(app)
     return app
-
-
-app = create_app()

@@ -6,10 +6,11 @@ import hashlib
 import os
 import socket
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ci_server.runner.executor import ContainerLimits
@@ -225,3 +226,24 @@ class Settings(BaseSettings):
     @property
     def archive_limits(self) -> ArchiveLimits:
         return ArchiveLimits(max_files=self.max_files, max_unpacked_bytes=self.max_unpacked_bytes)
+
+
+class InvalidSettings(Exception):
+    """A CI_* variable holds what its setting cannot take; the message names each such
+    variable and why, never its value (CI_DATABASE_URL's holds a password)."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and `overrides`, from command-line options), or
+    InvalidSettings saying what is wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise InvalidSettings("; ".join(map(_problem, e.errors(include_input=False)))) from None
+
+
+def _problem(error: ErrorDetails) -> str:
+    why = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a rule across settings: its message names them
+        return why
+    return f"CI_{'_'.join(str(part) for part in error['loc']).upper()}: {why}"

@@ -19,12 +19,11 @@ import sys
 from collections.abc import Sequence
 
 import asyncpg
-from pydantic import ValidationError
 
 from ci_server.app import docker_executor
 from ci_server.events import EventHub
 from ci_server.runner.executor import Executor
-from ci_server.settings import Settings
+from ci_server.settings import InvalidSettings, Settings, load_settings
 from ci_server.store.factory import configured_database, describe, open_blob_store, open_store
 from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
@@ -96,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings(**({"worker_name": args.name} if args.name is not None else {}))
-    except ValidationError as e:
-        parser.error(f"invalid setting: {e}")
+        settings = load_settings(**({"worker_name": args.name} if args.name is not None else {}))
+    except InvalidSettings as e:
+        parser.error(str(e))
     try:
         asyncio.run(run_worker(settings))
     except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
