@@ -22,6 +22,15 @@ if answers; then
   exit 0
 fi
 
+# One run at a time from here (helpers and test sessions start it together): a second
+# initdb into the same folder fails, and so would a second apt-get.
+exec 9>"$DATA.lock"
+flock 9
+if answers; then
+  echo "$URL"
+  exit 0
+fi
+
 if [[ -z $(pg_bin) ]]; then
   echo "ensure-postgres: installing postgresql" >&2
   apt-get update -q >&2
@@ -46,9 +55,10 @@ touch "$LOG"
 
 echo "ensure-postgres: starting PostgreSQL on 127.0.0.1:$PORT (log: $LOG)" >&2
 # fsync off: a test cluster, thrown away with the machine; it spares the loaded disk.
+# 9>&-: the server must not inherit the lock, or it would hold it for as long as it runs.
 "${as_owner[@]}" "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 start \
-  -o "-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" >&2 ||
-  true # another run of this script may have started it meanwhile: the check below decides
+  -o "-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" \
+  >&2 9>&-
 
 if ! answers; then
   echo "ensure-postgres: ERROR: PostgreSQL does not answer; tail of $LOG:" >&2
