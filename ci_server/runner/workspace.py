@@ -5,6 +5,11 @@ paths, `..` or links, has too many entries, would unpack past a size limit (the 
 size is counted while writing, not taken from the zip's own headers), or is damaged:
 whatever reading it raises is InvalidUpload. The check reads every entry's header but
 decompresses nothing; damaged data shows only when unpacking.
+
+A manifest (a project sent as a tree of contents, ci_server/contents.py) obeys the same
+rules: its names pass `safe_relative_path` like an entry's, and `ManifestBudget` counts its
+files, bytes and depth against the same ArchiveLimits. Its files are regular files or
+folders by construction: a manifest has no way to say "link".
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ from pathlib import Path, PurePosixPath
 from ci_server.models import InvalidUpload
 
 COPY_CHUNK = 1024 * 1024
+ZIP_START = b"PK\x03\x04"
+ZIP_STARTS = (ZIP_START, b"PK\x05\x06")
+"""What an accepted archive starts with: a first entry, or the end of an empty archive. A
+zip may carry anything before (zipfile reads it from its end): refusing that keeps the
+manifests the server writes under a job's key (`contents.MANIFEST_START`) apart from any
+zip a user can send."""
 _DAMAGED_ENTRY_ERRORS = (
     zipfile.BadZipFile,
     zlib.error,
@@ -44,14 +55,26 @@ class ArchiveLimits:
     """Largest uncompressed/compressed ratio of the whole archive (zip bombs)."""
 
 
+MAX_DEPTH = 64
+"""Most nested folders in a manifest (a zip's depth is bounded by its names' length)."""
+
+
+def safe_relative_path(name: str, what: str) -> PurePosixPath:
+    """The relative path `name` stands for (`\\` as `/`); InvalidUpload, naming `what`,
+    if it is absolute, has a drive, `..` or a NUL. It may have no parts (`""`, `"."`)."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
+        raise InvalidUpload(f"{what} {name!r} has an absolute path")
+    if ".." in path.parts:
+        raise InvalidUpload(f"{what} {name!r} points outside the project")
+    if "\0" in name:
+        raise InvalidUpload(f"{what} {name[:200]!r} has a NUL character")
+    return path
+
+
 def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
     """The relative path the entry unpacks to, or None for a directory entry."""
-    name = info.filename.replace("\\", "/")
-    path = PurePosixPath(name)
-    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
-        raise InvalidUpload(f"archive entry {info.filename!r} has an absolute path")
-    if ".." in path.parts:
-        raise InvalidUpload(f"archive entry {info.filename!r} points outside the project")
+    path = safe_relative_path(info.filename, "archive entry")
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise InvalidUpload(f"archive entry {info.filename!r} is a symbolic link")
@@ -60,34 +83,76 @@ def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
     return path
 
 
+def safe_entry_name(name: str) -> str:
+    """A manifest's entry name if it is one safe path component (the rules of
+    `safe_relative_path`, and no `/`, `\\`, `.` or empty name); InvalidUpload otherwise."""
+    path = safe_relative_path(name, "manifest entry")
+    if path.parts != (name,):
+        raise InvalidUpload(f"manifest entry {name[:200]!r} is not a single file or folder name")
+    return name
+
+
+class ManifestBudget:
+    """What a manifest has added up to so far, refused with InvalidUpload as soon as it
+    passes the limits a zip obeys (files, unpacked bytes) or MAX_DEPTH; also bounds the
+    folders, which cost a read each, by the number of files allowed."""
+
+    def __init__(self, limits: ArchiveLimits) -> None:
+        self.limits = limits
+        self.files = 0
+        self.folders = 0
+        self.bytes = 0
+
+    def add_folder(self, depth: int) -> None:
+        self.folders += 1
+        if depth > MAX_DEPTH:
+            raise InvalidUpload(f"manifest nests folders deeper than {MAX_DEPTH}")
+        if self.folders > self.limits.max_files:
+            raise InvalidUpload(
+                f"manifest has more than {self.limits.max_files} folders, the files' limit"
+            )
+
+    def add_file(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        if self.files > self.limits.max_files:
+            raise InvalidUpload(f"manifest has more than {self.limits.max_files} files, the limit")
+        if self.bytes > self.limits.max_unpacked_bytes:
+            raise InvalidUpload(
+                f"manifest unpacks to more than {self.limits.max_unpacked_bytes} bytes, the limit"
+            )
+
+
 def check_archive(path: Path, limits: ArchiveLimits) -> int:
     """Refuse an unsafe archive with InvalidUpload; return its number of files."""
     # Opened first: a missing or unreadable upload is the server's fault, not the archive's.
-    with (
-        path.open("rb") as file,
-        _refusing_damage("upload is not a valid zip archive"),
-        zipfile.ZipFile(file) as archive,
-    ):
-        infos = archive.infolist()
-        if len(infos) > limits.max_files:
+    with path.open("rb") as file, _refusing_damage("upload is not a valid zip archive"):
+        if file.read(len(ZIP_START)) not in ZIP_STARTS:
             raise InvalidUpload(
-                f"archive has {len(infos)} entries, more than the limit of {limits.max_files}"
+                "upload is not a valid zip archive: it does not start with a zip header"
             )
-        declared = sum(info.file_size for info in infos)
-        compressed = sum(info.compress_size for info in infos)
-        if declared > limits.max_unpacked_bytes:
-            raise InvalidUpload(
-                f"archive unpacks to {declared} bytes, "
-                f"more than the limit of {limits.max_unpacked_bytes}"
-            )
-        if compressed and declared / compressed > limits.max_ratio:
-            raise InvalidUpload(
-                f"archive compression ratio {declared / compressed:.0f} is suspicious "
-                f"(limit {limits.max_ratio:.0f}): refusing a possible zip bomb"
-            )
-        files = [info for info in infos if _safe_member_path(info) is not None]
-        for info in files:
-            _check_local_header(archive, info)
+        file.seek(0)
+        with zipfile.ZipFile(file) as archive:
+            infos = archive.infolist()
+            if len(infos) > limits.max_files:
+                raise InvalidUpload(
+                    f"archive has {len(infos)} entries, more than the limit of {limits.max_files}"
+                )
+            declared = sum(info.file_size for info in infos)
+            compressed = sum(info.compress_size for info in infos)
+            if declared > limits.max_unpacked_bytes:
+                raise InvalidUpload(
+                    f"archive unpacks to {declared} bytes, "
+                    f"more than the limit of {limits.max_unpacked_bytes}"
+                )
+            if compressed and declared / compressed > limits.max_ratio:
+                raise InvalidUpload(
+                    f"archive compression ratio {declared / compressed:.0f} is suspicious "
+                    f"(limit {limits.max_ratio:.0f}): refusing a possible zip bomb"
+                )
+            files = [info for info in infos if _safe_member_path(info) is not None]
+            for info in files:
+                _check_local_header(archive, info)
     return len(files)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import shutil
 import tempfile
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +35,18 @@ PARTIAL_PREFIX = ".put-"
 
 def _stored_at(status: os.stat_result) -> datetime:
     return datetime.fromtimestamp(status.st_mtime, UTC)
+
+
+def _sync_file_system(directory: Path) -> None:
+    """Flush every file written on `directory`'s file system: Linux's syncfs(2), one call
+    for thousands of files that an fsync each took 4 ms apiece for; elsewhere sync(2)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None or syncfs(descriptor) != 0:
+            os.sync()
+    finally:
+        os.close(descriptor)
 
 
 class _FileWriter(BlobWriter):
@@ -110,8 +124,67 @@ class FileBlobStore(BlobStore):
         finally:
             await asyncio.to_thread(file.close)
 
+    async def put_many(self, blobs: Sequence[tuple[str, bytes]]) -> None:
+        """Every blob written beside its key, all flushed at once (`_sync_file_system`),
+        then each renamed over its key."""
+        with storage_errors("could not store blobs"):
+            await asyncio.to_thread(self._put_many, [(self._path(k), d) for k, d in blobs])
+
+    def _put_many(self, blobs: list[tuple[Path, bytes]]) -> None:
+        written: list[tuple[Path, Path]] = []
+        try:
+            for path, data in blobs:
+                descriptor, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=self.directory)
+                written.append((Path(name), path))
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(data)
+            _sync_file_system(self.directory)
+            while written:
+                partial, path = written.pop()
+                partial.replace(path)
+        finally:
+            for partial, _ in written:
+                partial.unlink(missing_ok=True)
+
+    async def fetch_many(self, blobs: Sequence[tuple[str, Path]]) -> int:
+        """Copies in one thread (each file whole or not at all, as `fetch`)."""
+        pairs = [(self._path(key), key, destination) for key, destination in blobs]
+        return await asyncio.to_thread(self._fetch_many, pairs)
+
+    def _fetch_many(self, pairs: list[tuple[Path, str, Path]]) -> int:
+        total = 0
+        for source, key, destination in pairs:
+            partial = destination.with_name(f".{destination.name}.part")
+            try:
+                with storage_errors(f"could not read blob {key!r}"):
+                    try:
+                        reader = source.open("rb")
+                    except FileNotFoundError:
+                        raise BlobNotFound(key) from None
+                with reader, storage_errors(f"could not write blob {key!r} to {destination}"):
+                    with partial.open("wb") as writer:
+                        shutil.copyfileobj(reader, writer, self.chunk_bytes)
+                        total += writer.tell()
+                    partial.replace(destination)
+            finally:
+                partial.unlink(missing_ok=True)
+        return total
+
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
+
+    async def sizes(self, keys: Collection[str]) -> dict[str, int]:
+        paths = {key: self._path(key) for key in keys}
+        with storage_errors("could not look for blobs"):
+            return await asyncio.to_thread(self._sizes, paths)
+
+    @staticmethod
+    def _sizes(paths: dict[str, Path]) -> dict[str, int]:
+        found = {}
+        for key, path in paths.items():
+            with contextlib.suppress(FileNotFoundError):
+                found[key] = path.stat().st_size
+        return found
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -134,12 +207,16 @@ class FileBlobStore(BlobStore):
         return sorted(blobs, key=lambda blob: blob.key)
 
     async def delete_except(
-        self, keep: Collection[str], *, older_than: timedelta = CLEANUP_GRACE
+        self,
+        keep: Collection[str],
+        *,
+        older_than: timedelta = CLEANUP_GRACE,
+        among: Callable[[str], bool] = lambda _key: True,
     ) -> list[str]:
         """As BlobStore's, and removes the partial files of puts that stopped (a crash)
         more than `older_than` ago."""
         await asyncio.to_thread(self._remove_partials, datetime.now(UTC) - older_than)
-        return await super().delete_except(keep, older_than=older_than)
+        return await super().delete_except(keep, older_than=older_than, among=among)
 
     def _remove_partials(self, before: datetime) -> None:
         for partial in self.directory.glob(f"{PARTIAL_PREFIX}*"):

@@ -371,6 +371,70 @@ async def test_delete_except_removes_the_blobs_of_ended_jobs_but_not_fresh_ones(
     assert [blob.key for blob in await blobs.list_blobs()] == ["queued.zip", "running.zip"]
 
 
+async def test_delete_except_considers_only_the_keys_among_those_asked(blobs: BlobStore) -> None:
+    for key in ("ended.zip", "c.owner.content"):
+        await blobs.put(key, pieces(key.encode(), 4))
+
+    removed = await blobs.delete_except(
+        set(), older_than=timedelta(0), among=lambda key: "." not in key.removesuffix(".zip")
+    )
+
+    assert removed == ["ended.zip"]
+    assert [blob.key for blob in await blobs.list_blobs()] == ["c.owner.content"]
+
+
+# -- many blobs at once (a project's contents) ----------------------------------------------
+
+
+async def test_put_many_stores_each_blob_as_put_would(
+    new_blob_store: BlobStoreFactory, blobs: BlobStore, tmp_path: Path
+) -> None:
+    large = os.urandom(CHUNK_BYTES * 2 + 5)
+    await blobs.put("replaced", pieces(b"old", 2))
+    batch = [("small", b"tiny"), ("empty", b""), ("large", large), ("replaced", b"new")]
+
+    await blobs.put_many(batch)
+
+    other = new_blob_store()
+    await other.open()
+    try:
+        for key, data in batch:
+            assert await other.read_bytes(key, len(data)) == data
+        assert await other.sizes(["small", "empty", "large", "replaced", "absent"]) == {
+            "small": 4,
+            "empty": 0,
+            "large": len(large),
+            "replaced": 3,
+        }
+    finally:
+        await other.close()
+
+
+async def test_read_bytes_gives_up_past_its_bound(blobs: BlobStore) -> None:
+    await blobs.put("eleven", pieces(b"x" * 11, 3))
+
+    assert await blobs.read_bytes("eleven", 11) == b"x" * 11
+    assert await blobs.read_bytes("eleven", 10) is None
+    with pytest.raises(BlobNotFound):
+        await blobs.read_bytes("absent", 10)
+
+
+async def test_fetch_many_writes_every_blob_whole(blobs: BlobStore, tmp_path: Path) -> None:
+    large = os.urandom(CHUNK_BYTES + 1)
+    await blobs.put_many([("one", b"1"), ("empty", b""), ("large", large)])
+    out = tmp_path / "out"
+    out.mkdir()
+    wanted = [("one", out / "a"), ("empty", out / "b"), ("large", out / "c"), ("one", out / "d")]
+
+    assert await blobs.fetch_many(wanted) == 2 + len(large)
+
+    assert [(out / name).read_bytes() for name in "abcd"] == [b"1", b"", large, b"1"]
+    with pytest.raises(BlobNotFound):
+        await blobs.fetch_many([("one", out / "e"), ("absent", out / "f")])
+    assert not (out / "f").exists()
+    assert names_in(out) == ["a", "b", "c", "d", "e"]
+
+
 # -- one backend's failures ------------------------------------------------------------------
 
 
