@@ -86,8 +86,10 @@ def decode_tree(data: bytes) -> list[TreeEntry]:
     if not isinstance(rows, list):
         raise BadTree("not a tree: no list of entries")
     entries = [_entry(row) for row in rows]
+    if len({entry.name for entry in entries}) != len(entries):
+        raise BadTree("a tree names an entry twice")
     if encode_tree(entries) != data:
-        raise BadTree("a tree must be in the canonical encoding (sorted, compact, no repeats)")
+        raise BadTree("a tree must be in the canonical encoding (sorted, compact)")
     return entries
 
 

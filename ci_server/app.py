@@ -1,7 +1,7 @@
 """create_app(settings): the FastAPI app, with the parts of the process wired in its lifespan.
 
-Every API process has the store, the blob store (uploads), an EventHub, the JobService and
-a Sweeper (lost workers).
+Every API process has the store, the blob store (uploads), an EventHub, the JobService, a
+Sweeper (lost workers) and a ContentSweeper (uploaded contents no kept job needs).
 By default it also runs a Worker of its own (one process: `ci-server`); `worker=False`
 serves the API only (`ci-server --no-worker`), and `ci-worker` processes run the jobs.
 """
@@ -15,11 +15,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ci_server.api import health, jobs, tests
+from ci_server.api import health, jobs, tests, uploads
 from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
 from ci_server.api.limits import BodySizeLimit
+from ci_server.contents_gc import ContentSweeper
 from ci_server.events import EventHub
 from ci_server.jobs import JobService
 from ci_server.runner.docker import DockerExecutor
@@ -74,6 +75,7 @@ def create_app(
                 )
             local_worker = settings.worker_name if worker else None
             await stack.enter_async_context(Sweeper(job_store, hub, blobs, settings, local_worker))
+            await stack.enter_async_context(ContentSweeper(job_store, blobs, settings))
             app.state.settings = settings
             app.state.store = job_store  # for authentication (api/auth.py)
             app.state.service = service
@@ -93,5 +95,6 @@ def create_app(
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(tests.router)
+    app.include_router(uploads.router)
     install_dashboard(app)
     return app

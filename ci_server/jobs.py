@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ci_server import accounts
+from ci_server.contents import Contents, ManifestFile, Received, encode_manifest
 from ci_server.events import EventHub
 from ci_server.models import (
     CANCELLED_REASON,
     OWNER_DEACTIVATED_REASON,
     EventType,
+    InvalidUpload,
     Job,
     JobAlreadyFinished,
     JobEvent,
@@ -41,7 +43,8 @@ from ci_server.models import (
     new_job_id,
 )
 from ci_server.periodic import cancel_all, start_every
-from ci_server.runner.naming import upload_project_name
+from ci_server.runner.naming import NAMING_FILES, given_name, project_name, upload_project_name
+from ci_server.runner.shapes import MAX_FILE_BYTES
 from ci_server.runner.workspace import check_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
@@ -72,6 +75,7 @@ class JobService:
         """Where uploads wait for their job's worker, under the job's id."""
         self.settings = settings
         self.incoming_dir = settings.resolved_data_dir / "incoming"
+        self.contents = Contents(blobs, settings.archive_limits, self.incoming_dir)
         self._owner_watch: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> JobService:
@@ -179,25 +183,35 @@ class JobService:
     async def submit(
         self,
         user: User,
-        archive: BinaryIO,
+        archive: BinaryIO | None,
         *,
+        tree: str | None = None,
         timeout_seconds: float | None = None,
         pytest_args: Sequence[str] = (),
         no_cache: bool = False,
         project: str | None = None,
         directory: str | None = None,
     ) -> JobView:
-        """Check the zip archive read from `archive`, keep it and queue a job for `user`, of
-        the `project` given, else named from the upload or its `directory` (naming.py).
+        """Queue a job for `user` on the zip archive read from `archive`, or on the tree of
+        contents `tree` (contents.py) they uploaded; of the `project` given, else named
+        from the upload or its `directory` (naming.py).
 
-        InvalidUpload if it is not a safe archive, ProjectError if `project` cannot be a
-        name, StorageFailure if it cannot be kept.
+        InvalidUpload if it is not a safe archive or tree, ContentsMissing if the tree names
+        contents the user has not sent, ProjectError if `project` cannot be a name,
+        StorageFailure if it cannot be kept.
         """
-        path = await asyncio.to_thread(self._receive, archive)
+        if tree is not None:
+            path, name = await self._receive_tree(user, tree, project, directory)
+        elif archive is not None:
+            path = await asyncio.to_thread(self._receive, archive)
+            name = None
+        else:
+            raise InvalidUpload("send the project as a zip archive or as a tree of contents")
         try:
-            name = await asyncio.to_thread(
-                upload_project_name, path, self.incoming_dir, given=project, directory=directory
-            )
+            if archive is not None:
+                name = await asyncio.to_thread(
+                    upload_project_name, path, self.incoming_dir, given=project, directory=directory
+                )
             limit = self.settings.max_job_timeout
             job = Job(
                 id=new_job_id(),
@@ -210,6 +224,8 @@ class JobService:
             await self.blobs.put(job.id, path)  # StorageFailure if it cannot
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
+        if tree is not None:
+            await self.contents.remember(user.id, tree)
         try:
             # Its first event before the job: a worker that claims it numbers from there.
             await self.store.append_events(
@@ -220,6 +236,38 @@ class JobService:
             await self.blobs.delete(job.id)
             raise
         return await self.get(user, job.id)
+
+    async def _receive_tree(
+        self, user: User, tree: str, project: str | None, directory: str | None
+    ) -> tuple[Path, str | None]:
+        """The manifest of the user's `tree`, checked, in a file to keep as the job's
+        upload, and the job's project name (read from the tree's top-level files)."""
+        await asyncio.to_thread(self._check_free_space)
+        files = await self.contents.manifest(user.id, tree)
+        if project is not None:
+            name = given_name(project)
+        else:
+            with tempfile.TemporaryDirectory(dir=self.incoming_dir, prefix="naming-") as folder:
+                await self.contents.fetch_files(
+                    user.id, files, NAMING_FILES, Path(folder), MAX_FILE_BYTES
+                )
+                name = await asyncio.to_thread(project_name, Path(folder), directory=directory)
+        return await asyncio.to_thread(self._write_manifest, files), name
+
+    def _write_manifest(self, files: list[ManifestFile]) -> Path:
+        with tempfile.NamedTemporaryFile(dir=self.incoming_dir, delete=False) as target:
+            target.write(encode_manifest(files))
+        return Path(target.name)
+
+    async def missing_contents(self, user: User, hashes: Sequence[str]) -> list[str]:
+        """Those of `hashes` that `user` has not uploaded (another user's count for nothing)."""
+        return await self.contents.missing(user.id, hashes)
+
+    async def receive_contents(self, user: User, batch: BinaryIO) -> Received:
+        """Keep the user's batch of contents (contents.py), each checked against its hash;
+        StorageFailure below the free-space floor."""
+        await asyncio.to_thread(self._check_free_space)
+        return await self.contents.receive(user.id, batch)
 
     def _check_free_space(self) -> None:
         """Refuse new work below the free-space floor: what runs already carries on, with the

@@ -90,6 +90,16 @@ class UploadTooLarge(InvalidUpload):
     pass
 
 
+class ContentsMissing(CIError):
+    """A project sent as contents names some its owner has not uploaded (or that were
+    cleaned up since the question was asked): upload them, then submit again."""
+
+    def __init__(self, hashes: list[str]) -> None:
+        shown = ", ".join(hashes[:3]) + (f" and {len(hashes) - 3} more" if len(hashes) > 3 else "")
+        super().__init__(f"{len(hashes)} contents are not on the server: {shown}")
+        self.hashes = hashes
+
+
 class StorageFailure(CIError):
     """The server could not write what it must keep (a full disk, most likely), or read it
     back (its database went away)."""

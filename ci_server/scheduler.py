@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ci_server.contents import Contents, is_manifest
 from ci_server.events import JobChannel
 from ci_server.history import last_failed
 from ci_server.models import (
@@ -85,6 +86,7 @@ class JobPipeline:
         self.blobs = blobs
         self.settings = settings
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
+        self.contents = Contents(blobs, settings.archive_limits, self.workspaces_dir)
         self.environments = EnvironmentCache(
             executor, owner=settings.instance_id, keep=settings.env_cache_size
         )
@@ -128,7 +130,12 @@ class JobPipeline:
             await self.blobs.fetch(job.id, archive)
         except BlobNotFound:
             raise StorageFailure("the job's upload is missing from the blob store") from None
-        await asyncio.to_thread(unpack_archive, archive, project, limits)
+        if await asyncio.to_thread(is_manifest, archive):
+            if job.owner_id is None:  # a manifest's contents are its owner's, always set
+                raise StorageFailure("the job's upload names contents but the job no owner")
+            await self.contents.assemble(job.owner_id, archive, project)
+        else:
+            await asyncio.to_thread(unpack_archive, archive, project, limits)
         await asyncio.to_thread(archive.unlink)
         files_digest = await asyncio.to_thread(project_digest, project)
         output.mkdir()

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
         description="below this much free space on the data dir's file system a new upload "
         "is refused (507); running jobs carry on",
     )
+    content_keep_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="how long a project's uploaded contents are kept after its last job "
+        "was submitted, for the next submit to reuse (contents_gc.py)",
+    )
+    content_sweep_seconds: float = Field(
+        default=600.0, gt=0, description="how often contents no kept job needs are removed"
+    )
     env_cache: bool = Field(
         default=True,
         description="keep dependency environments for the next jobs; off, each job's is "

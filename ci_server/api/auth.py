@@ -25,7 +25,9 @@ from ci_server.users import ANONYMOUS_ADMIN, NotAuthenticated, User
 
 USER_SCOPE_KEY = "ci.user"
 """Where AuthenticateUploads leaves the user it found, for `current_user` to reuse."""
-UPLOAD_ROUTES = frozenset({("POST", "/jobs")})
+UPLOAD_ROUTES = frozenset(
+    {("POST", "/jobs"), ("POST", "/uploads/missing"), ("POST", "/uploads/blobs")}
+)
 UNAUTHORIZED_EVENT = "unauthorized"
 """The last event of a stream whose key stopped working; `data` is a 401's JSON body."""
 FRAMES_AHEAD = 2

@@ -9,6 +9,7 @@ from starlette.routing import Match
 
 from ci_server.models import (
     CIError,
+    ContentsMissing,
     InvalidTransition,
     InvalidUpload,
     JobAlreadyFinished,
@@ -37,6 +38,7 @@ STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
     (UploadTooLarge, 413),
     (InvalidUpload, 400),
     (ProjectError, 400),
+    (ContentsMissing, 409),
     (InvalidTransition, 409),
     (JobAlreadyFinished, 409),
     (StorageFailure, 507),

@@ -40,10 +40,12 @@ from ci_server.models import TestOutcome
 from ci_server.runner.naming import MAX_PROJECT_CHARS
 
 ERRORS = {
-    400: "the upload is not a safe zip archive",
+    400: "the upload is not a safe zip archive (or tree of contents), or a content does not "
+    "match its hash",
     401: "no API key, or not a valid one",
     404: "no job with this id (for a listing: the `before` job); another user's is unknown too",
-    409: "the job has already finished",
+    409: "the job has already finished; for a submit: contents the tree names are not on the "
+    "server (upload them, then submit again)",
     413: "the upload is larger than the server's limit",
     507: "the server could not store the upload (its disk is full, or below its free-space floor)",
 }
@@ -87,11 +89,21 @@ def _job_out(view: JobView) -> JobOut:
     return JobOut.from_job(view.job, view.queue_position)
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=documented(400, 413, 507))
+@router.post("", status_code=201, response_model=JobOut, responses=documented(400, 409, 413, 507))
 async def submit_job(
-    archive: Annotated[UploadFile, File(description="the project, as a zip archive")],
     service: Service,
     user: CurrentUser,
+    archive: Annotated[
+        UploadFile | None, File(description="the project, as a zip archive (or send `tree`)")
+    ] = None,
+    tree: Annotated[
+        str | None,
+        Form(
+            pattern=r"^[0-9a-f]{64}$",
+            description="the project, as the hash of its root tree, its contents uploaded "
+            "through /uploads (instead of `archive`)",
+        ),
+    ] = None,
     timeout_seconds: Annotated[float | None, Form(gt=0)] = None,
     pytest_args: Annotated[list[str] | None, Form()] = None,
     no_cache: Annotated[bool, Form(description="rebuild the dependency environment")] = False,
@@ -113,7 +125,8 @@ async def submit_job(
 ) -> JobOut:
     view = await service.submit(
         user,
-        archive.file,
+        archive.file if archive is not None else None,
+        tree=tree,
         timeout_seconds=timeout_seconds,
         pytest_args=pytest_args or (),
         no_cache=no_cache,

@@ -170,3 +170,24 @@ EVENT_STREAM_SCHEMA: dict[str, Any] = {
     },
 }
 """The OpenAPI description of one event of GET /jobs/{id}/events (text/event-stream)."""
+
+
+MAX_MISSING_QUERY = 100_000
+"""Hashes one `POST /uploads/missing` may ask about (a manifest's files and folders)."""
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class MissingIn(BaseModel):
+    hashes: list[str] = Field(
+        max_length=MAX_MISSING_QUERY,
+        description="SHA-256 content hashes (lower-case hex) of files and trees",
+    )
+
+
+class MissingOut(BaseModel):
+    missing: list[str] = Field(description="those of `hashes` you have not uploaded")
+
+
+class ReceivedOut(BaseModel):
+    received: int = Field(description="contents stored")
+    bytes: int = Field(description="their size, unpacked")

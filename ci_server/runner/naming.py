@@ -45,6 +45,16 @@ def project_name(root: Path, *, directory: str | None = None) -> str | None:
     return usable_name(directory)
 
 
+def given_name(given: str) -> str:
+    """The name a user asked for; ProjectError if it cannot be one."""
+    name = usable_name(given)
+    if name is None:
+        raise ProjectError(
+            f"a project's name has 1 to {MAX_PROJECT_CHARS} printable characters: {given!r}"
+        )
+    return name
+
+
 def _configured_name(root: Path) -> str | None:
     return load_config(root).project
 
@@ -56,12 +66,7 @@ def upload_project_name(
     ProjectError if it cannot be a name), else `project_name` of the files NAMING_FILES,
     unpacked into a folder under `scratch`."""
     if given is not None:
-        name = usable_name(given)
-        if name is None:
-            raise ProjectError(
-                f"a project's name has 1 to {MAX_PROJECT_CHARS} printable characters: {given!r}"
-            )
-        return name
+        return given_name(given)
     with tempfile.TemporaryDirectory(dir=scratch, prefix="naming-") as folder:
         root = Path(folder)
         unpack_files(upload, root, NAMING_FILES, MAX_FILE_BYTES)

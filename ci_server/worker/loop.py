@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable
 
 from ci_server import accounts
+from ci_server.contents import is_upload_key
 from ci_server.events import EventHub, JobChannel
 from ci_server.models import (
     CANCELLED_REASON,
@@ -152,7 +153,7 @@ class Worker:
                     await self.hub.end(ended)
         # The uploads of jobs that ended while no process could delete them (a crash).
         waiting = await self.store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
-        await self.blobs.delete_except({job.id for job in waiting})
+        await self.blobs.delete_except({job.id for job in waiting}, among=is_upload_key)
 
     # -- claiming --------------------------------------------------------------------------
 

@@ -1,0 +1,310 @@
+"""Projects sent as contents (ci_common/trees.py): per-owner blobs, manifests, workspaces.
+
+The client asks which contents its owner lacks (`missing`), sends those in batches
+(`receive`: each blob's bytes checked against its hash), then submits the root tree's
+hash. `manifest` walks that tree from the blob store under the rules zips obey
+(runner/workspace.py: names, counts, sizes, depth) into the flat list of the job's files,
+which the server keeps under the job's key in place of a zip (`encode_manifest`); the
+worker that claims the job assembles its workspace from it (`assemble`).
+
+Owners: a content is kept under `c.<owner>.<hash>`, so every question and every reference
+is answered within one owner's contents. Knowing a hash gives nothing: another user with the
+same file is told it is missing and must send it, and a tree naming a hash its owner never
+sent is refused (ContentsMissing). A submit also leaves `r.<owner>.<root>` (a ref, empty),
+whose age says when that project state was last used: contents_gc.py keeps what recent refs
+and waiting jobs need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tempfile
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from ci_common.trees import (
+    MAX_HEADER_BYTES,
+    BadTree,
+    TreeEntry,
+    decode_tree,
+    is_hash,
+    new_hasher,
+    parse_record_header,
+)
+from ci_server.models import BlobNotFound, ContentsMissing, InvalidUpload, StorageFailure
+from ci_server.runner.workspace import (
+    ArchiveLimits,
+    ManifestBudget,
+    safe_entry_name,
+    safe_relative_path,
+)
+from ci_server.store.blobs import BlobStore
+
+CONTENT_PREFIX = "c."
+REF_PREFIX = "r."
+MANIFEST_START = b"CI-MANIFEST-1\n"
+"""How the server's manifest of a job starts; no accepted zip can (workspace.ZIP_STARTS)."""
+MAX_TREE_BYTES = 8 * 1024**2
+"""A folder's tree: about 60,000 entries; bigger ones are refused."""
+SMALL_BLOB = 1024**2
+"""Blobs up to this size are stored together (`BlobStore.put_many`); larger ones each alone."""
+MAX_BATCH_MEMORY = 64 * 1024**2
+"""Most bytes of small blobs one batch may hold (the client sends up to 8 MiB a batch)."""
+COPY_CHUNK = 1024**2
+
+
+def content_key(owner: str, hash_: str) -> str:
+    return f"{CONTENT_PREFIX}{owner}.{hash_}"
+
+
+def ref_key(owner: str, root: str) -> str:
+    return f"{REF_PREFIX}{owner}.{root}"
+
+
+def is_upload_key(key: str) -> bool:
+    """Whether `key` holds a job's upload (a zip or a manifest), not contents or refs."""
+    return "." not in key
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFile:
+    path: str
+    size: int
+    executable: bool
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    blobs: int
+    bytes: int
+
+
+def encode_manifest(files: list[ManifestFile]) -> bytes:
+    rows = ([f.path, f.size, int(f.executable), f.hash] for f in files)
+    return MANIFEST_START + b"\n".join(json.dumps(row).encode() for row in rows)
+
+
+def is_manifest(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(len(MANIFEST_START)) == MANIFEST_START
+
+
+def read_manifest(path: Path) -> list[ManifestFile]:
+    """The files of a manifest the server wrote (its paths checked again all the same)."""
+    files = []
+    with path.open("rb") as file:
+        file.read(len(MANIFEST_START))
+        for line in file:
+            name, size, executable, hash_ = json.loads(line)
+            if not safe_relative_path(name, "manifest entry").parts or not is_hash(hash_):
+                raise InvalidUpload(f"manifest entry {name!r} cannot be read")
+            files.append(ManifestFile(name, int(size), bool(executable), hash_))
+    return files
+
+
+class Contents:
+    """One owner's contents in the blob store, and the rules for what refers to them."""
+
+    def __init__(self, blobs: BlobStore, limits: ArchiveLimits, scratch: Path) -> None:
+        self.blobs = blobs
+        self.limits = limits
+        self.scratch = scratch
+        """Where large blobs of a batch wait for their put (the incoming uploads' folder)."""
+
+    async def missing(self, owner: str, hashes: Collection[str]) -> list[str]:
+        """Those of `hashes` the owner has not uploaded, in the order asked."""
+        for hash_ in hashes:
+            if not is_hash(hash_):
+                raise InvalidUpload(f"not a content hash: {str(hash_)[:100]!r}")
+        keys = {hash_: content_key(owner, hash_) for hash_ in hashes}
+        present = await self.blobs.sizes(keys.values())
+        return [hash_ for hash_, key in keys.items() if key not in present]
+
+    async def receive(self, owner: str, body: BinaryIO) -> Received:
+        """Store the blobs of a batch (ci_common/trees.py's records, zstd-compressed), each
+        checked against its hash: a mismatch, a damaged stream or more than the unpacked
+        limit is InvalidUpload, and nothing of the batch after the bad record is kept."""
+        small: list[tuple[str, bytes]] = []
+        large: list[tuple[str, Path]] = []
+        try:
+            total = await asyncio.to_thread(self._unpack_batch, body, small, large)
+            if small:
+                await self.blobs.put_many([(content_key(owner, h), data) for h, data in small])
+            for hash_, path in large:
+                await self.blobs.put(content_key(owner, hash_), path)
+        finally:
+            for _, path in large:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+        return Received(len(small) + len(large), total)
+
+    def _unpack_batch(
+        self, body: BinaryIO, small: list[tuple[str, bytes]], large: list[tuple[str, Path]]
+    ) -> int:
+        budget = self.limits.max_unpacked_bytes
+        in_memory = 0
+        try:
+            reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(body))
+            while header := reader.readline(MAX_HEADER_BYTES):
+                hash_, size = parse_record_header(header)
+                budget -= size
+                if budget < 0:
+                    raise InvalidUpload(
+                        f"batch unpacks to more than {self.limits.max_unpacked_bytes} bytes"
+                    )
+                if size <= SMALL_BLOB:
+                    data = _read_exactly(reader, size)
+                    _check_hash(hash_, data)
+                    in_memory += size
+                    if in_memory > MAX_BATCH_MEMORY:
+                        raise InvalidUpload(
+                            f"batch holds more than {MAX_BATCH_MEMORY} bytes of small files"
+                        )
+                    small.append((hash_, data))
+                else:
+                    large.append((hash_, self._spill(reader, hash_, size)))
+        except (zstandard.ZstdError, BadTree) as e:
+            raise InvalidUpload(f"not a batch of contents: {e}") from None
+        return self.limits.max_unpacked_bytes - budget
+
+    def _spill(self, reader: io.BufferedIOBase, hash_: str, size: int) -> Path:
+        """A large blob's bytes into a file of its own, checked against `hash_`."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.scratch, delete=False) as file:
+                path = Path(file.name)
+                hasher = new_hasher()
+                left = size
+                while left:
+                    chunk = _read_exactly(reader, min(left, COPY_CHUNK))
+                    hasher.update(chunk)
+                    file.write(chunk)
+                    left -= len(chunk)
+        except OSError as e:
+            raise StorageFailure(f"the server could not store the upload: {e.strerror}") from e
+        if hasher.hexdigest() != hash_:
+            path.unlink(missing_ok=True)
+            raise InvalidUpload(f"content {hash_} does not match its hash: refused")
+        return path
+
+    async def manifest(self, owner: str, root: str) -> list[ManifestFile]:
+        """The files of the owner's tree `root`, checked as a zip's entries are: bad
+        names, too many files or bytes, too deep, InvalidUpload; contents the owner has
+        not uploaded, ContentsMissing; a file whose size is not its content's, InvalidUpload."""
+        files: list[ManifestFile] = []
+        await self.walk(owner, root, lambda _tree: None, files.append)
+        keys = {content_key(owner, f.hash) for f in files}
+        sizes = await self.blobs.sizes(keys)
+        absent = sorted({f.hash for f in files if content_key(owner, f.hash) not in sizes})
+        if absent:
+            raise ContentsMissing(absent)
+        for file in files:
+            if sizes[content_key(owner, file.hash)] != file.size:
+                raise InvalidUpload(f"manifest entry {file.path!r}: its size is not its content's")
+        return files
+
+    async def walk(
+        self,
+        owner: str,
+        root: str,
+        on_tree: Callable[[str], None],
+        on_file: Callable[[ManifestFile], None],
+    ) -> None:
+        """Visit the trees and files under `root` (the trees read from the store), under
+        the limits of ManifestBudget."""
+        if not is_hash(root):
+            raise InvalidUpload(f"not a content hash: {root[:100]!r}")
+        budget = ManifestBudget(self.limits)
+        pending: list[tuple[str, str, int]] = [(root, "", 0)]
+        while pending:
+            tree, prefix, depth = pending.pop()
+            budget.add_folder(depth)
+            on_tree(tree)
+            for entry in await self._tree(owner, tree):
+                path = f"{prefix}{safe_entry_name(entry.name)}"
+                if entry.kind == "dir":
+                    pending.append((entry.hash, f"{path}/", depth + 1))
+                else:
+                    budget.add_file(entry.size)
+                    on_file(ManifestFile(path, entry.size, entry.executable, entry.hash))
+
+    async def _tree(self, owner: str, hash_: str) -> list[TreeEntry]:
+        try:
+            data = await self.blobs.read_bytes(content_key(owner, hash_), MAX_TREE_BYTES)
+        except BlobNotFound:
+            raise ContentsMissing([hash_]) from None
+        if data is None:
+            raise InvalidUpload(f"tree {hash_} is larger than {MAX_TREE_BYTES} bytes")
+        # Trees are checked too: a tree is content like any other, kept under its hash.
+        _check_hash(hash_, data)
+        try:
+            return decode_tree(data)
+        except BadTree as e:
+            raise InvalidUpload(f"tree {hash_}: {e}") from None
+
+    async def remember(self, owner: str, root: str) -> None:
+        """Note that `root` was just submitted: its contents are kept content_keep_hours."""
+        await self.blobs.put_many([(ref_key(owner, root), b"")])
+
+    async def assemble(self, owner: str, manifest: Path, destination: Path) -> None:
+        """Write the files of the server's `manifest` into the new folder `destination`,
+        from the owner's contents; StorageFailure if any is gone."""
+        files = await asyncio.to_thread(read_manifest, manifest)
+        targets = await asyncio.to_thread(_prepare, destination, files)
+        try:
+            written = await self.blobs.fetch_many(
+                [
+                    (content_key(owner, f.hash), target)
+                    for f, target in zip(files, targets, strict=True)
+                ]
+            )
+        except BlobNotFound as e:
+            raise StorageFailure(f"a content of the job's upload is missing: {e}") from None
+        if written != sum(f.size for f in files):
+            raise StorageFailure("the job's contents are not the size its manifest says")
+        await asyncio.to_thread(_set_modes, destination, files, targets)
+
+    async def fetch_files(
+        self, owner: str, files: list[ManifestFile], names: Collection[str], folder: Path, most: int
+    ) -> None:
+        """The top-level files named `names` (pyproject.toml & co.) into `folder`, those of
+        at most `most` bytes (whoever reads them bounded would refuse a longer one)."""
+        wanted = [f for f in files if f.path in names and f.size <= most]
+        await self.blobs.fetch_many([(content_key(owner, f.hash), folder / f.path) for f in wanted])
+
+
+def _read_exactly(reader: io.BufferedIOBase, size: int) -> bytes:
+    data = reader.read(size)
+    if len(data) != size:
+        raise InvalidUpload("batch ends in the middle of a content")
+    return data
+
+
+def _check_hash(hash_: str, data: bytes) -> None:
+    if new_hasher(data).hexdigest() != hash_:
+        raise InvalidUpload(f"content {hash_} does not match its hash: refused")
+
+
+def _prepare(destination: Path, files: list[ManifestFile]) -> list[Path]:
+    destination.mkdir(parents=True, exist_ok=False)
+    root = destination.resolve()
+    targets = []
+    for file in files:
+        target = root.joinpath(*file.path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        targets.append(target)
+    return targets
+
+
+def _set_modes(destination: Path, files: list[ManifestFile], targets: list[Path]) -> None:
+    """As a zip's unpack: readable by the unprivileged user the tests run as, executable
+    bits kept."""
+    for file, target in zip(files, targets, strict=True):
+        target.chmod(0o755 if file.executable else 0o644)
+    for directory in [destination, *(p for p in destination.rglob("*") if p.is_dir())]:
+        directory.chmod(0o755)
