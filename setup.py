@@ -26,6 +26,7 @@ setup(
         "defusedxml>=0.7",
         "poetry-core>=1.9",
         "jinja2>=3.1",
+        "zstandard>=0.23",
     ],
     extras_require={
         "dev": [

@@ -80,12 +80,47 @@ def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | Non
 
 
 def _upload(client: CIClient, args: argparse.Namespace) -> str:
-    """Zip the project in the current directory, submit it and return the job id."""
+    """Send the project in the current directory (only what the server lacks, or a zip to
+    an older server), submit it and return the job id."""
     # Imported here: only `submit` needs them, and every other command starts faster.
-    from ci_client.archive import build_archive, check_project_root
+    from ci_client.archive import check_project_root
+    from ci_client.client import ContentsMissing, ServerWithoutContents
 
     root = Path.cwd()
     check_project_root(root)
+    options: dict[str, Any] = {
+        "timeout_seconds": args.timeout,
+        "pytest_args": [*_order_args(args), *args.pytest_args],
+        "no_cache": args.no_cache,
+        "project": args.project,
+        "directory": root.name,
+    }
+    try:
+        try:
+            return _send_contents(client, root, options)
+        except ContentsMissing:  # cleaned up on the server meanwhile: once more
+            return _send_contents(client, root, options)
+    except ServerWithoutContents:
+        return _send_zip(client, root, options)
+
+
+def _send_contents(client: CIClient, root: Path, options: dict[str, Any]) -> str:
+    from ci_client.contents import send, snapshot
+    from ci_client.hashcache import HashCache, cache_dir
+
+    with HashCache(cache_dir() / "hashes.sqlite3", root) as cache:
+        snap = snapshot(root, cache)
+    sent = send(client, snap)
+    _say(
+        f"Sent {sent.files:,} of {snap.file_count:,} files ({_human_size(sent.bytes)} of "
+        f"{_human_size(snap.total_bytes)}) to {client.base_url}"
+    )
+    return client.submit_tree(snap.root, **options)["job_id"]
+
+
+def _send_zip(client: CIClient, root: Path, options: dict[str, Any]) -> str:
+    from ci_client.archive import build_archive
+
     with tempfile.TemporaryDirectory(prefix="ci-upload-") as tmp:
         archive = Path(tmp) / "project.zip"
         summary = build_archive(root, archive)
@@ -93,15 +128,7 @@ def _upload(client: CIClient, args: argparse.Namespace) -> str:
             f"Uploading {summary.files} files ({_human_size(summary.source_bytes)}, "
             f"{_human_size(summary.archive_bytes)} zipped) to {client.base_url}"
         )
-        job = client.submit(
-            archive,
-            timeout_seconds=args.timeout,
-            pytest_args=[*_order_args(args), *args.pytest_args],
-            no_cache=args.no_cache,
-            project=args.project,
-            directory=root.name,
-        )
-    return job["job_id"]
+        return client.submit(archive, **options)["job_id"]
 
 
 def _count(text: str) -> int:

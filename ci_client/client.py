@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 
 from ci_client.sse import sse_events
+from ci_common.trees import BATCH_MEDIA_TYPE
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
@@ -27,6 +29,14 @@ class ClientError(Exception):
 
 class JobNotFound(ClientError):
     pass
+
+
+class ServerWithoutContents(ClientError):
+    """The server takes no content uploads (an older one): send a zip instead."""
+
+
+class ContentsMissing(ClientError):
+    """The server cleaned up contents between the question and the submit: send again."""
 
 
 class NotAuthenticated(ClientError):
@@ -88,38 +98,69 @@ class CIClient:
         except ValueError as e:
             raise ClientError(f"{self.base_url} does not look like a CI server") from e
 
-    def submit(
+    def submit(self, archive: Path, **options: Any) -> dict[str, Any]:
+        """Upload the project as a zip (`_submit` for the options)."""
+        with archive.open("rb") as stream:
+            return self._json(
+                self._submit([("archive", ("project.zip", stream, "application/zip"))], **options)
+            )
+
+    def _submit(
         self,
-        archive: Path,
+        fields: list[tuple[str, Any]],
         *,
         timeout_seconds: float | None = None,
         pytest_args: Sequence[str] = (),
         no_cache: bool = False,
         project: str | None = None,
         directory: str | None = None,
-    ) -> dict[str, Any]:
-        """Upload the project; the server names it `project`, else from its files, else
-        `directory` (the folder's name)."""
-        with archive.open("rb") as stream:
-            fields: list[tuple[str, Any]] = [
-                ("archive", ("project.zip", stream, "application/zip"))
-            ]
-            if timeout_seconds is not None:
-                fields.append(("timeout_seconds", str(timeout_seconds)))
-            fields.extend(("pytest_args", arg) for arg in pytest_args)
-            if no_cache:
-                fields.append(("no_cache", "true"))
-            if project is not None:
-                fields.append(("project", project))
-            if directory is not None:
-                fields.append(("directory", directory))
-            # The encoder streams the file: a large project is never held whole in memory.
-            from requests_toolbelt.multipart.encoder import MultipartEncoder
+    ) -> requests.Response:
+        """POST /jobs with the project's `fields`; the server names it `project`, else from
+        its files, else `directory` (the folder's name)."""
+        fields = list(fields)
+        if timeout_seconds is not None:
+            fields.append(("timeout_seconds", str(timeout_seconds)))
+        fields.extend(("pytest_args", arg) for arg in pytest_args)
+        if no_cache:
+            fields.append(("no_cache", "true"))
+        if project is not None:
+            fields.append(("project", project))
+        if directory is not None:
+            fields.append(("directory", directory))
+        # The encoder streams a file: a large project is never held whole in memory.
+        from requests_toolbelt.multipart.encoder import MultipartEncoder
 
-            body = MultipartEncoder(fields=fields)
-            response = self._request(
-                "POST", "/jobs", data=body, headers={"Content-Type": body.content_type}
-            )
+        body = MultipartEncoder(fields=fields)
+        return self._request(
+            "POST", "/jobs", data=body, headers={"Content-Type": body.content_type}
+        )
+
+    def missing_contents(self, hashes: Sequence[str]) -> tuple[list[str], int]:
+        """Those of `hashes` the server lacks for this user, and the bytes the question
+        took; ServerWithoutContents if the server predates content uploads."""
+        body = json.dumps({"hashes": list(hashes)}).encode()
+        response = self._request(
+            "POST", "/uploads/missing", data=body, headers={"Content-Type": "application/json"}
+        )
+        if response.status_code in (404, 405):
+            raise ServerWithoutContents(f"{self.base_url} takes zip uploads only")
+        return self._json(response)["missing"], len(body)
+
+    def upload_contents(self, batch: BinaryIO) -> int:
+        """Send a batch of contents (contents.py); the bytes sent."""
+        size = os.fstat(batch.fileno()).st_size
+        response = self._request(
+            "POST", "/uploads/blobs", data=batch, headers={"Content-Type": BATCH_MEDIA_TYPE}
+        )
+        self._json(response)
+        return size
+
+    def submit_tree(self, tree: str, **options: Any) -> dict[str, Any]:
+        """Submit the project whose contents were sent, by its root tree's hash;
+        ContentsMissing if the server no longer has some of them."""
+        response = self._submit([("tree", tree)], **options)
+        if response.status_code == 409:
+            raise ContentsMissing(_detail(response) or "contents missing")
         return self._json(response)
 
     def get_job(self, job_id: str) -> dict[str, Any]:

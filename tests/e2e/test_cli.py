@@ -38,8 +38,8 @@ ProjectFactory = Callable[[str], Path]
 JOB_ID = r"[0-9a-f]{12}"
 SUBMITTED = re.compile(rf"^Job ({JOB_ID}) submitted\..*\bci wait \1$")
 ASYNC_SUBMITTED = re.compile(rf"^Job submitted: ({JOB_ID})$")
-UPLOADING = re.compile(
-    r"^Uploading (\d+) files \(([\d.]+) (B|KB|MB|GB), ([\d.]+) (B|KB|MB|GB) zipped\) to "
+SENT = re.compile(
+    r"^Sent ([\d,]+) of ([\d,]+) files \(([\d.]+) (B|KB|MB|GB) of ([\d.]+) (B|KB|MB|GB)\) to "
 )
 UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
@@ -99,12 +99,14 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str
 
 
 def upload_size(stderr: str) -> tuple[int, float]:
-    """(files, bytes before zipping) from the `Uploading N files (...)` line."""
+    """(the project's files, their bytes) from the `Sent N of M files (...)` line."""
     for line in stderr.splitlines():
-        match = UPLOADING.match(line)
+        match = SENT.match(line)
         if match:
-            return int(match.group(1)), float(match.group(2)) * UNITS[match.group(3)]
-    raise AssertionError(f"no `Uploading N files` line in stderr:\n{stderr}")
+            return int(match.group(2).replace(",", "")), float(match.group(5)) * UNITS[
+                match.group(6)
+            ]
+    raise AssertionError(f"no `Sent N of M files` line in stderr:\n{stderr}")
 
 
 class LineReader:
@@ -219,7 +221,7 @@ def test_passing_project_exits_0_and_shows_pytest_s_own_output(
     assert re.search(r"^=+ 3 passed in ", run.result.stdout, re.M), describe(run.result)
     stderr = run.result.stderr.strip().splitlines()
     # The job id and how to reattach come first, before anything about the job's progress.
-    assert UPLOADING.match(stderr[0]), describe(run.result)
+    assert SENT.match(stderr[0]), describe(run.result)
     assert SUBMITTED.match(stderr[1]), describe(run.result)
     assert outcome_pattern(run.job_id, "succeeded").match(stderr[-1]), describe(run.result)
     job = server.job(run.job_id)
@@ -543,4 +545,4 @@ def test_a_directory_that_is_no_project_is_a_usage_error(tmp_path: Path) -> None
     url = f"http://127.0.0.1:{free_port()}"
     result = run_ci("submit", "test", cwd=empty, server=url, timeout=60)
     assert_usage_error(result, "project root")
-    assert "Uploading" not in result.stderr
+    assert "Sent" not in result.stderr
