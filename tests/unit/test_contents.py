@@ -1,0 +1,158 @@
+"""Contents (ci_server/contents.py): batches checked against their hashes, trees walked under
+the rules zips obey, every answer within one owner's contents. On the file blob store (the
+BlobStore contract covers the backends)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from ci_common.trees import TreeEntry, content_hash, encode_tree, record_header
+from ci_server.contents import Contents
+from ci_server.models import ContentsMissing, InvalidUpload
+from ci_server.runner.workspace import MAX_DEPTH, ArchiveLimits
+from ci_server.store.blobs_fs import FileBlobStore
+
+LIMITS = ArchiveLimits(max_files=10, max_unpacked_bytes=1000)
+
+
+@pytest.fixture
+async def contents(tmp_path: Path) -> AsyncIterator[Contents]:
+    blobs = FileBlobStore(tmp_path / "blobs")
+    await blobs.open()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    yield Contents(blobs, LIMITS, scratch)
+    await blobs.close()
+
+
+def batch(*records: tuple[str, bytes]) -> BytesIO:
+    raw = b"".join(record_header(h, len(data)) + data for h, data in records)
+    return BytesIO(zstandard.ZstdCompressor().compress(raw))
+
+
+def blob(data: bytes) -> tuple[str, bytes]:
+    return content_hash(data), data
+
+
+def file(name: str, data: bytes, executable: bool = False) -> TreeEntry:
+    return TreeEntry(name, "file", content_hash(data), len(data), executable)
+
+
+async def send(contents: Contents, owner: str, *blobs: bytes) -> None:
+    await contents.receive(owner, batch(*(blob(data) for data in blobs)))
+
+
+async def tree(contents: Contents, owner: str, entries: list[TreeEntry]) -> str:
+    data = encode_tree(entries)
+    await send(contents, owner, data)
+    return content_hash(data)
+
+
+async def test_a_tree_becomes_the_workspace_it_describes(
+    contents: Contents, tmp_path: Path
+) -> None:
+    await send(contents, "ann", b"print(1)\n", b"#!/bin/sh\n", b"")
+    sub = await tree(contents, "ann", [file("run.sh", b"#!/bin/sh\n", True), file("e", b"")])
+    root = await tree(contents, "ann", [file("a.py", b"print(1)\n"), TreeEntry("bin", "dir", sub)])
+
+    files = await contents.manifest("ann", root)
+    manifest = tmp_path / "manifest"
+    from ci_server.contents import encode_manifest
+
+    manifest.write_bytes(encode_manifest(files))
+    await contents.assemble("ann", manifest, tmp_path / "ws")
+
+    assert (tmp_path / "ws" / "a.py").read_bytes() == b"print(1)\n"
+    assert (tmp_path / "ws" / "bin" / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "ws" / "bin" / "e").read_bytes() == b""
+    assert (tmp_path / "ws" / "a.py").stat().st_mode & 0o777 == 0o644
+
+
+async def test_contents_are_per_owner(contents: Contents) -> None:
+    await send(contents, "ann", b"secret")
+    root = await tree(contents, "ann", [file("s.txt", b"secret")])
+
+    assert await contents.missing("ann", [content_hash(b"secret"), root]) == []
+    assert await contents.missing("bob", [content_hash(b"secret"), root]) == [
+        content_hash(b"secret"),
+        root,
+    ]
+    with pytest.raises(ContentsMissing):
+        await contents.manifest("bob", root)
+    # Bob's own tree naming Ann's content: still missing for him.
+    bobs = await tree(contents, "bob", [file("s.txt", b"secret")])
+    with pytest.raises(ContentsMissing):
+        await contents.manifest("bob", bobs)
+
+
+async def test_a_content_that_does_not_match_its_hash_is_refused(contents: Contents) -> None:
+    with pytest.raises(InvalidUpload, match="does not match its hash"):
+        await contents.receive("ann", batch((content_hash(b"truth"), b"a lie")))
+    assert await contents.missing("ann", [content_hash(b"truth")]) == [content_hash(b"truth")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        BytesIO(b"not zstd at all"),
+        BytesIO(zstandard.ZstdCompressor().compress(b"nohash 12\n")),
+        BytesIO(zstandard.ZstdCompressor().compress(record_header("a" * 64, 50) + b"short")),
+        batch(blob(b"x" * 1001)),  # more than the unpacked limit
+    ],
+)
+async def test_a_damaged_or_oversized_batch_is_refused(contents: Contents, body: BytesIO) -> None:
+    with pytest.raises(InvalidUpload):
+        await contents.receive("ann", body)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\\b", "/etc", "c:x", "nul\0"])
+async def test_a_tree_with_an_unsafe_name_is_refused(contents: Contents, name: str) -> None:
+    await send(contents, "ann", b"x")
+    root = await tree(contents, "ann", [file(name, b"x")])
+    with pytest.raises(InvalidUpload):
+        await contents.manifest("ann", root)
+
+
+async def test_trees_that_pass_the_limits_are_refused(contents: Contents) -> None:
+    await send(contents, "ann", b"x", b"y" * 600)
+    many = await tree(contents, "ann", [file(f"f{n}", b"x") for n in range(11)])
+    big = await tree(contents, "ann", [file("a", b"y" * 600), file("b", b"y" * 600)])
+    # One folder named many times: counted every time (no exponential walk either).
+    folder = await tree(contents, "ann", [file("a", b"x"), file("b", b"x")])
+    fanned = await tree(contents, "ann", [TreeEntry(f"d{n}", "dir", folder) for n in range(6)])
+    deep = await tree(contents, "ann", [file("a", b"x")])
+    for n in range(MAX_DEPTH + 1):
+        deep = await tree(contents, "ann", [TreeEntry(f"d{n}", "dir", deep)])
+    lying = await tree(contents, "ann", [TreeEntry("a", "file", content_hash(b"x"), 5)])
+
+    for root, message in [
+        (many, "more than 10 files"),
+        (big, "more than 1000 bytes"),
+        (fanned, "more than 10 files"),
+        (lying, "its size is not its content's"),
+    ]:
+        with pytest.raises(InvalidUpload, match=message):
+            await contents.manifest("ann", root)
+    roomy = Contents(contents.blobs, ArchiveLimits(max_files=1000), contents.scratch)
+    with pytest.raises(InvalidUpload, match="deeper than"):
+        await roomy.manifest("ann", deep)
+
+
+async def test_a_tree_not_in_the_canonical_encoding_is_refused(contents: Contents) -> None:
+    entries = b'{"format":"ci-tree-1","entries":[["b","d","%s"],["a","d","%s"]]}' % (
+        b"a" * 64,
+        b"a" * 64,
+    )
+    twice = (
+        encode_tree([file("a", b"x")]).replace(b"]]}", b"],")
+        + encode_tree([file("a", b"x")]).split(b'"entries":[')[1]
+    )
+    for data in (entries, b"[]", b"\xff", twice):
+        await send(contents, "ann", data)
+        with pytest.raises(InvalidUpload):
+            await contents.manifest("ann", content_hash(data))
