@@ -95,6 +95,8 @@ def _upload(client: CIClient, args: argparse.Namespace) -> str:
         "project": args.project,
         "directory": root.name,
     }
+    if args.zip:
+        return _send_zip(client, root, options)
     try:
         try:
             return _send_contents(client, root, options)
@@ -289,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cache",
         action="store_true",
         help="install the dependencies afresh instead of reusing the saved environment",
+    )
+    submit.add_argument(
+        "--zip",
+        action="store_true",
+        help="send the whole project as a zip, as for a server older than content uploads "
+        "(by default only the files the server does not have yet are sent)",
     )
     submit.add_argument(
         "--project",

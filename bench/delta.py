@@ -1,0 +1,128 @@
+"""Uploads that send only what changed (issue 17): bytes sent and wall time of `ci submit test`.
+
+    python bench/delta.py [--files 20000] [--mb 200] [--runs 3] [--keep]
+
+A real `ci-server` (SQLite, file blob store, Docker; CI_MAX_FILES and CI_MAX_UPLOAD_BYTES
+raised so the zip fits) and the real `ci`. A generated project (tests/e2e/generated.py:
+--files files of random bytes, --mb in all, a test checking it) is submitted by contents
+(first: everything; second: one file changed; third: nothing changed) and as a zip
+(`ci submit test --zip`, what every submit sent before) with one file changed. The target:
+the second submit within 1.5 times the warm submit of a tiny project (5 files), measured
+on the same server (median of --runs). Figures go in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # for tests.e2e when run as a script
+
+from bench.event_ingest import run_in_workdir  # noqa: E402
+from bench.speed import BenchError  # noqa: E402
+from tests.e2e.generated import expect, make_project  # noqa: E402
+from tests.e2e.harness import ServerProcess, run_ci, server_env  # noqa: E402
+
+SENT = re.compile(r"^Sent ([\d,]+) of ([\d,]+) files \(([\d.]+ \w+) of ([\d.]+ \w+)\)", re.M)
+ZIPPED = re.compile(r"^Uploading (\d+) files \(([\d.]+ \w+), ([\d.]+ \w+) zipped\)", re.M)
+IMAGE = "ci-runner:bookworm"
+
+
+def submit(root: Path, server: ServerProcess, *args: str) -> tuple[float, str]:
+    """Wall time of a passing `ci submit test`, and what it said it sent."""
+    started = time.monotonic()
+    result = run_ci("submit", "test", *args, cwd=root, server=server, timeout=1800)
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        raise BenchError(f"ci submit test exited {result.returncode}:\n{result.stderr[-3000:]}")
+    match = SENT.search(result.stderr) or ZIPPED.search(result.stderr)
+    if match is None:
+        raise BenchError(f"no Sent/Uploading line:\n{result.stderr}")
+    return wall, match.group(0)
+
+
+def touch_one(root: Path, expected: dict[str, Any], n: int) -> None:
+    """Change one file, and the expectations the project's test checks it against."""
+    (root / "data" / "note.txt").write_text(f"change {n}\n")
+    expected["text"]["data/note.txt"] = f"change {n}\n"
+    expect(root, expected)
+
+
+def run(options: argparse.Namespace, workdir: Path) -> int:
+    env = server_env(
+        workdir / "server",
+        IMAGE,
+        {"CI_MAX_FILES": str(options.files + 100), "CI_MAX_UPLOAD_BYTES": str(2 * 1024**3)},
+    )
+    server = ServerProcess(db_path=Path(env["CI_DB_PATH"]), env=env).start()
+    rows: list[tuple[str, str, str]] = []
+    try:
+        tiny = workdir / "tiny"
+        tiny_expected = make_project(tiny, 5, 5_000)
+        submit(tiny, server)  # its environment, a warm container
+        tiny_walls = []
+        for n in range(options.runs):
+            touch_one(tiny, tiny_expected, n)
+            tiny_walls.append(submit(tiny, server)[0])
+        tiny_warm = statistics.median(tiny_walls)
+        rows.append(("tiny project (5 files), one file changed", f"{tiny_warm:.2f} s", ""))
+
+        big = workdir / "big"
+        started = time.monotonic()
+        expected = make_project(big, options.files, options.mb * 1024**2)
+        print(f"generated in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        wall, said = submit(big, server)
+        rows.append(("big project, first submit", f"{wall:.2f} s", said))
+        seconds = []
+        for n in range(options.runs):
+            touch_one(big, expected, n)
+            wall, said = submit(big, server)
+            seconds.append(wall)
+        second = statistics.median(seconds)
+        rows.append(
+            (f"big project, one file changed (median of {options.runs})", f"{second:.2f} s", said)
+        )
+        wall, said = submit(big, server)
+        rows.append(("big project, nothing changed", f"{wall:.2f} s", said))
+        zips = []
+        for n in range(options.runs):
+            touch_one(big, expected, 100 + n)
+            wall, said = submit(big, server, "--zip")
+            zips.append(wall)
+        rows.append(
+            (
+                f"big project as a zip, one file changed (median of {options.runs})",
+                f"{statistics.median(zips):.2f} s",
+                said,
+            )
+        )
+        rows.append(
+            ("second submit / tiny warm submit (target <= 1.5)", f"{second / tiny_warm:.2f}", "")
+        )
+    finally:
+        server.stop()
+    width = max(len(row[0]) for row in rows)
+    for what, value, said in rows:
+        print(f"{what:<{width}}  {value:>8}  {said}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    options = parser.parse_args(argv)
+    return run_in_workdir("delta", options.keep, lambda workdir: run(options, workdir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
