@@ -293,6 +293,14 @@ class Job:
     content_hash: str | None = None
     """What it tested: its files and environment (runner/content.py), once its tests ran;
     None before, and for jobs from before content hashes."""
+    group_id: str | None = None
+    """The group it belongs to (one submission run as several jobs); None for a lone job."""
+    python: str | None = None
+    """The Python version asked for ("3.13"); None for the server's default runner image."""
+    shard_index: int | None = None
+    """Which shard of the suite it runs, from 1 to shard_count; None when not sharded."""
+    shard_count: int | None = None
+    """How many shards its group's suite is split into; None when not sharded."""
 
     @property
     def success(self) -> bool | None:
@@ -307,6 +315,17 @@ class Job:
             return None
         end = self.finished_at or utcnow()
         return (end - self.started_at).total_seconds()
+
+    @property
+    def label(self) -> str:
+        """What tells it from the other jobs of its group ("py3.13 2/4", "py3.11", "2/4");
+        empty for a job that is neither versioned nor sharded."""
+        parts = []
+        if self.python is not None:
+            parts.append(f"py{self.python}")
+        if self.shard_index is not None and self.shard_count is not None:
+            parts.append(f"{self.shard_index}/{self.shard_count}")
+        return " ".join(parts)
 
     def replace(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)

@@ -25,6 +25,10 @@ JOB_COLUMN_NAMES = (
     "no_cache",
     "owner_id",
     "project",
+    "group_id",
+    "python",
+    "shard_index",
+    "shard_count",
 )
 JOB_COLUMNS = ", ".join(JOB_COLUMN_NAMES)
 USER_COLUMNS = "id, name, email, is_admin, active, created_at"

@@ -176,6 +176,14 @@ MIGRATIONS: list[str] = [
     """,
     # Same content: a test that passed and failed on the same files is flaky (TestHistory).
     "ALTER TABLE jobs ADD COLUMN content_hash TEXT;",
+    # Job groups: one submission run as several jobs (Python versions x shards).
+    """
+    ALTER TABLE jobs ADD COLUMN group_id TEXT;
+    ALTER TABLE jobs ADD COLUMN python TEXT;
+    ALTER TABLE jobs ADD COLUMN shard_index INTEGER;
+    ALTER TABLE jobs ADD COLUMN shard_count INTEGER;
+    CREATE INDEX jobs_by_group ON jobs (group_id) WHERE group_id IS NOT NULL;
+    """,
 ]
 
 logger = logging.getLogger(__name__)
@@ -228,6 +236,10 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.no_cache,
         job.owner_id,
         job.project,
+        job.group_id,
+        job.python,
+        job.shard_index,
+        job.shard_count,
     )
 
 

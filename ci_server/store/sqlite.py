@@ -154,6 +154,14 @@ MIGRATIONS: list[str] = [
     """,
     # Same content: a test that passed and failed on the same files is flaky (TestHistory).
     "ALTER TABLE jobs ADD COLUMN content_hash TEXT;",
+    # Job groups: one submission run as several jobs (Python versions x shards).
+    """
+    ALTER TABLE jobs ADD COLUMN group_id TEXT;
+    ALTER TABLE jobs ADD COLUMN python TEXT;
+    ALTER TABLE jobs ADD COLUMN shard_index INTEGER;
+    ALTER TABLE jobs ADD COLUMN shard_count INTEGER;
+    CREATE INDEX jobs_by_group ON jobs (group_id) WHERE group_id IS NOT NULL;
+    """,
 ]
 
 _JOB_MARKS = ",".join("?" * len(JOB_COLUMN_NAMES))
@@ -193,6 +201,10 @@ def job_row(job: Job) -> tuple[Any, ...]:
         int(job.no_cache),
         job.owner_id,
         job.project,
+        job.group_id,
+        job.python,
+        job.shard_index,
+        job.shard_count,
     )
 
 
@@ -219,6 +231,10 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         worker=row["worker"],
         project=row["project"],
         content_hash=row["content_hash"],
+        group_id=row["group_id"],
+        python=row["python"],
+        shard_index=row["shard_index"],
+        shard_count=row["shard_count"],
     )
 
 

@@ -90,6 +90,10 @@ async def test_every_field_round_trips_exactly(store: JobStore) -> None:
         owner_id="0a1b2c3d4e5f",
         worker="build-2.example.com",
         project="ünï app ✓",
+        group_id="g-0a1b2c3d4e5f",
+        python="3.13",
+        shard_index=2,
+        shard_count=4,
     )
     await store.add_job(job)
     stored = await store.get_job(job.id)
