@@ -317,6 +317,11 @@ class Job:
         return (end - self.started_at).total_seconds()
 
     @property
+    def upload_key(self) -> str:
+        """The blob its upload is kept under: its group's, shared by the group's jobs."""
+        return self.group_id or self.id
+
+    @property
     def label(self) -> str:
         """What tells it from the other jobs of its group ("py3.13 2/4", "py3.11", "2/4");
         empty for a job that is neither versioned nor sharded."""

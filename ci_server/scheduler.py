@@ -127,7 +127,7 @@ class JobPipeline:
         limits = self.settings.archive_limits
         archive = workspace / "upload.zip"
         try:
-            await self.blobs.fetch(job.id, archive)
+            await self.blobs.fetch(job.upload_key, archive)
         except BlobNotFound:
             raise StorageFailure("the job's upload is missing from the blob store") from None
         if await asyncio.to_thread(is_manifest, archive):

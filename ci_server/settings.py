@@ -6,13 +6,14 @@ import hashlib
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ci_server.groups import MAX_GROUP_JOBS
 from ci_server.runner.executor import ContainerLimits
 from ci_server.runner.reports import ReportLimits
 from ci_server.runner.workspace import ArchiveLimits
@@ -177,6 +178,31 @@ class Settings(BaseSettings):
         description="on SIGTERM, a worker stops taking jobs and lets its running ones finish "
         "this long, then ends the rest `error`",
     )
+
+    python_images: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="the Python versions a submission may ask for (`ci submit test --python "
+        "3.11,3.13`) and the runner image of each: 3.11=ci-runner:bookworm,3.13=ci-runner:trixie",
+    )
+    max_group_jobs: int = Field(
+        default=MAX_GROUP_JOBS,
+        ge=1,
+        description="most jobs one submission may make (Python versions x shards)",
+    )
+
+    @field_validator("python_images", mode="before")
+    @classmethod
+    def _version_images(cls, value: object) -> object:
+        """`3.11=image,3.13=image` (the environment's form) as a mapping."""
+        if not isinstance(value, str):
+            return value
+        images = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            version, equals, image = (text.strip() for text in item.partition("="))
+            if not (version and equals and image):
+                raise ValueError(f"{item!r} is not VERSION=IMAGE")
+            images[version] = image
+        return images
 
     @field_validator("database_url")
     @classmethod

@@ -5,6 +5,8 @@
     install = ["make -C native"]       # shell commands run after the dependencies install
     pytest_args = ["-x", "tests/unit"] # before any given on the command line
     project = "shop"                   # the project's name (naming.py), if not its package's
+    python = ["3.11", "3.13"]          # a job per version (the server's CI_PYTHON_IMAGES)
+    shards = 4                         # the suite split over this many jobs (per version)
     [env]                              # environment variables for the install and the tests
     DJANGO_SETTINGS_MODULE = "site.settings"
 
@@ -24,7 +26,16 @@ from ci_server.models import CIError
 from ci_server.runner.shapes import Table, read_toml
 
 CONFIG_FILE = "ci.toml"
-KNOWN_KEYS = ("image", "system_packages", "install", "pytest_args", "env", "project")
+KNOWN_KEYS = (
+    "image",
+    "system_packages",
+    "install",
+    "pytest_args",
+    "env",
+    "project",
+    "python",
+    "shards",
+)
 DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 """Debian policy 5.6.1: lowercase letters, digits, `+`, `-` and `.`, at least two
 characters, starting with a letter or a digit."""
@@ -42,6 +53,11 @@ class ProjectConfig:
     pytest_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     project: str | None = None
+    python: tuple[str, ...] = ()
+    """The Python versions to run the suite under, a job each (groups.py); none: one job
+    in the server's default image."""
+    shards: int | None = None
+    """How many jobs (per Python version) the suite is split over; None: one."""
 
 
 def _strings(data: Table, key: str) -> tuple[str, ...]:
@@ -58,6 +74,13 @@ def _system_packages(data: Table) -> tuple[str, ...]:
                 "starting with a letter or a digit)"
             )
     return tuple(sorted(set(packages)))
+
+
+def _shards(data: Table) -> int | None:
+    shards = data.integer("shards")
+    if shards is not None and shards < 1:
+        raise ConfigError(f"{CONFIG_FILE}: `shards` must be 1 or more, not {shards}")
+    return shards
 
 
 def load_config(root: Path) -> ProjectConfig:
@@ -78,4 +101,6 @@ def load_config(root: Path) -> ProjectConfig:
         pytest_args=_strings(data, "pytest_args"),
         env={name: value for name in env if (value := env.string(name)) is not None},
         project=data.string("project"),
+        python=_strings(data, "python"),
+        shards=_shards(data),
     )

@@ -127,6 +127,12 @@ class Table:
             self._refuse(key, "a string", kind(value))
         return value
 
+    def integer(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            self._refuse(key, "an integer", kind(value))
+        return value
+
     def array(self, key: str) -> list[Any] | None:
         """The array under `key`, of values of any type."""
         value = self.data.get(key)

@@ -60,13 +60,19 @@ class MemoryStore(Store):
     async def ping(self) -> None:
         return None
 
-    async def add_job(self, job: Job) -> None:
-        if job.id in self._jobs:
-            raise ValueError(f"duplicate job id {job.id}")
-        self._jobs[job.id] = job
-        self._order.append(job.id)
-        if job.status is JobStatus.QUEUED:
-            self.signals.emit(Signal(SignalKind.QUEUED, job.id))
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        ids = [job.id for job in jobs]
+        if len(set(ids)) < len(ids) or any(job_id in self._jobs for job_id in ids):
+            raise ValueError(f"duplicate job id among {ids}")
+        for job in jobs:
+            self._jobs[job.id] = job
+            self._order.append(job.id)
+        for job in jobs:
+            if job.status is JobStatus.QUEUED:
+                self.signals.emit(Signal(SignalKind.QUEUED, job.id))
+
+    async def group_jobs(self, group_id: str) -> list[Job]:
+        return [job for job in self._jobs.values() if job.group_id == group_id]
 
     async def get_job(self, job_id: str) -> Job:
         try:

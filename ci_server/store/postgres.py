@@ -432,20 +432,34 @@ class PostgresStore(Store):
             for signal in signals:
                 self.signals.emit(signal)
 
-    async def add_job(self, job: Job) -> None:
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
         count = len(JOB_COLUMN_NAMES)
-        # One statement: the NOTIFY goes with the insert (delivered at its commit).
-        await self.pool.execute(
-            f"WITH added AS (INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks(count)}) "
-            f"RETURNING status) SELECT pg_notify(${count + 1}, ${count + 2}) FROM added "
-            f"WHERE status = ${count + 3}",
-            *_job_row(job),
-            SignalKind.QUEUED.channel,
-            Signal(SignalKind.QUEUED, job.id).payload,
-            JobStatus.QUEUED.value,
+        # The NOTIFY goes with each insert, delivered at the commit of them all.
+        rows = [
+            (
+                *_job_row(job),
+                SignalKind.QUEUED.channel,
+                Signal(SignalKind.QUEUED, job.id).payload,
+                JobStatus.QUEUED.value,
+            )
+            for job in jobs
+        ]
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.executemany(
+                f"WITH added AS (INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks(count)}) "
+                f"RETURNING status) SELECT pg_notify(${count + 1}, ${count + 2}) FROM added "
+                f"WHERE status = ${count + 3}",
+                rows,
+            )
+        for job in jobs:
+            if job.status is JobStatus.QUEUED:
+                self._signal_here(Signal(SignalKind.QUEUED, job.id))
+
+    async def group_jobs(self, group_id: str) -> list[Job]:
+        rows = await self.pool.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE group_id = $1", group_id
         )
-        if job.status is JobStatus.QUEUED:
-            self._signal_here(Signal(SignalKind.QUEUED, job.id))
+        return [_job_from_row(row) for row in rows]
 
     async def get_job(self, job_id: str) -> Job:
         row = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)

@@ -72,9 +72,18 @@ class JobStore(Lifecycle):
         The function returned stops it."""
         return self.signals.add(kind, listener)
 
-    @abc.abstractmethod
     async def add_job(self, job: Job) -> None:
         """Store a new job; a queued one signals QUEUED."""
+        await self.add_jobs([job])
+
+    @abc.abstractmethod
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        """Store new jobs all at once (a group's: no worker may see one without the
+        others); each queued one signals QUEUED."""
+
+    @abc.abstractmethod
+    async def group_jobs(self, group_id: str) -> list[Job]:
+        """The jobs of a group, in no particular order; none for an unknown group."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job:

@@ -369,13 +369,24 @@ class SqliteStore(Store):
         async with self.db.execute("SELECT 1") as cursor:
             await cursor.fetchone()
 
-    async def add_job(self, job: Job) -> None:
-        await self.db.execute(
-            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({_JOB_MARKS})", job_row(job)
-        )
-        await self.db.commit()
-        if job.status is JobStatus.QUEUED:
-            self.signals.emit(Signal(SignalKind.QUEUED, job.id))
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        try:
+            await self.db.executemany(
+                f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({_JOB_MARKS})",
+                [job_row(job) for job in jobs],
+            )
+            await self.db.commit()
+        except sqlite3.Error:
+            await self.db.rollback()
+            raise
+        for job in jobs:
+            if job.status is JobStatus.QUEUED:
+                self.signals.emit(Signal(SignalKind.QUEUED, job.id))
+
+    async def group_jobs(self, group_id: str) -> list[Job]:
+        query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE group_id = ?"
+        async with self.db.execute(query, (group_id,)) as cursor:
+            return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def get_job(self, job_id: str) -> Job:
         async with self.db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:

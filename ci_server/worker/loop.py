@@ -42,6 +42,7 @@ from ci_server.states import transition
 from ci_server.store.blobs import BlobStore
 from ci_server.store.repository import Store
 from ci_server.store.signals import Signal, SignalKind
+from ci_server.uploads import release_upload
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class Worker:
                     await self.hub.end(ended)
         # The uploads of jobs that ended while no process could delete them (a crash).
         waiting = await self.store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
-        await self.blobs.delete_except({job.id for job in waiting}, among=is_upload_key)
+        await self.blobs.delete_except({job.upload_key for job in waiting}, among=is_upload_key)
 
     # -- claiming --------------------------------------------------------------------------
 
@@ -227,7 +228,7 @@ class Worker:
             await self._finish(job, channel, outcome)
         finally:
             self._running.pop(job.id, None)
-            await self.blobs.delete(job.id)
+            await release_upload(self.store, self.blobs, job)
 
     def _stop(self, job_id: str, outcome: Outcome) -> None:
         running = self._running.get(job_id)

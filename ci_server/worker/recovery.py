@@ -18,6 +18,7 @@ from ci_server.periodic import cancel_all, start_every
 from ci_server.settings import Settings
 from ci_server.store.blobs import BlobStore
 from ci_server.store.repository import JobStore, lost_worker_template
+from ci_server.uploads import release_upload
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ async def end_jobs_of_lost_workers(
     for job in ended:
         logger.warning("job %s ended: %s", job.id, job.reason)
         await hub.end(job)
-        await blobs.delete(job.id)
+        await release_upload(store, blobs, job)
     return ended
 
 

@@ -56,3 +56,27 @@ def test_the_project_may_name_itself(tmp_path: Path) -> None:
     assert config_of(tmp_path, 'pytest_args = ["-x"]').project is None
     with pytest.raises(ConfigError, match=r"ci\.toml: project must be a string, not an integer"):
         config_of(tmp_path, "project = 3")
+
+
+def test_the_project_may_ask_for_python_versions_and_shards(tmp_path: Path) -> None:
+    config = config_of(tmp_path, 'python = ["3.11", "3.13"]\nshards = 4')
+    assert (config.python, config.shards) == (("3.11", "3.13"), 4)
+    assert (ProjectConfig().python, ProjectConfig().shards) == ((), None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('python = "3.13"', "ci.toml: python must be an array of strings, not a string"),
+        ("python = [3.13]", "ci.toml: python must be an array of strings, not an array holding"),
+        ('shards = "4"', "ci.toml: shards must be an integer, not a string"),
+        ("shards = true", "ci.toml: shards must be an integer, not a boolean"),
+        ("shards = 0", "ci.toml: `shards` must be 1 or more, not 0"),
+    ],
+)
+def test_wrong_python_versions_or_shards_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_of(tmp_path, text)
+    assert str(raised.value).startswith(message)

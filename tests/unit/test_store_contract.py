@@ -102,6 +102,32 @@ async def test_every_field_round_trips_exactly(store: JobStore) -> None:
     assert isinstance(stored.pytest_args, tuple)
 
 
+async def test_a_group_s_jobs_are_added_at_once_and_found_by_its_id(store: JobStore) -> None:
+    queued: list[Signal] = []
+    await store.listen(SignalKind.QUEUED, queued.append)
+    (lone,) = await add_jobs(store, 1)
+    group = [
+        make_job(1, group_id="g-0123456789ab", shard_index=n, shard_count=3) for n in (1, 2, 3)
+    ]
+    await store.add_jobs(group)
+    other = make_job(2, group_id="g-ba9876543210")
+    await store.add_job(other)
+    found = await store.group_jobs("g-0123456789ab")
+    assert sorted(found, key=lambda job: job.shard_index or 0) == group
+    assert await store.group_jobs("g-000000000000") == []
+    await wait_until(lambda: len(queued) == 5, what="a QUEUED signal per job")
+    assert {signal.job_id for signal in queued} == {job.id for job in [lone, *group, other]}
+
+
+async def test_a_group_with_a_job_that_cannot_be_added_adds_none(store: JobStore) -> None:
+    (existing,) = await add_jobs(store, 1)
+    group = [make_job(1, group_id="g-0123456789ab"), existing.replace(group_id="g-0123456789ab")]
+    with pytest.raises(Exception):  # noqa: B017 - each backend its own duplicate error
+        await store.add_jobs(group)
+    assert await store.group_jobs("g-0123456789ab") == []
+    assert [job.id for job in await store.list_jobs()] == [existing.id]
+
+
 async def test_list_is_newest_first_and_limited(store: JobStore) -> None:
     jobs = await add_jobs(store, 5)
     newest_first = [job.id for job in reversed(jobs)]
