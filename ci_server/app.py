@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ci_server.api import health, jobs, tests, uploads
+from ci_server.api import groups, health, jobs, tests, uploads
 from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
@@ -94,6 +94,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(groups.router)
     app.include_router(tests.router)
     app.include_router(uploads.router)
     install_dashboard(app)

@@ -54,9 +54,11 @@ async def sweep_contents(
             continue
         owner, _, root = blob.key.removeprefix(REF_PREFIX).rpartition(".")
         await _keep_tree(contents, owner, root, live)
-    for job in await store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING):
-        if job.owner_id is not None:
-            await _keep_manifest(blobs, scratch, job.id, job.owner_id, live)
+    waiting = await store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
+    # A group's jobs share one upload (Job.upload_key): read once.
+    for key, owner in {(job.upload_key, job.owner_id) for job in waiting}:
+        if owner is not None:
+            await _keep_manifest(blobs, scratch, key, owner, live)
     doomed += [
         blob.key
         for blob in listed

@@ -26,6 +26,14 @@ from typing import BinaryIO
 from ci_server import accounts
 from ci_server.contents import Contents, ManifestFile, Received, encode_manifest
 from ci_server.events import EventHub
+from ci_server.groups import (
+    GroupAlreadyFinished,
+    GroupNotFound,
+    JobGroup,
+    is_group_id,
+    new_group_id,
+    variants,
+)
 from ci_server.models import (
     CANCELLED_REASON,
     OWNER_DEACTIVATED_REASON,
@@ -41,8 +49,10 @@ from ci_server.models import (
     TestOutcome,
     TestResult,
     new_job_id,
+    utcnow,
 )
 from ci_server.periodic import cancel_all, start_every
+from ci_server.runner.config import ProjectConfig, config_or_empty, upload_config
 from ci_server.runner.naming import NAMING_FILES, given_name, project_name, upload_project_name
 from ci_server.runner.shapes import MAX_FILE_BYTES
 from ci_server.runner.workspace import check_archive
@@ -50,6 +60,7 @@ from ci_server.settings import Settings
 from ci_server.states import transition
 from ci_server.store.blobs import BlobStore
 from ci_server.store.repository import MAX_HISTORY_RUNS, Store
+from ci_server.uploads import release_upload
 from ci_server.users import User, can_see, owner_filter
 
 CANCEL_WAIT_SECONDS = 10.0
@@ -65,6 +76,14 @@ class JobView:
 
     job: Job
     queue_position: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """A group as a user sees it: its jobs' views, in the group's order."""
+
+    group: JobGroup
+    jobs: tuple[JobView, ...]
 
 
 class JobService:
@@ -110,6 +129,38 @@ class JobService:
             limit=limit, before=before, owner_id=owner_filter(user), project=project
         )
         return await self._views(jobs)
+
+    async def get_group(self, user: User, group_id: str) -> GroupView:
+        return (await self._group_views(user, [group_id]))[0]
+
+    async def list_runs(
+        self,
+        user: User,
+        *,
+        limit: int = 100,
+        before: str | None = None,
+        project: str | None = None,
+    ) -> list[JobView | GroupView]:
+        """As `list`, a group as one entry (its jobs share their `created_at`, so they come
+        together); `before` may be a group's id."""
+        if before is not None and is_group_id(before):
+            group = (await self._group_views(user, [before]))[0].group
+            before = min(group.jobs, key=lambda job: (job.created_at, job.id)).id
+        entries: dict[str, Job] = {}  # by a lone job's id, or a group's: its first job
+        while len(entries) < limit:
+            page = await self.store.list_jobs(
+                limit=limit, before=before, owner_id=owner_filter(user), project=project
+            )
+            for job in page:
+                entries.setdefault(job.group_id or job.id, job)
+            if len(page) < limit:
+                break
+            before = page[-1].id
+        kept = list(entries.items())[:limit]
+        groups = await self._group_views(user, [entry for entry, _ in kept])
+        lone = await self._views([job for entry, job in kept if job.group_id is None])
+        views = {view.group.id: view for view in groups} | {view.job.id: view for view in lone}
+        return [views[entry] for entry, _ in kept]
 
     async def test_results(
         self,
@@ -173,6 +224,19 @@ class JobService:
             raise JobNotFound(job_id)
         return job
 
+    async def _group_views(self, user: User, group_ids: Sequence[str]) -> list[GroupView]:
+        """The groups among `group_ids`, with their jobs' places in the queue; GroupNotFound
+        for one the user may not see, as for an unknown id."""
+        groups = []
+        for group_id in filter(is_group_id, group_ids):
+            group = JobGroup.of(group_id, await self.store.group_jobs(group_id))
+            if not can_see(user, group.jobs[0]):
+                raise GroupNotFound(group_id)
+            groups.append(group)
+        views = await self._views([job for group in groups for job in group.jobs])
+        by_id = {view.job.id: view for view in views}
+        return [GroupView(group, tuple(by_id[job.id] for job in group.jobs)) for group in groups]
+
     async def _views(self, jobs: Sequence[Job]) -> list[JobView]:
         queued = [job.id for job in jobs if job.status is JobStatus.QUEUED]
         positions = await self.store.queue_positions(queued) if queued else {}
@@ -191,20 +255,25 @@ class JobService:
         no_cache: bool = False,
         project: str | None = None,
         directory: str | None = None,
-    ) -> JobView:
+        python: Sequence[str] = (),
+        shards: int | None = None,
+    ) -> JobView | GroupView:
         """Queue a job for `user` on the zip archive read from `archive`, or on the tree of
         contents `tree` (contents.py) they uploaded; of the `project` given, else named
-        from the upload or its `directory` (naming.py).
+        from the upload or its `directory` (naming.py). A group of jobs when the `python`
+        versions and `shards` asked (else those of the upload's ci.toml) make more than one
+        (groups.py): they share the upload.
 
         InvalidUpload if it is not a safe archive or tree, ContentsMissing if the tree names
         contents the user has not sent, ProjectError if `project` cannot be a name,
-        StorageFailure if it cannot be kept.
+        InvalidGroup for an unknown Python version or too many jobs, StorageFailure if it
+        cannot be kept. Nothing is kept of a refused submission.
         """
         if tree is not None:
-            path, name = await self._receive_tree(user, tree, project, directory)
+            path, name, config = await self._receive_tree(user, tree, project, directory)
         elif archive is not None:
             path = await asyncio.to_thread(self._receive, archive)
-            name = None
+            name, config = None, ProjectConfig()
         else:
             raise InvalidUpload("send the project as a zip archive or as a tree of contents")
         try:
@@ -212,47 +281,72 @@ class JobService:
                 name = await asyncio.to_thread(
                     upload_project_name, path, self.incoming_dir, given=project, directory=directory
                 )
-            limit = self.settings.max_job_timeout
-            job = Job(
-                id=new_job_id(),
-                timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
-                pytest_args=tuple(pytest_args),
-                no_cache=no_cache,
-                owner_id=user.id,
-                project=name,
+                if not python or shards is None:
+                    config = await asyncio.to_thread(upload_config, path, self.incoming_dir)
+            python = python or config.python
+            shards = config.shards if shards is None else shards
+            asked = variants(
+                python,
+                shards,
+                known=self.settings.python_images,
+                most=self.settings.max_group_jobs,
             )
-            await self.blobs.put(job.id, path)  # StorageFailure if it cannot
+            group_id = new_group_id() if len(asked) > 1 else None
+            limit = self.settings.max_job_timeout
+            created = utcnow()  # one time for a group's jobs: listings keep them together
+            jobs = [
+                Job(
+                    id=new_job_id(),
+                    created_at=created,
+                    timeout_seconds=min(timeout_seconds or self.settings.job_timeout, limit),
+                    pytest_args=tuple(pytest_args),
+                    no_cache=no_cache,
+                    owner_id=user.id,
+                    project=name,
+                    group_id=group_id,
+                    python=variant.python,
+                    shard_index=variant.shard_index,
+                    shard_count=variant.shard_count,
+                )
+                for variant in asked
+            ]
+            await self.blobs.put(jobs[0].upload_key, path)  # StorageFailure if it cannot
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
         if tree is not None:
             await self.contents.remember(user.id, tree)
         try:
-            # Its first event before the job: a worker that claims it numbers from there.
+            # Their first events before the jobs: a worker that claims one numbers from there.
             await self.store.append_events(
-                [JobEvent(job.id, 1, EventType.STATUS, {"status": job.status.value})]
+                [
+                    JobEvent(job.id, 1, EventType.STATUS, {"status": job.status.value})
+                    for job in jobs
+                ]
             )
-            await self.store.add_job(job)
+            await self.store.add_jobs(jobs)
         except BaseException:
-            await self.blobs.delete(job.id)
+            await self.blobs.delete(jobs[0].upload_key)
             raise
-        return await self.get(user, job.id)
+        if group_id is not None:
+            return await self.get_group(user, group_id)
+        return await self.get(user, jobs[0].id)
 
     async def _receive_tree(
         self, user: User, tree: str, project: str | None, directory: str | None
-    ) -> tuple[Path, str | None]:
+    ) -> tuple[Path, str | None, ProjectConfig]:
         """The manifest of the user's `tree`, checked, in a file to keep as the job's
-        upload, and the job's project name (read from the tree's top-level files)."""
+        upload; the job's project name and ci.toml (read from the tree's top-level files)."""
         await asyncio.to_thread(self._check_free_space)
         files = await self.contents.manifest(user.id, tree)
-        if project is not None:
-            name = given_name(project)
-        else:
-            with tempfile.TemporaryDirectory(dir=self.incoming_dir, prefix="naming-") as folder:
-                await self.contents.fetch_files(
-                    user.id, files, NAMING_FILES, Path(folder), MAX_FILE_BYTES
-                )
-                name = await asyncio.to_thread(project_name, Path(folder), directory=directory)
-        return await asyncio.to_thread(self._write_manifest, files), name
+        with tempfile.TemporaryDirectory(dir=self.incoming_dir, prefix="naming-") as folder:
+            root = Path(folder)
+            await self.contents.fetch_files(user.id, files, NAMING_FILES, root, MAX_FILE_BYTES)
+            if project is not None:
+                name = given_name(project)
+            else:
+                name = await asyncio.to_thread(project_name, root, directory=directory)
+            config = await asyncio.to_thread(config_or_empty, root)
+        return await asyncio.to_thread(self._write_manifest, files), name, config
 
     def _write_manifest(self, files: list[ManifestFile]) -> Path:
         with tempfile.NamedTemporaryFile(dir=self.incoming_dir, delete=False) as target:
@@ -306,16 +400,28 @@ class JobService:
         job = await self._visible(user, job_id)
         if job.status.is_terminal:
             raise JobAlreadyFinished(job)
+        return await self._cancel_unfinished(job)
+
+    async def cancel_group(self, user: User, group_id: str) -> GroupView:
+        """Cancel every queued or running job of the group, all at once, as `cancel` does
+        one; GroupAlreadyFinished if they had all ended."""
+        group = (await self._group_views(user, [group_id]))[0].group
+        if not group.unfinished:
+            raise GroupAlreadyFinished(group)
+        await asyncio.gather(*(self._cancel_unfinished(job) for job in group.unfinished))
+        return await self.get_group(user, group_id)
+
+    async def _cancel_unfinished(self, job: Job) -> Job:
         if job.status is JobStatus.QUEUED:
             cancelled = await self._cancel_queued(job, CANCELLED_REASON)
             if cancelled is not None:
                 return cancelled
-            job = await self.store.get_job(job_id)  # a worker took it meanwhile
+            job = await self.store.get_job(job.id)  # a worker took it meanwhile
         if job.status is JobStatus.RUNNING:
-            after = await self.hub.last_seq(job_id)
-            if await self.store.request_cancel(job_id):
-                await self._wait_for_end(job_id, after)
-            job = await self.store.get_job(job_id)
+            after = await self.hub.last_seq(job.id)
+            if await self.store.request_cancel(job.id):
+                await self._wait_for_end(job.id, after)
+            job = await self.store.get_job(job.id)
         return job
 
     async def _wait_for_end(self, job_id: str, after: int) -> None:
@@ -332,7 +438,7 @@ class JobService:
         if not await self.store.update_job(cancelled, expected=JobStatus.QUEUED):
             return None
         await self.hub.end(cancelled, say_reason=False)
-        await self.blobs.delete(job.id)
+        await release_upload(self.store, self.blobs, cancelled)
         return cancelled
 
     async def cancel_jobs_of_inactive_owners(self) -> list[Job]:

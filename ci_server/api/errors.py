@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from ci_server.groups import GroupAlreadyFinished, GroupNotFound, InvalidGroup
 from ci_server.models import (
     CIError,
     ContentsMissing,
@@ -30,6 +31,7 @@ from ci_server.users import (
 STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
     (NotAuthenticated, 401),
     (JobNotFound, 404),
+    (GroupNotFound, 404),
     (UserNotFound, 404),
     (ApiKeyNotFound, 404),
     (EmailTaken, 409),
@@ -39,8 +41,10 @@ STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
     (InvalidUpload, 400),
     (ProjectError, 400),
     (ContentsMissing, 409),
+    (InvalidGroup, 400),
     (InvalidTransition, 409),
     (JobAlreadyFinished, 409),
+    (GroupAlreadyFinished, 409),
     (StorageFailure, 507),
 ]
 

@@ -31,21 +31,24 @@ from ci_server.api.frames import SseFrames
 from ci_server.api.schemas import (
     EVENT_STREAM_SCHEMA,
     ErrorOut,
+    GroupOut,
     JobOut,
     TestResultOut,
     json_array,
 )
-from ci_server.jobs import JobService, JobView
+from ci_server.jobs import GroupView, JobService, JobView
 from ci_server.models import TestOutcome
 from ci_server.runner.naming import MAX_PROJECT_CHARS
 
 ERRORS = {
-    400: "the upload is not a safe zip archive (or tree of contents), or a content does not "
-    "match its hash",
+    400: "the upload is not a safe zip archive (or tree of contents), a content does not "
+    "match its hash, or it asks for an unknown Python version or more jobs than the server "
+    "runs per submission",
     401: "no API key, or not a valid one",
-    404: "no job with this id (for a listing: the `before` job); another user's is unknown too",
-    409: "the job has already finished; for a submit: contents the tree names are not on the "
-    "server (upload them, then submit again)",
+    404: "no job (or group) with this id (for a listing: the `before` one); another user's "
+    "is unknown too",
+    409: "the job (every job of the group) has already finished; for a submit: contents the "
+    "tree names are not on the server (upload them, then submit again)",
     413: "the upload is larger than the server's limit",
     507: "the server could not store the upload (its disk is full, or below its free-space floor)",
 }
@@ -65,6 +68,8 @@ router = APIRouter(
 )
 
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
+GROUP_ID_PATTERN = r"^g-[0-9a-f]{12}$"
+ENTRY_ID_PATTERN = r"^(g-)?[0-9a-f]{12}$"
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="a job id")]
 KEEPALIVE_SECONDS = 15
 MAX_SEQ = 2**63 - 1
@@ -89,7 +94,17 @@ def _job_out(view: JobView) -> JobOut:
     return JobOut.from_job(view.job, view.queue_position)
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=documented(400, 409, 413, 507))
+def group_out(view: GroupView) -> GroupOut:
+    return GroupOut.from_view(view.group, map(_job_out, view.jobs))
+
+
+def _out(view: JobView | GroupView) -> JobOut | GroupOut:
+    return group_out(view) if isinstance(view, GroupView) else _job_out(view)
+
+
+@router.post(
+    "", status_code=201, response_model=JobOut | GroupOut, responses=documented(400, 409, 413, 507)
+)
 async def submit_job(
     service: Service,
     user: CurrentUser,
@@ -122,7 +137,25 @@ async def submit_job(
             "its files (ci.toml, pyproject.toml, setup.cfg, setup.py) give none",
         ),
     ] = None,
-) -> JobOut:
+    python: Annotated[
+        list[str] | None,
+        Form(
+            description="run the suite under each of these Python versions (the server's "
+            "CI_PYTHON_IMAGES), a job each; default: ci.toml's `python`, else one job in "
+            "the default image"
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        Form(
+            ge=1,
+            description="split the suite over this many jobs (per Python version); default: "
+            "ci.toml's `shards`, else 1",
+        ),
+    ] = None,
+) -> JobOut | GroupOut:
+    """Queue the project's tests: one job, or a group of jobs (answered as a group) when
+    the Python versions and shards asked make more than one."""
     view = await service.submit(
         user,
         archive.file if archive is not None else None,
@@ -132,24 +165,33 @@ async def submit_job(
         no_cache=no_cache,
         project=project,
         directory=directory,
+        python=[version for version in python or () if version.strip()],
+        shards=shards,
     )
-    return _job_out(view)
+    return _out(view)
 
 
-@router.get("", response_model=list[JobOut], responses=documented(404))
+@router.get("", response_model=list[JobOut | GroupOut], responses=documented(404))
 async def list_jobs(
     service: Service,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
+    before: Annotated[str | None, Query(pattern=ENTRY_ID_PATTERN)] = None,
     project: Annotated[
         str | None, Query(max_length=MAX_PROJECT_CHARS, description="only this project's jobs")
     ] = None,
-) -> list[JobOut]:
-    """Newest first; pass the last job_id of a page as `before` to get the next one.
+    grouped: Annotated[
+        bool, Query(description="a group of jobs as one item, holding its jobs")
+    ] = False,
+) -> list[JobOut | GroupOut]:
+    """Newest first; pass the last job_id (or group_id) of a page as `before` to get the
+    next one.
 
     A user sees their own jobs; an admin sees every job.
     """
+    if grouped:
+        runs = await service.list_runs(user, limit=limit, before=before, project=project)
+        return [_out(view) for view in runs]
     views = await service.list(user, limit=limit, before=before, project=project)
     return [_job_out(view) for view in views]
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ci_server.groups import JobGroup
 from ci_server.models import EventType, Job, JobStatus, TestOutcome
 
 
@@ -105,6 +106,18 @@ class JobOut(BaseModel):
         description="a digest of the project's files and the environment its tests ran in; "
         "null until they ran, and for jobs from before content hashes"
     )
+    group_id: str | None = Field(
+        description="the group of jobs it belongs to (`g-...`: GET /groups/{group_id}); "
+        "null for a lone job"
+    )
+    python: str | None = Field(
+        description="the Python version it runs under; null: the server's default image"
+    )
+    shard_index: int | None = Field(description="its shard, 1 to shard_count; null: unsharded")
+    shard_count: int | None = Field(description="how many shards its group's suite is split in")
+    label: str = Field(
+        description='what tells it from its group\'s other jobs: "py3.13 2/4"; "" if nothing'
+    )
 
     @classmethod
     def from_job(cls, job: Job, queue_position: int | None = None) -> JobOut:
@@ -126,6 +139,47 @@ class JobOut(BaseModel):
             worker=job.worker,
             project=job.project,
             content_hash=job.content_hash,
+            group_id=job.group_id,
+            python=job.python,
+            shard_index=job.shard_index,
+            shard_count=job.shard_count,
+            label=job.label,
+        )
+
+
+class GroupOut(BaseModel):
+    """One submission run as several jobs (Python versions x shards)."""
+
+    group_id: str = Field(description="`g-` and 12 hex digits")
+    status: JobStatus = Field(
+        description="queued while every job waits, running until every job has ended, then "
+        "the worst of theirs: error > timed_out > failed > cancelled > succeeded"
+    )
+    success: bool | None = Field(description="null until every job has ended")
+    created_at: datetime
+    start_time: datetime | None = Field(description="when its first job started")
+    end_time: datetime | None = Field(description="when its last job ended")
+    duration_seconds: float | None
+    summary: SummaryOut | None = Field(description="the sum of its jobs' test counts")
+    owner_id: str | None
+    project: str | None
+    jobs: list[JobOut] = Field(description="by Python version, then shard")
+
+    @classmethod
+    def from_view(cls, group: JobGroup, jobs: Iterable[JobOut]) -> GroupOut:
+        summary = group.summary
+        return cls(
+            group_id=group.id,
+            status=group.status,
+            success=group.success,
+            created_at=group.created_at,
+            start_time=group.started_at,
+            end_time=group.finished_at,
+            duration_seconds=group.duration_seconds,
+            summary=None if summary is None else SummaryOut.model_validate(summary),
+            owner_id=group.owner_id,
+            project=group.project,
+            jobs=list(jobs),
         )
 
 

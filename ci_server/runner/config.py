@@ -18,12 +18,14 @@ in a build with root's privileges.
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ci_server.models import CIError
-from ci_server.runner.shapes import Table, read_toml
+from ci_server.runner.shapes import MAX_FILE_BYTES, Table, read_toml
+from ci_server.runner.workspace import unpack_files
 
 CONFIG_FILE = "ci.toml"
 KNOWN_KEYS = (
@@ -104,3 +106,22 @@ def load_config(root: Path) -> ProjectConfig:
         python=_strings(data, "python"),
         shards=_shards(data),
     )
+
+
+def upload_config(upload: Path, scratch: Path) -> ProjectConfig:
+    """The ci.toml of a checked upload, read when it is submitted (its `python` and
+    `shards` make a group of jobs), unpacked into a folder under `scratch`. One that cannot
+    be read reads as none here: the job's run says what is wrong with it."""
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="config-") as folder:
+        root = Path(folder)
+        unpack_files(upload, root, (CONFIG_FILE,), MAX_FILE_BYTES)
+        return config_or_empty(root)
+
+
+def config_or_empty(root: Path) -> ProjectConfig:
+    """The ci.toml under `root`, or none when it cannot be read: the job's run says what is
+    wrong with it."""
+    try:
+        return load_config(root)
+    except (CIError, OSError):
+        return ProjectConfig()

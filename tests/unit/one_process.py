@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ci_server.events import EventHub
-from ci_server.jobs import JobService
+from ci_server.jobs import JobService, JobView
 from ci_server.models import EventType, Job, JobEvent
 from ci_server.settings import Settings
 from ci_server.store.blobs import BlobStore
@@ -62,6 +62,7 @@ class Harness:
         upload = write_zip(self.tmp_path / "uploads-in" / f"{uuid.uuid4().hex}.zip", files)
         with upload.open("rb") as archive:
             view = await self.service.submit(user, archive, **options)
+        assert isinstance(view, JobView), "a lone job"
         return view.job
 
     async def events_until_end(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:

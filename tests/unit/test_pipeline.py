@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ci_server.jobs import JobView
 from ci_server.models import EventType, JobEvent, JobStatus
 from ci_server.runner.executor import ExecutorError
 from ci_server.runner.output import LOG_EVENT_CHARS
@@ -191,7 +192,9 @@ async def test_corrupted_upload_fails_with_a_reason(tmp_path: Path) -> None:
         upload.write_bytes(bytes(data))
 
         with upload.open("rb") as archive:
-            submitted = (await h.service.submit(ANONYMOUS_ADMIN, archive)).job
+            view = await h.service.submit(ANONYMOUS_ADMIN, archive)
+        assert isinstance(view, JobView)
+        submitted = view.job
         job = await h.finished(submitted.id)
         assert job.status is JobStatus.FAILED
         assert job.reason is not None and "test_a.py" in job.reason
