@@ -2,7 +2,8 @@
 
 Exit codes: 0 the job passed; 1 it did not (tests failed, collection errors, failed install,
 timed out, cancelled, errored); 4 pytest's usage error and 5 no tests collected, as pytest
-says them; 2 a usage or connection problem of `ci` itself; 130 interrupted by Ctrl-C.
+says them; 2 a usage or connection problem of `ci` itself; 130 interrupted by Ctrl-C. A
+group of jobs (`--python`, `--shards`) exits with its worst job's code: 1, then 4, then 5.
 """
 
 from __future__ import annotations
@@ -10,19 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ci_client.client import CIClient, ClientError, NotAuthenticated
+from ci_client.client import GROUP_PREFIX, CIClient, ClientError, Event, NotAuthenticated
 from ci_client.config import DEFAULT_SERVER_URL, ConfigError, Connection, config_path, resolve
 from ci_client.render import (
     PROBLEM_OUTCOMES,
     format_event,
+    format_group_outcome,
     format_outcome,
+    is_group,
+    job_labels,
+    print_group_details,
     print_job_details,
     print_jobs_table,
     print_test_history,
@@ -55,11 +62,17 @@ PYTEST_EXITS_KEPT = (4, 5)
 
 
 def _exit_code(job: dict[str, Any]) -> int:
+    if is_group(job):
+        return max((_exit_code(member) for member in job["jobs"]), key=EXIT_RANK.index)
     if job.get("success"):
         return EXIT_PASSED
     if job.get("status") == "failed" and job.get("exit_code") in PYTEST_EXITS_KEPT:
         return job["exit_code"]
     return EXIT_FAILED
+
+
+EXIT_RANK = (EXIT_PASSED, 5, 4, EXIT_FAILED)
+"""A job's exit codes, best first: a group exits with its worst job's."""
 
 
 def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | None) -> int:
@@ -79,9 +92,60 @@ def _follow(client: CIClient, job_id: str, *, after: int | None, tail: int | Non
     raise ClientError("the event stream ended before the job did")
 
 
-def _upload(client: CIClient, args: argparse.Namespace) -> str:
+def _follow_group(
+    client: CIClient, group: dict[str, Any], *, after: int | None, tail: int | None
+) -> int:
+    """Print the events of every job of the group as they come, each line prefixed with
+    its job's label (`py3.13 2/4 | ...`), until all have ended; then the group's merged
+    outcome. Return the exit code of its worst job."""
+    prefixes = job_labels(group["jobs"])
+    arrivals: queue.Queue[tuple[str, Event | Exception | None]] = queue.Queue()
+
+    def pump(job_id: str) -> None:
+        try:
+            for event in client.copy().events(job_id, after=after, tail=tail):
+                arrivals.put((job_id, event))
+        except Exception as e:  # shown by the main thread, which stops there
+            arrivals.put((job_id, e))
+        finally:
+            arrivals.put((job_id, None))
+
+    for job_id in prefixes:
+        threading.Thread(target=pump, args=(job_id,), name=f"ci-{job_id}", daemon=True).start()
+    out, streams = SafeStream(sys.stdout), len(prefixes)
+    while streams:
+        try:
+            job_id, arrival = arrivals.get(timeout=0.5)  # a timeout lets Ctrl-C through
+        except queue.Empty:
+            continue
+        if arrival is None:
+            streams -= 1
+        elif isinstance(arrival, Exception):
+            raise arrival
+        else:
+            _print_prefixed(arrival, job_id, prefixes[job_id], out)
+    ended = client.get_group(group["group_id"])
+    _say(format_group_outcome(ended))
+    return _exit_code(ended)
+
+
+def _print_prefixed(event: Event, job_id: str, prefix: str, out: SafeStream) -> None:
+    if event.type == "end":
+        _say(prefix + format_outcome({"job_id": job_id, **event.data}))
+        return
+    text = format_event(event)
+    if text is None:
+        return
+    lines = "\n".join(prefix + line for line in text.split("\n"))
+    if event.type == "log" and event.data.get("stream") != "system":
+        print(lines, file=out, flush=True)
+    else:
+        _say(lines)
+
+
+def _upload(client: CIClient, args: argparse.Namespace) -> dict[str, Any]:
     """Send the project in the current directory (only what the server lacks, or a zip to
-    an older server), submit it and return the job id."""
+    an older server), submit it and return the job (or the group of jobs) made."""
     # Imported here: only `submit` needs them, and every other command starts faster.
     from ci_client.archive import check_project_root
     from ci_client.client import ContentsMissing, ServerWithoutContents
@@ -94,6 +158,8 @@ def _upload(client: CIClient, args: argparse.Namespace) -> str:
         "no_cache": args.no_cache,
         "project": args.project,
         "directory": root.name,
+        "python": args.python,
+        "shards": args.shards,
     }
     if args.zip:
         return _send_zip(client, root, options)
@@ -106,7 +172,7 @@ def _upload(client: CIClient, args: argparse.Namespace) -> str:
         return _send_zip(client, root, options)
 
 
-def _send_contents(client: CIClient, root: Path, options: dict[str, Any]) -> str:
+def _send_contents(client: CIClient, root: Path, options: dict[str, Any]) -> dict[str, Any]:
     from ci_client.contents import send, snapshot
     from ci_client.hashcache import HashCache, cache_dir
 
@@ -117,10 +183,10 @@ def _send_contents(client: CIClient, root: Path, options: dict[str, Any]) -> str
         f"Sent {sent.files:,} of {snap.file_count:,} files ({_human_size(sent.bytes)} of "
         f"{_human_size(snap.total_bytes)}) to {client.base_url}"
     )
-    return client.submit_tree(snap.root, **options)["job_id"]
+    return client.submit_tree(snap.root, **options)
 
 
-def _send_zip(client: CIClient, root: Path, options: dict[str, Any]) -> str:
+def _send_zip(client: CIClient, root: Path, options: dict[str, Any]) -> dict[str, Any]:
     from ci_client.archive import build_archive
 
     with tempfile.TemporaryDirectory(prefix="ci-upload-") as tmp:
@@ -130,7 +196,22 @@ def _send_zip(client: CIClient, root: Path, options: dict[str, Any]) -> str:
             f"Uploading {summary.files} files ({_human_size(summary.source_bytes)}, "
             f"{_human_size(summary.archive_bytes)} zipped) to {client.base_url}"
         )
-        return client.submit(archive, **options)["job_id"]
+        return client.submit(archive, **options)
+
+
+def _versions(text: str) -> list[str]:
+    """`3.11,3.13`: the Python versions to run the suite under."""
+    versions = [version.strip() for version in text.split(",") if version.strip()]
+    if not versions:
+        raise argparse.ArgumentTypeError("no Python version given")
+    return versions
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+    return value
 
 
 def _count(text: str) -> int:
@@ -152,9 +233,12 @@ def _order_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
-    job_id: str | None = None
+    submitted: dict[str, Any] | None = None
     try:
-        job_id = _upload(client, args)
+        submitted = _upload(client, args)
+        if is_group(submitted):
+            return _submitted_group(client, submitted, args)
+        job_id = submitted["job_id"]
         if args.run_async:
             print(f"Job submitted: {job_id}", flush=True)
             return EXIT_PASSED
@@ -163,34 +247,81 @@ def cmd_submit(client: CIClient, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         # A foreground job belongs to this terminal: Ctrl-C means the user wants it gone.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if job_id is None:
+        if submitted is None:
             _say("\nInterrupted before the job was submitted.")
             return EXIT_INTERRUPTED
-        _say(f"\nInterrupted: cancelling job {job_id}...")
-        try:
-            cancelled, _ = client.cancel(job_id)
-            _say(format_outcome(cancelled))
-        except ClientError as e:
-            _say(f"could not cancel job {job_id}: {e}")
+        _cancel_submitted(client, submitted)
         return EXIT_INTERRUPTED
+
+
+def _submitted_group(client: CIClient, group: dict[str, Any], args: argparse.Namespace) -> int:
+    group_id = group["group_id"]
+    if args.run_async:
+        print(f"Group submitted: {group_id}", flush=True)
+        return EXIT_PASSED
+    jobs = ", ".join(f"{job['label']} {job['job_id']}" for job in group["jobs"])
+    _say(
+        f"Group {group_id} submitted: {len(group['jobs'])} jobs ({jobs}). "
+        f"Reattach from another terminal with: ci wait {group_id}"
+    )
+    return _follow_group(client, group, after=0, tail=None)
+
+
+def _cancel_submitted(client: CIClient, submitted: dict[str, Any]) -> None:
+    what, identifier = _kind_and_id(submitted)
+    if is_group(submitted):
+        _say(f"\nInterrupted: cancelling group {identifier} (its {len(submitted['jobs'])} jobs)...")
+    else:
+        _say(f"\nInterrupted: cancelling job {identifier}...")
+    try:
+        _say(format_outcome(_cancel(client, identifier)[0]))
+    except ClientError as e:
+        _say(f"could not cancel {what} {identifier}: {e}")
+
+
+def _kind_and_id(item: dict[str, Any]) -> tuple[str, str]:
+    return ("group", item["group_id"]) if is_group(item) else ("job", item["job_id"])
+
+
+def _cancel(client: CIClient, identifier: str) -> tuple[dict[str, Any], bool]:
+    if _is_group_id(identifier):
+        return client.cancel_group(identifier)
+    return client.cancel(identifier)
+
+
+def _is_group_id(identifier: str) -> bool:
+    return identifier.startswith(GROUP_PREFIX)
 
 
 def cmd_wait(client: CIClient, args: argparse.Namespace) -> int:
-    job = client.get_job(args.job_id)
+    grouped = _is_group_id(args.job_id)
+    job = client.get_group(args.job_id) if grouped else client.get_job(args.job_id)
     try:
         if args.all:
-            return _follow(client, args.job_id, after=0, tail=None)
+            return _follow_any(client, job, after=0, tail=None)
         if job["success"] is not None:
             _say(format_outcome(job))
             return _exit_code(job)
-        return _follow(client, args.job_id, after=None, tail=0)
+        return _follow_any(client, job, after=None, tail=0)
     except KeyboardInterrupt:
-        _say(f"\nDetached: job {args.job_id} keeps running. Reattach with: ci wait {args.job_id}")
+        what = "group" if grouped else "job"
+        _say(
+            f"\nDetached: {what} {args.job_id} keeps running. Reattach with: ci wait {args.job_id}"
+        )
         return EXIT_INTERRUPTED
 
 
+def _follow_any(
+    client: CIClient, job: dict[str, Any], *, after: int | None, tail: int | None
+) -> int:
+    """Follow a job, or every job of a group."""
+    if is_group(job):
+        return _follow_group(client, job, after=after, tail=tail)
+    return _follow(client, job["job_id"], after=after, tail=tail)
+
+
 def cmd_list(client: CIClient, args: argparse.Namespace) -> int:
-    jobs = client.list_jobs(limit=args.limit, project=args.project)
+    jobs = client.list_jobs(limit=args.limit, project=args.project, grouped=True)
     if args.json:
         print(json.dumps(jobs, indent=2))  # JSON escapes every control character but DEL
     elif jobs:
@@ -230,25 +361,40 @@ def cmd_tests(client: CIClient, args: argparse.Namespace) -> int:
 
 
 def cmd_show(client: CIClient, args: argparse.Namespace) -> int:
-    job = client.get_job(args.job_id)
-    failures = client.test_results(args.job_id, outcomes=(*PROBLEM_OUTCOMES, "flaky"))
-    history = client.test_history(job["project"]) if job.get("project") and failures else []
-    print_job_details(job, failures, SafeStream(sys.stdout), history)
+    out = SafeStream(sys.stdout)
+    if not _is_group_id(args.job_id):
+        _show_job(client, client.get_job(args.job_id), out)
+        return EXIT_PASSED
+    group = client.get_group(args.job_id)
+    print_group_details(group, out)
+    for job in group["jobs"]:
+        print(file=out)
+        _show_job(client, job, out)
     return EXIT_PASSED
 
 
+def _show_job(client: CIClient, job: dict[str, Any], out: SafeStream) -> None:
+    failures = client.test_results(job["job_id"], outcomes=(*PROBLEM_OUTCOMES, "flaky"))
+    history = client.test_history(job["project"]) if job.get("project") and failures else []
+    print_job_details(job, failures, out, history)
+
+
 def cmd_logs(client: CIClient, args: argparse.Namespace) -> int:
+    if _is_group_id(args.job_id):
+        _follow_group(client, client.get_group(args.job_id), after=0, tail=None)
+        return EXIT_PASSED
     client.get_job(args.job_id)
     _follow(client, args.job_id, after=0, tail=None)
     return EXIT_PASSED
 
 
 def cmd_cancel(client: CIClient, args: argparse.Namespace) -> int:
-    job, changed = client.cancel(args.job_id)
+    item, changed = _cancel(client, args.job_id)
     if changed:
-        _say(format_outcome(job))
+        _say(format_outcome(item))
     else:
-        _say(f"Job {args.job_id} had already finished ({job['status']}); nothing to cancel.")
+        what = _kind_and_id(item)[0].capitalize()
+        _say(f"{what} {args.job_id} had already finished ({item['status']}); nothing to cancel.")
     return EXIT_PASSED
 
 
@@ -323,23 +469,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="rerun a failing test up to N times (pytest-rerunfailures): one that then passes "
         "is flaky, and does not fail the job",
     )
+    submit.add_argument(
+        "--python",
+        type=_versions,
+        default=[],
+        metavar="VERSIONS",
+        help="run the suite under each of these Python versions, a job each, at once: "
+        "3.11,3.13 (default: ci.toml's `python`, else the server's default image)",
+    )
+    submit.add_argument(
+        "--shards",
+        type=_positive,
+        metavar="N",
+        help="split the suite over N jobs run at once, per Python version (default: "
+        "ci.toml's `shards`, else 1)",
+    )
     submit.set_defaults(handler=cmd_submit, pytest_args=[])
 
     wait = commands.add_parser(
-        "wait", help="follow a job's output until it ends", description="Ctrl-C only detaches."
+        "wait",
+        help="follow a job's (or a group's) output until it ends",
+        description="Ctrl-C only detaches.",
     )
-    wait.add_argument("job_id")
+    wait.add_argument("job_id", help="a job's id, or a group's (g-...)")
     wait.add_argument("--all", action="store_true", help="replay the whole log from the start")
     wait.set_defaults(handler=cmd_wait)
 
-    listing = commands.add_parser("list", help="show jobs, newest first")
-    listing.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    listing = commands.add_parser("list", help="show jobs, newest first (a group as one row)")
+    listing.add_argument(
+        "--json", action="store_true", help="a JSON array, for scripts (a group with its jobs)"
+    )
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
     listing.add_argument("--project", metavar="NAME", help="only the jobs of this project")
     listing.set_defaults(handler=cmd_list)
 
-    show = commands.add_parser("show", help="a job's summary and its failing tests")
-    show.add_argument("job_id")
+    show = commands.add_parser(
+        "show", help="a job's (or a group's and each of its jobs') summary and failing tests"
+    )
+    show.add_argument("job_id", help="a job's id, or a group's (g-...)")
     show.set_defaults(handler=cmd_show)
 
     tests = commands.add_parser(
@@ -367,11 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     tests.set_defaults(handler=cmd_tests)
 
     logs = commands.add_parser("logs", help="print a job's whole log (following it if running)")
-    logs.add_argument("job_id")
+    logs.add_argument("job_id", help="a job's id, or a group's (g-...: every job's, prefixed)")
     logs.set_defaults(handler=cmd_logs)
 
-    cancel = commands.add_parser("cancel", help="stop a queued or running job")
-    cancel.add_argument("job_id")
+    cancel = commands.add_parser("cancel", help="stop a queued or running job (or group)")
+    cancel.add_argument("job_id", help="a job's id, or a group's (g-...: all its jobs)")
     cancel.set_defaults(handler=cmd_cancel)
     return parser
 

@@ -19,6 +19,8 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
 """Longer than the server's keep-alive interval (15 s): silence past it means a dead link."""
 RECONNECT_FOR_SECONDS = 60.0
+GROUP_PREFIX = "g-"
+"""How a group's id starts (a job's is 12 hex digits)."""
 TESTS_PAGE_SIZE = 500
 """Test results asked per request (the server answers at most 1000)."""
 
@@ -83,7 +85,8 @@ class CIClient:
         if response.status_code == 401:
             raise NotAuthenticated(_detail(response) or "authentication required")
         if job_id is not None and response.status_code in (404, 422) and _is_api_error(response):
-            raise JobNotFound(f"no job with id {job_id!r} on {self.base_url}")
+            kind = "group" if job_id.startswith(GROUP_PREFIX) else "job"
+            raise JobNotFound(f"no {kind} with id {job_id!r} on {self.base_url}")
         if response.status_code >= 400:
             detail = _detail(response)
             if response.status_code == 404 or detail is None:
@@ -114,9 +117,12 @@ class CIClient:
         no_cache: bool = False,
         project: str | None = None,
         directory: str | None = None,
+        python: Sequence[str] = (),
+        shards: int | None = None,
     ) -> requests.Response:
         """POST /jobs with the project's `fields`; the server names it `project`, else from
-        its files, else `directory` (the folder's name)."""
+        its files, else `directory` (the folder's name). It answers a job, or a group of
+        jobs (with `jobs`) when the `python` versions and `shards` make several."""
         fields = list(fields)
         if timeout_seconds is not None:
             fields.append(("timeout_seconds", str(timeout_seconds)))
@@ -127,6 +133,9 @@ class CIClient:
             fields.append(("project", project))
         if directory is not None:
             fields.append(("directory", directory))
+        fields.extend(("python", version) for version in python)
+        if shards is not None:
+            fields.append(("shards", str(shards)))
         # The encoder streams a file: a large project is never held whole in memory.
         from requests_toolbelt.multipart.encoder import MultipartEncoder
 
@@ -163,8 +172,25 @@ class CIClient:
             raise ContentsMissing(_detail(response) or "contents missing")
         return self._json(response)
 
+    def copy(self) -> CIClient:
+        """A client of the same server with the same key and a session of its own: one
+        per thread (a requests.Session is not to be shared between threads)."""
+        twin = CIClient(self.base_url)
+        twin.session.headers.update(self.session.headers)
+        return twin
+
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._request("GET", f"/jobs/{job_id}"), job_id)
+
+    def get_group(self, group_id: str) -> dict[str, Any]:
+        return self._json(self._request("GET", f"/groups/{group_id}"), group_id)
+
+    def cancel_group(self, group_id: str) -> tuple[dict[str, Any], bool]:
+        """Cancel the group's jobs; say whether this call changed it (False: all had ended)."""
+        response = self._request("POST", f"/groups/{group_id}/cancel")
+        if response.status_code == 409:
+            return self.get_group(group_id), False
+        return self._json(response, group_id), True
 
     def test_results(
         self, job_id: str, *, outcomes: Sequence[str] = (), page_size: int = TESTS_PAGE_SIZE
@@ -179,8 +205,13 @@ class CIClient:
                 return
             params["after"] = page[-1]["position"]
 
-    def list_jobs(self, *, limit: int = 50, project: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(
+        self, *, limit: int = 50, project: str | None = None, grouped: bool = False
+    ) -> list[dict[str, Any]]:
+        """Newest first; `grouped`: a group of jobs as one item, with its `jobs`."""
         params: dict[str, Any] = {"limit": limit}
+        if grouped:
+            params["grouped"] = "true"
         if project is not None:
             params["project"] = project
         return self._json(self._request("GET", "/jobs", params=params))
@@ -265,4 +296,6 @@ def _is_api_error(response: requests.Response) -> bool:
     """Tell our API's answer for an unknown or malformed job id from a URL that is no CI
     server at all."""
     detail = _detail(response)
-    return detail is not None and (detail.startswith("no job") or '"job_id"' in detail)
+    return detail is not None and (
+        detail.startswith(("no job", "no group")) or '"job_id"' in detail or '"group_id"' in detail
+    )

@@ -55,9 +55,14 @@ def format_counts(summary: dict[str, Any] | None) -> str | None:
 
 
 def format_outcome(job: dict[str, Any]) -> str:
-    """One line saying how a job ended, e.g. `Job 1a2b failed: 12 passed, 1 failed in 3.2s`."""
+    """One line saying how a job ended, e.g. `Job 1a2b failed: 12 passed, 1 failed in 3.2s`;
+    a job of a group says which it is: `Job 1a2b (py3.13 2/4) failed: ...`; a group, see
+    format_group_outcome."""
+    if is_group(job):
+        return format_group_outcome(job)
     status = job["status"]
-    text = f"Job {job['job_id']} {status.replace('_', ' ')}"
+    label = f" ({job['label']})" if job.get("label") else ""
+    text = f"Job {job['job_id']}{label} {status.replace('_', ' ')}"
     counts = format_counts(job.get("summary"))
     if counts:
         text += f": {counts}"
@@ -72,6 +77,39 @@ def format_outcome(job: dict[str, Any]) -> str:
     if details:
         text += f" ({'; '.join(details)})"
     return text
+
+
+def is_group(item: dict[str, Any]) -> bool:
+    """Whether an item of the API is a group of jobs (it holds them) rather than a job."""
+    return "jobs" in item
+
+
+def format_group_outcome(group: dict[str, Any]) -> str:
+    """One line saying how a group ended: its merged counts, then which jobs did not pass,
+    e.g. `Group g-1a2b failed: 38 passed, 2 failed in 14.1s (py3.13 failed)`."""
+    text = f"Group {group['group_id']} {group['status'].replace('_', ' ')}"
+    counts = format_counts(group.get("summary"))
+    if counts:
+        text += f": {counts}"
+    duration = group.get("duration_seconds")
+    if duration is not None:
+        text += f" in {format_duration(duration)}"
+    unhappy = [
+        f"{job['label'] or job['job_id']} {job['status'].replace('_', ' ')}"
+        for job in group["jobs"]
+        if job["status"] != "succeeded"
+    ]
+    if unhappy and group["status"] != "succeeded":
+        text += f" ({', '.join(unhappy)})"
+    return text
+
+
+def job_labels(jobs: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Each job's prefix for its lines, as `docker compose logs` prints them: its label
+    (else its id), padded to the longest, then ` | `."""
+    labels = {job["job_id"]: job.get("label") or job["job_id"] for job in jobs}
+    width = max(map(len, labels.values()), default=0)
+    return {job_id: f"{label:<{width}} | " for job_id, label in labels.items()}
 
 
 def format_event(event: Event) -> str | None:
@@ -92,16 +130,25 @@ def result_label(job: dict[str, Any]) -> str:
 
 
 def status_label(job: dict[str, Any]) -> str:
+    if is_group(job):
+        ended = sum(member["status"] in ENDED for member in job["jobs"])
+        if job["status"] in ENDED:
+            return f"{job['status']} ({len(job['jobs'])} jobs)"
+        return f"{job['status']} ({ended} of {len(job['jobs'])} jobs ended)"
     if job["status"] == "queued" and job.get("queue_position"):
         return f"queued (#{job['queue_position']})"
     return job["status"]
 
 
+ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out", "error"})
+
+
 def print_jobs_table(jobs: list[dict[str, Any]], out: SupportsWrite[str]) -> None:
+    """A row per job, or per group of jobs (its merged counts, how many jobs)."""
     headers = ("JOB ID", "PROJECT", "STATUS", "STARTED", "ENDED", "DURATION", "RESULT", "TESTS")
     rows = [
         (
-            job["job_id"],
+            job["group_id"] if is_group(job) else job["job_id"],
             job.get("project") or "-",
             status_label(job),
             format_time(job.get("start_time")),
@@ -134,6 +181,19 @@ def flaky_note(test: dict[str, Any] | None) -> str:
         f"  flaky (failed, then passed on a rerun in {flaky} of its last {len(runs)} runs; "
         f"failed in {failed})"
     )
+
+
+def print_group_details(group: dict[str, Any], out: SupportsWrite[str]) -> None:
+    """`ci show` of a group: its merged outcome and its jobs, one line each (their
+    details follow, from print_job_details)."""
+    print(format_group_outcome(group), file=out)
+    print(f"  project   {group.get('project') or '-'}", file=out)
+    print(f"  started   {format_time(group.get('start_time'))}", file=out)
+    print(f"  ended     {format_time(group.get('end_time'))}", file=out)
+    for job in group["jobs"]:
+        counts = format_counts(job.get("summary"))
+        counts = f": {counts}" if counts else ""
+        print(f"  {job['label']:<9} {job['job_id']} {job['status']}{counts}", file=out)
 
 
 def print_job_details(
