@@ -201,6 +201,22 @@ async def test_pages_name_the_jobs_project(client: httpx.AsyncClient, people: Pe
     assert ">&lt;b&gt;shop&lt;/b&gt;</a></dd>" in page
 
 
+async def test_a_group_s_jobs_show_their_label(client: httpx.AsyncClient, people: People) -> None:
+    client.headers.update(people.ann.headers)
+    group = (await submit(client, PASSING_PROJECT, shards="2")).json()
+    del client.headers["Authorization"]
+    await sign_in(client, people.ann)
+    jobs = (await client.get("/")).text
+    for job in group["jobs"]:
+        assert (
+            f'<span class="job-label" title="group {group["group_id"]}">{job["label"]}</span> '
+            f'<span class="job-id">{job["job_id"]}'
+        ) in jobs
+    page = (await client.get(f"/job/{group['jobs'][1]['job_id']}")).text
+    assert f"<dt>Group</dt><dd>{group['group_id']}</dd>" in page
+    assert '<span class="job-label">2/2</span>' in page
+
+
 async def test_cancel_needs_the_csrf_token(client: httpx.AsyncClient, people: People) -> None:
     await sign_in(client, people.ann)
     job_id = await job_of(client, people.ann)
