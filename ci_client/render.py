@@ -94,13 +94,15 @@ def format_group_outcome(group: dict[str, Any]) -> str:
     duration = group.get("duration_seconds")
     if duration is not None:
         text += f" in {format_duration(duration)}"
-    unhappy = [
-        f"{job['label'] or job['job_id']} {job['status'].replace('_', ' ')}"
-        for job in group["jobs"]
-        if job["status"] != "succeeded"
-    ]
-    if unhappy and group["status"] != "succeeded":
-        text += f" ({', '.join(unhappy)})"
+    unhappy = [job for job in group["jobs"] if job["status"] != "succeeded"]
+    statuses = {job["status"].replace("_", " ") for job in unhappy}
+    if len(unhappy) == len(group["jobs"]) > 1 and len(statuses) == 1:
+        text += f" (all {len(unhappy)} {statuses.pop()})"
+    elif unhappy and group["status"] != "succeeded":
+        named = (
+            f"{job['label'] or job['job_id']} {job['status'].replace('_', ' ')}" for job in unhappy
+        )
+        text += f" ({', '.join(named)})"
     return text
 
 
@@ -190,10 +192,11 @@ def print_group_details(group: dict[str, Any], out: SupportsWrite[str]) -> None:
     print(f"  project   {group.get('project') or '-'}", file=out)
     print(f"  started   {format_time(group.get('start_time'))}", file=out)
     print(f"  ended     {format_time(group.get('end_time'))}", file=out)
+    width = max(len(job["label"]) for job in group["jobs"])
     for job in group["jobs"]:
         counts = format_counts(job.get("summary"))
         counts = f": {counts}" if counts else ""
-        print(f"  {job['label']:<9} {job['job_id']} {job['status']}{counts}", file=out)
+        print(f"  {job['label']:<{width}}  {job['job_id']} {job['status']}{counts}", file=out)
 
 
 def print_job_details(

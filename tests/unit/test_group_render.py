@@ -47,6 +47,8 @@ def test_a_group_s_outcome_sums_its_counts_and_names_the_jobs_that_did_not_pass(
         "(py3.13 failed, py3.14 timed out)"
     )
     assert format_outcome(ended) == format_group_outcome(ended)
+    all_failed = group(job("a", "1/2", "failed"), job("b", "2/2", "failed"))
+    assert format_group_outcome(all_failed) == "Group g-0123456789ab failed (all 2 failed)"
     passed = group(job("a", "1/2", "succeeded"), status="succeeded", summary={"passed": 3})
     assert format_group_outcome(passed) == "Group g-0123456789ab succeeded: 3 passed"
 
