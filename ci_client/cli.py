@@ -35,6 +35,7 @@ from ci_client.render import (
     print_test_history,
 )
 from ci_client.terminal import SafeStream
+from ci_common.version import version_line
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -405,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 passed, 1 failed (or timed out, cancelled, errored), "
         "2 usage or connection error, 4/5 pytest usage error/no tests, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=version_line("ci"))
     parser.add_argument(
         "--server",
         help="the CI server's URL (default: $CI_SERVER_URL, else `server` in the config file, "

@@ -14,6 +14,13 @@ import requests
 
 from ci_client.sse import sse_events
 from ci_common.trees import BATCH_MEDIA_TYPE
+from ci_common.version import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    VERSION_HEADER,
+    compatible,
+    package_version,
+)
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
@@ -45,6 +52,10 @@ class NotAuthenticated(ClientError):
     """The server wants a (valid) API key: HTTP 401, with the server's reason."""
 
 
+class IncompatibleServer(ClientError):
+    """The server speaks another major API version than this `ci` (ci_common/version.py)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int
@@ -64,6 +75,21 @@ class CIClient:
         self.session = session or requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self._server_checked = False
+
+    def _check_server(self, response: requests.Response) -> None:
+        """Refuse a server of another major API version, judged by the header of its first
+        answer (a server from before API versions sends none, and passes)."""
+        self._server_checked = True
+        server_api = response.headers.get(API_VERSION_HEADER)
+        if server_api is None or compatible(server_api):
+            return
+        server_version = response.headers.get(VERSION_HEADER, "unknown")
+        raise IncompatibleServer(
+            f"the CI server at {self.base_url} speaks API {server_api} (ci-server "
+            f"{server_version}), and this ci {package_version()} speaks API {API_VERSION}: "
+            f"install the ci of the server's version, {server_version}"
+        )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = f"{self.base_url}{path}"
@@ -79,6 +105,12 @@ class CIClient:
             raise ClientError(f"the CI server at {self.base_url} did not answer in time") from e
         except requests.exceptions.RequestException as e:
             raise ClientError(f"cannot talk to {self.base_url}: {e}") from e
+        if not self._server_checked:
+            try:
+                self._check_server(response)
+            except IncompatibleServer:
+                response.close()
+                raise
         return response
 
     def _json(self, response: requests.Response, job_id: str | None = None) -> Any:

@@ -9,6 +9,7 @@ import logging
 
 import uvicorn
 
+from ci_common.version import version_line
 from ci_server.app import create_app
 from ci_server.settings import InvalidSettings, load_settings
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="ci-server",
         description="Serve the CI API; settings come from CI_* environment variables.",
     )
+    parser.add_argument("--version", action="version", version=version_line("ci-server"))
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )

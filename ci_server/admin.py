@@ -24,6 +24,7 @@ from typing import NoReturn
 import asyncpg
 
 from ci_common.tables import local_time, print_table
+from ci_common.version import version_line
 from ci_server import accounts
 from ci_server.models import CIError, JobStatus, WorkerInfo
 from ci_server.settings import InvalidSettings, load_settings
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "database.",
         epilog="Exit codes: 0 done, 2 usage error or a request that cannot be done.",
     )
+    parser.add_argument("--version", action="version", version=version_line("ci-admin"))
     parser.add_argument(
         "--db",
         type=_database_argument,

@@ -15,11 +15,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ci_common.version import package_version
 from ci_server.api import groups, health, jobs, tests, uploads
 from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
 from ci_server.api.limits import BodySizeLimit
+from ci_server.api.version import VersionHeaders
 from ci_server.contents_gc import ContentSweeper
 from ci_server.events import EventHub
 from ci_server.jobs import JobService
@@ -86,11 +88,12 @@ def create_app(
     app = FastAPI(
         title="Self-hosted CI",
         description="Runs a Python project's pytest suite in a Docker container.",
-        version="0.1.0",
+        version=package_version(),
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(AuthenticateUploads)  # outermost: no stranger's body is ever read
+    app.add_middleware(AuthenticateUploads)  # no stranger's body is ever read
+    app.add_middleware(VersionHeaders)  # outermost: on every answer, a 401 or 413 too
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

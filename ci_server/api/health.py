@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from ci_common.version import API_VERSION, package_version
 from ci_server.api.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -28,4 +29,6 @@ async def health(request: Request, response: Response) -> Health:
         role=state.role,
         store=store,
         worker=state.settings.worker_name if state.role == "api+worker" else None,
+        version=package_version(),
+        api_version=API_VERSION,
     )

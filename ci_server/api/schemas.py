@@ -193,6 +193,11 @@ class Health(BaseModel):
     )
     store: bool = Field(description="whether the database answered, just now")
     worker: str | None = Field(description="the name of this process's worker, if it has one")
+    version: str = Field(description="the server's package version (also in X-CI-Version)")
+    api_version: str = Field(
+        description="its API version, MAJOR.MINOR (also in X-CI-API-Version): a client works "
+        "with any server of its major version"
+    )
 
 
 class ErrorOut(BaseModel):

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from ci_common.version import version_line
 from ci_server.app import docker_executor
 from ci_server.events import EventHub
 from ci_server.runner.executor import Executor
@@ -86,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Docker engine. Settings come from CI_* environment variables.",
         epilog="Exit codes: 0 stopped on request, 1 database or Docker unusable, 2 usage error.",
     )
+    parser.add_argument("--version", action="version", version=version_line("ci-worker"))
     parser.add_argument(
         "--name",
         help="this worker's name, unique among the workers of the database "
