@@ -19,7 +19,7 @@ export CI_DB_PATH="${CI_DB_PATH:-$PWD/ci_jobs.db}"
 
 bash scripts/ensure-docker.sh
 bash scripts/build-runner-image.sh "$CI_RUNNER_IMAGE"
-python -m pip install -q -e .
+python -m pip install -q -e '.[server]' # the server's dependencies too, not only ci's
 
 # Python, not curl: curl may be missing on a fresh machine.
 healthy() {
