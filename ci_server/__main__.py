@@ -8,9 +8,11 @@ import ipaddress
 import logging
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from ci_common.version import version_line
 from ci_server.app import create_app
+from ci_server.log_format import configure_logging
 from ci_server.settings import InvalidSettings, load_settings
 
 logger = logging.getLogger("ci_server")
@@ -44,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         help="serve the API only; `ci-worker` processes sharing the database run the jobs",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
     except InvalidSettings as e:
         parser.error(str(e))
+    configure_logging(args.log_level, settings.log_format)
     if not settings.auth:
         if not is_loopback(args.host):
             parser.error(
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        # JSON: uvicorn's own loggers go through the root's handler too, as JSON lines.
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         timeout_graceful_shutdown=10,
     )
 

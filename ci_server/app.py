@@ -16,15 +16,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ci_common.version import package_version
-from ci_server.api import groups, health, jobs, tests, uploads
+from ci_server.api import groups, health, jobs, metrics, tests, uploads
 from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
 from ci_server.api.limits import BodySizeLimit
+from ci_server.api.metrics import CountRequests
 from ci_server.api.version import VersionHeaders
 from ci_server.contents_gc import ContentSweeper
 from ci_server.events import EventHub
 from ci_server.jobs import JobService
+from ci_server.metrics import Metrics
 from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import Executor
 from ci_server.settings import Settings
@@ -35,9 +37,10 @@ from ci_server.worker.loop import Worker
 from ci_server.worker.recovery import Sweeper
 
 
-def docker_executor(settings: Settings) -> DockerExecutor:
+def docker_executor(settings: Settings, metrics: Metrics) -> DockerExecutor:
     """The worker's executor: the Docker engine at CI_DOCKER_HOST, its containers labelled
-    with the database and the worker, its warm containers' folders its own."""
+    with the database and the worker, its warm containers' folders its own; it counts its
+    warm containers' jobs in `metrics`."""
     folder = hashlib.sha256(settings.worker_name.encode()).hexdigest()[:12]
     return DockerExecutor(
         settings.instance_id,
@@ -45,6 +48,7 @@ def docker_executor(settings: Settings) -> DockerExecutor:
         base_url=settings.docker_host,
         warm_dir=settings.resolved_data_dir / "warm" / folder,
         warm_containers=settings.warm_containers,
+        metrics=metrics,
     )
 
 
@@ -58,19 +62,24 @@ def create_app(
     """Build the app; `store` defaults to the settings' (PostgreSQL at CI_DATABASE_URL, else
     SQLite), `executor` to Docker (tests may swap them); `worker=False`: no jobs run here."""
     settings = settings or Settings()
+    process_metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             job_store = await stack.enter_async_context(store or open_store(settings))
             hub = await stack.enter_async_context(
-                EventHub(job_store, flush_interval=settings.event_flush_seconds)
+                EventHub(
+                    job_store,
+                    flush_interval=settings.event_flush_seconds,
+                    metrics=process_metrics,
+                )
             )
             blobs = await stack.enter_async_context(open_blob_store(settings))
             service = JobService(job_store, hub, blobs, settings)
             await stack.enter_async_context(service)
             if worker:
-                job_executor = executor or docker_executor(settings)
+                job_executor = executor or docker_executor(settings, process_metrics)
                 await stack.enter_async_context(job_executor)
                 await stack.enter_async_context(
                     Worker(job_store, hub, job_executor, blobs, settings)
@@ -82,6 +91,7 @@ def create_app(
             app.state.store = job_store  # for authentication (api/auth.py)
             app.state.service = service
             app.state.frames = SseFrames()
+            app.state.metrics = process_metrics
             app.state.role = "api+worker" if worker else "api"
             yield
 
@@ -93,6 +103,7 @@ def create_app(
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(AuthenticateUploads)  # no stranger's body is ever read
+    app.add_middleware(CountRequests, metrics=process_metrics)
     app.add_middleware(VersionHeaders)  # outermost: on every answer, a 401 or 413 too
     install_error_handlers(app)
     app.include_router(health.router)
@@ -100,5 +111,6 @@ def create_app(
     app.include_router(groups.router)
     app.include_router(tests.router)
     app.include_router(uploads.router)
+    app.include_router(metrics.router)
     install_dashboard(app)
     return app

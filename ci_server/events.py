@@ -24,6 +24,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+from ci_server.metrics import Metrics
 from ci_server.models import EventType, Job, JobEvent, JobNotFound
 from ci_server.store.repository import JobStore
 from ci_server.store.signals import Signal, SignalKind
@@ -134,6 +135,7 @@ class JobChannel:
         for watcher in self.watchers:
             watcher.push(event)
         self.hub.note_pending(event)
+        self.hub.metrics.event_published(type)
         return event
 
     async def close(self) -> None:
@@ -158,8 +160,11 @@ class EventHub:
         batch_size: int = 2000,
         watcher_queue_size: int = 10_000,
         poll_interval: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
+        """Counts the events published here, and the jobs ended here (`end`)."""
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.watcher_queue_size = watcher_queue_size
@@ -209,6 +214,7 @@ class EventHub:
         if say_reason and job.reason:
             channel.publish(EventType.LOG, stream="system", text=job.reason)
         channel.publish(EventType.END, **end_event_data(job))
+        self.metrics.job_ended(job)
         await channel.close()
 
     def _on_stored(self, signal: Signal) -> None:

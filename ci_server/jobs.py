@@ -208,6 +208,11 @@ class JobService:
         await self._visible(user, job_id)
         return await self.store.events_after(job_id, after, limit=limit)
 
+    async def active_counts(self) -> dict[JobStatus, int]:
+        """How many jobs are queued and running, on any worker: the store's count, the same
+        from every API process."""
+        return await self.store.count_jobs(JobStatus.QUEUED, JobStatus.RUNNING)
+
     async def store_answers(self) -> bool:
         """Whether the store answers a query within STORE_CHECK_SECONDS."""
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ci_server.contents import Contents, is_manifest
 from ci_server.events import JobChannel
 from ci_server.history import last_failed
+from ci_server.metrics import Metrics
 from ci_server.models import (
     BlobNotFound,
     CIError,
@@ -79,7 +80,13 @@ class Outcome:
 
 class JobPipeline:
     def __init__(
-        self, store: JobStore, executor: Executor, blobs: BlobStore, settings: Settings
+        self,
+        store: JobStore,
+        executor: Executor,
+        blobs: BlobStore,
+        settings: Settings,
+        *,
+        metrics: Metrics,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -88,7 +95,7 @@ class JobPipeline:
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
         self.contents = Contents(blobs, settings.archive_limits, self.workspaces_dir)
         self.environments = EnvironmentCache(
-            executor, owner=settings.instance_id, keep=settings.env_cache_size
+            executor, owner=settings.instance_id, keep=settings.env_cache_size, metrics=metrics
         )
         self.layers = Layers(executor, self.environments, reuse=settings.env_cache)
         self._without_pytest: set[str] = set()

@@ -204,6 +204,17 @@ class Settings(BaseSettings):
             images[version] = image
         return images
 
+    metrics_public: bool = Field(
+        default=False,
+        description="serve GET /metrics without an API key (for a Prometheus that has none); "
+        "by default it needs an admin's",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="the server's log lines: text, or json (an object per line, with the "
+        "job's id on every line about a job)",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, url: str | None) -> str | None:

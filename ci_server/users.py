@@ -96,6 +96,10 @@ class NotAuthenticated(CIError):
     """No key, a key that is not one, revoked, or its user deactivated."""
 
 
+class NotAllowed(CIError):
+    """The user is who they say, and may not do this (an admin's only)."""
+
+
 class AccountError(CIError):
     """A request about users or keys that cannot be done (for `ci-admin`)."""
 

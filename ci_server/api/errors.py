@@ -23,6 +23,7 @@ from ci_server.users import (
     ApiKeyNotFound,
     EmailTaken,
     InvalidAccount,
+    NotAllowed,
     NotAuthenticated,
     UserInactive,
     UserNotFound,
@@ -30,6 +31,7 @@ from ci_server.users import (
 
 STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
     (NotAuthenticated, 401),
+    (NotAllowed, 403),
     (JobNotFound, 404),
     (GroupNotFound, 404),
     (UserNotFound, 404),

@@ -45,6 +45,7 @@ ERRORS = {
     "match its hash, or it asks for an unknown Python version or more jobs than the server "
     "runs per submission",
     401: "no API key, or not a valid one",
+    403: "the key is valid, and its user may not do this (it is an admin's)",
     404: "no job (or group) with this id (for a listing: the `before` one); another user's "
     "is unknown too",
     409: "the job (every job of the group) has already finished; for a submit: contents the "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import socket
@@ -37,6 +38,7 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.types import LogConfig, Ulimit
 
+from ci_server.metrics import Metrics
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     INSTANCE_LABEL,
@@ -226,12 +228,15 @@ class DockerExecutor:
         base_url: str | None = None,
         warm_dir: Path | None = None,
         warm_containers: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         """Its containers are labelled `instance` and, if given, `worker`: it removes as
         orphans only those with both. `warm_containers` > 0 keeps that many containers
         started ahead (WarmPool), their directories under `warm_dir`, which must be on the
-        workspaces' file system and this executor's alone."""
+        workspaces' file system and this executor's alone. `metrics` counts the jobs a warm
+        container took."""
         self.instance = instance
+        self.metrics = metrics or Metrics()
         self.labels = {INSTANCE_LABEL: instance} | ({WORKER_LABEL: worker} if worker else {})
         self._threads = ThreadPoolExecutor(max_threads, thread_name_prefix="docker")
         self._base_url = base_url
@@ -245,8 +250,11 @@ class DockerExecutor:
         )
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn` in the executor's threads, in the caller's context (as asyncio.to_thread):
+        what it logs about a job says which (log_format.about_job)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, lambda: fn(*args, **kwargs))
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._threads, lambda: context.run(fn, *args, **kwargs))
 
     def _connect(self) -> docker.DockerClient:
         if self._client is None:
@@ -331,6 +339,7 @@ class DockerExecutor:
     def _launch(self, spec: RunSpec, warm: _Box | None, *, build: bool) -> _Box:
         """The job's container, running its script: the warm one if it takes the job."""
         if warm is not None and (taken := self._hand_over(warm, spec)) is not None:
+            self.metrics.warm_container_taken()
             return taken
         volumes = {str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}}
         report = None if spec.output_dir is None else _report_file(spec.output_dir.resolve())

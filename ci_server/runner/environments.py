@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ci_server.metrics import Metrics
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     Executor,
@@ -73,8 +74,9 @@ class Environment:
 
 
 class EnvironmentCache:
-    def __init__(self, executor: Executor, *, owner: str, keep: int) -> None:
+    def __init__(self, executor: Executor, *, owner: str, keep: int, metrics: Metrics) -> None:
         self.executor = executor
+        self.metrics = metrics
         self.owner = owner
         self.keep = keep
         self._locks: dict[str, asyncio.Lock] = {}
@@ -112,6 +114,7 @@ class EnvironmentCache:
             images = await self._images()
             if tag in images and not rebuild:
                 self._last_used[tag] = time.time()
+                self.metrics.environment_reused()
                 return Environment(tag, built=False)
             replaced = await self._image_id(tag) if tag in images else None
             environment = await self._build(key, tag, build, on_output)
@@ -148,6 +151,7 @@ class EnvironmentCache:
         started = time.monotonic()
         status = await self.executor.build_image(build, tag, {ENVIRONMENT_LABEL: key}, on_output)
         seconds = time.monotonic() - started
+        self.metrics.environment_built(succeeded=status == 0)
         return Environment(tag, built=True, build_seconds=seconds, exit_code=status)
 
     async def _image_id(self, tag: str) -> str | None:

@@ -18,6 +18,7 @@ and how to discard one.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -75,7 +76,10 @@ class WarmPool(Generic[T]):
         """Make a container for `profile` in the background, unless one waits or is coming."""
         if self.size <= 0 or self._closed or profile in self._making or profile in self._idle:
             return
-        task = asyncio.create_task(self._make_one(profile), name=f"warm {profile.image}")
+        # A context of its own: the container is for the next job, not the one that ended.
+        task = asyncio.create_task(
+            self._make_one(profile), name=f"warm {profile.image}", context=contextvars.Context()
+        )
         self._making[profile] = task
         task.add_done_callback(lambda _: self._making.pop(profile, None))
 

@@ -105,6 +105,13 @@ class MemoryStore(Store):
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
         return [self._jobs[i] for i in self._order if self._jobs[i].status in statuses]
 
+    async def count_jobs(self, *statuses: JobStatus) -> dict[JobStatus, int]:
+        counts = dict.fromkeys(statuses, 0)
+        for job in self._jobs.values():
+            if job.status in counts:
+                counts[job.status] += 1
+        return counts
+
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
         stored = self._jobs.get(job.id)
         if stored is None or stored.status is not expected:

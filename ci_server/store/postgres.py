@@ -506,6 +506,15 @@ class PostgresStore(Store):
         )
         return [_job_from_row(row) for row in rows]
 
+    async def count_jobs(self, *statuses: JobStatus) -> dict[JobStatus, int]:
+        rows = await self.pool.fetch(
+            "SELECT status, COUNT(*) AS count FROM jobs WHERE status = ANY($1::text[]) "
+            "GROUP BY status",
+            [status.value for status in statuses],
+        )
+        counted = {JobStatus(row["status"]): row["count"] for row in rows}
+        return {status: counted.get(status, 0) for status in statuses}
+
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
         count = len(LIFECYCLE_COLUMNS)
         assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(LIFECYCLE_COLUMNS, 1))

@@ -110,6 +110,11 @@ class JobStore(Lifecycle):
         """Oldest first: the order in which queued jobs run."""
 
     @abc.abstractmethod
+    async def count_jobs(self, *statuses: JobStatus) -> dict[JobStatus, int]:
+        """How many jobs have each of `statuses` (0 for none), counted by the store: what
+        /metrics reports of the queue, whichever process asks."""
+
+    @abc.abstractmethod
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
         """Store `job` only if the stored one still has status `expected`; say if it did."""
 

@@ -430,6 +430,13 @@ class SqliteStore(Store):
         async with self.db.execute(query, [s.value for s in statuses]) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
+    async def count_jobs(self, *statuses: JobStatus) -> dict[JobStatus, int]:
+        marks = ",".join("?" * len(statuses))
+        query = f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY status"
+        async with self.db.execute(query, [s.value for s in statuses]) as cursor:
+            counted = {JobStatus(status): count for status, count in await cursor.fetchall()}
+        return {status: counted.get(status, 0) for status in statuses}
+
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
         assignments = ", ".join(f"{column}=?" for column in LIFECYCLE_COLUMNS)
         cursor = await self.db.execute(

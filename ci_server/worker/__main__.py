@@ -3,8 +3,10 @@ engine, until SIGTERM or SIGINT (then the running jobs get CI_WORKER_GRACE to fi
 
 Settings come from CI_* environment variables, as for `ci-server`: the database
 (CI_DATABASE_URL, or CI_DB_PATH on this host), CI_DOCKER_HOST, CI_MAX_CONCURRENT_JOBS,
-CI_WORKER_TIMEOUT, CI_WORKER_GRACE, the container limits. Exit codes: 0 stopped on request,
-1 the database or the Docker engine cannot be used, 2 a usage error.
+CI_WORKER_TIMEOUT, CI_WORKER_GRACE, the container limits. `--metrics-port` serves this
+process's metrics (jobs run, builds, warm containers, events) for Prometheus. Exit codes:
+0 stopped on request, 1 the database, the Docker engine or the metrics port cannot be used,
+2 a usage error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import asyncpg
 from ci_common.version import version_line
 from ci_server.app import docker_executor
 from ci_server.events import EventHub
+from ci_server.log_format import configure_logging
+from ci_server.metrics import Metrics
 from ci_server.runner.executor import Executor
 from ci_server.settings import InvalidSettings, Settings, load_settings
 from ci_server.store.factory import configured_database, describe, open_blob_store, open_store
@@ -37,9 +41,15 @@ EXIT_USAGE = 2
 
 
 async def run_worker(
-    settings: Settings, *, executor: Executor | None = None, stop: asyncio.Event | None = None
+    settings: Settings,
+    *,
+    executor: Executor | None = None,
+    stop: asyncio.Event | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
-    """Run a worker until `stop` is set (default: SIGTERM or SIGINT), then stop it."""
+    """Run a worker until `stop` is set (default: SIGTERM or SIGINT), then stop it; it
+    counts in `metrics`."""
+    metrics = metrics or Metrics()
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -49,9 +59,11 @@ async def run_worker(
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings))
         hub = await stack.enter_async_context(
-            EventHub(store, flush_interval=settings.event_flush_seconds)
+            EventHub(store, flush_interval=settings.event_flush_seconds, metrics=metrics)
         )
-        job_executor = await stack.enter_async_context(executor or docker_executor(settings))
+        job_executor = await stack.enter_async_context(
+            executor or docker_executor(settings, metrics)
+        )
         blobs = await stack.enter_async_context(open_blob_store(settings))
         worker = Worker(
             store,
@@ -94,18 +106,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: $CI_WORKER_NAME, else the host name)",
     )
     parser.add_argument("--log-level", default="info", help="log level (default: %(default)s)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve this worker's metrics for Prometheus at http://HOST:PORT/ (no API key: "
+        "bind it where only Prometheus reaches); default: none",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address of --metrics-port (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(**({"worker_name": args.name} if args.name is not None else {}))
     except InvalidSettings as e:
         parser.error(str(e))
-    try:
-        asyncio.run(run_worker(settings))
-    except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-        database = describe(configured_database(settings))
-        print(f"ci-worker: error: cannot use the database {database}: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    configure_logging(args.log_level, settings.log_format)
+    metrics = Metrics()
+    with contextlib.ExitStack() as serving:
+        if args.metrics_port is not None:
+            try:
+                server = metrics.serve(args.metrics_host, args.metrics_port)
+            except OSError as e:
+                where = f"{args.metrics_host}:{args.metrics_port}"
+                print(f"ci-worker: error: cannot serve metrics on {where}: {e}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+            serving.callback(server.close)
+            logger.info("metrics on http://%s:%d/", args.metrics_host, server.port)
+        try:
+            asyncio.run(run_worker(settings, metrics=metrics))
+        except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            database = describe(configured_database(settings))
+            print(f"ci-worker: error: cannot use the database {database}: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
     return EXIT_STOPPED
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from ci_server import accounts
 from ci_server.contents import is_upload_key
 from ci_server.events import EventHub, JobChannel
+from ci_server.log_format import about_job
 from ci_server.models import (
     CANCELLED_REASON,
     OWNER_DEACTIVATED_REASON,
@@ -79,7 +80,9 @@ class Worker:
         self.name = settings.worker_name
         self.interrupted_reason = interrupted_reason
         """Why the jobs a previous run of this worker left running ended."""
-        self.pipeline = JobPipeline(store, executor, blobs, settings)
+        self.metrics = hub.metrics
+        """The process's (its EventHub's): jobs claimed here, and the pipeline's builds."""
+        self.pipeline = JobPipeline(store, executor, blobs, settings, metrics=self.metrics)
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._queued = asyncio.Event()
         self._running: dict[str, _RunningJob] = {}
@@ -199,7 +202,12 @@ class Worker:
     # -- a job -----------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        with about_job(job.id):  # its log lines, here and in the pipeline, carry its id
+            await self._run_job(job)
+
+    async def _run_job(self, job: Job) -> None:
         running = self._running[job.id] = _RunningJob()
+        self.metrics.job_started(job)
         try:
             channel = self.hub.open(job.id, await self.store.last_event_seq(job.id))
             if not await accounts.is_active(self.store, job.owner_id):

@@ -34,7 +34,7 @@ async def end_jobs_of_lost_workers(
         silent_for, lost_worker_template(LOST_WORKER_REASON)
     )
     for job in ended:
-        logger.warning("job %s ended: %s", job.id, job.reason)
+        logger.warning("job %s ended: %s", job.id, job.reason, extra={"job_id": job.id})
         await hub.end(job)
         await release_upload(store, blobs, job)
     return ended

@@ -173,12 +173,14 @@ class WorkerProcess:
     log_dir: Path
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    args: tuple[str, ...] = ()
+    """More arguments of `ci-worker`, e.g. ("--metrics-port", "9100")."""
 
     def start(self) -> WorkerProcess:
         self.log_path = self.log_dir / f"worker-{self.name}.{time.monotonic_ns()}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [*worker_command(), "--name", self.name],
+            [*worker_command(), "--name", self.name, *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

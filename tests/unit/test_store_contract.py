@@ -199,6 +199,9 @@ async def test_jobs_with_status_oldest_first(store: JobStore) -> None:
     active = await store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
     assert [j.id for j in active] == [jobs[i].id for i in (0, 1, 2, 4, 5)]
     assert await store.jobs_with_status(JobStatus.CANCELLED) == []
+    counts = await store.count_jobs(JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED)
+    assert counts == {JobStatus.QUEUED: 3, JobStatus.RUNNING: 2, JobStatus.CANCELLED: 0}
+    assert await store.count_jobs(JobStatus.SUCCEEDED) == {JobStatus.SUCCEEDED: 1}
 
 
 async def test_update_job_stores_when_status_is_the_expected_one(store: JobStore) -> None:
