@@ -22,6 +22,7 @@ from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
 from ci_server.api.limits import BodySizeLimit
 from ci_server.api.metrics import CountRequests
+from ci_server.api.request_logs import JobIdInAccessLog
 from ci_server.api.version import VersionHeaders
 from ci_server.contents_gc import ContentSweeper
 from ci_server.events import EventHub
@@ -103,6 +104,7 @@ def create_app(
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(AuthenticateUploads)  # no stranger's body is ever read
+    app.add_middleware(JobIdInAccessLog)
     app.add_middleware(CountRequests, metrics=process_metrics)
     app.add_middleware(VersionHeaders)  # outermost: on every answer, a 401 or 413 too
     install_error_handlers(app)

@@ -208,6 +208,7 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         running = self._running[job.id] = _RunningJob()
         self.metrics.job_started(job)
+        logger.info("job %s: running on worker %s", job.id, self.name)
         try:
             channel = self.hub.open(job.id, await self.store.last_event_seq(job.id))
             if not await accounts.is_active(self.store, job.owner_id):
@@ -253,6 +254,7 @@ class Worker:
             job, outcome.status, exit_code=outcome.exit_code, reason=outcome.reason
         ).replace(summary=outcome.summary, content_hash=outcome.content_hash)
         if await self.store.update_job(final, expected=JobStatus.RUNNING):
+            logger.info("job %s: %s", job.id, final.status.value)
             await self.hub.end(final, say_reason=say_reason)
         else:
             # Another process ended it meanwhile (this worker was thought lost) and wrote
