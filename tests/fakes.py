@@ -57,6 +57,12 @@ async def wait_until(
         raise AssertionError(f"timed out after {within}s waiting for {what}") from None
 
 
+def _files_under(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
 @dataclass(frozen=True)
 class FakeRun:
     """What one fake run does: emit `output`, wait for `gate` if any, then exit or raise;
@@ -94,6 +100,8 @@ class FakeExecutor:
     built_files: set[str] = field(default_factory=set)
     """Files every image it builds has, as `image_has_file` says."""
     files_seen: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    inputs_seen: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    """What the container would see at INPUT_DIR, for jobs given inputs."""
     running: set[str] = field(default_factory=set)
     max_running: int = 0
     cancelled: list[str] = field(default_factory=list)
@@ -110,11 +118,9 @@ class FakeExecutor:
             raise ImageMissing(f"image {spec.image!r} not found", spec.image)
         self.specs.append(spec)
         # What the container would see at /src (the workspace is removed after the job).
-        self.files_seen[spec.job_id] = {
-            p.relative_to(spec.workspace).as_posix(): p.read_bytes()
-            for p in spec.workspace.rglob("*")
-            if p.is_file()
-        }
+        self.files_seen[spec.job_id] = _files_under(spec.workspace)
+        if spec.inputs is not None:
+            self.inputs_seen[spec.job_id] = _files_under(spec.inputs)
         plan = self.image_plans.get(spec.image, self.plan)
         if plan.report is not None and spec.output_dir is not None:
             (spec.output_dir / JUNIT_FILE).write_text(plan.report)

@@ -5,8 +5,9 @@ loop; output chunks cross back to the loop with call_soon_threadsafe, coalesced.
 
 A job's container is either created and started for it, or taken from the WarmPool: started
 earlier with the same settings, its shell waiting for a script on stdin, an empty directory
-of its own mounted at /src. Taking one moves the project's files into that directory, names
-the container after the job and writes the script to its stdin.
+of its own mounted at /src (and another at /ci-input). Taking one moves the project's files
+(and the job's inputs) into those directories, names the container after the job and writes
+the script to its stdin.
 
 What a job may write is bounded: its root file system is read-only, /tmp is a tmpfs of
 `limits.tmp_bytes`, and the one file it shares with the host, its report, is bounded like
@@ -41,6 +42,7 @@ from docker.types import LogConfig, Ulimit
 from ci_server.metrics import Metrics
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
+    INPUT_DIR,
     INSTANCE_LABEL,
     OWNER_LABEL,
     REPORT_DIR,
@@ -95,6 +97,20 @@ def _move_entries(source: Path, destination: Path) -> None:
     """Move what is in `source` into `destination` (same file system: renames only)."""
     for entry in source.iterdir():
         entry.rename(destination / entry.name)
+
+
+def _move_files_in(spec: RunSpec, slot: Path) -> None:
+    """Hand a warm container (its `slot`) the job's project and inputs."""
+    _move_entries(spec.workspace, slot / "src")
+    if spec.inputs is not None:
+        _move_entries(spec.inputs, slot / "input")
+
+
+def _move_files_out(slot: Path, spec: RunSpec) -> None:
+    """Put the job's project and inputs back where they were before _move_files_in."""
+    _move_entries(slot / "src", spec.workspace)
+    if spec.inputs is not None:
+        _move_entries(slot / "input", spec.inputs)
 
 
 def _report_file(directory: Path) -> Path:
@@ -342,6 +358,8 @@ class DockerExecutor:
             self.metrics.warm_container_taken()
             return taken
         volumes = {str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}}
+        if spec.inputs is not None:
+            volumes[str(spec.inputs.resolve())] = {"bind": INPUT_DIR, "mode": "ro"}
         report = None if spec.output_dir is None else _report_file(spec.output_dir.resolve())
         if report is not None:
             volumes[str(report)] = {"bind": f"{REPORT_DIR}/{REPORT_NAME}", "mode": "rw"}
@@ -360,8 +378,10 @@ class DockerExecutor:
         self._warm_dir.mkdir(parents=True, exist_ok=True)
         slot = Path(tempfile.mkdtemp(dir=self._warm_dir))
         (slot / "src").mkdir()
+        (slot / "input").mkdir()
         volumes = {
             str(slot / "src"): {"bind": "/src", "mode": "ro"},
+            str(slot / "input"): {"bind": INPUT_DIR, "mode": "ro"},
             str(_report_file(slot)): {"bind": f"{REPORT_DIR}/{REPORT_NAME}", "mode": "rw"},
         }
         try:
@@ -384,7 +404,7 @@ class DockerExecutor:
             container.reload()
             if container.status == "running":
                 container.rename(container_name(spec.job_id))
-                _move_entries(spec.workspace, warm.slot / "src")
+                _move_files_in(spec, warm.slot)
                 try:
                     output = container.attach_socket(params=OUTPUT_STREAMS)
                     try:
@@ -398,7 +418,7 @@ class DockerExecutor:
                     requests.exceptions.RequestException,
                     OSError,
                 ):
-                    _move_entries(warm.slot / "src", spec.workspace)
+                    _move_files_out(warm.slot, spec)
                     raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             logger.warning("a warm container could not take job %s: %s", spec.job_id, e)
@@ -421,7 +441,7 @@ class DockerExecutor:
         container's project files back in the workspace."""
         if box.slot is not None:
             _keep_report(box.slot / REPORT_NAME, spec.output_dir)
-            _move_entries(box.slot / "src", spec.workspace)
+            _move_files_out(box.slot, spec)
         elif spec.output_dir is not None:
             report = spec.output_dir / REPORT_NAME
             if report.stat().st_size == 0:

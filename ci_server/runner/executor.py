@@ -21,6 +21,8 @@ OWNER_LABEL = "ci.owner"
 """Names the server that built an environment image (its instance id, as INSTANCE_LABEL):
 a server counts and removes only its own. Not INSTANCE_LABEL itself, which every container
 started from the image would inherit."""
+INPUT_DIR = "/ci-input"
+"""Where a job finds the files the server gives it (RunSpec.inputs), read-only."""
 REPORT_DIR = "/ci-output"
 REPORT_NAME = "junit.xml"
 """A job's one way to leave a file to the server: REPORT_DIR/REPORT_NAME in the container,
@@ -71,6 +73,9 @@ class RunSpec:
     output_dir: Path | None = None
     """Where the job's report lands: REPORT_NAME here is mounted writable at
     REPORT_DIR/REPORT_NAME (at most `limits.file_bytes`), and is left only if written."""
+    inputs: Path | None = None
+    """Files the server gives the job (a shard's durations), mounted read-only at INPUT_DIR;
+    an executor may move them away during the run, like the workspace's."""
     env: Mapping[str, str] = field(default_factory=dict)
     limits: ContainerLimits = field(default_factory=ContainerLimits)
     user: str | None = None
