@@ -5,6 +5,7 @@ executor, report. What runs it, and when, is the worker's (ci_server/worker/loop
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -12,7 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ci_server.contents import Contents, is_manifest
+from ci_server.durations import recorded_durations
 from ci_server.events import JobChannel
+from ci_server.groups import version_key
 from ci_server.history import last_failed
 from ci_server.metrics import Metrics
 from ci_server.models import (
@@ -44,6 +47,8 @@ from ci_server.runner.scripts import (
     INSTALL_FAILED_EXIT,
     JUNIT_FILE,
     PYTEST_MISSING_EXIT,
+    SHARD_FILE,
+    SHARD_MODULE,
     TMP_FULL_EXIT,
     cache_disabled,
     job_script,
@@ -56,6 +61,8 @@ from ci_server.store.repository import JobStore
 
 logger = logging.getLogger(__name__)
 
+SHARD_PLUGIN = Path(__file__).with_name("runner") / "shard_plugin.py"
+"""Sent to sharded jobs, never imported here (it needs pytest)."""
 CONTAINER_ENV = {"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"}
 """PIP_USER: an unprivileged user installs into its home (the image's Python is root's)."""
 
@@ -147,10 +154,7 @@ class JobPipeline:
         files_digest = await asyncio.to_thread(project_digest, project)
         output.mkdir()
         config = await asyncio.to_thread(load_config, project)
-        image = config.image or self.settings.runner_image
-        if image not in self.settings.allowed_image_set:
-            allowed = ", ".join(sorted(self.settings.allowed_image_set))
-            raise ProjectError(f"ci.toml: image {image!r} is not allowed here (allowed: {allowed})")
+        image = self._image(job, config)
         # It reads the tests too, and the job's own pytest args for the plugins they need.
         plan = await asyncio.to_thread(plan_install, project, config, job.pytest_args)
         pytest_args = [*config.pytest_args, *job.pytest_args]
@@ -169,6 +173,8 @@ class JobPipeline:
         for note in plan.notes:
             log.system(note)
         last_failed = await self._last_failed(job, pytest_args, log)
+        if job.shard_index is not None and job.shard_count is not None:
+            spec = replace(spec, inputs=await self._shard_inputs(job, workspace, log))
         tail = OutputTail()
         outcome = await self._run_tests(
             job, spec, plan, config, pytest_args, last_failed, tail, log
@@ -186,6 +192,31 @@ class JobPipeline:
             return Outcome(JobStatus.FAILED, exit_code, limit_reached, summary, tested)
         status = JobStatus.SUCCEEDED if exit_code == 0 else JobStatus.FAILED
         return Outcome(status, exit_code, summary=summary, content_hash=tested)
+
+    def _image(self, job: Job, config: ProjectConfig) -> str:
+        """The image the job runs in: its Python version's (CI_PYTHON_IMAGES), else
+        ci.toml's, else the runner image; ProjectError for one this server does not run."""
+        if job.python is None:
+            image = config.image or self.settings.runner_image
+            if image not in self.settings.allowed_image_set:
+                allowed = ", ".join(sorted(self.settings.allowed_image_set))
+                raise ProjectError(
+                    f"ci.toml: image {image!r} is not allowed here (allowed: {allowed})"
+                )
+            return image
+        images = self.settings.python_images
+        image = images.get(job.python)
+        if image is None:
+            known = ", ".join(sorted(images, key=version_key)) or "none"
+            raise ProjectError(
+                f"Python {job.python} is not one this server runs (CI_PYTHON_IMAGES: {known})"
+            )
+        if config.image is not None and config.image != image:
+            raise ProjectError(
+                f"ci.toml chooses image {config.image!r}, but Python {job.python} runs in "
+                f"{image!r} here: ask for one or the other"
+            )
+        return image
 
     async def _last_failed(
         self, job: Job, pytest_args: list[str], log: _JobLog
@@ -207,6 +238,21 @@ class JobPipeline:
             "(the project's last finished) run first"
         )
         return failed
+
+    async def _shard_inputs(self, job: Job, workspace: Path, log: _JobLog) -> Path:
+        """The folder that gives a sharded job the shard plugin and what it splits by: its
+        shard and the project's recorded durations (durations.py)."""
+        durations = await recorded_durations(self.store, job)
+        shard = {"index": job.shard_index, "count": job.shard_count, "durations": durations}
+        inputs = workspace / "input"
+        await asyncio.to_thread(_write_shard_inputs, inputs, shard)
+        how = (
+            f"by the recorded durations of {len(durations):,} tests"
+            if durations
+            else "by file: no durations recorded for this project yet"
+        )
+        log.system(f"Shard {job.shard_index} of {job.shard_count}: the tests are split {how}")
+        return inputs
 
     def _limit_reached(self, exit_code: int, report: Path) -> str | None:
         """Why the job fails if it wrote as much as it may somewhere."""
@@ -272,7 +318,11 @@ class JobPipeline:
         log: _JobLog,
     ) -> int:
         script = job_script(
-            plan, pytest_args, environment=prepared.installed, last_failed=last_failed
+            plan,
+            pytest_args,
+            environment=prepared.installed,
+            last_failed=last_failed,
+            shard=spec.inputs is not None,
         )
         log.system(f"Running in {prepared.image}")
         job_spec = replace(spec, image=prepared.image, script=script)
@@ -347,6 +397,12 @@ class _JobLog:
                 f"log truncated: the job printed more than {self.budget.max_bytes} bytes; "
                 "the rest of its output is discarded (the job keeps running)"
             )
+
+
+def _write_shard_inputs(inputs: Path, shard: dict[str, object]) -> None:
+    inputs.mkdir()
+    (inputs / f"{SHARD_MODULE}.py").write_bytes(SHARD_PLUGIN.read_bytes())
+    (inputs / SHARD_FILE).write_text(json.dumps(shard), encoding="utf-8")
 
 
 def _that_failed(count: int) -> str:

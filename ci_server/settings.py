@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -20,6 +21,37 @@ from ci_server.runner.workspace import ArchiveLimits
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 """How a database URL starts; anything else names an SQLite file."""
+DEFAULT_RUNNER_IMAGE = "python:3.12-slim"
+RUNNER_RELEASES = {"bookworm": "3.11", "trixie": "3.13"}
+"""The Python of each Debian release scripts/build-runner-image.sh builds (ci-runner:<release>)."""
+_PYTHON_VERSION = re.compile(r"\d+\.\d+")
+_PYTHON_TAG = re.compile(r"(\d+\.\d+)(\.\d+)?(?![\d.])")
+
+
+def parse_python_images(text: str) -> dict[str, str]:
+    """`3.11=ci-runner:bookworm,3.13=ci-runner:trixie` as {version: image}; ValueError
+    says what is wrong."""
+    images: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        version, equals, image = (side.strip() for side in item.partition("="))
+        if not equals or not _PYTHON_VERSION.fullmatch(version) or not image:
+            raise ValueError(f"{item!r} is not VERSION=IMAGE (3.13=ci-runner:trixie)")
+        if version in images:
+            raise ValueError(f"Python {version} is given twice")
+        images[version] = image
+    return images
+
+
+def default_python_images(runner_image: str) -> dict[str, str]:
+    """The versions a server runs when CI_PYTHON_IMAGES is unset, from its runner image: a
+    ci-runner image of build-runner-image.sh brings its sibling releases (the script
+    builds them all: ci-runner:bookworm gives 3.11 and 3.13); an image tagged with a
+    version (python:3.12-slim) is that version; any other, none."""
+    repository, _, tag = runner_image.rpartition(":")
+    if repository and tag in RUNNER_RELEASES:
+        return {version: f"{repository}:{release}" for release, version in RUNNER_RELEASES.items()}
+    match = _PYTHON_TAG.match(tag) if repository else None
+    return {match.group(1): runner_image} if match else {}
 
 
 def check_postgres_url(url: str) -> str:
@@ -63,7 +95,7 @@ class Settings(BaseSettings):
         "data_dir, for one host) or postgres (the database_url's, for workers on several "
         "hosts); default: postgres with database_url, else fs",
     )
-    runner_image: str = Field(default="python:3.12-slim", description="image the tests run in")
+    runner_image: str = Field(default=DEFAULT_RUNNER_IMAGE, description="image the tests run in")
     max_concurrent_jobs: int = Field(
         default_factory=lambda: os.cpu_count() or 2,
         ge=1,
@@ -182,7 +214,8 @@ class Settings(BaseSettings):
     python_images: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="the Python versions a submission may ask for (`ci submit test --python "
-        "3.11,3.13`) and the runner image of each: 3.11=ci-runner:bookworm,3.13=ci-runner:trixie",
+        "3.11,3.13`) and the runner image of each: 3.11=ci-runner:bookworm,3.13=ci-runner:trixie; "
+        "unset: derived from runner_image (default_python_images); empty: none",
     )
     max_group_jobs: int = Field(
         default=MAX_GROUP_JOBS,
@@ -190,19 +223,20 @@ class Settings(BaseSettings):
         description="most jobs one submission may make (Python versions x shards)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _python_images_by_default(cls, data: Any) -> Any:
+        """Unset, python_images follows the runner image (default_python_images)."""
+        if isinstance(data, dict) and data.get("python_images") is None:
+            runner_image = data.get("runner_image", DEFAULT_RUNNER_IMAGE)
+            return {**data, "python_images": default_python_images(str(runner_image))}
+        return data
+
     @field_validator("python_images", mode="before")
     @classmethod
     def _version_images(cls, value: object) -> object:
         """`3.11=image,3.13=image` (the environment's form) as a mapping."""
-        if not isinstance(value, str):
-            return value
-        images = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            version, equals, image = (text.strip() for text in item.partition("="))
-            if not (version and equals and image):
-                raise ValueError(f"{item!r} is not VERSION=IMAGE")
-            images[version] = image
-        return images
+        return parse_python_images(value) if isinstance(value, str) else value
 
     metrics_public: bool = Field(
         default=False,
@@ -233,7 +267,7 @@ class Settings(BaseSettings):
     @property
     def allowed_image_set(self) -> frozenset[str]:
         extra = {image.strip() for image in self.allowed_images.split(",") if image.strip()}
-        return frozenset({self.runner_image, *extra})
+        return frozenset({self.runner_image, *extra, *self.python_images.values()})
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -26,7 +26,7 @@ import json
 import shlex
 from collections.abc import Sequence
 
-from ci_server.runner.executor import REPORT_DIR, REPORT_NAME
+from ci_server.runner.executor import INPUT_DIR, REPORT_DIR, REPORT_NAME
 from ci_server.runner.project import EDITABLE_INSTALL, PIP, InstallPlan
 
 ENSURE_PYTEST = f"{{ python -m pytest --version >/dev/null 2>&1 || {PIP} pytest; }}"
@@ -68,6 +68,13 @@ def _colour(pytest_args: Sequence[str]) -> list[str]:
     return [] if chosen else [COLOUR_ARG]
 
 
+PYTHON_VERSION = 'echo "==> $(python --version 2>&1)"'
+"""The job's log says which Python runs its tests (`==> Python 3.13.5`), whatever pytest's
+verbosity (`-q` hides its header, which says it too)."""
+SHARD_MODULE = "ci_shard"
+"""The shard plugin's module (runner/shard_plugin.py's source), in a sharded job's inputs."""
+SHARD_FILE = "shard.json"
+"""A sharded job's shard and the durations to split by, in its inputs (shard_plugin.py)."""
 PYTEST_CACHE = "/tmp/ci-pytest-cache"
 """pytest's cache directory when the server feeds it the last failures: on the tmpfs, away
 from whatever cache_dir the project sets or its upload holds."""
@@ -253,6 +260,7 @@ def job_script(
     *,
     environment: bool,
     last_failed: Sequence[str] | None = None,
+    shard: bool = False,
 ) -> str:
     """Copy the read-only source and run pytest; install nothing from the network.
 
@@ -263,8 +271,11 @@ def job_script(
     when it has a build: checked at run time). Else the plan installs nothing and the image
     is the job's own, which may lack pytest: then the status is PYTEST_MISSING_EXIT.
     Otherwise it is pytest's, INSTALL_FAILED_EXIT, or TMP_FULL_EXIT.
+
+    `shard`: run only the job's shard, by the plugin and the file in INPUT_DIR.
     """
     options = DEFAULT_PYTEST_ARGS if last_failed is None else _failed_first(pytest_args)
+    sharding = ("-p", SHARD_MODULE, f"--ci-shard={INPUT_DIR}/{SHARD_FILE}") if shard else ()
     pytest = shlex.join(
         [
             "python",
@@ -273,9 +284,12 @@ def job_script(
             *options,
             *_colour(pytest_args),
             f"--junitxml={PYTEST_REPORT}",
+            *sharding,
             *pytest_args,
         ]
     )
+    if shard:  # the plugin's module is found in INPUT_DIR, before the project's own path
+        pytest = f'PYTHONPATH="{INPUT_DIR}${{PYTHONPATH:+:$PYTHONPATH}}" {pytest}'
     if last_failed is not None:
         pytest = f"{_write_last_failed(last_failed)} && {pytest}"
     install_project = _install_step(
@@ -297,5 +311,12 @@ def job_script(
             "fi",
         ]
     return "\n".join(
-        ["set -u", *_finish(), *prepare, f"echo {shlex.quote('==> ' + pytest)}", pytest]
+        [
+            "set -u",
+            *_finish(),
+            *prepare,
+            PYTHON_VERSION,
+            f"echo {shlex.quote('==> ' + pytest)}",
+            pytest,
+        ]
     )
