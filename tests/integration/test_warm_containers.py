@@ -20,7 +20,7 @@ import pytest
 from docker.models.containers import Container
 
 from ci_server.runner.docker import DockerExecutor
-from ci_server.runner.executor import INSTANCE_LABEL, ExecutorError, RunSpec
+from ci_server.runner.executor import INPUT_DIR, INSTANCE_LABEL, ExecutorError, RunSpec
 from tests.fakes import wait_until
 from tests.integration.test_docker_executor import (
     cancel_and_see_it_removed,
@@ -318,3 +318,30 @@ async def test_an_engine_gone_while_a_container_waits_is_an_executor_error(
             assert (job.workspace / "hello.txt").is_file()  # the job's files are where they were
         finally:
             await executor.aclose()  # cannot remove the waiting container: says so, and ends
+
+
+async def test_a_jobs_inputs_are_read_only_at_ci_input_in_a_new_and_a_warm_container(
+    executor: DockerExecutor, docker_client: docker.DockerClient, tmp_path: Path, runner_image: str
+) -> None:
+    script = f"{SHOW_HOST}; cat {INPUT_DIR}/shard.json; touch {INPUT_DIR}/x 2>/dev/null || echo ro"
+
+    def with_inputs(spec: RunSpec) -> RunSpec:
+        inputs = spec.workspace.parent / "input"
+        inputs.mkdir()
+        (inputs / "shard.json").write_text(f'{{"job": "{spec.job_id}"}}\n')
+        return replace(spec, inputs=inputs)
+
+    first = with_inputs(new_spec(tmp_path, runner_image, script))
+    status, output = await run(executor, first)
+    assert (status, output.decode().splitlines()[1:]) == (0, [f'{{"job": "{first.job_id}"}}', "ro"])
+    waiting = await one_warm_container(docker_client, executor.instance)
+    assert waiting.id is not None
+
+    second = with_inputs(new_spec(tmp_path, runner_image, script))
+    status, output = await run(executor, second)
+    assert host_of(output) == waiting.id[:12]
+    assert (status, output.decode().splitlines()[1:]) == (
+        0,
+        [f'{{"job": "{second.job_id}"}}', "ro"],
+    )
+    assert second.inputs is not None and (second.inputs / "shard.json").is_file()  # back
