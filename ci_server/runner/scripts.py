@@ -73,6 +73,9 @@ PYTHON_VERSION = 'echo "==> $(python --version 2>&1)"'
 verbosity (`-q` hides its header, which says it too)."""
 SHARD_MODULE = "ci_shard"
 """The shard plugin's module (runner/shard_plugin.py's source), in a sharded job's inputs."""
+SHARD_OPTION = "--ci-shard"
+"""The plugin's option naming that file (shard_plugin.SHARD_OPTION: not imported here, the
+plugin imports pytest)."""
 SHARD_FILE = "shard.json"
 """A sharded job's shard and the durations to split by, in its inputs (shard_plugin.py)."""
 PYTEST_CACHE = "/tmp/ci-pytest-cache"
@@ -275,7 +278,7 @@ def job_script(
     `shard`: run only the job's shard, by the plugin and the file in INPUT_DIR.
     """
     options = DEFAULT_PYTEST_ARGS if last_failed is None else _failed_first(pytest_args)
-    sharding = ("-p", SHARD_MODULE, f"--ci-shard={INPUT_DIR}/{SHARD_FILE}") if shard else ()
+    sharding = ("-p", SHARD_MODULE, f"{SHARD_OPTION}={INPUT_DIR}/{SHARD_FILE}") if shard else ()
     pytest = shlex.join(
         [
             "python",

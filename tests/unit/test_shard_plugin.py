@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ci_server.runner import scripts, shard_plugin
 from ci_server.runner.shard_plugin import split
 
 TESTS = [f"tests/test_{file}.py::test_{n}" for file in "abcd" for n in range(10)]
@@ -81,6 +82,10 @@ def test_with_history_uneven_tests_balance_well() -> None:
 
 
 # -- the plugin in real pytest processes ------------------------------------------------------
+
+
+def test_the_job_script_names_the_plugins_option() -> None:
+    assert scripts.SHARD_OPTION == shard_plugin.SHARD_OPTION
 
 
 def write_suite(root: Path, failing: str | None = None) -> list[str]:
