@@ -114,7 +114,9 @@ def test_a_failing_group_exits_1_and_ci_show_names_each_job_s_failures(
     server: ServerProcess, project: ProjectFactory, tmp_path: Path
 ) -> None:
     failing = project("failing")
-    (failing / "ci.toml").write_text("shards = 2\n")
+    # Two versions: each job runs the whole suite, so both fail (two shards would split it,
+    # and only the one that runs the failing test would fail: tests/e2e/test_shards.py).
+    (failing / "ci.toml").write_text('python = ["3.11", "3.12"]\n')
     result = run_ci("submit", "test", cwd=failing, server=server)
     assert result.returncode == 1, describe(result)
     group_id = announced(SUBMITTED, result.stderr)
