@@ -124,6 +124,29 @@ class InvalidBlobKey(CIError):
         self.key = key
 
 
+class ArtifactNotFound(CIError):
+    """No artifact at this path in a job the user may see."""
+
+    def __init__(self, job_id: str, path: str) -> None:
+        super().__init__(f"job {job_id} has no artifact {path!r}")
+        self.job_id = job_id
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A file a job left for its user: its JUnit report, or one its tests wrote that
+    ci.toml's `artifacts` names. Its bytes are a blob (store/blobs.py: artifact_key)."""
+
+    path: str
+    """Relative, `/`-separated, each part a plain name (runner/artifacts.py: safe_path)."""
+    size: int
+    sha256: str
+    """Of its bytes, in hex: what a download can be checked against."""
+    position: int = 0
+    """Its place in the job's listing, from 0: its blob's key."""
+
+
 class TestOutcome(enum.StrEnum):
     PASSED = "passed"
     FAILED = "failed"

@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from ci_server.models import (
+    Artifact,
     Job,
     JobEvent,
     JobNotFound,
@@ -47,6 +48,8 @@ class MemoryStore(Store):
         self._order: list[str] = []
         self._events: dict[str, list[JobEvent]] = {}
         self._results: dict[str, list[TestResult]] = {}
+        self._artifacts: dict[str, list[Artifact]] = {}
+        self._environment_uses: dict[str, datetime] = {}
         self._users: dict[str, User] = {}
         self._keys: dict[str, ApiKey] = {}
         self._sessions: dict[str, Session] = {}
@@ -217,6 +220,52 @@ class MemoryStore(Store):
                     outcome, duration = result.outcome.value, result.duration_seconds
                     rows.append((result.node_id, job.id, outcome, duration, job.content_hash))
         return histories_of(rows)
+
+    async def set_artifacts(self, job_id: str, artifacts: Sequence[Artifact]) -> None:
+        self._artifacts[job_id] = list(artifacts)
+
+    async def artifacts(self, job_id: str) -> list[Artifact]:
+        return list(self._artifacts.get(job_id, []))
+
+    async def prunable_jobs(
+        self, *, finished_before: datetime, keep_newest: int = 0, limit: int = 100
+    ) -> list[Job]:
+        finished = sorted(
+            (job for job in self._jobs.values() if job.status.is_terminal),
+            key=lambda job: (job.finished_at or job.created_at, job.id),
+        )
+        surplus = len(finished) - keep_newest if keep_newest > 0 else 0
+        doomed = [
+            job
+            for n, job in enumerate(finished)
+            if n < surplus or (job.finished_at or job.created_at) < finished_before
+        ]
+        return doomed[:limit]
+
+    async def delete_jobs(self, job_ids: Collection[str]) -> list[str]:
+        deleted = sorted(
+            job_id
+            for job_id in set(job_ids)
+            if job_id in self._jobs and self._jobs[job_id].status.is_terminal
+        )
+        for job_id in deleted:
+            del self._jobs[job_id]
+            self._order.remove(job_id)
+            self._cancel_requested.discard(job_id)
+            for table in (self._events, self._results, self._artifacts):
+                table.pop(job_id, None)
+        return deleted
+
+    async def record_environment_use(self, tag: str, at: datetime) -> None:
+        known = self._environment_uses.get(tag)
+        self._environment_uses[tag] = at if known is None else max(known, at)
+
+    async def environment_uses(self) -> dict[str, datetime]:
+        return dict(self._environment_uses)
+
+    async def forget_environments(self, tags: Collection[str]) -> None:
+        for tag in tags:
+            self._environment_uses.pop(tag, None)
 
     async def register_worker(self, name: str, max_jobs: int) -> None:
         now = utcnow()

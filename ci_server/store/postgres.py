@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ci_server.models import (
+    Artifact,
     EventType,
     Job,
     JobEvent,
@@ -183,6 +184,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN shard_index INTEGER;
     ALTER TABLE jobs ADD COLUMN shard_count INTEGER;
     CREATE INDEX jobs_by_group ON jobs (group_id) WHERE group_id IS NOT NULL;
+    """,
+    # Artifacts (their bytes are blobs) and retention: what prunes old jobs and images.
+    """
+    CREATE TABLE artifacts (
+        job_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (job_id, position)
+    );
+    CREATE UNIQUE INDEX artifacts_by_path ON artifacts (job_id, path);
+    CREATE INDEX jobs_by_finished ON jobs (finished_at);
+    CREATE TABLE environment_uses (
+        tag TEXT PRIMARY KEY,
+        used_at TIMESTAMPTZ NOT NULL
+    );
     """,
 ]
 
@@ -700,6 +718,79 @@ class PostgresStore(Store):
             runs,
         )
         return histories_of(tuple(row) for row in rows)
+
+    # -- artifacts and retention -------------------------------------------------------------
+
+    async def set_artifacts(self, job_id: str, artifacts: Sequence[Artifact]) -> None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("DELETE FROM artifacts WHERE job_id = $1", job_id)
+            await connection.executemany(
+                "INSERT INTO artifacts (job_id, position, path, size, sha256) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                [(job_id, a.position, a.path, a.size, a.sha256) for a in artifacts],
+            )
+
+    async def artifacts(self, job_id: str) -> list[Artifact]:
+        rows = await self.pool.fetch(
+            "SELECT position, path, size, sha256 FROM artifacts WHERE job_id = $1 "
+            "ORDER BY position",
+            job_id,
+        )
+        return [Artifact(r["path"], r["size"], r["sha256"], r["position"]) for r in rows]
+
+    async def prunable_jobs(
+        self, *, finished_before: datetime, keep_newest: int = 0, limit: int = 100
+    ) -> list[Job]:
+        ended = "COALESCE(finished_at, created_at)"
+        # Past the newest `keep_newest`; none when it is 0 (OFFSET NULL would be all).
+        rows = await self.pool.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ANY($1::text[]) "
+            f"AND ({ended} < $2 OR ($3 > 0 AND id IN ("
+            f"SELECT id FROM jobs WHERE status = ANY($1::text[]) "
+            f"ORDER BY {ended} DESC, id DESC OFFSET $3"
+            f"))) ORDER BY {ended}, id LIMIT $4",
+            list(FINISHED_STATUSES),
+            finished_before,
+            keep_newest,
+            limit,
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def delete_jobs(self, job_ids: Collection[str]) -> list[str]:
+        if not job_ids:
+            return []
+        async with self.pool.acquire() as connection, connection.transaction():
+            # Locked first (FOR UPDATE): a finished job stays so, and its rows go together.
+            ids = await connection.fetch(
+                "SELECT id FROM jobs WHERE id = ANY($1::text[]) AND status = ANY($2::text[]) "
+                "FOR UPDATE",
+                list(job_ids),
+                list(FINISHED_STATUSES),
+            )
+            deleted = sorted(row["id"] for row in ids)
+            for table in ("events", "test_results", "artifacts", "jobs"):
+                column = "id" if table == "jobs" else "job_id"
+                await connection.execute(
+                    f"DELETE FROM {table} WHERE {column} = ANY($1::text[])", deleted
+                )
+        return deleted
+
+    async def record_environment_use(self, tag: str, at: datetime) -> None:
+        await self.pool.execute(
+            "INSERT INTO environment_uses (tag, used_at) VALUES ($1, $2) ON CONFLICT (tag) "
+            "DO UPDATE SET used_at = GREATEST(environment_uses.used_at, excluded.used_at)",
+            tag,
+            at,
+        )
+
+    async def environment_uses(self) -> dict[str, datetime]:
+        rows = await self.pool.fetch("SELECT tag, used_at FROM environment_uses")
+        return {row["tag"]: row["used_at"] for row in rows}
+
+    async def forget_environments(self, tags: Collection[str]) -> None:
+        await self.pool.execute(
+            "DELETE FROM environment_uses WHERE tag = ANY($1::text[])", list(tags)
+        )
 
     # -- workers ---------------------------------------------------------------------------
 

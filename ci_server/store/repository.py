@@ -18,6 +18,7 @@ from datetime import datetime
 from ci_server.lifecycle import Lifecycle
 from ci_server.models import (
     TERMINAL_STATUSES,
+    Artifact,
     Job,
     JobEvent,
     JobStatus,
@@ -179,6 +180,45 @@ class JobStore(Lifecycle):
         """Each test of `owner_id`'s `project`, by node id, with its last `runs` outcomes
         (newest first) in the project's finished jobs: at most its last HISTORY_JOBS ones,
         so that the cost stays bounded however long the project lives."""
+
+    # -- artifacts -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_artifacts(self, job_id: str, artifacts: Sequence[Artifact]) -> None:
+        """Store the listing of the job's artifacts (replacing any stored before): their
+        paths are distinct, their `position`s rise. Their bytes are the blob store's."""
+
+    @abc.abstractmethod
+    async def artifacts(self, job_id: str) -> list[Artifact]:
+        """The job's artifacts by position; none for an unknown job."""
+
+    # -- retention ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def prunable_jobs(
+        self, *, finished_before: datetime, keep_newest: int = 0, limit: int = 100
+    ) -> list[Job]:
+        """Finished jobs that retention may remove, the earliest finished first, at most
+        `limit`: those finished before `finished_before`, and with `keep_newest` > 0 those
+        past the `keep_newest` latest finished ones. Never a queued or running job."""
+
+    @abc.abstractmethod
+    async def delete_jobs(self, job_ids: Collection[str]) -> list[str]:
+        """Delete those of the jobs that are finished, with their events, test results and
+        artifact listings, in one transaction; return their ids (sorted). Queued and
+        running jobs, and unknown ids, are left as they are."""
+
+    @abc.abstractmethod
+    async def record_environment_use(self, tag: str, at: datetime) -> None:
+        """Environment image `tag` served a job at `at` (it keeps the latest time)."""
+
+    @abc.abstractmethod
+    async def environment_uses(self) -> dict[str, datetime]:
+        """Each recorded environment image's last use."""
+
+    @abc.abstractmethod
+    async def forget_environments(self, tags: Collection[str]) -> None:
+        """Drop the record of images removed from the engine."""
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiosqlite
 
 from ci_server.models import (
+    Artifact,
     EventType,
     Job,
     JobEvent,
@@ -161,6 +162,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN shard_index INTEGER;
     ALTER TABLE jobs ADD COLUMN shard_count INTEGER;
     CREATE INDEX jobs_by_group ON jobs (group_id) WHERE group_id IS NOT NULL;
+    """,
+    # Artifacts (their bytes are blobs) and retention: what prunes old jobs and images.
+    """
+    CREATE TABLE artifacts (
+        job_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (job_id, position)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX artifacts_by_path ON artifacts (job_id, path);
+    CREATE INDEX jobs_by_finished ON jobs (finished_at);
+    CREATE TABLE environment_uses (
+        tag TEXT PRIMARY KEY,
+        used_at TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -608,6 +626,87 @@ class SqliteStore(Store):
         params = [owner_id, project, *FINISHED_STATUSES, HISTORY_JOBS, runs]
         async with self.db.execute(query, params) as cursor:
             return histories_of(tuple(row) for row in await cursor.fetchall())
+
+    # -- artifacts and retention -------------------------------------------------------------
+
+    async def set_artifacts(self, job_id: str, artifacts: Sequence[Artifact]) -> None:
+        await self.db.execute("DELETE FROM artifacts WHERE job_id=?", (job_id,))
+        await self.db.executemany(
+            "INSERT INTO artifacts (job_id, position, path, size, sha256) VALUES (?,?,?,?,?)",
+            [(job_id, a.position, a.path, a.size, a.sha256) for a in artifacts],
+        )
+        await self.db.commit()
+
+    async def artifacts(self, job_id: str) -> list[Artifact]:
+        query = (
+            "SELECT position, path, size, sha256 FROM artifacts WHERE job_id=? ORDER BY position"
+        )
+        async with self.db.execute(query, (job_id,)) as cursor:
+            return [
+                Artifact(row["path"], row["size"], row["sha256"], row["position"])
+                for row in await cursor.fetchall()
+            ]
+
+    async def prunable_jobs(
+        self, *, finished_before: datetime, keep_newest: int = 0, limit: int = 100
+    ) -> list[Job]:
+        statuses = ",".join("?" * len(FINISHED_STATUSES))
+        ended = "COALESCE(finished_at, created_at)"
+        # Past the newest `keep_newest` (none past them when it is 0: OFFSET of all rows).
+        surplus = (
+            f"SELECT id FROM jobs WHERE status IN ({statuses}) "
+            f"ORDER BY {ended} DESC, id DESC LIMIT -1 OFFSET ?"
+        )
+        query = (
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({statuses}) "
+            f"AND ({ended} < ? OR id IN ({surplus})) ORDER BY {ended}, id LIMIT ?"
+        )
+        offset = keep_newest if keep_newest > 0 else 2**62
+        params = [
+            *FINISHED_STATUSES,
+            _time(finished_before),
+            *FINISHED_STATUSES,
+            offset,
+            limit,
+        ]
+        async with self.db.execute(query, params) as cursor:
+            return [_job_from_row(row) for row in await cursor.fetchall()]
+
+    async def delete_jobs(self, job_ids: Collection[str]) -> list[str]:
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        statuses = ",".join("?" * len(FINISHED_STATUSES))
+        finished = f"SELECT id FROM jobs WHERE id IN ({marks}) AND status IN ({statuses})"
+        params = [*job_ids, *FINISHED_STATUSES]
+        # The children first, the jobs last: whatever commits in between (the connection
+        # is shared), no row is ever left without its job, and a finished job stays so.
+        for table in ("events", "test_results", "artifacts"):
+            await self.db.execute(f"DELETE FROM {table} WHERE job_id IN ({finished})", params)
+        rows = await self.db.execute_fetchall(
+            f"DELETE FROM jobs WHERE id IN ({finished}) RETURNING id", params
+        )
+        await self.db.commit()
+        return sorted(row[0] for row in rows)
+
+    async def record_environment_use(self, tag: str, at: datetime) -> None:
+        await self.db.execute(
+            "INSERT INTO environment_uses (tag, used_at) VALUES (?, ?) ON CONFLICT (tag) "
+            "DO UPDATE SET used_at = max(used_at, excluded.used_at)",
+            (tag, _time(at)),
+        )
+        await self.db.commit()
+
+    async def environment_uses(self) -> dict[str, datetime]:
+        async with self.db.execute("SELECT tag, used_at FROM environment_uses") as cursor:
+            rows = await cursor.fetchall()
+        return {row["tag"]: datetime.fromisoformat(row["used_at"]) for row in rows}
+
+    async def forget_environments(self, tags: Collection[str]) -> None:
+        await self.db.executemany(
+            "DELETE FROM environment_uses WHERE tag = ?", [(tag,) for tag in tags]
+        )
+        await self.db.commit()
 
     # -- workers ---------------------------------------------------------------------------
 
