@@ -349,9 +349,10 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path)
         self._db.row_factory = aiosqlite.Row
+        # The busy timeout first: switching to WAL waits on another process's migration.
+        await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
         # WalCheckpointer does it, on its own connection (sqlite_wal.py says why).
         await self._db.execute("PRAGMA wal_autocheckpoint=0")
         await self._migrate()
