@@ -5,6 +5,7 @@ executor, report. What runs it, and when, is the worker's (ci_server/worker/loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import tempfile
@@ -29,6 +30,7 @@ from ci_server.models import (
     TestOutcome,
     TestSummary,
 )
+from ci_server.runner.artifacts import collect as collect_artifacts
 from ci_server.runner.config import ConfigError, ProjectConfig, load_config
 from ci_server.runner.content import content_hash, project_digest
 from ci_server.runner.environments import EnvironmentCache
@@ -56,7 +58,7 @@ from ci_server.runner.scripts import (
 )
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
-from ci_server.store.blobs import BlobStore
+from ci_server.store.blobs import BlobStore, artifact_key
 from ci_server.store.repository import JobStore
 
 logger = logging.getLogger(__name__)
@@ -186,6 +188,7 @@ class JobPipeline:
         if exit_code == INSTALL_FAILED_EXIT and plan.project_commands:
             return Outcome(JobStatus.FAILED, exit_code, "installing the project failed")
         summary = await self._store_results(job, output, exit_code, tail, log)
+        await self._keep_artifacts(job, output, workspace / "artifacts", log)
         tested = content_hash(files_digest, environment)
         limit_reached = self._limit_reached(exit_code, output / JUNIT_FILE)
         if limit_reached:
@@ -292,7 +295,7 @@ class JobPipeline:
                 if prepared.failure is not None:
                     return Outcome(JobStatus.FAILED, prepared.exit_code, prepared.failure)
                 exit_code = await self._run_in(
-                    prepared, spec, plan, pytest_args, last_failed, tail, log
+                    prepared, spec, plan, config, pytest_args, last_failed, tail, log
                 )
             except ImageMissing as e:
                 if not self.environments.forget(e.image):
@@ -312,6 +315,7 @@ class JobPipeline:
         prepared: JobImage,
         spec: RunSpec,
         plan: InstallPlan,
+        config: ProjectConfig,
         pytest_args: list[str],
         last_failed: Sequence[str] | None,
         tail: OutputTail,
@@ -323,6 +327,8 @@ class JobPipeline:
             environment=prepared.installed,
             last_failed=last_failed,
             shard=spec.inputs is not None,
+            artifacts=config.artifacts,
+            artifact_limits=self.settings.artifact_limits,
         )
         log.system(f"Running in {prepared.image}")
         job_spec = replace(spec, image=prepared.image, script=script)
@@ -363,6 +369,32 @@ class JobPipeline:
             )
         await self.store.set_test_results(job.id, results)
         return summary
+
+    async def _keep_artifacts(self, job: Job, output: Path, folder: Path, log: _JobLog) -> None:
+        """Keep the report and the files the job packed as its artifacts, as many as fit
+        the limits (the log says what was left out), in the blob store and listed in the
+        store; a store that fails loses the artifacts, not the job."""
+        await asyncio.to_thread(folder.mkdir)
+        limits = self.settings.artifact_limits
+        collected = await asyncio.to_thread(collect_artifacts, output, folder, limits)
+        for note in collected.notes:
+            log.system(f"Artifacts: {note}")
+        kept = collected.artifacts
+        try:
+            for artifact, file in zip(kept, collected.files, strict=True):
+                await self.blobs.put(artifact_key(job.id, artifact.position), file)
+            await self.store.set_artifacts(job.id, kept)
+        except StorageFailure as e:
+            log.system(f"Artifacts not kept: {e}")
+            for artifact in kept:
+                with contextlib.suppress(StorageFailure):
+                    await self.blobs.delete(artifact_key(job.id, artifact.position))
+            return
+        if kept:
+            size = sum(artifact.size for artifact in kept)
+            log.system(
+                f"Artifacts: {len(kept)} file(s) kept ({size:,} bytes): ci artifacts {job.id}"
+            )
 
 
 class _JobLog:

@@ -15,6 +15,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ci_server.groups import MAX_GROUP_JOBS
+from ci_server.runner.artifacts import ArtifactLimits
 from ci_server.runner.executor import ContainerLimits
 from ci_server.runner.reports import ReportLimits
 from ci_server.runner.workspace import ArchiveLimits
@@ -119,6 +120,40 @@ class Settings(BaseSettings):
         default=50_000,
         gt=0,
         description="per-test results kept from one report; the rest are counted, not kept",
+    )
+    max_artifact_files: int = Field(
+        default=1000,
+        gt=0,
+        description="files kept per job as artifacts (its report, what ci.toml's `artifacts` "
+        "match); the log says when more are left out",
+    )
+    max_artifact_bytes: int = Field(
+        default=100 * 1024**2,
+        gt=0,
+        description="bytes of artifacts kept per job; a file that would pass it is left out, "
+        "and the log says so",
+    )
+    retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="finished jobs older than this (by their end) are removed with their "
+        "events, test results, artifacts and uploads; 0: kept forever",
+    )
+    max_jobs_kept: int = Field(
+        default=0,
+        ge=0,
+        description="at most this many finished jobs are kept (the latest); 0: no limit",
+    )
+    env_max_age_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="environment images (this server's) no job used for this long are "
+        "removed; 0: kept (only env_cache_size bounds them)",
+    )
+    prune_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="how often a process removes what retention no longer keeps",
     )
     container_memory_mb: int = Field(
         default=2048,
@@ -302,6 +337,10 @@ class Settings(BaseSettings):
     @property
     def report_limits(self) -> ReportLimits:
         return ReportLimits(max_bytes=self.max_report_bytes, max_results=self.max_test_results)
+
+    @property
+    def artifact_limits(self) -> ArtifactLimits:
+        return ArtifactLimits(max_files=self.max_artifact_files, max_bytes=self.max_artifact_bytes)
 
     @property
     def archive_limits(self) -> ArchiveLimits:

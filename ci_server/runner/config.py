@@ -7,6 +7,7 @@
     project = "shop"                   # the project's name (naming.py), if not its package's
     python = ["3.11", "3.13"]          # a job per version (the server's CI_PYTHON_IMAGES)
     shards = 4                         # the suite split over this many jobs (per version)
+    artifacts = ["htmlcov/**", "reports/*.xml"]  # files the tests write, kept with the job
     [env]                              # environment variables for the install and the tests
     DJANGO_SETTINGS_MODULE = "site.settings"
 
@@ -37,7 +38,10 @@ KNOWN_KEYS = (
     "project",
     "python",
     "shards",
+    "artifacts",
 )
+MAX_ARTIFACT_PATTERNS = 100
+MAX_PATTERN_CHARS = 300
 DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 """Debian policy 5.6.1: lowercase letters, digits, `+`, `-` and `.`, at least two
 characters, starting with a letter or a digit."""
@@ -60,6 +64,9 @@ class ProjectConfig:
     in the server's default image."""
     shards: int | None = None
     """How many jobs (per Python version) the suite is split over; None: one."""
+    artifacts: tuple[str, ...] = ()
+    """Patterns of the files the tests write in the project's copy that the job keeps
+    (runner/collect_artifacts.py matches them): relative, `/`-separated, `*`, `?`, `**`."""
 
 
 def _strings(data: Table, key: str) -> tuple[str, ...]:
@@ -85,6 +92,31 @@ def _shards(data: Table) -> int | None:
     return shards
 
 
+def _pattern_problem(pattern: str) -> str | None:
+    """What makes an `artifacts` pattern unusable, if anything."""
+    if not pattern:
+        return "is empty"
+    if len(pattern) > MAX_PATTERN_CHARS:
+        return f"is longer than {MAX_PATTERN_CHARS} characters"
+    if pattern.startswith("/"):
+        return "is not relative to the project"
+    if ".." in pattern.split("/"):
+        return "goes out of the project (`..`)"
+    if "\\" in pattern or any(ord(c) < 0x20 or ord(c) == 0x7F for c in pattern):
+        return "has a backslash or a control character"
+    return None
+
+
+def _artifact_patterns(data: Table) -> tuple[str, ...]:
+    patterns = _strings(data, "artifacts")
+    if len(patterns) > MAX_ARTIFACT_PATTERNS:
+        raise ConfigError(f"{CONFIG_FILE}: `artifacts`: at most {MAX_ARTIFACT_PATTERNS} patterns")
+    for pattern in patterns:
+        if (why := _pattern_problem(pattern)) is not None:
+            raise ConfigError(f"{CONFIG_FILE}: `artifacts`: {pattern!r} {why}")
+    return tuple(dict.fromkeys(patterns))
+
+
 def load_config(root: Path) -> ProjectConfig:
     if not (root / CONFIG_FILE).is_file():
         return ProjectConfig()
@@ -105,6 +137,7 @@ def load_config(root: Path) -> ProjectConfig:
         project=data.string("project"),
         python=_strings(data, "python"),
         shards=_shards(data),
+        artifacts=_artifact_patterns(data),
     )
 
 

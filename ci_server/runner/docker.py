@@ -44,9 +44,9 @@ from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     INPUT_DIR,
     INSTANCE_LABEL,
+    OUTPUT_FILES,
     OWNER_LABEL,
     REPORT_DIR,
-    REPORT_NAME,
     WORKER_LABEL,
     ExecutorError,
     ImageInfo,
@@ -113,20 +113,28 @@ def _move_files_out(slot: Path, spec: RunSpec) -> None:
         _move_entries(slot / "input", spec.inputs)
 
 
-def _report_file(directory: Path) -> Path:
-    """An empty report file for a job's container to write, as its unprivileged user."""
-    report = directory / REPORT_NAME
-    report.touch()
-    report.chmod(0o666)
-    return report
+def _output_files(directory: Path) -> dict[str, dict[str, str]]:
+    """Empty OUTPUT_FILES in `directory` for a job's container to write, as its
+    unprivileged user: the volumes that mount them at REPORT_DIR."""
+    volumes = {}
+    for name in OUTPUT_FILES:
+        file = directory / name
+        file.touch()
+        file.chmod(0o666)
+        volumes[str(file)] = {"bind": f"{REPORT_DIR}/{name}", "mode": "rw"}
+    return volumes
 
 
-def _keep_report(report: Path, output_dir: Path | None) -> None:
-    """Put a written report where the job looks for it; an empty one was never written."""
-    if output_dir is not None and report.stat().st_size > 0:
-        report.replace(output_dir / REPORT_NAME)
-    else:
-        report.unlink()
+def _keep_output_files(directory: Path, output_dir: Path | None) -> None:
+    """Put the written OUTPUT_FILES of `directory` where the job looks for them (its
+    `output_dir`); an empty one was never written, and is removed."""
+    for name in OUTPUT_FILES:
+        file = directory / name
+        if output_dir is not None and file.stat().st_size > 0:
+            if file.parent != output_dir:
+                file.replace(output_dir / name)
+        else:
+            file.unlink(missing_ok=True)
 
 
 def _raw_socket(stream: Any) -> socket.socket:
@@ -360,17 +368,17 @@ class DockerExecutor:
         volumes = {str(spec.workspace.resolve()): {"bind": "/src", "mode": "ro"}}
         if spec.inputs is not None:
             volumes[str(spec.inputs.resolve())] = {"bind": INPUT_DIR, "mode": "ro"}
-        report = None if spec.output_dir is None else _report_file(spec.output_dir.resolve())
-        if report is not None:
-            volumes[str(report)] = {"bind": f"{REPORT_DIR}/{REPORT_NAME}", "mode": "rw"}
+        output_dir = None if spec.output_dir is None else spec.output_dir.resolve()
+        if output_dir is not None:
+            volumes |= _output_files(output_dir)
         name = container_name(spec.job_id, build=build)
         command = ["sh", "-c", spec.script]
         try:
             container = self._create(Profile.of(spec), command, volumes, name, build=build)
             return self._start(_Box(container), attach=True)
         except BaseException:
-            if report is not None:
-                report.unlink(missing_ok=True)  # no run: no report, not an empty one
+            if output_dir is not None:
+                _keep_output_files(output_dir, None)  # no run: no report, not an empty one
             raise
 
     def _start_warm(self, profile: Profile) -> _Box:
@@ -382,7 +390,7 @@ class DockerExecutor:
         volumes = {
             str(slot / "src"): {"bind": "/src", "mode": "ro"},
             str(slot / "input"): {"bind": INPUT_DIR, "mode": "ro"},
-            str(_report_file(slot)): {"bind": f"{REPORT_DIR}/{REPORT_NAME}", "mode": "rw"},
+            **_output_files(slot),
         }
         try:
             command = ["sh", "-c", WAITING_SHELL]
@@ -437,15 +445,13 @@ class DockerExecutor:
             deliver(_END)
 
     def _finish_files(self, box: _Box, spec: RunSpec) -> None:
-        """After the run: the report where the job looks for it (if written), and a warm
-        container's project files back in the workspace."""
+        """After the run: the report and artifacts where the job looks for them (if
+        written), and a warm container's project files back in the workspace."""
         if box.slot is not None:
-            _keep_report(box.slot / REPORT_NAME, spec.output_dir)
+            _keep_output_files(box.slot, spec.output_dir)
             _move_files_out(box.slot, spec)
         elif spec.output_dir is not None:
-            report = spec.output_dir / REPORT_NAME
-            if report.stat().st_size == 0:
-                report.unlink()
+            _keep_output_files(spec.output_dir, spec.output_dir)
 
     def _wait(self, container: Container) -> int:
         return int(container.wait()["StatusCode"])

@@ -25,8 +25,11 @@ INPUT_DIR = "/ci-input"
 """Where a job finds the files the server gives it (RunSpec.inputs), read-only."""
 REPORT_DIR = "/ci-output"
 REPORT_NAME = "junit.xml"
-"""A job's one way to leave a file to the server: REPORT_DIR/REPORT_NAME in the container,
-RunSpec.output_dir/REPORT_NAME on the host."""
+ARTIFACTS_NAME = "artifacts.tar"
+OUTPUT_FILES = (REPORT_NAME, ARTIFACTS_NAME)
+"""A job's ways to leave files to the server: REPORT_DIR/<name> in the container,
+RunSpec.output_dir/<name> on the host, each one file (bounded like any it writes): the
+report, and the tar of its artifacts its exit trap packs (runner/artifacts.py)."""
 
 
 class ExecutorError(CIError):
@@ -71,8 +74,8 @@ class RunSpec:
     """The project's files; an executor may move them away during the run (they are back
     after it, so that the job may run again)."""
     output_dir: Path | None = None
-    """Where the job's report lands: REPORT_NAME here is mounted writable at
-    REPORT_DIR/REPORT_NAME (at most `limits.file_bytes`), and is left only if written."""
+    """Where the job's report and artifacts land: each of OUTPUT_FILES here is mounted
+    writable at REPORT_DIR/<name> (at most `limits.file_bytes`), and is left only if written."""
     inputs: Path | None = None
     """Files the server gives the job (a shard's durations), mounted read-only at INPUT_DIR;
     an executor may move them away during the run, like the workspace's."""

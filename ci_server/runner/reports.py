@@ -23,7 +23,6 @@ import dataclasses
 import multiprocessing
 import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +36,7 @@ import defusedxml.ElementTree as SafeElementTree
 from defusedxml.common import DefusedXmlException, EntitiesForbidden
 
 from ci_server.models import TestOutcome, TestResult, TestSummary
+from ci_server.runner.regular_files import NotRegularFile, open_regular
 
 MAX_MESSAGE_CHARS = 2000
 MAX_DETAILS_CHARS = 8000
@@ -108,47 +108,16 @@ def read_report(folder: Path, name: str, limits: ReportLimits) -> Report | None:
 
     Blocking, and CPU-bound for a large report: run it in a `ReportReader`.
     """
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError(f"not a file name: {name!r}")
     try:
-        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+        stream = open_regular(folder, name)
+    except NotRegularFile as e:
+        raise ReportRefused(str(e)) from e
+    if stream is None:
         return None
-    try:
-        try:
-            seen = os.stat(name, dir_fd=directory, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        _check_regular(seen.st_mode)  # before opening: opening a FIFO or a device has effects
-        try:
-            descriptor = os.open(
-                name,
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                dir_fd=directory,
-            )
-        except OSError as e:  # replaced since: by a link (ELOOP) or nothing
-            raise ReportRefused(f"it could not be opened: {e.strerror}") from e
-    finally:
-        os.close(directory)
-    with os.fdopen(descriptor, "rb") as stream:
-        opened = os.fstat(stream.fileno())
-        _check_regular(opened.st_mode)
-        if opened.st_size > limits.max_bytes:
+    with stream:
+        if os.fstat(stream.fileno()).st_size > limits.max_bytes:
             raise ReportRefused(_too_big(limits.max_bytes))
         return _parse(_BoundedReader(stream, limits.max_bytes), limits.max_results)
-
-
-def _check_regular(mode: int) -> None:
-    if stat.S_ISREG(mode):
-        return
-    kinds: tuple[tuple[Callable[[int], bool], str], ...] = (
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    kind = next((word for test, word in kinds if test(mode)), "a device")
-    raise ReportRefused(f"it is {kind}, not a regular file")
 
 
 def _too_big(max_bytes: int) -> str:

@@ -21,12 +21,15 @@ from the network (its tests have none).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import shlex
 from collections.abc import Sequence
 
-from ci_server.runner.executor import INPUT_DIR, REPORT_DIR, REPORT_NAME
+from ci_server.runner import collect_artifacts
+from ci_server.runner.artifacts import ArtifactLimits
+from ci_server.runner.executor import ARTIFACTS_NAME, INPUT_DIR, REPORT_DIR, REPORT_NAME
 from ci_server.runner.project import EDITABLE_INSTALL, PIP, InstallPlan
 
 ENSURE_PYTEST = f"{{ python -m pytest --version >/dev/null 2>&1 || {PIP} pytest; }}"
@@ -40,6 +43,7 @@ in an environment, which installs pytest."""
 PROJECT_DIR = "/tmp/project"
 JUNIT_FILE = REPORT_NAME
 REPORT = f"{REPORT_DIR}/{REPORT_NAME}"
+ARTIFACTS = f"{REPORT_DIR}/{ARTIFACTS_NAME}"
 """Where the server reads the job's report: the one file the container shares with it."""
 PYTEST_REPORT = "/tmp/junit.xml"
 """Where pytest writes it; the script moves it to REPORT when the tests are over, so that
@@ -226,10 +230,25 @@ def source_script(plan: InstallPlan) -> str:
     )
 
 
-def _finish() -> list[str]:
-    """The job's exit trap: pytest's report to REPORT unless the tests wrote there, and
-    TMP_FULL_EXIT when /tmp was full (its content goes with the container: only now can it
-    be seen)."""
+def _pack_artifacts(patterns: Sequence[str], limits: ArtifactLimits) -> list[str]:
+    """The exit trap's packing of the files `patterns` match in the project's copy into
+    ARTIFACTS (collect_artifacts.py), when the project asks for any."""
+    if not patterns:
+        return []
+    arguments = [
+        ARTIFACTS,
+        str(limits.max_files),
+        str(limits.max_bytes),
+        json.dumps(list(patterns)),
+    ]
+    pack = shlex.join(["python", "-I", "-c", inspect.getsource(collect_artifacts), *arguments])
+    return [f"  [ -d {PROJECT_DIR} ] && (cd {PROJECT_DIR} && {pack})"]
+
+
+def _finish(artifacts: Sequence[str] = (), limits: ArtifactLimits | None = None) -> list[str]:
+    """The job's exit trap: pytest's report to REPORT unless the tests wrote there, the
+    files the project's `artifacts` match packed into ARTIFACTS, and TMP_FULL_EXIT when
+    /tmp was full (its content goes with the container: only now can it be seen)."""
     tmp_full = (
         "df -Pk /tmp 2>/dev/null | "
         f'{{ read -r _; read -r _ _ _ free _; [ "$free" -lt {FULL_BELOW_KIB} ]; }} 2>/dev/null'
@@ -238,6 +257,7 @@ def _finish() -> list[str]:
         "finish() {",
         "  status=$?",
         f"  [ -s {REPORT} ] || {{ cat {PYTEST_REPORT} > {REPORT}; }} 2>/dev/null",
+        *_pack_artifacts(artifacts, limits or ArtifactLimits()),
         f"  if {tmp_full}; then",
         "    echo '==> /tmp is full'",
         f"    status={TMP_FULL_EXIT}",
@@ -264,8 +284,11 @@ def job_script(
     environment: bool,
     last_failed: Sequence[str] | None = None,
     shard: bool = False,
+    artifacts: Sequence[str] = (),
+    artifact_limits: ArtifactLimits | None = None,
 ) -> str:
-    """Copy the read-only source and run pytest; install nothing from the network.
+    """Copy the read-only source and run pytest; install nothing from the network; at the
+    end, pack the files `artifacts` patterns match (within `artifact_limits`).
 
     `last_failed`: node ids for pytest's cache provider, which is then on (in PYTEST_CACHE)
     with `--ff`, unless `pytest_args` ask for `--lf` (only those; all when none).
@@ -316,7 +339,7 @@ def job_script(
     return "\n".join(
         [
             "set -u",
-            *_finish(),
+            *_finish(artifacts, artifact_limits),
             *prepare,
             PYTHON_VERSION,
             f"echo {shlex.quote('==> ' + pytest)}",

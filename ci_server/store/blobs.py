@@ -62,6 +62,12 @@ def check_key(key: str) -> str:
     return key
 
 
+def artifact_key(job_id: str, position: int) -> str:
+    """The key of a job's artifact at `position` (store: Artifact.position). It holds a
+    `.`: not an upload's key (contents.is_upload_key), so the clean-up of uploads leaves it."""
+    return f"{job_id}.artifact.{position}"
+
+
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
     key: str

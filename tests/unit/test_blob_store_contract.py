@@ -21,7 +21,8 @@ import asyncpg
 import pytest
 
 from ci_server.models import BlobNotFound, InvalidBlobKey, StorageFailure
-from ci_server.store.blobs import CHUNK_BYTES, BlobStore
+from ci_server.contents import is_upload_key
+from ci_server.store.blobs import CHUNK_BYTES, BlobStore, artifact_key
 from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.store.blobs_postgres import PostgresBlobStore
 
@@ -433,6 +434,21 @@ async def test_fetch_many_writes_every_blob_whole(blobs: BlobStore, tmp_path: Pa
         await blobs.fetch_many([("one", out / "e"), ("absent", out / "f")])
     assert not (out / "f").exists()
     assert names_in(out) == ["a", "b", "c", "d", "e"]
+
+
+async def test_delete_except_among_uploads_leaves_the_artifacts_of_ended_jobs(
+    blobs: BlobStore,
+) -> None:
+    ended, running = "0123456789ab", "ba9876543210"
+    for key in (ended, running, artifact_key(ended, 0), artifact_key(ended, 1)):
+        await blobs.put(key, pieces(key.encode(), 4))
+
+    deleted = await blobs.delete_except({running}, older_than=timedelta(0), among=is_upload_key)
+
+    assert deleted == [ended]
+    assert sorted(blob.key for blob in await blobs.list_blobs()) == sorted(
+        [running, artifact_key(ended, 0), artifact_key(ended, 1)]
+    )
 
 
 # -- one backend's failures ------------------------------------------------------------------

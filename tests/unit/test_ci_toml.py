@@ -80,3 +80,29 @@ def test_wrong_python_versions_or_shards_are_refused(
     with pytest.raises(ConfigError) as raised:
         config_of(tmp_path, text)
     assert str(raised.value).startswith(message)
+
+
+def test_artifacts_are_patterns_kept_once_each_in_order(tmp_path: Path) -> None:
+    config = config_of(tmp_path, 'artifacts = ["htmlcov/**", "reports/*.xml", "htmlcov/**"]')
+    assert config.artifacts == ("htmlcov/**", "reports/*.xml")
+    assert config_of(tmp_path, "").artifacts == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('artifacts = ["/etc/passwd"]', "'/etc/passwd' is not relative to the project"),
+        ('artifacts = ["../up/*"]', "'../up/*' goes out of the project (`..`)"),
+        ('artifacts = ["a/../../b"]', "goes out of the project"),
+        ('artifacts = [""]', "'' is empty"),
+        ('artifacts = ["a\\\\b"]', "has a backslash or a control character"),
+        ('artifacts = ["a\\nb"]', "has a backslash or a control character"),
+        ('artifacts = "htmlcov/**"', "artifacts"),  # a string, not a list
+        ("artifacts = [1]", "artifacts"),
+        (f"artifacts = {['x'] * 101}", "at most 100 patterns"),
+    ],
+)
+def test_an_unusable_artifacts_pattern_is_refused(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=r"ci\.toml") as refused:
+        config_of(tmp_path, text)
+    assert says in str(refused.value)

@@ -32,7 +32,7 @@ class Finished:
     job: Job
     results: list[Result]
     said: list[str]
-    """The job's `[ci]` lines after the tests ran."""
+    """The job's `[ci]` lines after the tests ran, but those about its artifacts."""
 
 
 async def run_job(
@@ -43,9 +43,8 @@ async def run_job(
         events = await h.events_until_end(job.id)
         system = log_lines(events, "system")
         ran = next(n for n, line in enumerate(system) if line.startswith("Running in"))
-        return Finished(
-            await h.store.get_job(job.id), await h.store.test_results(job.id), system[ran + 1 :]
-        )
+        said = [line for line in system[ran + 1 :] if not line.startswith("Artifacts:")]
+        return Finished(await h.store.get_job(job.id), await h.store.test_results(job.id), said)
 
 
 async def test_counts_are_the_report_s_with_the_unexpected_passes_pytest_counted(
