@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ci_common.version import package_version
-from ci_server.api import groups, health, jobs, metrics, tests, uploads
+from ci_server.api import artifacts, groups, health, jobs, metrics, tests, uploads
 from ci_server.api.auth import AuthenticateUploads
 from ci_server.api.errors import install_error_handlers
 from ci_server.api.frames import SseFrames
@@ -114,5 +114,6 @@ def create_app(
     app.include_router(tests.router)
     app.include_router(uploads.router)
     app.include_router(metrics.router)
+    app.include_router(artifacts.router)
     install_dashboard(app)
     return app

@@ -37,6 +37,8 @@ from ci_server.groups import (
 from ci_server.models import (
     CANCELLED_REASON,
     OWNER_DEACTIVATED_REASON,
+    Artifact,
+    ArtifactNotFound,
     EventType,
     InvalidUpload,
     Job,
@@ -58,7 +60,7 @@ from ci_server.runner.shapes import MAX_FILE_BYTES
 from ci_server.runner.workspace import check_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
-from ci_server.store.blobs import BlobStore
+from ci_server.store.blobs import BlobStore, artifact_key
 from ci_server.store.repository import MAX_HISTORY_RUNS, Store
 from ci_server.uploads import release_upload
 from ci_server.users import User, can_see, owner_filter
@@ -173,6 +175,24 @@ class JobService:
     ) -> list[TestResult]:
         await self._visible(user, job_id)
         return await self.store.test_results(job_id, after=after, limit=limit, outcomes=outcomes)
+
+    async def artifacts(self, user: User, job_id: str) -> list[Artifact]:
+        """The files the job left (its report, what ci.toml's `artifacts` matched)."""
+        await self._visible(user, job_id)
+        return await self.store.artifacts(job_id)
+
+    async def artifact(
+        self, user: User, job_id: str, path: str
+    ) -> tuple[Artifact, AsyncGenerator[bytes, None]]:
+        """The job's artifact at `path` and its bytes, in chunks (an async generator, to
+        close when left early); ArtifactNotFound if it has none there (any longer)."""
+        for artifact in await self.artifacts(user, job_id):
+            if artifact.path == path:
+                key = artifact_key(job_id, artifact.position)
+                if not await self.blobs.exists(key):  # removed by retention meanwhile
+                    break
+                return artifact, self.blobs.read(key)
+        raise ArtifactNotFound(job_id, path)
 
     async def test_history(
         self, user: User, project: str, *, runs: int = MAX_HISTORY_RUNS

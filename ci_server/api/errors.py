@@ -9,6 +9,7 @@ from starlette.routing import Match
 
 from ci_server.groups import GroupAlreadyFinished, GroupNotFound, InvalidGroup
 from ci_server.models import (
+    ArtifactNotFound,
     CIError,
     ContentsMissing,
     InvalidTransition,
@@ -34,6 +35,7 @@ STATUS_BY_ERROR: list[tuple[type[CIError], int]] = [
     (NotAllowed, 403),
     (JobNotFound, 404),
     (GroupNotFound, 404),
+    (ArtifactNotFound, 404),
     (UserNotFound, 404),
     (ApiKeyNotFound, 404),
     (EmailTaken, 409),

@@ -46,8 +46,8 @@ ERRORS = {
     "runs per submission",
     401: "no API key, or not a valid one",
     403: "the key is valid, and its user may not do this (it is an admin's)",
-    404: "no job (or group) with this id (for a listing: the `before` one); another user's "
-    "is unknown too",
+    404: "no job (or group) with this id (for a listing: the `before` one; for an artifact: "
+    "no such file in the job); another user's is unknown too",
     409: "the job (every job of the group) has already finished; for a submit: contents the "
     "tree names are not on the server (upload them, then submit again)",
     413: "the upload is larger than the server's limit",

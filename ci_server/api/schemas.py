@@ -44,6 +44,14 @@ class TestResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)  # read from the domain's TestResult
 
 
+class ArtifactOut(BaseModel):
+    path: str = Field(description="relative, `/`-separated; GET /jobs/{id}/artifacts/{path}")
+    size: int = Field(description="in bytes")
+    sha256: str = Field(description="of its bytes, in hex")
+
+    model_config = ConfigDict(from_attributes=True)  # read from the domain's Artifact
+
+
 class TestRunOut(BaseModel):
     job_id: str
     outcome: TestOutcome

@@ -49,7 +49,7 @@ from tests.integration.test_sqlite_api import (
 )
 
 EXAMPLES = 100
-"""Per operation and run (7 operations, 2 runs)."""
+"""Per operation and run (9 operations, 2 runs)."""
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES,
     derandomize=True,
@@ -127,9 +127,11 @@ def aim(case: schemathesis.Case, at: str, fuzzed: Fuzzed) -> None:
     form fields get as far as a job)."""
     if at == "generated":
         return
-    job_id = (case.path_parameters or {}).get("job_id")
+    parameters = case.path_parameters or {}
+    job_id = parameters.get("job_id")
     if isinstance(job_id, str) and re.fullmatch(JOB_ID_PATTERN, job_id):
-        case.path_parameters = {"job_id": fuzzed.my_job if at == "mine" else fuzzed.their_job}
+        aimed = fuzzed.my_job if at == "mine" else fuzzed.their_job
+        case.path_parameters = {**parameters, "job_id": aimed}
     if isinstance(case.body, dict) and "archive" in case.body:
         body: dict[str, Any] = {**case.body, "archive": zip_bytes(PASSING_PROJECT)}
         case.body = body
