@@ -22,13 +22,16 @@ from typing import Any, NoReturn
 
 from ci_client.client import GROUP_PREFIX, CIClient, ClientError, Event, NotAuthenticated
 from ci_client.config import DEFAULT_SERVER_URL, ConfigError, Connection, config_path, resolve
+from ci_client.downloads import UnsafeArtifact, target_of
 from ci_client.render import (
     PROBLEM_OUTCOMES,
     format_event,
     format_group_outcome,
     format_outcome,
+    format_size,
     is_group,
     job_labels,
+    print_artifacts,
     print_group_details,
     print_job_details,
     print_jobs_table,
@@ -48,14 +51,6 @@ def _say(message: str) -> None:
 
     Like everything `ci` prints that a job may have written, through a `SafeStream`."""
     print(message, file=SafeStream(sys.stderr), flush=True)
-
-
-def _human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 PYTEST_EXITS_KEPT = (4, 5)
@@ -194,8 +189,8 @@ def _send_zip(client: CIClient, root: Path, options: dict[str, Any]) -> dict[str
         archive = Path(tmp) / "project.zip"
         summary = build_archive(root, archive)
         _say(
-            f"Uploading {summary.files} files ({_human_size(summary.source_bytes)}, "
-            f"{_human_size(summary.archive_bytes)} zipped) to {client.base_url}"
+            f"Uploading {summary.files} files ({format_size(summary.source_bytes)}, "
+            f"{format_size(summary.archive_bytes)} zipped) to {client.base_url}"
         )
         return client.submit(archive, **options)
 
@@ -378,6 +373,35 @@ def _show_job(client: CIClient, job: dict[str, Any], out: SafeStream) -> None:
     failures = client.test_results(job["job_id"], outcomes=(*PROBLEM_OUTCOMES, "flaky"))
     history = client.test_history(job["project"]) if job.get("project") and failures else []
     print_job_details(job, failures, out, history)
+    job = client.get_job(args.job_id)
+    failures = client.test_results(args.job_id, outcomes=(*PROBLEM_OUTCOMES, "flaky"))
+    history = client.test_history(job["project"]) if job.get("project") and failures else []
+    out = SafeStream(sys.stdout)
+    print_job_details(job, failures, out, history)
+    print_artifacts(args.job_id, client.artifacts(args.job_id), out)
+    return EXIT_PASSED
+
+
+def cmd_artifacts(client: CIClient, args: argparse.Namespace) -> int:
+    artifacts = client.artifacts(args.job_id)
+    if not artifacts:
+        _say(f"Job {args.job_id} has no artifacts.")
+        return EXIT_PASSED
+    folder = Path(args.output or f"artifacts-{args.job_id}")
+    folder.mkdir(parents=True, exist_ok=True)
+    written, refused = 0, 0
+    for artifact in artifacts:
+        try:
+            target = target_of(folder, str(artifact.get("path")))
+            client.download_artifact(args.job_id, artifact, target)
+        except UnsafeArtifact as e:
+            print(f"ci: not written: {e}", file=SafeStream(sys.stderr))
+            refused += 1
+            continue
+        written += int(artifact["size"])
+    count = len(artifacts) - refused
+    _say(f"Downloaded {count} file(s) ({format_size(written)}) to {folder}")
+    return EXIT_USAGE if refused else EXIT_PASSED
 
 
 def cmd_logs(client: CIClient, args: argparse.Namespace) -> int:
@@ -534,6 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", type=int, metavar="N", help="each test's latest N runs (default and most: 100)"
     )
     tests.set_defaults(handler=cmd_tests)
+
+    artifacts = commands.add_parser(
+        "artifacts", help="download a job's artifacts (its report, the files ci.toml names)"
+    )
+    artifacts.add_argument("job_id")
+    artifacts.add_argument(
+        "-o", "--output", metavar="DIR", help="where to write them (default: artifacts-<job id>)"
+    )
+    artifacts.set_defaults(handler=cmd_artifacts)
 
     logs = commands.add_parser("logs", help="print a job's whole log (following it if running)")
     logs.add_argument("job_id", help="a job's id, or a group's (g-...: every job's, prefixed)")

@@ -9,9 +9,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import requests
 
+from ci_client.downloads import write_checked
 from ci_client.sse import sse_events
 from ci_common.trees import BATCH_MEDIA_TYPE
 from ci_common.version import (
@@ -28,6 +30,7 @@ READ_TIMEOUT = 60.0
 RECONNECT_FOR_SECONDS = 60.0
 GROUP_PREFIX = "g-"
 """How a group's id starts (a job's is 12 hex digits)."""
+DOWNLOAD_CHUNK = 256 * 1024
 TESTS_PAGE_SIZE = 500
 """Test results asked per request (the server answers at most 1000)."""
 
@@ -254,6 +257,24 @@ class CIClient:
         if runs is not None:
             params["runs"] = runs
         return self._json(self._request("GET", "/tests", params=params))
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's artifacts: path, size, sha256."""
+        return self._json(self._request("GET", f"/jobs/{job_id}/artifacts"), job_id)
+
+    def download_artifact(self, job_id: str, listed: dict[str, Any], target: Path) -> None:
+        """Stream the artifact `listed` (as `artifacts` gives it) into the file `target`,
+        checked against its size and digest (UnsafeArtifact if they differ)."""
+        path = str(listed["path"])
+        response = self._request("GET", f"/jobs/{job_id}/artifacts/{quote(path)}", stream=True)
+        with response:
+            if response.status_code == 404 and _is_api_error(response):
+                raise ClientError(_detail(response) or f"no artifact {path!r}")
+            if response.status_code != 200:
+                self._json(response, job_id)  # raises the server's reason
+                raise ClientError(f"the server sent no artifact {path!r}")
+            chunks = response.iter_content(DOWNLOAD_CHUNK)
+            write_checked(target, chunks, int(listed["size"]), str(listed["sha256"]))
 
     def cancel(self, job_id: str) -> tuple[dict[str, Any], bool]:
         """Cancel the job; say whether this call changed it (False: it had already finished)."""

@@ -28,6 +28,15 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_size(size: float) -> str:
+    """`848 B`, `1.2 MB`."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def format_time(value: str | None) -> str:
     """An ISO 8601 time from the server, shown in the user's local time zone."""
     return local_time(datetime.fromisoformat(value) if value else None)
@@ -299,3 +308,14 @@ def print_test_history(tests: list[dict[str, Any]], out: SupportsWrite[str]) -> 
         for test in tests
     ]
     print_table(headers, rows, out)
+
+
+def print_artifacts(job_id: str, artifacts: list[dict[str, Any]], out: SupportsWrite[str]) -> None:
+    """`ci show`'s last lines: the job's artifacts, each path with its size, and how to get
+    them (nothing when it has none)."""
+    if not artifacts:
+        return
+    total = format_size(sum(int(artifact.get("size", 0)) for artifact in artifacts))
+    print(f"Artifacts ({len(artifacts)}, {total}): ci artifacts {job_id}", file=out)
+    for artifact in artifacts:
+        print(f"  {artifact.get('path')}  {format_size(int(artifact.get('size', 0)))}", file=out)

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
+from ci_common.artifact_paths import MAX_PATH_CHARS
 from ci_server.api.auth import CurrentUser, current_user
 from ci_server.api.jobs import JobId, Service, documented
 from ci_server.api.schemas import ArtifactOut
-from ci_server.runner.artifacts import MAX_PATH_CHARS
 
 router = APIRouter(
     prefix="/jobs",

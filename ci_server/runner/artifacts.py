@@ -5,10 +5,10 @@ and the tar its exit trap packed of the files ci.toml's `artifacts` match
 Both are hostile: the tests could write anything there, whatever the packer meant to do.
 They are opened without following a link, regular files only (regular_files.py); the tar
 is read as a stream with checks of our own, never extracted: regular members only, each
-path checked (`safe_path`), no path twice, at most `max_files` files and `max_bytes` in all
-(what does not fit is left out, and said). Each kept file is copied to a file of the
-caller's folder named by its position, never by its path, and hashed on the way. Blocking:
-run `collect` in a thread.
+path checked (ci_common/artifact_paths.py), no path twice, at most `max_files` files and
+`max_bytes` in all (what does not fit is left out, and said). Each kept file is copied to
+a file of the caller's folder named by its position, never by its path, and hashed on the
+way. Blocking: run `collect` in a thread.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from ci_common.artifact_paths import safe_path
 from ci_server.models import Artifact
 from ci_server.runner.executor import ARTIFACTS_NAME, REPORT_NAME
 from ci_server.runner.regular_files import NotRegularFile, open_regular
@@ -27,8 +28,6 @@ from ci_server.runner.regular_files import NotRegularFile, open_regular
 REPORT_ARTIFACT = "junit.xml"
 """The report's path among the artifacts; a file of the project at the same path is left
 out (the report comes first)."""
-MAX_PATH_CHARS = 1024
-MAX_PART_BYTES = 255
 COPY_CHUNK = 1024 * 1024
 
 
@@ -36,21 +35,6 @@ COPY_CHUNK = 1024 * 1024
 class ArtifactLimits:
     max_files: int = 1000
     max_bytes: int = 100 * 1024**2
-
-
-def safe_path(name: str) -> str | None:
-    """`name` as an artifact's path if it is one: relative, `/`-separated plain names
-    (no `..`, `.` or empty part, no backslash, no control character), of at most
-    MAX_PATH_CHARS; None otherwise."""
-    if not name or len(name) > MAX_PATH_CHARS or name.startswith("/"):
-        return None
-    if "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return None
-    parts = name.split("/")
-    for part in parts:
-        if part in ("", ".", "..") or len(part.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES:
-            return None
-    return name
 
 
 @dataclass

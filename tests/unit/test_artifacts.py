@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from ci_common.artifact_paths import safe_path
 from ci_server.runner import collect_artifacts
-from ci_server.runner.artifacts import ArtifactLimits, collect, safe_path
+from ci_server.runner.artifacts import ArtifactLimits, collect
 from ci_server.runner.collect_artifacts import matches
 from ci_server.runner.executor import ARTIFACTS_NAME, REPORT_NAME
 
