@@ -28,6 +28,7 @@ from ci_server.contents_gc import ContentSweeper
 from ci_server.events import EventHub
 from ci_server.jobs import JobService
 from ci_server.metrics import Metrics
+from ci_server.retention import Pruner
 from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import Executor
 from ci_server.settings import Settings
@@ -79,12 +80,14 @@ def create_app(
             blobs = await stack.enter_async_context(open_blob_store(settings))
             service = JobService(job_store, hub, blobs, settings)
             await stack.enter_async_context(service)
+            job_executor = None
             if worker:
                 job_executor = executor or docker_executor(settings, process_metrics)
                 await stack.enter_async_context(job_executor)
                 await stack.enter_async_context(
                     Worker(job_store, hub, job_executor, blobs, settings)
                 )
+            await stack.enter_async_context(Pruner(job_store, blobs, settings, job_executor))
             local_worker = settings.worker_name if worker else None
             await stack.enter_async_context(Sweeper(job_store, hub, blobs, settings, local_worker))
             await stack.enter_async_context(ContentSweeper(job_store, blobs, settings))

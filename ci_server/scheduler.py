@@ -29,6 +29,7 @@ from ci_server.models import (
     StorageFailure,
     TestOutcome,
     TestSummary,
+    utcnow,
 )
 from ci_server.runner.artifacts import collect as collect_artifacts
 from ci_server.runner.config import ConfigError, ProjectConfig, load_config
@@ -104,7 +105,11 @@ class JobPipeline:
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
         self.contents = Contents(blobs, settings.archive_limits, self.workspaces_dir)
         self.environments = EnvironmentCache(
-            executor, owner=settings.instance_id, keep=settings.env_cache_size, metrics=metrics
+            executor,
+            owner=settings.instance_id,
+            keep=settings.env_cache_size,
+            metrics=metrics,
+            on_use=lambda tag: store.record_environment_use(tag, utcnow()),
         )
         self.layers = Layers(executor, self.environments, reuse=settings.env_cache)
         self._without_pytest: set[str] = set()

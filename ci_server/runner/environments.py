@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +73,26 @@ class Environment:
     """The build script's status; not 0 means the build failed and `image` is unusable."""
 
 
+UseRecorder = Callable[[str], Awaitable[None]]
+"""Told each tag a job uses (retention.py prunes images unused for long, by the store's
+record: an image's labels cannot change)."""
+
+
 class EnvironmentCache:
-    def __init__(self, executor: Executor, *, owner: str, keep: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        owner: str,
+        keep: int,
+        metrics: Metrics,
+        on_use: UseRecorder | None = None,
+    ) -> None:
         self.executor = executor
         self.metrics = metrics
         self.owner = owner
         self.keep = keep
+        self.on_use = on_use
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_used: dict[str, float] = {}
         self._known: set[str] | None = None
@@ -115,6 +129,7 @@ class EnvironmentCache:
             if tag in images and not rebuild:
                 self._last_used[tag] = time.time()
                 self.metrics.environment_reused()
+                await self._record_use(tag)
                 return Environment(tag, built=False)
             replaced = await self._image_id(tag) if tag in images else None
             environment = await self._build(key, tag, build, on_output)
@@ -122,6 +137,7 @@ class EnvironmentCache:
                 return environment
             images.add(tag)
             self._last_used[tag] = time.time()
+            await self._record_use(tag)
             if replaced is not None:
                 await self._remove(replaced)  # the rebuilt image took its tag
         await self._evict()
@@ -135,6 +151,14 @@ class EnvironmentCache:
 
     async def discard(self, tag: str) -> None:
         await self._remove(tag)
+
+    async def _record_use(self, tag: str) -> None:
+        if self.on_use is None:
+            return
+        try:
+            await self.on_use(tag)
+        except Exception as e:  # the store down: the job goes on, the image looks older
+            logger.warning("could not record the use of environment image %s: %s", tag, e)
 
     def forget(self, tag: str) -> bool:
         """`tag` is gone from the engine: the next `ensure` of its key builds it again.

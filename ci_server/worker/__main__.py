@@ -27,6 +27,7 @@ from ci_server.app import docker_executor
 from ci_server.events import EventHub
 from ci_server.log_format import configure_logging
 from ci_server.metrics import Metrics
+from ci_server.retention import Pruner
 from ci_server.runner.executor import Executor
 from ci_server.settings import InvalidSettings, Settings, load_settings
 from ci_server.store.factory import configured_database, describe, open_blob_store, open_store
@@ -75,6 +76,7 @@ async def run_worker(
         )
         await stack.enter_async_context(worker)
         await stack.enter_async_context(Sweeper(store, hub, blobs, settings, local_worker=name))
+        await stack.enter_async_context(Pruner(store, blobs, settings, job_executor))
         logger.info(
             "worker %s: running up to %d job(s) at once, Docker at %s, database %s",
             name,
