@@ -1,5 +1,6 @@
-"""`ci-admin`: users and API keys, and the workers, straight in the server's database: --db
-(a file or a postgresql:// URL), else CI_DATABASE_URL, else CI_DB_PATH.
+"""`ci-admin`: users and API keys, the workers, and retention (`prune`), straight in the
+server's database: --db (a file or a postgresql:// URL), else CI_DATABASE_URL, else
+CI_DB_PATH.
 
 It may run while the server does (SQLite in WAL mode, or PostgreSQL): a new key works at
 once, a revoked key or a deactivated user stops working at once for new requests and within
@@ -27,11 +28,15 @@ from ci_common.tables import local_time, print_table
 from ci_common.version import version_line
 from ci_server import accounts
 from ci_server.models import CIError, JobStatus, WorkerInfo
-from ci_server.settings import InvalidSettings, load_settings
+from ci_server.retention import prune_environments, prune_jobs
+from ci_server.runner.docker import DockerExecutor
+from ci_server.runner.executor import ExecutorError
+from ci_server.settings import InvalidSettings, Settings, load_settings
 from ci_server.store.factory import (
     Database,
     configured_database,
     describe,
+    open_blob_store,
     parse_database,
     store_at,
 )
@@ -222,6 +227,40 @@ async def workers_list(store: Store, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- retention --------------------------------------------------------------------------------
+
+
+def _settings_for(database: Database) -> Settings:
+    """The CI_* settings, with the database `--db` named: its data folder, its blob store
+    and its images (named after it) are the server's of that database."""
+    settings = load_settings()
+    if isinstance(database, Path):
+        return settings.model_copy(update={"db_path": database, "database_url": None})
+    return settings.model_copy(update={"database_url": database})
+
+
+async def prune(store: Store, args: argparse.Namespace) -> int:
+    settings = _settings_for(args.database)
+    verb = "Would remove" if args.dry_run else "Removed"
+    async with open_blob_store(settings) as blobs:
+        pruned = await prune_jobs(store, blobs, settings, dry_run=args.dry_run)
+    for job in pruned.jobs:
+        print(f"job {job.id}  {job.status.value}  ended {local_time(job.finished_at)}")
+    _say(f"{verb} {len(pruned.jobs)} finished job(s) and {pruned.blobs} artifact(s)")
+    if args.no_images:
+        return EXIT_OK
+    try:
+        async with DockerExecutor(settings.instance_id, base_url=settings.docker_host) as docker:
+            images = await prune_environments(store, docker, settings, dry_run=args.dry_run)
+    except ExecutorError as e:
+        _say(f"Environment images: none removed ({e})")
+        return EXIT_OK
+    for tag in images:
+        print(f"image {tag}")
+    _say(f"{verb} {len(images)} environment image(s)")
+    return EXIT_OK
+
+
 # -- the command line -------------------------------------------------------------------------
 
 
@@ -246,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's database: an SQLite file or a postgresql:// URL "
         "(default: $CI_DATABASE_URL, else $CI_DB_PATH, else ci_jobs.db)",
     )
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{user,key,workers}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{user,key,workers,prune}")
 
     users = groups.add_parser("user", help="create, list and deactivate users")
     user_commands = users.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -282,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workers.add_argument("--json", action="store_true", help="a JSON array, for scripts")
     workers.set_defaults(handler=workers_list)
+
+    pruning = groups.add_parser(
+        "prune",
+        help="remove what retention no longer keeps: old finished jobs with all they own, "
+        "stale environment images (CI_RETENTION_DAYS, CI_MAX_JOBS_KEPT, CI_ENV_MAX_AGE_DAYS)",
+    )
+    pruning.add_argument(
+        "--dry-run", action="store_true", help="print what would go, remove nothing"
+    )
+    pruning.add_argument(
+        "--no-images", action="store_true", help="leave the environment images alone"
+    )
+    pruning.set_defaults(handler=prune)
     return parser
 
 
@@ -313,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if isinstance(database, Path):
             _check_database(database)
+        args.database = database
         return asyncio.run(_run(args.handler, database, args))
     except CIError as e:
         _fail(str(e))

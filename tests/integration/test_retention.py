@@ -1,0 +1,111 @@
+"""Retention over a real SQLite file and file blob store, through the real `ci-admin prune`:
+old finished jobs go with everything they own (rows, artifact and upload blobs: files on
+disk), and nothing else does; `--dry-run` prints the same and removes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+from ci_server.models import Artifact, Job, JobStatus, utcnow
+from ci_server.models import TestOutcome as Outcome
+from ci_server.models import TestResult as Result
+from ci_server.states import claim, transition
+from ci_server.store.blobs import artifact_key
+from ci_server.store.blobs_fs import FileBlobStore
+from ci_server.store.sqlite import SqliteStore
+from tests.e2e.harness import admin_command
+from tests.unit.test_store_contract import make_event, make_job
+
+
+async def _finished(store: SqliteStore, blobs: FileBlobStore, n: int, days_ago: float) -> Job:
+    """A job that ended `days_ago`, with an event, a result, two artifacts and an upload
+    left over, all through the stores' own API."""
+    job = make_job(n)
+    await store.add_job(job)
+    running = claim(job, "w")
+    assert await store.update_job(running, expected=JobStatus.QUEUED)
+    ended = transition(running, JobStatus.SUCCEEDED, exit_code=0)
+    ended = ended.replace(finished_at=utcnow() - timedelta(days=days_ago))
+    assert await store.update_job(ended, expected=JobStatus.RUNNING)
+    await store.append_events([make_event(job.id, 1)])
+    await store.set_test_results(job.id, [Result("t::a", Outcome.PASSED, 0.1)])
+    artifacts = [Artifact("junit.xml", 3, "0" * 64, 0), Artifact("a/b.bin", 3, "1" * 64, 1)]
+    for artifact in artifacts:
+        await blobs.put(artifact_key(job.id, artifact.position), _bytes(b"abc"))
+    await store.set_artifacts(job.id, artifacts)
+    await blobs.put(job.id, _bytes(b"zip"))
+    return ended
+
+
+async def _bytes(data: bytes):
+    yield data
+
+
+async def _seed(database: Path, blobs_dir: Path) -> dict[str, str]:
+    async with SqliteStore(database) as store, FileBlobStore(blobs_dir) as blobs:
+        old = await _finished(store, blobs, 1, days_ago=40)
+        recent = await _finished(store, blobs, 2, days_ago=1)
+        waiting = make_job(3, created_at=utcnow() - timedelta(days=90))
+        await store.add_job(waiting)
+        await blobs.put(waiting.id, _bytes(b"zip"))
+    return {"old": old.id, "recent": recent.id, "queued": waiting.id}
+
+
+async def _state(database: Path, blobs_dir: Path) -> dict[str, object]:
+    async with SqliteStore(database) as store, FileBlobStore(blobs_dir) as blobs:
+        jobs = {job.id for job in await store.list_jobs()}
+        events = {job_id: len(await store.events_after(job_id)) for job_id in jobs}
+        kept = [blob.key for blob in await blobs.list_blobs()]
+    return {"jobs": jobs, "events": events, "blobs": kept}
+
+
+def _prune(database: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CI_")}
+    env |= {"CI_RETENTION_DAYS": "30", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [*admin_command(), "--db", str(database), "prune", "--no-images", *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_prune_removes_old_finished_jobs_with_all_they_own_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "ci.db"
+    blobs_dir = tmp_path / "ci.db.data" / "blobs"  # the default CI_DATA_DIR
+    ids = asyncio.run(_seed(database, blobs_dir))
+    before = asyncio.run(_state(database, blobs_dir))
+
+    dry = _prune(database, "--dry-run")
+
+    assert dry.returncode == 0, dry.stderr
+    assert f"job {ids['old']}  succeeded" in dry.stdout
+    assert ids["recent"] not in dry.stdout and ids["queued"] not in dry.stdout
+    assert "Would remove 1 finished job(s) and 2 artifact(s)" in dry.stderr
+    assert asyncio.run(_state(database, blobs_dir)) == before
+
+    done = _prune(database)
+
+    assert done.returncode == 0, done.stderr
+    assert f"job {ids['old']}" in done.stdout
+    assert "Removed 1 finished job(s) and 2 artifact(s)" in done.stderr
+    after = asyncio.run(_state(database, blobs_dir))
+    assert after["jobs"] == {ids["recent"], ids["queued"]}
+    assert after["blobs"] == sorted(
+        [
+            ids["recent"],
+            artifact_key(ids["recent"], 0),
+            artifact_key(ids["recent"], 1),
+            ids["queued"],
+        ]
+    )
+    assert after["events"] == {ids["recent"]: 1, ids["queued"]: 0}
+    assert not any(ids["old"] in path.name for path in tmp_path.rglob("*"))
