@@ -10,10 +10,11 @@ of its own mounted at /src (and another at /ci-input). Taking one moves the proj
 the script to its stdin.
 
 What a job may write is bounded: its root file system is read-only, /tmp is a tmpfs of
-`limits.tmp_bytes`, and the one file it shares with the host, its report, is bounded like
-any file it writes by RLIMIT_FSIZE (`limits.file_bytes`). Its output is read through an
-attach made before it can print, and the engine keeps no log of it (log driver `none`):
-the service keeps what it needs, bounded, and nothing of a job grows under the engine.
+`limits.tmp_bytes`, and the files it shares with the host, its report and its artifacts'
+tar, are bounded like any file it writes by RLIMIT_FSIZE (`limits.file_bytes`). Its output
+is read through an attach made before it can print, and the engine keeps no log of it (log
+driver `none`): the service keeps what it needs, bounded, and nothing of a job grows under
+the engine.
 """
 
 from __future__ import annotations
