@@ -176,8 +176,8 @@ def _send_contents(client: CIClient, root: Path, options: dict[str, Any]) -> dic
         snap = snapshot(root, cache)
     sent = send(client, snap)
     _say(
-        f"Sent {sent.files:,} of {snap.file_count:,} files ({_human_size(sent.bytes)} of "
-        f"{_human_size(snap.total_bytes)}) to {client.base_url}"
+        f"Sent {sent.files:,} of {snap.file_count:,} files ({format_size(sent.bytes)} of "
+        f"{format_size(snap.total_bytes)}) to {client.base_url}"
     )
     return client.submit_tree(snap.root, **options)
 
@@ -373,13 +373,7 @@ def _show_job(client: CIClient, job: dict[str, Any], out: SafeStream) -> None:
     failures = client.test_results(job["job_id"], outcomes=(*PROBLEM_OUTCOMES, "flaky"))
     history = client.test_history(job["project"]) if job.get("project") and failures else []
     print_job_details(job, failures, out, history)
-    job = client.get_job(args.job_id)
-    failures = client.test_results(args.job_id, outcomes=(*PROBLEM_OUTCOMES, "flaky"))
-    history = client.test_history(job["project"]) if job.get("project") and failures else []
-    out = SafeStream(sys.stdout)
-    print_job_details(job, failures, out, history)
-    print_artifacts(args.job_id, client.artifacts(args.job_id), out)
-    return EXIT_PASSED
+    print_artifacts(job["job_id"], client.artifacts(job["job_id"]), out)
 
 
 def cmd_artifacts(client: CIClient, args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from ci_server.runner.executor import Executor, ExecutorError
 from ci_server.settings import Settings
 from ci_server.store.blobs import BlobStore, artifact_key
 from ci_server.store.repository import JobStore
+from ci_server.uploads import release_upload
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ async def prune_jobs(
         batches += 1
         jobs = await store.prunable_jobs(finished_before=cutoff, keep_newest=keep, limit=BATCH)
         for job in jobs:
-            pruned.blobs += await _delete_blobs(store, blobs, job.id)
+            pruned.blobs += await _delete_blobs(store, blobs, job)
         deleted = set(await store.delete_jobs([job.id for job in jobs]))
         pruned.jobs += [job for job in jobs if job.id in deleted]
         if len(jobs) < BATCH:
@@ -92,12 +93,13 @@ async def prune_jobs(
     return pruned
 
 
-async def _delete_blobs(store: JobStore, blobs: BlobStore, job_id: str) -> int:
-    """Delete the job's artifacts' blobs and its upload (if one was left); how many."""
-    artifacts = await store.artifacts(job_id)
+async def _delete_blobs(store: JobStore, blobs: BlobStore, job: Job) -> int:
+    """Delete the job's artifacts' blobs and its upload if one was left (a group's, only
+    once no job of the group waits for it); how many artifacts."""
+    artifacts = await store.artifacts(job.id)
     for artifact in artifacts:
-        await blobs.delete(artifact_key(job_id, artifact.position))
-    await blobs.delete(job_id)
+        await blobs.delete(artifact_key(job.id, artifact.position))
+    await release_upload(store, blobs, job)
     return len(artifacts)
 
 

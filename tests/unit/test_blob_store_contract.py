@@ -20,8 +20,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ci_server.models import BlobNotFound, InvalidBlobKey, StorageFailure
 from ci_server.contents import is_upload_key
+from ci_server.models import BlobNotFound, InvalidBlobKey, StorageFailure
 from ci_server.store.blobs import CHUNK_BYTES, BlobStore, artifact_key
 from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.store.blobs_postgres import PostgresBlobStore
