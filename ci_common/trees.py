@@ -88,7 +88,11 @@ def decode_tree(data: bytes) -> list[TreeEntry]:
     entries = [_entry(row) for row in rows]
     if len({entry.name for entry in entries}) != len(entries):
         raise BadTree("a tree names an entry twice")
-    if encode_tree(entries) != data:
+    try:
+        canonical = encode_tree(entries)
+    except UnicodeEncodeError:  # a name with a lone surrogate (`"\\ud800"`): no UTF-8
+        raise BadTree("a tree's names must be UTF-8") from None
+    if canonical != data:
         raise BadTree("a tree must be in the canonical encoding (sorted, compact)")
     return entries
 

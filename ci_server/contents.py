@@ -220,14 +220,18 @@ class Contents:
         if not is_hash(root):
             raise InvalidUpload(f"not a content hash: {root[:100]!r}")
         budget = ManifestBudget(self.limits)
+        budget.add_folder(0)
         pending: list[tuple[str, str, int]] = [(root, "", 0)]
         while pending:
             tree, prefix, depth = pending.pop()
-            budget.add_folder(depth)
             on_tree(tree)
             for entry in await self._tree(owner, tree):
                 path = f"{prefix}{safe_entry_name(entry.name)}"
+                safe_relative_path(path, "manifest entry")  # the whole path's length
                 if entry.kind == "dir":
+                    # Charged when named, not when read: the folders waiting to be read
+                    # (and their paths in memory) stay within the limit too.
+                    budget.add_folder(depth + 1)
                     pending.append((entry.hash, f"{path}/", depth + 1))
                 else:
                     budget.add_file(entry.size)

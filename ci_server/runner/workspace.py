@@ -57,11 +57,19 @@ class ArchiveLimits:
 
 MAX_DEPTH = 64
 """Most nested folders in a manifest (a zip's depth is bounded by its names' length)."""
+MAX_NAME_BYTES = 255
+"""The longest file or folder name in UTF-8 (Linux's NAME_MAX): no worker could write one
+longer."""
+MAX_PATH_BYTES = 2048
+"""The longest path in a project, in UTF-8: under Linux's PATH_MAX (4096) with the folder
+a worker unpacks into in front, and a bound on what a manifest's walk keeps for each
+folder it has yet to read (unbounded names over a wide tree were gigabytes of paths)."""
 
 
 def safe_relative_path(name: str, what: str) -> PurePosixPath:
     """The relative path `name` stands for (`\\` as `/`); InvalidUpload, naming `what`,
-    if it is absolute, has a drive, `..` or a NUL. It may have no parts (`""`, `"."`)."""
+    if it is absolute, has a drive, `..` or a NUL, or is longer than MAX_PATH_BYTES or
+    has a name longer than MAX_NAME_BYTES. It may have no parts (`""`, `"."`)."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or (path.parts and ":" in path.parts[0]):
         raise InvalidUpload(f"{what} {name!r} has an absolute path")
@@ -69,7 +77,15 @@ def safe_relative_path(name: str, what: str) -> PurePosixPath:
         raise InvalidUpload(f"{what} {name!r} points outside the project")
     if "\0" in name:
         raise InvalidUpload(f"{what} {name[:200]!r} has a NUL character")
+    if _utf8_length(name) > MAX_PATH_BYTES:
+        raise InvalidUpload(f"{what} {name[:200]!r}... is longer than {MAX_PATH_BYTES} bytes")
+    if any(_utf8_length(part) > MAX_NAME_BYTES for part in path.parts):
+        raise InvalidUpload(f"{what} {name[:200]!r} has a name longer than {MAX_NAME_BYTES} bytes")
     return path
+
+
+def _utf8_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
@@ -95,7 +111,8 @@ def safe_entry_name(name: str) -> str:
 class ManifestBudget:
     """What a manifest has added up to so far, refused with InvalidUpload as soon as it
     passes the limits a zip obeys (files, unpacked bytes) or MAX_DEPTH; also bounds the
-    folders, which cost a read each, by the number of files allowed."""
+    folders, which cost a read each, by the number of files allowed (a folder is added
+    when a tree names it, before it is read)."""
 
     def __init__(self, limits: ArchiveLimits) -> None:
         self.limits = limits

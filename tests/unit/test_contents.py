@@ -152,7 +152,60 @@ async def test_a_tree_not_in_the_canonical_encoding_is_refused(contents: Content
         encode_tree([file("a", b"x")]).replace(b"]]}", b"],")
         + encode_tree([file("a", b"x")]).split(b'"entries":[')[1]
     )
-    for data in (entries, b"[]", b"\xff", twice):
+    # A name that is a lone surrogate: JSON allows it, UTF-8 cannot hold it (it was a 500).
+    surrogate = b'{"format":"ci-tree-1","entries":[["\\ud800","f","%s",1,0]]}' % (b"a" * 64)
+    for data in (entries, b"[]", b"\xff", twice, surrogate):
         await send(contents, "ann", data)
         with pytest.raises(InvalidUpload):
             await contents.manifest("ann", content_hash(data))
+
+
+class CountingReads:
+    """The blob store's `read_bytes`, counted: how many trees a walk read."""
+
+    def __init__(self, contents: Contents) -> None:
+        self.reads = 0
+        self._read_bytes = contents.blobs.read_bytes
+        contents.blobs.read_bytes = self  # type: ignore[method-assign]
+
+    async def __call__(self, key: str, most: int) -> bytes | None:
+        self.reads += 1
+        return await self._read_bytes(key, most)
+
+
+async def test_a_tree_naming_more_folders_than_allowed_is_refused_before_it_is_walked(
+    contents: Contents,
+) -> None:
+    # A fan-out of hashes: one tree naming 1,000 folders (each the same empty one). Every
+    # folder named is charged when its tree is read, not when it is visited: the walk
+    # neither reads nor queues past the limit (queued paths were unbounded in memory).
+    roomy = Contents(contents.blobs, ArchiveLimits(max_files=10), contents.scratch)
+    empty = await tree(roomy, "ann", [])
+    wide = await tree(roomy, "ann", [TreeEntry(f"d{n:04}", "dir", empty) for n in range(1000)])
+    reads = CountingReads(roomy)
+
+    with pytest.raises(InvalidUpload, match="more than 10 folders"):
+        await roomy.manifest("ann", wide)
+    assert reads.reads == 1
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "é" * 128], ids=["ascii", "two-byte"])
+async def test_a_name_longer_than_a_file_system_allows_is_refused(
+    contents: Contents, name: str
+) -> None:
+    # Unbounded names multiplied every queued path below them (an 8 MiB name over a tree
+    # of 100,000 folders: 800 GB); a worker could not have written them anyway.
+    await send(contents, "ann", b"x")
+    root = await tree(contents, "ann", [file(name, b"x")])
+    with pytest.raises(InvalidUpload, match="longer than 255 bytes"):
+        await contents.manifest("ann", root)
+
+
+async def test_a_path_longer_than_the_limit_is_refused(contents: Contents) -> None:
+    roomy = Contents(contents.blobs, ArchiveLimits(), contents.scratch)
+    await send(roomy, "ann", b"x")
+    deep = await tree(roomy, "ann", [file("f", b"x")])
+    for n in range(10):  # 10 folders of 250 characters: a path of 2,500
+        deep = await tree(roomy, "ann", [TreeEntry(f"{n}" * 250, "dir", deep)])
+    with pytest.raises(InvalidUpload, match="longer than 2048 bytes"):
+        await roomy.manifest("ann", deep)

@@ -248,6 +248,19 @@ def test_entry_with_absolute_path_is_refused(tmp_path: Path, prefix: str) -> Non
     assert not Path(name).exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("x" * 256 + ".py", "name longer than 255 bytes"), ("d/" * 1100 + "a.py", "longer than 2048")],
+    ids=["name", "path"],
+)
+def test_entry_longer_than_a_worker_can_write_is_refused(
+    tmp_path: Path, name: str, message: str
+) -> None:
+    # Accepted before, such a zip ended its job in `error` (ENAMETOOLONG on the worker).
+    archive = zip_with_entry(tmp_path / "project.zip", zipfile.ZipInfo(name))
+    assert_refused(archive, tmp_path, LIMITS, message)
+
+
 def test_symlink_entry_is_refused(tmp_path: Path) -> None:
     link = zipfile.ZipInfo("passwd")
     link.external_attr = 0o120777 << 16
