@@ -31,6 +31,10 @@ from ci_server.models import EventType, Job, JobStatus
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 JOB_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 QUEUE_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+"""The method label's values; any other method is counted as OTHER_METHOD (uvicorn accepts
+any token as a method, before any key is checked: a label per made-up one was unbounded)."""
+OTHER_METHOD = "other"
 UNMATCHED_ROUTE = "unmatched"
 """The route label of a request no route took (a 404; an answer of a middleware before
 routing, but an upload's): raw paths would make the label's values unbounded."""
@@ -125,6 +129,7 @@ class Metrics:
         self._events[kind].inc()
 
     def http_answered(self, method: str, route: str, status: int) -> None:
+        method = method if method in HTTP_METHODS else OTHER_METHOD
         self._http.labels(method, route, str(status)).inc()
 
     # -- what Prometheus reads -------------------------------------------------------------

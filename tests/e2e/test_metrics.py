@@ -116,3 +116,21 @@ def test_a_worker_serves_the_counts_of_the_jobs_it_runs(
     finally:
         worker.stop()
         api.stop()
+
+
+def test_a_flood_of_made_up_methods_and_paths_adds_no_series(make_server: ServerFactory) -> None:
+    # uvicorn (h11) accepts any token as a method, and these need no key: each made-up
+    # method was a new series of ci_http_requests_total, unbounded.
+    server = make_server()
+    for n in range(50):
+        requests.request(f"X{uuid.uuid4().hex[:8]}", f"{server.url}/jobs", timeout=10)
+        requests.get(f"{server.url}/{uuid.uuid4().hex}/{n}", timeout=10)
+        requests.get(f"{server.url}/jobs/{uuid.uuid4().hex[:12]}", timeout=10)
+
+    scraped = scrape(server)
+    answered = [labels for name, labels in scraped if name == "ci_http_requests_total"]
+    methods = {dict(labels)["method"] for labels in answered}
+    routes = {dict(labels)["route"] for labels in answered}
+    assert methods <= {"GET", "POST", "other"}, methods
+    assert routes <= {"/jobs", "/jobs/{job_id}", "/metrics", "/health", "unmatched"}, routes
+    assert len(answered) < 20, answered
