@@ -84,7 +84,7 @@ def variants(
     if unknown:
         offered = ", ".join(sorted(known, key=version_key)) or "none: it runs its default image"
         raise InvalidGroup(
-            f"unknown Python version(s) {', '.join(map(repr, unknown))}: this server offers "
+            f"unknown Python version(s) {_some(unknown)}: this server offers "
             f"{offered} (CI_PYTHON_IMAGES)"
         )
     count = 1 if shards is None else shards
@@ -104,6 +104,13 @@ def variants(
         for python in (versions or [None])
         for index, total_shards in shard_numbers
     ]
+
+
+def _some(versions: Sequence[str], most: int = 5) -> str:
+    """The first `most` of `versions`, each cut at 40 characters, and how many more: a
+    submission may name a thousand (the message went back whole, a megabyte)."""
+    named = ", ".join(repr(version[:40]) for version in versions[:most])
+    return named + (f" and {len(versions) - most} more" if len(versions) > most else "")
 
 
 def version_key(version: str | None) -> tuple[tuple[int, int, str], ...]:

@@ -15,7 +15,7 @@ from ci_server.runner.executor import OutputSink, RunSpec
 from ci_server.settings import Settings
 from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun, wait_until
 from tests.integration.test_auth_api import act_as, add_person
-from tests.integration.test_sqlite_api import TERMINAL, make_settings, serve, submit
+from tests.integration.test_sqlite_api import TERMINAL, finished, make_settings, serve, submit
 
 IMAGES = "3.11=runner:test,3.12=runner:test"
 
@@ -223,3 +223,44 @@ async def test_another_user_s_group_is_not_found(tmp_path: Path) -> None:
     assert paged.status_code == 404
     assert listed == []
     assert malformed.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("form", "status"),
+    [
+        ({"shards": "0"}, 422),
+        ({"shards": "-3"}, 422),
+        ({"shards": "1.5"}, 422),
+        ({"shards": "9" * 5000}, 422),
+        ({"shards": "1" + "0" * 30}, 400),
+        ({"python": [f"9.{n}" + "x" * 1000 for n in range(900)]}, 400),
+        ({"python": ["3.11,3.12", "\0", "3.11\n"]}, 400),
+    ],
+    ids=["zero", "negative", "fraction", "5000-digits", "10^30", "900-long-versions", "odd"],
+)
+async def test_hostile_shards_and_versions_are_refused_briefly(
+    tmp_path: Path, form: dict[str, Any], status: int
+) -> None:
+    settings = group_settings(tmp_path)
+    async with serve(settings, FakeExecutor()) as client:
+        response = await submit(client, **form)
+        listed = (await client.get("/jobs")).json()
+    assert response.status_code == status, response.text
+    assert len(response.text) < 6000  # not the thousand versions sent back (a megabyte)
+    assert listed == []
+    assert blobs(settings) == []
+
+
+async def test_many_copies_of_one_version_make_one_job_and_a_bad_ci_toml_fails_its_job(
+    tmp_path: Path,
+) -> None:
+    async with serve(group_settings(tmp_path), FakeExecutor()) as client:
+        copies = await submit(client, python=["3.11", " 3.11 "] * 500)
+        zero = await submit(client, {**PASSING_PROJECT, "ci.toml": "shards = 0\n"})
+        truth = await submit(client, {**PASSING_PROJECT, "ci.toml": "shards = true\n"})
+        ended = [await finished(client, r.json()["job_id"]) for r in (zero, truth)]
+
+    assert copies.status_code == 201 and "jobs" not in copies.json()
+    assert copies.json()["python"] == "3.11"
+    assert [job["status"] for job in ended] == ["failed", "failed"]
+    assert all("shards" in job["reason"] for job in ended), ended
