@@ -29,6 +29,11 @@ REPORT_ARTIFACT = "junit.xml"
 """The report's path among the artifacts; a file of the project at the same path is left
 out (the report comes first)."""
 COPY_CHUNK = 1024 * 1024
+MAX_MEMBER_NOTES = 20
+"""Members refused one by one in the log; the rest are counted (a tar of 1 GiB holds two
+million members, and the server's own log lines are not bounded by CI_MAX_LOG_BYTES)."""
+NOTE_NAME_CHARS = 200
+"""How much of a refused member's name its note shows (a tar's names may be megabytes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +61,19 @@ class _Collector:
         self.over_count = 0
         self.over_bytes = 0
         self.paths: set[str] = set()
+        self.refused = 0
+
+    def refuse(self, name: str, why: str) -> None:
+        """Leave the member `name` out, saying so for the first MAX_MEMBER_NOTES."""
+        self.refused += 1
+        if self.refused <= MAX_MEMBER_NOTES:
+            shown = name if len(name) <= NOTE_NAME_CHARS else f"{name[:NOTE_NAME_CHARS]}..."
+            self.found.notes.append(f"{shown!r} {why}")
 
     def keep(self, path: str, source: IO[bytes], size: int) -> None:
         """Copy `size` bytes of `source` as artifact `path`, if it fits."""
         if path in self.paths:
-            self.found.notes.append(f"{path} is not kept twice")
+            self.refuse(path, "is not kept twice")
             return
         if len(self.found.artifacts) >= self.limits.max_files:
             self.over_count += 1
@@ -116,11 +129,11 @@ class _Collector:
     def _add_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         path = safe_path(member.name)
         if path is None:
-            self.found.notes.append(f"{member.name!r} is not kept: not a safe relative path")
+            self.refuse(member.name, "is not kept: not a safe relative path")
             return
         if not member.isreg():
             if not member.isdir():
-                self.found.notes.append(f"{path} is not kept: not a regular file")
+                self.refuse(path, "is not kept: not a regular file")
             return
         data = tar.extractfile(member)
         if data is not None:
@@ -128,6 +141,11 @@ class _Collector:
 
     def result(self) -> Collected:
         limits = self.limits
+        if self.refused > MAX_MEMBER_NOTES:
+            self.found.notes.append(
+                f"{self.refused - MAX_MEMBER_NOTES:,} more member(s) not kept for such reasons "
+                f"({self.refused:,} in all)"
+            )
         if self.over_count:
             self.found.notes.append(
                 f"{self.over_count} more file(s) not kept: at most {limits.max_files:,} "

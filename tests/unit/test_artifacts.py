@@ -147,7 +147,7 @@ def test_the_server_keeps_the_report_and_only_safe_regular_members(tmp_path: Pat
     notes = "\n".join(collected.notes)
     for refused in ("../../etc/cron.d/evil", "/abs", "link", "hard", "fifo"):
         assert refused in notes
-    assert "ok.bin is not kept twice" in notes
+    assert "'ok.bin' is not kept twice" in notes
 
 
 def test_the_server_bounds_count_and_bytes_and_says_so(tmp_path: Path) -> None:
@@ -190,3 +190,26 @@ def test_a_truncated_or_linked_tar_keeps_what_came_before(tmp_path: Path) -> Non
     assert linked.notes == [
         "the packed artifacts are not used: it is a symbolic link, not a regular file"
     ]
+
+
+def test_a_flood_of_refused_members_is_said_in_a_few_short_lines(tmp_path: Path) -> None:
+    # Each refused member was a log line of its own, past CI_MAX_LOG_BYTES (the notes are
+    # the server's lines), with its whole name: a tar of 1 GiB is 2 million members.
+    output, folder = tmp_path / "output", tmp_path / "kept"
+    output.mkdir()
+    folder.mkdir()
+    hostile_tar(
+        output / ARTIFACTS_NAME,
+        [(member("ok"), b"x")]
+        + [(member("ok"), b"again") for _ in range(2000)]
+        + [(member(f"../{n}"), b"x") for n in range(2000)]
+        + [(member(f"l{n}", tarfile.SYMTYPE, "/etc/passwd"), b"") for n in range(2000)]
+        + [(member("../" + "n" * 100_000), b"x")],
+    )
+
+    collected = collect(output, folder, ArtifactLimits())
+
+    assert [a.path for a in collected.artifacts] == ["ok"]
+    assert len(collected.notes) <= 25, len(collected.notes)
+    assert max(len(note) for note in collected.notes) < 500
+    assert "5,981 more member(s) not kept for such reasons (6,001 in all)" in collected.notes
