@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -145,6 +146,21 @@ def test_an_escape_attempt_fails_inside_the_container(
     host_listener.setblocking(False)
     with pytest.raises(BlockingIOError):
         host_listener.accept()  # no job's connection is waiting on the host
+
+
+@pytest.mark.docker
+def test_a_shard_cannot_change_what_the_server_gives_it(
+    server: ServerProcess, escape_env: dict[str, str], tmp_path: Path
+) -> None:
+    project = escape_project("escape_shard_inputs", escape_env, tmp_path)
+    result = run_ci("submit", "test", "--shards", "2", cwd=project, server=server)
+    assert result.returncode == 0, describe(result)
+    group = re.search(r"\bg-[0-9a-f]{12}\b", result.stdout + result.stderr)
+    assert group is not None, describe(result)
+    jobs = server.get(f"/groups/{group.group(0)}").json()["jobs"]
+    assert len(jobs) == 2
+    for job in jobs:
+        assert_every_attempt_failed(server, job["job_id"])
 
 
 def report_file(client: docker.DockerClient, job_id: str) -> Path | None:
