@@ -1,4 +1,4 @@
-"""The SQLite Store, through aiosqlite (one connection, WAL journal).
+"""The SQLite Store, through aiosqlite (a connection that writes, one that reads; WAL).
 
 The server and `ci-admin` may use one database file at once: WAL and a busy timeout let
 them, and every read sees the other's committed writes (a revoked key stops working at once).
@@ -332,30 +332,47 @@ def _event_from_row(row: aiosqlite.Row) -> JobEvent:
     )
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path)
+    db.row_factory = aiosqlite.Row
+    # The busy timeout first: switching to WAL waits on another process's migration.
+    await db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
 class SqliteStore(Store):
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._checkpointer = WalCheckpointer(self.path)
 
     @property
     def db(self) -> aiosqlite.Connection:
+        """The connection that writes (and migrates)."""
         if self._db is None:
             raise RuntimeError("the store is not open")
         return self._db
 
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The connection that reads: its own thread, so a read never waits behind a batch
+        of events being written (WAL lets it read what was committed meanwhile)."""
+        if self._reader is None:
+            raise RuntimeError("the store is not open")
+        return self._reader
+
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        self._db.row_factory = aiosqlite.Row
-        # The busy timeout first: switching to WAL waits on another process's migration.
-        await self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = await _connect(self.path)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         # WalCheckpointer does it, on its own connection (sqlite_wal.py says why).
         await self._db.execute("PRAGMA wal_autocheckpoint=0")
         await self._migrate()
+        self._reader = await _connect(self.path)
+        await self._reader.execute("PRAGMA query_only=1")
         await self._checkpointer.start()
 
     async def _version(self) -> int:
@@ -380,12 +397,15 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         await self._checkpointer.stop()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         if self._db is not None:
             await self._db.close()
             self._db = None
 
     async def ping(self) -> None:
-        async with self.db.execute("SELECT 1") as cursor:
+        async with self.reader.execute("SELECT 1") as cursor:
             await cursor.fetchone()
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
@@ -404,11 +424,12 @@ class SqliteStore(Store):
 
     async def group_jobs(self, group_id: str) -> list[Job]:
         query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE group_id = ?"
-        async with self.db.execute(query, (group_id,)) as cursor:
+        async with self.reader.execute(query, (group_id,)) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def get_job(self, job_id: str) -> Job:
-        async with self.db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:
+        query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+        async with self.reader.execute(query, (job_id,)) as c:
             row = await c.fetchone()
         if row is None:
             raise JobNotFound(job_id)
@@ -440,19 +461,19 @@ class SqliteStore(Store):
             params += [_time(cursor_job.created_at), cursor_job.id]
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         query = f"SELECT {JOB_COLUMNS} FROM jobs {where}ORDER BY created_at DESC, id DESC LIMIT ?"
-        async with self.db.execute(query, [*params, limit]) as cursor:
+        async with self.reader.execute(query, [*params, limit]) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
         marks = ",".join("?" * len(statuses))
         query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, id"
-        async with self.db.execute(query, [s.value for s in statuses]) as cursor:
+        async with self.reader.execute(query, [s.value for s in statuses]) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def count_jobs(self, *statuses: JobStatus) -> dict[JobStatus, int]:
         marks = ",".join("?" * len(statuses))
         query = f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY status"
-        async with self.db.execute(query, [s.value for s in statuses]) as cursor:
+        async with self.reader.execute(query, [s.value for s in statuses]) as cursor:
             counted = {JobStatus(status): count for status, count in await cursor.fetchall()}
         return {status: counted.get(status, 0) for status in statuses}
 
@@ -495,7 +516,7 @@ class SqliteStore(Store):
             "SELECT id, position FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) "
             f"AS position FROM jobs WHERE status = ?) WHERE id IN ({marks})"
         )
-        async with self.db.execute(query, [JobStatus.QUEUED.value, *job_ids]) as cursor:
+        async with self.reader.execute(query, [JobStatus.QUEUED.value, *job_ids]) as cursor:
             return {row["id"]: row["position"] for row in await cursor.fetchall()}
 
     async def request_cancel(self, job_id: str) -> bool:
@@ -511,7 +532,7 @@ class SqliteStore(Store):
 
     async def cancel_requests(self, worker: str) -> list[str]:
         query = "SELECT id FROM jobs WHERE status = ? AND worker = ? AND cancel_requested = 1"
-        async with self.db.execute(query, (JobStatus.RUNNING.value, worker)) as cursor:
+        async with self.reader.execute(query, (JobStatus.RUNNING.value, worker)) as cursor:
             return [row["id"] for row in await cursor.fetchall()]
 
     async def append_events(self, events: Sequence[JobEvent]) -> None:
@@ -541,14 +562,15 @@ class SqliteStore(Store):
         if limit is not None:
             query += " LIMIT ?"
             params = (*params, limit)
-        async with self.db.execute(query, params) as cursor:
+        async with self.reader.execute(query, params) as cursor:
             rows = await cursor.fetchall()
         # A page of log events may hold 16 MiB of JSON: decoded on the event loop, each
         # watcher replaying a long log stalled every request for tens of milliseconds.
         return await asyncio.to_thread(lambda: [_event_from_row(row) for row in rows])
 
     async def last_event_seq(self, job_id: str) -> int:
-        async with self.db.execute("SELECT MAX(seq) FROM events WHERE job_id=?", (job_id,)) as c:
+        query = "SELECT MAX(seq) FROM events WHERE job_id=?"
+        async with self.reader.execute(query, (job_id,)) as c:
             row = await c.fetchone()
         return row[0] if row and row[0] is not None else 0
 
@@ -592,7 +614,7 @@ class SqliteStore(Store):
             "SELECT position, node_id, outcome, duration, message, details FROM test_results "
             f"WHERE {' AND '.join(conditions)} ORDER BY position LIMIT ?"
         )
-        async with self.db.execute(query, [*params, -1 if limit is None else limit]) as cursor:
+        async with self.reader.execute(query, [*params, -1 if limit is None else limit]) as cursor:
             return [
                 TestResult(
                     node_id=row["node_id"],
@@ -625,7 +647,7 @@ class SqliteStore(Store):
             ) WHERE n <= ? ORDER BY node_id, n
         """
         params = [owner_id, project, *FINISHED_STATUSES, HISTORY_JOBS, runs]
-        async with self.db.execute(query, params) as cursor:
+        async with self.reader.execute(query, params) as cursor:
             return histories_of(tuple(row) for row in await cursor.fetchall())
 
     # -- artifacts and retention -------------------------------------------------------------
@@ -642,7 +664,7 @@ class SqliteStore(Store):
         query = (
             "SELECT position, path, size, sha256 FROM artifacts WHERE job_id=? ORDER BY position"
         )
-        async with self.db.execute(query, (job_id,)) as cursor:
+        async with self.reader.execute(query, (job_id,)) as cursor:
             return [
                 Artifact(row["path"], row["size"], row["sha256"], row["position"])
                 for row in await cursor.fetchall()
@@ -670,7 +692,7 @@ class SqliteStore(Store):
             offset,
             limit,
         ]
-        async with self.db.execute(query, params) as cursor:
+        async with self.reader.execute(query, params) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 
     async def delete_jobs(self, job_ids: Collection[str]) -> list[str]:
@@ -699,7 +721,7 @@ class SqliteStore(Store):
         await self.db.commit()
 
     async def environment_uses(self) -> dict[str, datetime]:
-        async with self.db.execute("SELECT tag, used_at FROM environment_uses") as cursor:
+        async with self.reader.execute("SELECT tag, used_at FROM environment_uses") as cursor:
             rows = await cursor.fetchall()
         return {row["tag"]: datetime.fromisoformat(row["used_at"]) for row in rows}
 
@@ -737,7 +759,7 @@ class SqliteStore(Store):
     async def list_workers(self) -> list[WorkerInfo]:
         now = utcnow()
         query = "SELECT name, max_jobs, started_at, heartbeat_at, stopped_at FROM workers"
-        async with self.db.execute(f"{query} ORDER BY name") as cursor:
+        async with self.reader.execute(f"{query} ORDER BY name") as cursor:
             rows = await cursor.fetchall()
         workers = []
         for row in rows:
@@ -801,7 +823,7 @@ class SqliteStore(Store):
         await self.db.commit()
 
     async def _one_user(self, where: str, value: str, missing: str) -> User:
-        async with self.db.execute(
+        async with self.reader.execute(
             f"SELECT {USER_COLUMNS} FROM users WHERE {where} = ?", (value,)
         ) as cursor:
             row = await cursor.fetchone()
@@ -817,7 +839,7 @@ class SqliteStore(Store):
 
     async def list_users(self) -> list[User]:
         query = f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"
-        async with self.db.execute(query) as cursor:
+        async with self.reader.execute(query) as cursor:
             return [_user_from_row(row) for row in await cursor.fetchall()]
 
     async def set_user_active(self, user_id: str, active: bool) -> User:
@@ -843,7 +865,7 @@ class SqliteStore(Store):
 
     async def get_api_key(self, key_id: str) -> ApiKey:
         query = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"
-        async with self.db.execute(query, (key_id,)) as cursor:
+        async with self.reader.execute(query, (key_id,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             raise ApiKeyNotFound(f"no API key with id {key_id!r}")
@@ -852,7 +874,7 @@ class SqliteStore(Store):
     async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
         where, params = ("WHERE user_id = ? ", (user_id,)) if user_id is not None else ("", ())
         query = f"SELECT {KEY_COLUMNS} FROM api_keys {where}ORDER BY created_at, id"
-        async with self.db.execute(query, params) as cursor:
+        async with self.reader.execute(query, params) as cursor:
             return [_key_from_row(row) for row in await cursor.fetchall()]
 
     async def revoke_api_key(self, key_id: str, at: datetime) -> ApiKey:
@@ -885,7 +907,7 @@ class SqliteStore(Store):
 
     async def get_session(self, token_hash: str) -> Session:
         query = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"
-        async with self.db.execute(query, (token_hash,)) as cursor:
+        async with self.reader.execute(query, (token_hash,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             raise SessionNotFound("no such session")
