@@ -34,6 +34,27 @@ MAX_MEMBER_NOTES = 20
 million members, and the server's own log lines are not bounded by CI_MAX_LOG_BYTES)."""
 NOTE_NAME_CHARS = 200
 """How much of a refused member's name its note shows (a tar's names may be megabytes)."""
+MAX_HEADER_BYTES = 64 * 1024
+"""The most a member's long name or extended (pax) header may hold: tarfile reads one whole
+into memory, and the tests could make it as big as the file."""
+_LONG_HEADERS = frozenset(
+    (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
+)
+
+
+class _BoundedHeaders(tarfile.TarInfo):
+    """A member's header, refused before it is read when it says it is too long."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _LONG_HEADERS and self.size > MAX_HEADER_BYTES:
+            raise _HeaderTooLong(
+                f"a member's header of more than {MAX_HEADER_BYTES:,} bytes ({self.size:,})"
+            )
+        return super()._proc_member(archive)  # pyright: ignore[reportAttributeAccessIssue]
+
+
+class _HeaderTooLong(tarfile.HeaderError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +141,7 @@ class _Collector:
                 return
             try:
                 # "r|": a stream, read once in order; nothing is extracted by tarfile.
-                with tarfile.open(fileobj=stream, mode="r|") as tar:
+                with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedHeaders) as tar:
                     for member in tar:
                         self._add_member(tar, member)
             except (tarfile.TarError, EOFError, OSError) as e:

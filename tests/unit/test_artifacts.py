@@ -15,7 +15,7 @@ import pytest
 
 from ci_common.artifact_paths import safe_path
 from ci_server.runner import collect_artifacts
-from ci_server.runner.artifacts import ArtifactLimits, collect
+from ci_server.runner.artifacts import MAX_HEADER_BYTES, ArtifactLimits, collect
 from ci_server.runner.collect_artifacts import matches
 from ci_server.runner.executor import ARTIFACTS_NAME, REPORT_NAME
 
@@ -204,7 +204,7 @@ def test_a_flood_of_refused_members_is_said_in_a_few_short_lines(tmp_path: Path)
         + [(member("ok"), b"again") for _ in range(2000)]
         + [(member(f"../{n}"), b"x") for n in range(2000)]
         + [(member(f"l{n}", tarfile.SYMTYPE, "/etc/passwd"), b"") for n in range(2000)]
-        + [(member("../" + "n" * 100_000), b"x")],
+        + [(member("../" + "n" * 60_000), b"x")],  # a long name, within MAX_HEADER_BYTES
     )
 
     collected = collect(output, folder, ArtifactLimits())
@@ -213,3 +213,24 @@ def test_a_flood_of_refused_members_is_said_in_a_few_short_lines(tmp_path: Path)
     assert len(collected.notes) <= 25, len(collected.notes)
     assert max(len(note) for note in collected.notes) < 500
     assert "5,981 more member(s) not kept for such reasons (6,001 in all)" in collected.notes
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_a_member_header_of_megabytes_ends_the_tar_before_it_is_read(
+    tmp_path: Path, tar_format: int
+) -> None:
+    # tarfile reads a long name (GNU) or an extended header (pax) whole into memory: the
+    # tests could make it as big as the file may be (CI_CONTAINER_FILE_MB, 1 GiB).
+    output, folder = tmp_path / "output", tmp_path / "kept"
+    output.mkdir()
+    folder.mkdir()
+    with tarfile.open(output / ARTIFACTS_NAME, "w", format=tar_format) as tar:
+        tar.addfile(member("first"), io.BytesIO(b""))
+        tar.addfile(member("n" * (MAX_HEADER_BYTES + 1)), io.BytesIO(b""))
+
+    collected = collect(output, folder, ArtifactLimits())
+
+    assert [a.path for a in collected.artifacts] == ["first"]
+    assert [note[:60] for note in collected.notes] == [
+        "the packed artifacts end early: a member's header of more th"
+    ]
