@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.harness import ServerProcess, run_ci, server_env
 from tests.e2e.test_cli import describe, job_id_from_submit
+from tests.integration.test_sqlite_api import UNKNOWN_ID
 
 pytestmark = pytest.mark.docker
 
@@ -90,6 +91,19 @@ def test_artifacts_download_byte_for_byte_and_show_lists_them(
     assert "test_writes" in (out / "junit.xml").read_text()
     assert shown.returncode == 0, describe(shown)
     assert "Artifacts (4, " in shown.stdout and f"ci artifacts {job_id}" in shown.stdout
+
+    # Another (non-admin) user: the job is unknown to them, word for word, and nothing written.
+    bob = {"CI_API_KEY": server.add_user("bob")}
+    theirs = run_ci(
+        "artifacts", job_id, "-o", str(tmp_path / "bob"), cwd=tmp_path, server=server, env=bob
+    )
+    unknown = run_ci(
+        "artifacts", UNKNOWN_ID, "-o", str(tmp_path / "bob"), cwd=tmp_path, server=server, env=bob
+    )
+    assert theirs.returncode == unknown.returncode != 0, describe(theirs)
+    assert theirs.stderr == unknown.stderr.replace(UNKNOWN_ID, job_id)
+    assert f"no job with id '{job_id}'" in theirs.stderr
+    assert not (tmp_path / "bob").exists()
 
 
 def test_hostile_artifacts_are_bounded_and_said(server: ServerProcess, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """GET /jobs/{id}/artifacts[/path] over a real SQLite file and file blob store: the job's
 report is kept as an artifact, listed with its size and digest, and downloads byte for byte
-as an attachment."""
+as an attachment; another user's job's artifacts are unknown to them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import hashlib
 from pathlib import Path
 
 from tests.fakes import FakeExecutor, FakeRun
-from tests.integration.test_sqlite_api import finished, make_settings, serve, submit
+from tests.integration.test_auth_api import act_as, add_person
+from tests.integration.test_sqlite_api import UNKNOWN_ID, finished, make_settings, serve, submit
 
 REPORT = (
     '<testsuites><testsuite><testcase classname="t" name="a" file="t.py"/></testsuite></testsuites>'
@@ -42,3 +43,22 @@ async def test_a_job_s_report_is_an_artifact_listed_and_downloaded(tmp_path: Pat
     assert missing.json()["detail"] == f"job {job_id} has no artifact 'htmlcov/index.html'"
     assert escape.status_code == 404
     assert unknown_job.status_code == 404
+
+
+async def test_another_users_artifacts_answer_exactly_like_an_unknown_job(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, auth=True)
+    ann, bob = await add_person(settings, "ann"), await add_person(settings, "bob")
+    async with serve(settings, FakeExecutor(FakeRun(report=REPORT))) as client:
+        job_id = (await submit(act_as(client, ann))).json()["job_id"]
+        await finished(client, job_id)
+
+        for path in ("/artifacts", "/artifacts/junit.xml", "/artifacts/none.txt"):
+            unknown = await client.get(f"/jobs/{UNKNOWN_ID}{path}", headers=bob.headers)
+            theirs = await client.get(f"/jobs/{job_id}{path}", headers=bob.headers)
+            assert (unknown.status_code, theirs.status_code) == (404, 404)
+            assert unknown.json() == {"detail": f"no job with id {UNKNOWN_ID!r}"}
+            assert theirs.json() == {"detail": f"no job with id {job_id!r}"}
+            assert unknown.headers.keys() == theirs.headers.keys()
+        own = await client.get(f"/jobs/{job_id}/artifacts/junit.xml", headers=ann.headers)
+
+    assert (own.status_code, own.content) == (200, REPORT.encode())
