@@ -28,7 +28,7 @@ from ci_common.tables import local_time, print_table
 from ci_common.version import version_line
 from ci_server import accounts
 from ci_server.models import CIError, JobStatus, WorkerInfo
-from ci_server.retention import prune_environments, prune_jobs
+from ci_server.retention import prune_environments, prune_jobs, prune_orphan_artifacts
 from ci_server.runner.docker import DockerExecutor
 from ci_server.runner.executor import ExecutorError
 from ci_server.settings import InvalidSettings, Settings, load_settings
@@ -244,9 +244,15 @@ async def prune(store: Store, args: argparse.Namespace) -> int:
     verb = "Would remove" if args.dry_run else "Removed"
     async with open_blob_store(settings) as blobs:
         pruned = await prune_jobs(store, blobs, settings, dry_run=args.dry_run)
+        orphans = await prune_orphan_artifacts(store, blobs, dry_run=args.dry_run)
     for job in pruned.jobs:
         print(f"job {job.id}  {job.status.value}  ended {local_time(job.finished_at)}")
-    _say(f"{verb} {len(pruned.jobs)} finished job(s) and {pruned.blobs} artifact(s)")
+    for key in orphans:
+        print(f"orphaned artifact {key}")
+    _say(
+        f"{verb} {len(pruned.jobs)} finished job(s) and {pruned.blobs} artifact(s), "
+        f"{len(orphans)} orphaned artifact(s)"
+    )
     if args.no_images:
         return EXIT_OK
     try:

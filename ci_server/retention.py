@@ -5,9 +5,11 @@ CI_MAX_JOBS_KEPT latest, go with everything they own: their events, test results
 artifact listings (one store transaction per batch, `JobStore.delete_jobs`), and their
 blobs (artifacts, an upload left over), deleted first, so that no blob outlives its
 listing. A queued or running job is never touched: the store only ever hands out and
-deletes finished ones. Environment images (this server's own, `ci.owner`) that no job used
-for CI_ENV_MAX_AGE_DAYS go too: their last use is in the store (`record_environment_use`,
-by the pipeline's EnvironmentCache), else their creation.
+deletes finished ones. Artifact blobs left with no listing (their job was cancelled, or its
+worker died, while they were being stored) go too, once their job has ended or is gone:
+retention goes by listings and would never find them. Environment images (this server's
+own, `ci.owner`) that no job used for CI_ENV_MAX_AGE_DAYS go too: their last use is in the
+store (`record_environment_use`, by the pipeline's EnvironmentCache), else their creation.
 
 `Pruner` does it every CI_PRUNE_INTERVAL_SECONDS in every process, a batch of BATCH jobs at a
 time with a pause between batches and at most MAX_BATCHES per round, so that a backlog never
@@ -22,11 +24,11 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ci_server.models import Job, utcnow
+from ci_server.models import Job, JobNotFound, utcnow
 from ci_server.periodic import cancel_all, start_every
 from ci_server.runner.executor import Executor, ExecutorError
 from ci_server.settings import Settings
-from ci_server.store.blobs import BlobStore, artifact_key
+from ci_server.store.blobs import CLEANUP_GRACE, BlobStore, artifact_key, parse_artifact_key
 from ci_server.store.repository import JobStore
 from ci_server.uploads import release_upload
 
@@ -47,6 +49,8 @@ class Pruned:
 
     jobs: list[Job] = field(default_factory=list)
     blobs: int = 0
+    orphans: list[str] = field(default_factory=list)
+    """Keys of artifact blobs no listing had."""
     images: list[str] = field(default_factory=list)
 
 
@@ -91,6 +95,54 @@ async def prune_jobs(
             break
         await asyncio.sleep(PAUSE_SECONDS)
     return pruned
+
+
+async def prune_orphan_artifacts(
+    store: JobStore,
+    blobs: BlobStore,
+    *,
+    dry_run: bool = False,
+    max_batches: int | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Delete the artifact blobs that no listing names, of jobs that ended or are gone;
+    their keys. A queued or running job's are left (its artifacts may be being stored),
+    and so is any blob stored within CLEANUP_GRACE. BATCH jobs are looked up a step."""
+    before = (now or utcnow()) - CLEANUP_GRACE
+    by_job: dict[str, list[tuple[str, int]]] = {}
+    for blob in await blobs.list_blobs():
+        parsed = parse_artifact_key(blob.key)
+        if parsed is not None and blob.stored_at < before:
+            by_job.setdefault(parsed[0], []).append((blob.key, parsed[1]))
+    job_ids = list(by_job)
+    orphans: list[str] = []
+    for batches, start in enumerate(range(0, len(job_ids), BATCH)):
+        if max_batches is not None and batches >= max_batches:
+            break
+        if batches:
+            await asyncio.sleep(PAUSE_SECONDS)
+        for job_id in job_ids[start : start + BATCH]:
+            listed = await _listed_positions(store, job_id)
+            if listed is None:
+                continue
+            doomed = [key for key, position in by_job[job_id] if position not in listed]
+            if not dry_run:
+                for key in doomed:
+                    await blobs.delete(key)
+            orphans += doomed
+    return orphans
+
+
+async def _listed_positions(store: JobStore, job_id: str) -> set[int] | None:
+    """The positions the job's artifact listing has (none for a job gone); None while the
+    job is queued or running."""
+    try:
+        job = await store.get_job(job_id)
+    except JobNotFound:
+        return set()
+    if not job.status.is_terminal:
+        return None
+    return {artifact.position for artifact in await store.artifacts(job_id)}
 
 
 async def _delete_blobs(store: JobStore, blobs: BlobStore, job: Job) -> int:
@@ -156,13 +208,18 @@ class Pruner:
 
     async def prune(self) -> Pruned:
         pruned = await prune_jobs(self.store, self.blobs, self.settings, max_batches=MAX_BATCHES)
+        pruned.orphans = await prune_orphan_artifacts(
+            self.store, self.blobs, max_batches=MAX_BATCHES
+        )
         if self.executor is not None:
             pruned.images = await prune_environments(self.store, self.executor, self.settings)
-        if pruned.jobs or pruned.images:
+        if pruned.jobs or pruned.orphans or pruned.images:
             logger.info(
-                "retention: removed %d job(s), %d artifact(s), %d environment image(s)",
+                "retention: removed %d job(s), %d artifact(s), %d orphaned artifact(s), "
+                "%d environment image(s)",
                 len(pruned.jobs),
                 pruned.blobs,
+                len(pruned.orphans),
                 len(pruned.images),
             )
         return pruned

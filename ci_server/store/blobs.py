@@ -68,6 +68,15 @@ def artifact_key(job_id: str, position: int) -> str:
     return f"{job_id}.artifact.{position}"
 
 
+_ARTIFACT_KEY = re.compile(r"([0-9a-f]{12})\.artifact\.([0-9]{1,9})")
+
+
+def parse_artifact_key(key: str) -> tuple[str, int] | None:
+    """The job id and position of an `artifact_key`; None for any other key."""
+    match = _ARTIFACT_KEY.fullmatch(key)
+    return (match[1], int(match[2])) if match else None
+
+
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
     key: str

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -109,3 +110,63 @@ def test_prune_removes_old_finished_jobs_with_all_they_own_and_nothing_else(
     )
     assert after["events"] == {ids["recent"]: 1, ids["queued"]: 0}
     assert not any(ids["old"] in path.name for path in tmp_path.rglob("*"))
+
+
+# -- artifact blobs no listing names ----------------------------------------------------------
+
+
+async def _seed_orphans(database: Path, blobs_dir: Path) -> dict[str, list[str]]:
+    """Artifact blobs with and without listings: of a job cancelled while they were stored,
+    of a finished job (one listed, one not), of a job gone, of a running job, and one just
+    stored; every one but the last stored two hours ago (the file's time)."""
+    async with SqliteStore(database) as store, FileBlobStore(blobs_dir) as blobs:
+        listed = await _finished(store, blobs, 1, days_ago=1)  # listed: 0 and 1
+        cancelled = make_job(2)
+        await store.add_job(cancelled)
+        running = claim(cancelled, "w")
+        assert await store.update_job(running, expected=JobStatus.QUEUED)
+        ended = transition(running, JobStatus.CANCELLED)
+        assert await store.update_job(ended, expected=JobStatus.RUNNING)
+        waiting = make_job(3)
+        await store.add_job(waiting)
+        still_running = claim(waiting, "w")
+        assert await store.update_job(still_running, expected=JobStatus.QUEUED)
+        orphans = [
+            artifact_key(cancelled.id, 0),
+            artifact_key(cancelled.id, 1),
+            artifact_key(listed.id, 2),
+            artifact_key("0000000000ff", 0),
+        ]
+        kept = [artifact_key(still_running.id, 0)]
+        for key in orphans + kept:
+            await blobs.put(key, _bytes(b"left"))
+        two_hours_ago = time.time() - 7200
+        for key in orphans + kept:
+            os.utime(blobs_dir / key, (two_hours_ago, two_hours_ago))
+        await blobs.put(artifact_key("0000000000fe", 0), _bytes(b"just stored"))
+    fresh = [artifact_key("0000000000fe", 0)]
+    listed_keys = [artifact_key(listed.id, 0), artifact_key(listed.id, 1), listed.id]
+    return {"orphans": orphans, "kept": sorted(kept + fresh + listed_keys)}
+
+
+def test_prune_removes_artifact_blobs_no_listing_names_of_jobs_ended_or_gone(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "ci.db"
+    blobs_dir = tmp_path / "ci.db.data" / "blobs"
+    seeded = asyncio.run(_seed_orphans(database, blobs_dir))
+    before = asyncio.run(_state(database, blobs_dir))
+
+    dry = _prune(database, "--dry-run")
+
+    assert dry.returncode == 0, dry.stderr
+    listed = [line.removeprefix("orphaned artifact ") for line in dry.stdout.splitlines()]
+    assert sorted(listed) == sorted(seeded["orphans"]), dry.stdout
+    assert "0 artifact(s), 4 orphaned artifact(s)" in dry.stderr
+    assert asyncio.run(_state(database, blobs_dir)) == before
+
+    done = _prune(database)
+
+    assert done.returncode == 0, done.stderr
+    assert "Removed 0 finished job(s) and 0 artifact(s), 4 orphaned artifact(s)" in done.stderr
+    assert asyncio.run(_state(database, blobs_dir))["blobs"] == seeded["kept"]
