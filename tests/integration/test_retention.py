@@ -1,24 +1,45 @@
 """Retention over a real SQLite file and file blob store, through the real `ci-admin prune`:
 old finished jobs go with everything they own (rows, artifact and upload blobs: files on
-disk), and nothing else does; `--dry-run` prints the same and removes nothing."""
+disk), and nothing else does; `--dry-run` prints the same and removes nothing. Artifact
+blobs no listing names go once their job has ended or is gone. On a real Docker engine, this
+server's environment images unused for CI_ENV_MAX_AGE_DAYS go (by `ci-admin prune` and the
+periodic Pruner), and no other server's."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import io
+import json
 import os
 import subprocess
+import tarfile
 import time
-from datetime import timedelta
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
 
 from ci_server.models import Artifact, Job, JobStatus, utcnow
 from ci_server.models import TestOutcome as Outcome
 from ci_server.models import TestResult as Result
+from ci_server.retention import Pruner
+from ci_server.runner.docker import DockerExecutor
+from ci_server.runner.environments import IMAGE_REPOSITORY
+from ci_server.runner.executor import ENVIRONMENT_LABEL, OWNER_LABEL
+from ci_server.settings import Settings
 from ci_server.states import claim, transition
 from ci_server.store.blobs import artifact_key
 from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.store.sqlite import SqliteStore
 from tests.e2e.harness import admin_command
+from tests.fakes import wait_until
 from tests.unit.test_store_contract import make_event, make_job
 
 
@@ -64,11 +85,12 @@ async def _state(database: Path, blobs_dir: Path) -> dict[str, object]:
     return {"jobs": jobs, "events": events, "blobs": kept}
 
 
-def _prune(database: Path, *options: str) -> subprocess.CompletedProcess[str]:
+def _prune(database: Path, *options: str, images: bool = False) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CI_")}
-    env |= {"CI_RETENTION_DAYS": "30", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    env |= {"CI_RETENTION_DAYS": "30", "CI_ENV_MAX_AGE_DAYS": "30"}
+    no_images = [] if images else ["--no-images"]
     return subprocess.run(
-        [*admin_command(), "--db", str(database), "prune", "--no-images", *options],
+        [*admin_command(), "--db", str(database), "prune", *no_images, *options],
         env=env,
         capture_output=True,
         text=True,
@@ -170,3 +192,137 @@ def test_prune_removes_artifact_blobs_no_listing_names_of_jobs_ended_or_gone(
     assert done.returncode == 0, done.stderr
     assert "Removed 0 finished job(s) and 0 artifact(s), 4 orphaned artifact(s)" in done.stderr
     assert asyncio.run(_state(database, blobs_dir))["blobs"] == seeded["kept"]
+
+
+# -- environment images on a real Docker engine -----------------------------------------------
+
+LONG_AGO = "2020-01-01T00:00:00Z"
+
+
+def _load_environment_image(client: docker.DockerClient, owner: str, key: str) -> str:
+    """An environment image as the cache tags and labels it (EnvironmentCache.tag,
+    ENVIRONMENT_LABEL, OWNER_LABEL), made in an instant: one empty layer, created LONG_AGO
+    (`docker load` of a hand-made archive; a build or a commit would be created now).
+    Its tag."""
+    tag = f"{IMAGE_REPOSITORY}:{key[:20]}-{owner[:8]}"
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w"):
+        pass
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": LONG_AGO,
+            "config": {"Labels": {ENVIRONMENT_LABEL: key, OWNER_LABEL: owner}},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": [f"sha256:{hashlib.sha256(layer.getvalue()).hexdigest()}"],
+            },
+        }
+    ).encode()
+    manifest = [{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, data in [
+            ("layer.tar", layer.getvalue()),
+            ("config.json", config),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ]:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    client.images.load(archive.getvalue())
+    return tag
+
+
+@dataclass
+class _Images:
+    stale: str
+    """Of this server, last used 40 days ago."""
+    never_used: str
+    """Of this server, no use recorded: its creation (LONG_AGO) counts."""
+    recent: str
+    """Of this server, created LONG_AGO but used a day ago."""
+    another_server: str
+    """Of another server (another ci.owner) on the same engine, as old as can be."""
+
+    def all(self) -> list[str]:
+        return [self.stale, self.never_used, self.recent, self.another_server]
+
+
+@pytest.fixture
+def images(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[_Images]:
+    owner = Settings(db_path=tmp_path / "ci.db").instance_id
+    other = Settings(db_path=tmp_path / "another" / "ci.db").instance_id
+    suffix = uuid.uuid4().hex
+    made = _Images(
+        stale=_load_environment_image(docker_client, owner, f"a{suffix}"),
+        never_used=_load_environment_image(docker_client, owner, f"b{suffix}"),
+        recent=_load_environment_image(docker_client, owner, f"c{suffix}"),
+        another_server=_load_environment_image(docker_client, other, f"d{suffix}"),
+    )
+
+    async def record_uses() -> None:
+        async with SqliteStore(tmp_path / "ci.db") as store:
+            await store.record_environment_use(made.stale, utcnow() - timedelta(days=40))
+            await store.record_environment_use(made.recent, utcnow() - timedelta(days=1))
+            await store.record_environment_use(made.another_server, utcnow() - timedelta(days=90))
+
+    asyncio.run(record_uses())
+    yield made
+    for tag in made.all():
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag)
+
+
+def _present(client: docker.DockerClient, tags: list[str]) -> list[str]:
+    found = []
+    for tag in tags:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.get(tag)
+            found.append(tag)
+    return found
+
+
+@pytest.mark.docker
+def test_prune_removes_this_servers_environment_images_unused_for_long_only(
+    tmp_path: Path, images: _Images, docker_client: docker.DockerClient
+) -> None:
+    dry = _prune(tmp_path / "ci.db", "--dry-run", images=True)
+
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(dry.stdout.split()[1::2]) == sorted([images.stale, images.never_used])
+    assert "Would remove 2 environment image(s)" in dry.stderr
+    assert _present(docker_client, images.all()) == images.all()
+
+    done = _prune(tmp_path / "ci.db", images=True)
+
+    assert done.returncode == 0, done.stderr
+    assert "Removed 2 environment image(s)" in done.stderr
+    assert _present(docker_client, images.all()) == [images.recent, images.another_server]
+
+    async def uses() -> dict[str, datetime]:
+        async with SqliteStore(tmp_path / "ci.db") as store:
+            return await store.environment_uses()
+
+    assert set(asyncio.run(uses())) == {images.recent, images.another_server}
+
+
+@pytest.mark.docker
+async def test_the_periodic_pruner_removes_stale_environment_images(
+    tmp_path: Path, images: _Images, docker_client: docker.DockerClient
+) -> None:
+    settings = Settings(db_path=tmp_path / "ci.db", prune_interval_seconds=0.2)
+    async with (
+        SqliteStore(settings.db_path) as store,
+        FileBlobStore(tmp_path / "blobs") as blobs,
+        DockerExecutor(settings.instance_id) as executor,
+        Pruner(store, blobs, settings, executor),
+    ):
+        await wait_until(
+            lambda: _present(docker_client, [images.stale, images.never_used]) == [],
+            what="the stale images to go",
+            within=30,
+            interval=0.2,
+        )
+    assert _present(docker_client, images.all()) == [images.recent, images.another_server]
