@@ -28,7 +28,6 @@ from ci_client.render import (
     format_event,
     format_group_outcome,
     format_outcome,
-    format_size,
     is_group,
     job_labels,
     print_artifacts,
@@ -38,6 +37,7 @@ from ci_client.render import (
     print_test_history,
 )
 from ci_client.terminal import SafeStream
+from ci_common.sizes import format_size
 from ci_common.version import version_line
 
 EXIT_PASSED = 0

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 from ci_client.client import Event
+from ci_common.sizes import format_size
 from ci_common.tables import local_time, print_table
 
 SYSTEM_PREFIX = "[ci] "
@@ -26,15 +27,6 @@ def format_duration(seconds: float | None) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
-
-
-def format_size(size: float) -> str:
-    """`848 B`, `1.2 MB`."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def format_time(value: str | None) -> str:

@@ -16,6 +16,7 @@ from ci_common.artifact_paths import MAX_PATH_CHARS
 from ci_server.api.auth import CurrentUser, current_user
 from ci_server.api.jobs import JobId, Service, documented
 from ci_server.api.schemas import ArtifactOut
+from ci_server.models import Artifact
 
 router = APIRouter(
     prefix="/jobs",
@@ -53,14 +54,19 @@ async def download_artifact(
     user: CurrentUser,
 ) -> StreamingResponse:
     """One artifact's bytes, as an attachment (never shown as a page: the tests wrote it)."""
-    artifact, chunks = await service.artifact(user, job_id, path)
+    return attachment(*await service.artifact(user, job_id, path))
+
+
+def attachment(artifact: Artifact, chunks: AsyncGenerator[bytes, None]) -> StreamingResponse:
+    """An artifact's bytes as a download the browser never shows nor sniffs (the API's and
+    the dashboard's: a job's tests wrote it)."""
 
     async def body() -> AsyncGenerator[bytes, None]:
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 yield chunk
 
-    name = quote(path.rsplit("/", 1)[-1], safe="")
+    name = quote(artifact.path.rsplit("/", 1)[-1], safe="")
     return StreamingResponse(
         body(),
         media_type="application/octet-stream",

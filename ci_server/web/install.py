@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ci_server.web import live, logs, pages
+from ci_server.web import artifacts, live, logs, pages
 from ci_server.web.access import SignInRequired
 from ci_server.web.rendering import STATIC_DIR, STATIC_PREFIX, CachedStaticFiles, Pages
 
@@ -19,6 +19,7 @@ def install_dashboard(app: FastAPI) -> None:
     """The forms' CSRF token when authentication is off (CI_AUTH=off, one loopback host)."""
     app.include_router(pages.router)
     app.include_router(logs.router)
+    app.include_router(artifacts.router)
     app.include_router(live.router)
     app.mount(STATIC_PREFIX, CachedStaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(SignInRequired, _sign_in)

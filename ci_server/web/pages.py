@@ -1,4 +1,5 @@
-"""The dashboard's pages: sign-in and sign-out, the jobs, one job, and its cancel.
+"""The dashboard's pages: sign-in and sign-out, the jobs, one job (its artifacts listed:
+web/artifacts.py serves them), and its cancel.
 
 Pages reach jobs through the JobService only, as the API's routes do: another user's job is
 JobNotFound, and its page the same 404 as an unknown id's. A cancel (and a sign-out) must
@@ -152,7 +153,8 @@ async def _details_context(
 ) -> dict[str, Any]:
     view = await service.get(user, job_id)
     owners = await owner_names(request.app.state.store, [view])
-    return {"view": view, "owners": owners}
+    artifacts = await service.artifacts(user, job_id)
+    return {"view": view, "owners": owners, "artifacts": artifacts}
 
 
 @router.get("/job/{job_id}")

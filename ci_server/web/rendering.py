@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from ci_common.sizes import format_size
 from ci_server.models import JobStatus, TestSummary
 
 HERE = Path(__file__).parent
@@ -106,7 +107,11 @@ class Pages:
         self.env.globals["static"] = lambda name: f"{STATIC_PREFIX}/{name}?v={versions[name]}"
         self.env.globals["statuses"] = list(JobStatus)
         self.env.filters.update(
-            duration=duration, when=when, counts=counts, status_word=STATUS_WORDS.__getitem__
+            duration=duration,
+            when=when,
+            counts=counts,
+            size=format_size,
+            status_word=STATUS_WORDS.__getitem__,
         )
 
     def render(self, template: str, **context: Any) -> str:

@@ -119,6 +119,11 @@ def test_a_running_jobs_log_arrives_live_in_order_and_its_failure_is_shown(
     with page.expect_download() as download:
         page.get_by_role("link", name="Download the raw log").click()
     assert "counting 30" in download.value.path().read_text()
+    # Its artifacts (the JUnit report) download through the session, as files.
+    with page.expect_download() as report:
+        page.get_by_role("link", name="junit.xml").click()
+    assert report.value.suggested_filename == "junit.xml"
+    assert "test_fails_with_a_message" in report.value.path().read_text()
 
 
 def test_at_phone_width_nothing_is_out_of_screen_and_the_keyboard_opens_a_job(

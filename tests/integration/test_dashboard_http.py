@@ -1,6 +1,6 @@
 """The dashboard over HTTP (httpx + ASGI, a real SQLite file, the FakeExecutor): sessions,
-CSRF, who sees which job, the log's pages and download, static files. What a browser does
-with the pages is tests/browser's."""
+CSRF, who sees which job, the log's pages and download, a job's artifacts, static files.
+What a browser does with the pages is tests/browser's."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ci_server.settings import Settings
 from ci_server.store.sqlite import SqliteStore
 from ci_server.users import Session
 from tests.fakes import FakeExecutor, FakeRun
+from tests.integration.test_artifacts_api import REPORT
 from tests.integration.test_auth_api import People, Person, add_person
 from tests.integration.test_sqlite_api import (
     PASSING_PROJECT,
@@ -322,3 +323,34 @@ async def test_jobs_filter_by_project_with_status_and_pages(
     assert shown(everything, every) == [other, shop[2]]
     page = (await client.get(f"/job/{other}")).text
     assert '<dt>Project</dt><dd><a href="/?project=other"' in page
+
+
+async def test_the_job_page_lists_its_artifacts_and_they_download_as_attachments(
+    settings: Settings, people: People
+) -> None:
+    async with serve(settings, FakeExecutor(FakeRun(report=REPORT))) as client:
+        job_id = await job_of(client, people.ann)
+        download = f"/job/{job_id}/artifacts/junit.xml"
+        without_session = await client.get(download)
+        await sign_in(client, people.ann)
+        page = await client.get(f"/job/{job_id}")
+        details = await client.get(f"/job/{job_id}/details")
+        file = await client.get(download)
+        unlisted = await client.get(f"/job/{job_id}/artifacts/htmlcov/index.html")
+        client.cookies.clear()
+        await sign_in(client, people.bob)
+        theirs = await client.get(download)
+        unknown = await client.get(f"/job/{UNKNOWN_ID}/artifacts/junit.xml")
+
+    link = f'<a href="{download}" download>junit.xml</a> <span class="size">{len(REPORT)} B</span>'
+    assert page.status_code == 200 and link in page.text and link in details.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self';")
+    assert without_session.status_code == 401
+    assert (file.status_code, file.content) == (200, REPORT.encode())
+    assert file.headers["content-type"] == "application/octet-stream"
+    assert file.headers["content-disposition"] == "attachment; filename*=UTF-8''junit.xml"
+    assert file.headers["x-content-type-options"] == "nosniff"
+    assert unlisted.status_code == 404
+    assert (theirs.status_code, unknown.status_code) == (404, 404)
+    assert theirs.json() == {"detail": f"no job with id {job_id!r}"}
+    assert unknown.json() == {"detail": f"no job with id {UNKNOWN_ID!r}"}
