@@ -142,7 +142,8 @@ class Settings(BaseSettings):
     max_jobs_kept: int = Field(
         default=0,
         ge=0,
-        description="at most this many finished jobs are kept (the latest); 0: no limit",
+        description="at most this many finished jobs of each user are kept (their latest); "
+        "0: no limit",
     )
     env_max_age_days: float = Field(
         default=30.0,

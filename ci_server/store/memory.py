@@ -234,11 +234,16 @@ class MemoryStore(Store):
             (job for job in self._jobs.values() if job.status.is_terminal),
             key=lambda job: (job.finished_at or job.created_at, job.id),
         )
-        surplus = len(finished) - keep_newest if keep_newest > 0 else 0
+        kept: dict[str | None, int] = {}  # how many of each owner's newest are kept
+        surplus: set[str] = set()
+        for job in reversed(finished):
+            kept[job.owner_id] = kept.get(job.owner_id, 0) + 1
+            if 0 < keep_newest < kept[job.owner_id]:
+                surplus.add(job.id)
         doomed = [
             job
-            for n, job in enumerate(finished)
-            if n < surplus or (job.finished_at or job.created_at) < finished_before
+            for job in finished
+            if job.id in surplus or (job.finished_at or job.created_at) < finished_before
         ]
         return doomed[:limit]
 

@@ -742,12 +742,13 @@ class PostgresStore(Store):
         self, *, finished_before: datetime, keep_newest: int = 0, limit: int = 100
     ) -> list[Job]:
         ended = "COALESCE(finished_at, created_at)"
-        # Past the newest `keep_newest`; none when it is 0 (OFFSET NULL would be all).
+        # Past their owner's newest `keep_newest`; none when it is 0.
         rows = await self.pool.fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ANY($1::text[]) "
             f"AND ({ended} < $2 OR ($3 > 0 AND id IN ("
-            f"SELECT id FROM jobs WHERE status = ANY($1::text[]) "
-            f"ORDER BY {ended} DESC, id DESC OFFSET $3"
+            "SELECT id FROM (SELECT id, ROW_NUMBER() OVER ("
+            f"PARTITION BY owner_id ORDER BY {ended} DESC, id DESC) AS newest "
+            "FROM jobs WHERE status = ANY($1::text[])) AS ranked WHERE newest > $3"
             f"))) ORDER BY {ended}, id LIMIT $4",
             list(FINISHED_STATUSES),
             finished_before,

@@ -200,7 +200,8 @@ class JobStore(Lifecycle):
     ) -> list[Job]:
         """Finished jobs that retention may remove, the earliest finished first, at most
         `limit`: those finished before `finished_before`, and with `keep_newest` > 0 those
-        past the `keep_newest` latest finished ones. Never a queued or running job."""
+        past the `keep_newest` latest finished ones of their owner (one user's jobs never
+        push another's out). Never a queued or running job."""
 
     @abc.abstractmethod
     async def delete_jobs(self, job_ids: Collection[str]) -> list[str]:

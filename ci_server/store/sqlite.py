@@ -675,23 +675,18 @@ class SqliteStore(Store):
     ) -> list[Job]:
         statuses = ",".join("?" * len(FINISHED_STATUSES))
         ended = "COALESCE(finished_at, created_at)"
-        # Past the newest `keep_newest` (none past them when it is 0: OFFSET of all rows).
+        # Past their owner's newest `keep_newest` (none when it is 0).
         surplus = (
-            f"SELECT id FROM jobs WHERE status IN ({statuses}) "
-            f"ORDER BY {ended} DESC, id DESC LIMIT -1 OFFSET ?"
+            "SELECT id FROM (SELECT id, ROW_NUMBER() OVER ("
+            f"PARTITION BY owner_id ORDER BY {ended} DESC, id DESC) AS newest "
+            f"FROM jobs WHERE status IN ({statuses})) WHERE newest > ?"
         )
         query = (
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({statuses}) "
             f"AND ({ended} < ? OR id IN ({surplus})) ORDER BY {ended}, id LIMIT ?"
         )
-        offset = keep_newest if keep_newest > 0 else 2**62
-        params = [
-            *FINISHED_STATUSES,
-            _time(finished_before),
-            *FINISHED_STATUSES,
-            offset,
-            limit,
-        ]
+        keep = keep_newest if keep_newest > 0 else 2**62
+        params = [*FINISHED_STATUSES, _time(finished_before), *FINISHED_STATUSES, keep, limit]
         async with self.reader.execute(query, params) as cursor:
             return [_job_from_row(row) for row in await cursor.fetchall()]
 

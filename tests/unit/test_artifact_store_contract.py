@@ -82,6 +82,20 @@ async def test_prunable_jobs_past_the_newest_kept(store: JobStore) -> None:
     assert await store.prunable_jobs(finished_before=long_ago, keep_newest=5) == []
 
 
+async def test_one_users_many_jobs_never_push_out_anothers(store: JobStore) -> None:
+    ann = await finished(store, 1, NOW - timedelta(hours=20), owner_id="ann")
+    flood = [
+        await finished(store, n, NOW - timedelta(hours=10 - n), owner_id="bob")
+        for n in range(2, 6)
+    ]
+    long_ago = NOW - timedelta(days=365)
+
+    surplus = await store.prunable_jobs(finished_before=long_ago, keep_newest=2)
+
+    assert [job.id for job in surplus] == [job.id for job in flood[:2]]
+    assert ann.id not in {job.id for job in surplus}  # her oldest job is her newest
+
+
 async def test_delete_jobs_removes_finished_jobs_and_all_they_own_and_nothing_else(
     store: JobStore,
 ) -> None:
