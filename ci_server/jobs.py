@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncGenerator, Collection, Sequence
@@ -60,10 +61,13 @@ from ci_server.runner.shapes import MAX_FILE_BYTES
 from ci_server.runner.workspace import check_archive
 from ci_server.settings import Settings
 from ci_server.states import transition
+from ci_server.stopwatch import Stopwatch
 from ci_server.store.blobs import BlobStore, artifact_key
 from ci_server.store.repository import MAX_HISTORY_RUNS, Store
 from ci_server.uploads import release_upload
 from ci_server.users import User, can_see, owner_filter
+
+logger = logging.getLogger(__name__)
 
 CANCEL_WAIT_SECONDS = 10.0
 """How long a cancel of a running job waits for its end before it answers (the job as it
@@ -362,7 +366,9 @@ class JobService:
         """The manifest of the user's `tree`, checked, in a file to keep as the job's
         upload; the job's project name and ci.toml (read from the tree's top-level files)."""
         await asyncio.to_thread(self._check_free_space)
+        steps = Stopwatch(logger, f"tree {tree[:12]}")
         files = await self.contents.manifest(user.id, tree)
+        steps.lap(f"walked into a manifest of {len(files)} files")
         with tempfile.TemporaryDirectory(dir=self.incoming_dir, prefix="naming-") as folder:
             root = Path(folder)
             await self.contents.fetch_files(user.id, files, NAMING_FILES, root, MAX_FILE_BYTES)
@@ -371,7 +377,10 @@ class JobService:
             else:
                 name = await asyncio.to_thread(project_name, root, directory=directory)
             config = await asyncio.to_thread(config_or_empty, root)
-        return await asyncio.to_thread(self._write_manifest, files), name, config
+        steps.lap("named")
+        written = await asyncio.to_thread(self._write_manifest, files)
+        steps.lap("manifest written")
+        return written, name, config
 
     def _write_manifest(self, files: list[ManifestFile]) -> Path:
         with tempfile.NamedTemporaryFile(dir=self.incoming_dir, delete=False) as target:
