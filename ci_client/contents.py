@@ -20,7 +20,7 @@ import zstandard
 from ci_client.archive import iter_project_files
 from ci_client.client import CIClient
 from ci_client.hashcache import HashCache
-from ci_common.trees import TreeEntry, content_hash, encode_tree, new_hasher, record_header
+from ci_common.trees import TreeEntry, content_hash, encode_tree, hash_file, record_header
 
 READ_CHUNK = 1024 * 1024
 BATCH_BYTES = 8 * 1024 * 1024
@@ -45,14 +45,6 @@ class Sent:
     files: int
     bytes: int
     """On the wire: questions and batches."""
-
-
-def hash_file(path: Path) -> str:
-    hasher = new_hasher()
-    with path.open("rb") as file:
-        while chunk := file.read(READ_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def snapshot(root: Path, cache: HashCache) -> Snapshot:

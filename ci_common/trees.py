@@ -24,9 +24,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 HASH_CHARS = 64
+READ_CHUNK = 1024 * 1024
 _HASH = re.compile(r"[0-9a-f]{64}")
 TREE_FORMAT = "ci-tree-1"
 BATCH_MEDIA_TYPE = "application/x-ci-blobs+zstd"
@@ -46,6 +48,15 @@ def content_hash(data: bytes) -> str:
 
 new_hasher = hashlib.sha256
 """A hash in progress, for bytes that come in pieces (`content_hash` of them all)."""
+
+
+def hash_file(path: Path) -> str:
+    """`content_hash` of a file's bytes, read in pieces."""
+    hasher = new_hasher()
+    with path.open("rb") as file:
+        while chunk := file.read(READ_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def is_hash(text: object) -> bool:

@@ -41,6 +41,7 @@ from ci_server.models import BlobNotFound, ContentsMissing, InvalidUpload, Stora
 from ci_server.runner.workspace import (
     ArchiveLimits,
     ManifestBudget,
+    remove_tree,
     safe_entry_name,
     safe_relative_path,
 )
@@ -255,23 +256,32 @@ class Contents:
         """Note that `root` was just submitted: its contents are kept content_keep_hours."""
         await self.blobs.put_many([(ref_key(owner, root), b"")])
 
-    async def assemble(self, owner: str, manifest: Path, destination: Path) -> None:
-        """Write the files of the server's `manifest` into the new folder `destination`,
-        from the owner's contents; StorageFailure if any is gone."""
-        files = await asyncio.to_thread(read_manifest, manifest)
-        targets = await asyncio.to_thread(_prepare, destination, files)
+    async def assemble(
+        self,
+        owner: str,
+        files: list[ManifestFile],
+        destination: Path,
+        present: Collection[ManifestFile] = (),
+    ) -> int:
+        """Make the folder `destination`, which holds the files `present` (a tree kept from
+        an earlier job: workspace_cache.py) or nothing, hold `files`: write from the owner's
+        contents those not there already, remove those gone, set executable bits; how many
+        files were written. StorageFailure if a content is gone."""
+        try:
+            wanted = await asyncio.to_thread(_update_tree, destination, present, files)
+        except OSError:  # the kept tree is not as its manifest says: write it all
+            await asyncio.to_thread(_emptied, destination)
+            wanted = await asyncio.to_thread(_update_tree, destination, [], files)
         try:
             written = await self.blobs.fetch_many(
-                [
-                    (content_key(owner, f.hash), target)
-                    for f, target in zip(files, targets, strict=True)
-                ]
+                [(content_key(owner, f.hash), _path_in(destination, f)) for f in wanted]
             )
         except BlobNotFound as e:
             raise StorageFailure(f"a content of the job's upload is missing: {e}") from None
-        if written != sum(f.size for f in files):
+        if written != sum(f.size for f in wanted):
             raise StorageFailure("the job's contents are not the size its manifest says")
-        await asyncio.to_thread(_set_modes, destination, files, targets)
+        await asyncio.to_thread(_set_modes, destination, wanted)
+        return len(wanted)
 
     async def fetch_files(
         self, owner: str, files: list[ManifestFile], names: Collection[str], folder: Path, most: int
@@ -294,21 +304,54 @@ def _check_hash(hash_: str, data: bytes) -> None:
         raise InvalidUpload(f"content {hash_} does not match its hash: refused")
 
 
-def _prepare(destination: Path, files: list[ManifestFile]) -> list[Path]:
-    destination.mkdir(parents=True, exist_ok=False)
-    root = destination.resolve()
-    targets = []
+def _path_in(root: Path, file: ManifestFile) -> Path:
+    return root.joinpath(*file.path.split("/"))
+
+
+def _folders(files: Collection[ManifestFile]) -> set[str]:
+    """Every folder the files are in, at every depth (`a`, `a/b` for `a/b/c.py`)."""
+    folders = set()
     for file in files:
-        target = root.joinpath(*file.path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        targets.append(target)
-    return targets
+        parts = file.path.split("/")[:-1]
+        folders.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    return folders
 
 
-def _set_modes(destination: Path, files: list[ManifestFile], targets: list[Path]) -> None:
-    """As a zip's unpack: readable by the unprivileged user the tests run as, executable
-    bits kept."""
-    for file, target in zip(files, targets, strict=True):
-        target.chmod(0o755 if file.executable else 0o644)
-    for directory in [destination, *(p for p in destination.rglob("*") if p.is_dir())]:
-        directory.chmod(0o755)
+def _update_tree(
+    root: Path, present: Collection[ManifestFile], files: Collection[ManifestFile]
+) -> list[ManifestFile]:
+    """Remove from the tree `root` (made if need be), which holds `present`, the files and
+    folders `files` do not have, make the folders they add, set the executable bits that
+    changed; the files whose content is still to write. Folders are 0755 and files 0644 or
+    0755, as a zip's unpack makes them (readable by the user the tests run as)."""
+    root.mkdir(exist_ok=True)
+    root.chmod(0o755)
+    before = {file.path: file for file in present}
+    after = {file.path: file for file in files}
+    for path in before.keys() - after.keys():
+        _path_in(root, before[path]).unlink()
+    old_folders, new_folders = _folders(present), _folders(files)
+    for folder in sorted(old_folders - new_folders, key=lambda f: f.count("/"), reverse=True):
+        root.joinpath(*folder.split("/")).rmdir()
+    for folder in sorted(new_folders - old_folders, key=lambda f: f.count("/")):
+        made = root.joinpath(*folder.split("/"))
+        made.mkdir()
+        made.chmod(0o755)
+    wanted = []
+    for path, file in after.items():
+        old = before.get(path)
+        if old is None or (old.hash, old.size) != (file.hash, file.size):
+            wanted.append(file)
+        elif old.executable != file.executable:
+            _path_in(root, file).chmod(0o755 if file.executable else 0o644)
+    return wanted
+
+
+def _emptied(root: Path) -> None:
+    remove_tree(root)
+    root.mkdir()
+
+
+def _set_modes(root: Path, files: list[ManifestFile]) -> None:
+    for file in files:
+        _path_in(root, file).chmod(0o755 if file.executable else 0o644)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ci_server.contents import Contents, is_manifest
+from ci_server.contents import Contents, ManifestFile, is_manifest, read_manifest
 from ci_server.durations import recorded_durations
 from ci_server.events import JobChannel
 from ci_server.groups import version_key
@@ -33,7 +33,7 @@ from ci_server.models import (
 )
 from ci_server.runner.artifacts import collect as collect_artifacts
 from ci_server.runner.config import ConfigError, ProjectConfig, load_config
-from ci_server.runner.content import content_hash, project_digest
+from ci_server.runner.content import content_hash, files_digest, project_digest
 from ci_server.runner.environments import EnvironmentCache
 from ci_server.runner.executor import REPORT_DIR, Executor, ExecutorError, ImageMissing, RunSpec
 from ci_server.runner.layers import JobImage, Layers
@@ -59,8 +59,10 @@ from ci_server.runner.scripts import (
 )
 from ci_server.runner.workspace import remove_tree, unpack_archive
 from ci_server.settings import Settings
+from ci_server.stopwatch import Stopwatch
 from ci_server.store.blobs import BlobStore, artifact_key
 from ci_server.store.repository import JobStore
+from ci_server.workspace_cache import WorkspaceCache
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,9 @@ class JobPipeline:
         self.settings = settings
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
         self.contents = Contents(blobs, settings.archive_limits, self.workspaces_dir)
+        self.workspaces = WorkspaceCache(
+            settings.resolved_data_dir / "workspace-cache", settings.workspace_cache_size
+        )
         self.environments = EnvironmentCache(
             executor,
             owner=settings.instance_id,
@@ -117,8 +122,10 @@ class JobPipeline:
         environment there, which installs it."""
         self.reports = ReportReader(settings.report_limits)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop the report reader; wait for the workspace cache's evictions."""
         self.reports.close()
+        await self.workspaces.aclose()
 
     async def run(self, job: Job, channel: JobChannel) -> Outcome:
         """Run the claimed `job`, publishing its log on `channel`, within its timeout; how
@@ -140,30 +147,68 @@ class JobPipeline:
             return Outcome(JobStatus.ERROR, reason=f"system error: {e}")
         finally:
             log.finish()
+            removing = Stopwatch(logger, f"job {job.id}")
             await asyncio.to_thread(remove_tree, workspace)
+            removing.lap("workspace removed")
 
     async def _test(self, job: Job, workspace: Path, log: _JobLog) -> Outcome:
         """Unpack, pick the environment, run pytest and read its report."""
-        project, output = workspace / "src", workspace / "output"
-        limits = self.settings.archive_limits
+        project = workspace / "src"
+        steps = Stopwatch(logger, f"job {job.id}")
+        files = await self._unpack(job, workspace, project)
+        steps.lap("workspace written")
+        if files is None or job.owner_id is None:  # a zip (a manifest has an owner)
+            digest = await asyncio.to_thread(project_digest, project)
+            steps.lap("content hashed")
+            return await self._test_unpacked(job, workspace, digest, log, steps)
+        try:
+            digest = files_digest((f.path, f.executable, f.size, f.hash) for f in files)
+            return await self._test_unpacked(job, workspace, digest, log, steps)
+        finally:
+            kept = await self.workspaces.keep(job.owner_id, job.project, files, project)
+            steps.lap("workspace kept" if kept else "workspace not kept")
+
+    async def _unpack(self, job: Job, workspace: Path, project: Path) -> list[ManifestFile] | None:
+        """The job's upload as the folder `project`: a zip unpacked (None), or the files of
+        the server's manifest (contents.py), written over the tree kept from the owner's last
+        job of the project (workspace_cache.py) when there is one."""
         archive = workspace / "upload.zip"
         try:
             await self.blobs.fetch(job.upload_key, archive)
         except BlobNotFound:
             raise StorageFailure("the job's upload is missing from the blob store") from None
-        if await asyncio.to_thread(is_manifest, archive):
+        try:
+            if not await asyncio.to_thread(is_manifest, archive):
+                limits = self.settings.archive_limits
+                await asyncio.to_thread(unpack_archive, archive, project, limits)
+                return None
             if job.owner_id is None:  # a manifest's contents are its owner's, always set
                 raise StorageFailure("the job's upload names contents but the job no owner")
-            await self.contents.assemble(job.owner_id, archive, project)
-        else:
-            await asyncio.to_thread(unpack_archive, archive, project, limits)
-        await asyncio.to_thread(archive.unlink)
-        files_digest = await asyncio.to_thread(project_digest, project)
+            files = await asyncio.to_thread(read_manifest, archive)
+            present = await self.workspaces.take(job.owner_id, job.project, project)
+            written = await self.contents.assemble(job.owner_id, files, project, present)
+            logger.debug(
+                "job %s: %d of %d files written (%d were there)",
+                job.id,
+                written,
+                len(files),
+                len(present),
+            )
+            return files
+        finally:
+            await asyncio.to_thread(archive.unlink, missing_ok=True)
+
+    async def _test_unpacked(
+        self, job: Job, workspace: Path, digest: str, log: _JobLog, steps: Stopwatch
+    ) -> Outcome:
+        """The job's run on its unpacked project, whose files' digest is `digest`."""
+        project, output = workspace / "src", workspace / "output"
         output.mkdir()
         config = await asyncio.to_thread(load_config, project)
         image = self._image(job, config)
         # It reads the tests too, and the job's own pytest args for the plugins they need.
         plan = await asyncio.to_thread(plan_install, project, config, job.pytest_args)
+        steps.lap("planned")
         pytest_args = [*config.pytest_args, *job.pytest_args]
         spec = RunSpec(
             job_id=job.id,
@@ -184,7 +229,7 @@ class JobPipeline:
             spec = replace(spec, inputs=await self._shard_inputs(job, workspace, log))
         tail = OutputTail()
         outcome = await self._run_tests(
-            job, spec, plan, config, pytest_args, last_failed, tail, log
+            job, spec, plan, config, pytest_args, last_failed, tail, log, steps
         )
         if isinstance(outcome, Outcome):
             return outcome
@@ -194,7 +239,8 @@ class JobPipeline:
             return Outcome(JobStatus.FAILED, exit_code, "installing the project failed")
         summary = await self._store_results(job, output, exit_code, tail, log)
         await self._keep_artifacts(job, output, workspace / "artifacts", log)
-        tested = content_hash(files_digest, environment)
+        steps.lap("report read")
+        tested = content_hash(digest, environment)
         limit_reached = self._limit_reached(exit_code, output / JUNIT_FILE)
         if limit_reached:
             return Outcome(JobStatus.FAILED, exit_code, limit_reached, summary, tested)
@@ -283,6 +329,7 @@ class JobPipeline:
         last_failed: Sequence[str] | None,
         tail: OutputTail,
         log: _JobLog,
+        steps: Stopwatch,
     ) -> tuple[int, str] | Outcome:
         """Run the tests in the image the layers make for the job, with nothing to install
         from the network: the pytest's status and the key of the environment it ran in
@@ -302,6 +349,7 @@ class JobPipeline:
                 exit_code = await self._run_in(
                     prepared, spec, plan, config, pytest_args, last_failed, tail, log
                 )
+                steps.lap("container run")
             except ImageMissing as e:
                 if not self.environments.forget(e.image):
                     raise

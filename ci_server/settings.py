@@ -207,6 +207,12 @@ class Settings(BaseSettings):
     env_cache_size: int = Field(
         default=20, ge=1, description="environment images kept (of this server's own)"
     )
+    workspace_cache_size: int = Field(
+        default=4,
+        ge=0,
+        description="projects sent as contents whose last workspace each worker keeps, so "
+        "that their next job writes only what changed; 0: none",
+    )
     warm_containers: int = Field(
         default=2,
         ge=0,

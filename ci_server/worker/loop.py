@@ -138,7 +138,7 @@ class Worker:
         self._chores, self._stop_listening = [], []
         with contextlib.suppress(Exception):
             await self.store.worker_stopped(self.name)
-        self.pipeline.close()
+        await self.pipeline.aclose()
 
     async def _recover(self) -> None:
         """End what a previous run of this worker left: its containers, its running jobs (a

@@ -127,3 +127,57 @@ def test_a_content_that_does_not_match_its_hash_is_refused(
     )
     assert answer.status_code == 400
     assert "does not match its hash" in answer.json()["detail"]
+
+
+ATTACK = """
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_source_is_as_sent_and_the_kept_tree_cannot_be_changed():
+    assert (ROOT / "victim.txt").read_text() == "as sent\\n"
+    assert (ROOT / "victim.txt").stat().st_mode & 0o777 == 0o644
+    assert not (ROOT / "planted.txt").exists()
+    attempts = [
+        lambda: Path("/src/victim.txt").write_text("changed\\n"),
+        lambda: os.chmod("/src/victim.txt", 0o777),
+        lambda: os.unlink("/src/victim.txt"),
+        lambda: os.rename("/src/victim.txt", "/src/moved.txt"),
+        lambda: Path("/src/planted.txt").write_text("planted\\n"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError):
+            attempt()
+    # Its own copy is its to change.
+    (ROOT / "victim.txt").write_text("changed\\n")
+    os.chmod(ROOT / "victim.txt", 0o777)
+    (ROOT / "planted.txt").write_text("planted\\n")
+"""
+
+
+def test_a_job_cannot_change_the_workspace_the_next_job_of_its_project_gets(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The worker keeps a project's last workspace for its next job (workspace_cache.py),
+    mounted read-only into the job's container: a job that tries to change it, to plant a
+    file or to change a mode, changes only its own copy, and the next job gets the files as
+    sent."""
+    root = tmp_path / "attack"
+    (root / "tests").mkdir(parents=True)
+    (root / "tests" / "test_attack.py").write_text(ATTACK)
+    (root / "victim.txt").write_text("as sent\n")
+    (root / "pyproject.toml").write_text('[project]\nname = "attack"\nversion = "0"\n')
+    for round_ in ("first", "second", "third"):
+        (root / "round.txt").write_text(f"{round_}\n")  # each submit a new tree
+        sent, _, _ = submit(root, server)
+        assert sent == (4 if round_ == "first" else 1)
+    # The jobs ran on the kept tree: the worker has it, with its files as sent.
+    kept = Path(server.env["CI_DATA_DIR"]) / "workspace-cache"
+    (entry,) = kept.iterdir()
+    assert (entry / "files" / "victim.txt").read_text() == "as sent\n"
+    assert (entry / "files" / "round.txt").read_text() == "third\n"
+    assert not (entry / "files" / "planted.txt").exists()

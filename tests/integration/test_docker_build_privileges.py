@@ -43,6 +43,34 @@ async def test_the_capabilities_given_back_are_those_and_no_more(
     assert int(output.decode().strip(), 16) == sum(1 << BITS[name] for name in APT_CAPABILITIES)
 
 
+async def test_not_even_root_with_apts_capabilities_can_change_the_workspace(
+    executor: DockerExecutor, spec: RunSpec
+) -> None:
+    """A build runs as root (a system packages' build with capabilities): the workspace is
+    mounted read-only all the same, so the tree a worker keeps for the project's next job
+    (workspace_cache.py) stays as it was sent."""
+    hello = spec.workspace / "hello.txt"
+    before = (hello.read_bytes(), hello.stat().st_mode, sorted(spec.workspace.iterdir()))
+    attempts = [
+        "echo changed > /src/hello.txt",
+        "chmod 777 /src/hello.txt",
+        "chown 1234 /src/hello.txt",
+        "rm /src/hello.txt",
+        "mv /src/hello.txt /src/moved.txt",
+        "touch /src/planted.txt",
+        "mount -o remount,rw /src",
+    ]
+    script = "; ".join(f"{{ {a}; }} 2>/dev/null && echo CHANGED: {a!r}" for a in attempts)
+    for capabilities in ((), APT_CAPABILITIES):
+        as_root = replace(
+            spec, job_id=unique(""), script=f"{script}; true", user="0:0", capabilities=capabilities
+        )
+        status, output = await run(executor, as_root)
+        assert status == 0, output
+        assert b"CHANGED" not in output, output
+    assert (hello.read_bytes(), hello.stat().st_mode, sorted(spec.workspace.iterdir())) == before
+
+
 @pytest.fixture
 async def image_with_marker(
     executor: DockerExecutor, spec: RunSpec, docker_client: docker.DockerClient

@@ -5,7 +5,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from ci_server.runner.content import content_hash, project_digest
+from ci_common.trees import content_hash as content_hash_of
+from ci_server.runner.content import content_hash, files_digest, project_digest
 from ci_server.runner.workspace import ArchiveLimits, unpack_archive
 
 LIMITS = ArchiveLimits()
@@ -62,3 +63,14 @@ def test_the_content_hash_depends_on_the_files_and_the_environment() -> None:
     }
     assert len(hashes) == 3
     assert content_hash("files", "env") == content_hash("files", "env")
+
+
+def test_a_zip_and_a_manifest_of_the_same_files_give_the_same_digest(tmp_path: Path) -> None:
+    """A project sent as contents gets its digest from its manifest, without reading its
+    files: the same as the same files zipped, so jobs from either count as the same code."""
+    modes = {"run.sh": 0o755}
+    zipped = unpacked(tmp_path, "zip", [(p, d, modes.get(p, 0o644), s) for p, d, _, s in entries()])
+    manifest = [
+        (path, path in modes, len(data), content_hash_of(data)) for path, data in FILES.items()
+    ]
+    assert files_digest(manifest) == zipped

@@ -61,11 +61,7 @@ async def test_a_tree_becomes_the_workspace_it_describes(
     root = await tree(contents, "ann", [file("a.py", b"print(1)\n"), TreeEntry("bin", "dir", sub)])
 
     files = await contents.manifest("ann", root)
-    manifest = tmp_path / "manifest"
-    from ci_server.contents import encode_manifest
-
-    manifest.write_bytes(encode_manifest(files))
-    await contents.assemble("ann", manifest, tmp_path / "ws")
+    assert await contents.assemble("ann", files, tmp_path / "ws") == 3
 
     assert (tmp_path / "ws" / "a.py").read_bytes() == b"print(1)\n"
     assert (tmp_path / "ws" / "bin" / "run.sh").stat().st_mode & 0o777 == 0o755
