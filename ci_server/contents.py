@@ -21,6 +21,7 @@ import asyncio
 import io
 import json
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +42,9 @@ from ci_server.models import BlobNotFound, ContentsMissing, InvalidUpload, Stora
 from ci_server.runner.workspace import (
     ArchiveLimits,
     ManifestBudget,
+    check_path_length,
     remove_tree,
     safe_entry_name,
-    safe_relative_path,
 )
 from ci_server.store.blobs import BlobStore
 
@@ -58,6 +59,10 @@ SMALL_BLOB = 1024**2
 MAX_BATCH_MEMORY = 64 * 1024**2
 """Most bytes of small blobs one batch may hold (the client sends up to 8 MiB a batch)."""
 COPY_CHUNK = 1024**2
+KNOWN_TREE_ENTRIES = 100_000
+"""Entries of trees the API keeps decoded and checked in memory (about 20 MB), the least
+recently walked dropped first: an owner's unchanged folders are not read again at their
+next submit."""
 
 
 def content_key(owner: str, hash_: str) -> str:
@@ -99,25 +104,48 @@ def is_manifest(path: Path) -> bool:
 
 def read_manifest(path: Path) -> list[ManifestFile]:
     """The files of a manifest the server wrote (its paths checked again all the same)."""
-    files = []
     with path.open("rb") as file:
         file.read(len(MANIFEST_START))
-        for line in file:
-            name, size, executable, hash_ = json.loads(line)
-            if not safe_relative_path(name, "manifest entry").parts or not is_hash(hash_):
-                raise InvalidUpload(f"manifest entry {name!r} cannot be read")
-            files.append(ManifestFile(name, int(size), bool(executable), hash_))
+        # One document: a row never holds a raw newline (JSON escapes them in strings).
+        rows = json.loads(b"[" + file.read().replace(b"\n", b",") + b"]")
+    files = []
+    for name, size, executable, hash_ in rows:
+        if not _is_safe_path(name) or not is_hash(hash_):
+            raise InvalidUpload(f"manifest entry {name!r} cannot be read")
+        files.append(ManifestFile(name, int(size), bool(executable), hash_))
     return files
+
+
+def _is_safe_path(path: str) -> bool:
+    """Whether `path` is safe names joined by `/`, not too long (as a walk makes them)."""
+    try:
+        for name in path.split("/"):
+            safe_entry_name(name)
+        check_path_length(path, "manifest entry")
+    except InvalidUpload:
+        return False
+    return True
 
 
 class Contents:
     """One owner's contents in the blob store, and the rules for what refers to them."""
 
-    def __init__(self, blobs: BlobStore, limits: ArchiveLimits, scratch: Path) -> None:
+    def __init__(
+        self, blobs: BlobStore, limits: ArchiveLimits, scratch: Path, *, known_trees: int = 0
+    ) -> None:
+        """`known_trees`: how many entries of trees to keep decoded in memory (the API's
+        submits: KNOWN_TREE_ENTRIES)."""
         self.blobs = blobs
         self.limits = limits
         self.scratch = scratch
         """Where large blobs of a batch wait for their put (the incoming uploads' folder)."""
+        self._known_trees: OrderedDict[tuple[str, str], list[TreeEntry]] = OrderedDict()
+        """(owner, hash) -> the tree's entries, read from the owner's contents, their names
+        checked. A hash names its bytes, so what they decode to never changes; whether the
+        owner still has the tree does not matter to a job, which needs only its files,
+        whose contents `manifest` looks up every time."""
+        self._known_entries = 0
+        self._most_known = known_trees
 
     async def missing(self, owner: str, hashes: Collection[str]) -> list[str]:
         """Those of `hashes` the owner has not uploaded, in the order asked."""
@@ -227,8 +255,8 @@ class Contents:
             tree, prefix, depth = pending.pop()
             on_tree(tree)
             for entry in await self._tree(owner, tree):
-                path = f"{prefix}{safe_entry_name(entry.name)}"
-                safe_relative_path(path, "manifest entry")  # the whole path's length
+                path = f"{prefix}{entry.name}"  # each name checked by _tree
+                check_path_length(path, "manifest entry")
                 if entry.kind == "dir":
                     # Charged when named, not when read: the folders waiting to be read
                     # (and their paths in memory) stay within the limit too.
@@ -239,6 +267,22 @@ class Contents:
                     on_file(ManifestFile(path, entry.size, entry.executable, entry.hash))
 
     async def _tree(self, owner: str, hash_: str) -> list[TreeEntry]:
+        """The entries of the owner's tree `hash_`, each name one safe path component."""
+        known = self._known_trees.get((owner, hash_))
+        if known is not None:
+            self._known_trees.move_to_end((owner, hash_))
+            return known
+        entries = await self._read_tree(owner, hash_)
+        for entry in entries:
+            safe_entry_name(entry.name)
+        self._known_trees[owner, hash_] = entries
+        self._known_entries += len(entries)
+        while self._known_entries > self._most_known and self._known_trees:
+            _, dropped = self._known_trees.popitem(last=False)
+            self._known_entries -= len(dropped)
+        return entries
+
+    async def _read_tree(self, owner: str, hash_: str) -> list[TreeEntry]:
         try:
             data = await self.blobs.read_bytes(content_key(owner, hash_), MAX_TREE_BYTES)
         except BlobNotFound:

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ci_server import accounts
-from ci_server.contents import Contents, ManifestFile, Received, encode_manifest
+from ci_server.contents import (
+    KNOWN_TREE_ENTRIES,
+    Contents,
+    ManifestFile,
+    Received,
+    encode_manifest,
+)
 from ci_server.events import EventHub
 from ci_server.groups import (
     GroupAlreadyFinished,
@@ -100,7 +106,9 @@ class JobService:
         """Where uploads wait for their job's worker, under the job's id."""
         self.settings = settings
         self.incoming_dir = settings.resolved_data_dir / "incoming"
-        self.contents = Contents(blobs, settings.archive_limits, self.incoming_dir)
+        self.contents = Contents(
+            blobs, settings.archive_limits, self.incoming_dir, known_trees=KNOWN_TREE_ENTRIES
+        )
         self._owner_watch: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> JobService:

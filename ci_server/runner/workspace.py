@@ -77,11 +77,16 @@ def safe_relative_path(name: str, what: str) -> PurePosixPath:
         raise InvalidUpload(f"{what} {name!r} points outside the project")
     if "\0" in name:
         raise InvalidUpload(f"{what} {name[:200]!r} has a NUL character")
-    if _utf8_length(name) > MAX_PATH_BYTES:
-        raise InvalidUpload(f"{what} {name[:200]!r}... is longer than {MAX_PATH_BYTES} bytes")
+    check_path_length(name, what)
     if any(_utf8_length(part) > MAX_NAME_BYTES for part in path.parts):
         raise InvalidUpload(f"{what} {name[:200]!r} has a name longer than {MAX_NAME_BYTES} bytes")
     return path
+
+
+def check_path_length(name: str, what: str) -> None:
+    """InvalidUpload, naming `what`, if the path `name` is longer than MAX_PATH_BYTES."""
+    if _utf8_length(name) > MAX_PATH_BYTES:
+        raise InvalidUpload(f"{what} {name[:200]!r}... is longer than {MAX_PATH_BYTES} bytes")
 
 
 def _utf8_length(text: str) -> int:
@@ -99,9 +104,15 @@ def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
     return path
 
 
+_NOT_IN_PLAIN_NAMES = frozenset("/\\\0:")
+
+
 def safe_entry_name(name: str) -> str:
     """A manifest's entry name if it is one safe path component (the rules of
     `safe_relative_path`, and no `/`, `\\`, `.` or empty name); InvalidUpload otherwise."""
+    plain = name not in ("", ".", "..") and _NOT_IN_PLAIN_NAMES.isdisjoint(name)
+    if plain and _utf8_length(name) <= MAX_NAME_BYTES:
+        return name  # plainly one safe component (checked this way: 20,000 names a submit)
     path = safe_relative_path(name, "manifest entry")
     if path.parts != (name,):
         raise InvalidUpload(f"manifest entry {name[:200]!r} is not a single file or folder name")

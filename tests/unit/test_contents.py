@@ -205,3 +205,32 @@ async def test_a_path_longer_than_the_limit_is_refused(contents: Contents) -> No
         deep = await tree(roomy, "ann", [TreeEntry(f"{n}" * 250, "dir", deep)])
     with pytest.raises(InvalidUpload, match="longer than 2048 bytes"):
         await roomy.manifest("ann", deep)
+
+
+async def test_trees_walked_before_are_not_read_again_and_stay_their_owners(
+    tmp_path: Path,
+) -> None:
+    """The API keeps trees it walked decoded (a hash names its bytes): an unchanged folder
+    is not read again at the next submit; another owner naming the same tree still needs it
+    and its files among their own contents."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    await blobs.open()
+    contents = Contents(blobs, LIMITS, tmp_path, known_trees=100)
+    await send(contents, "ann", b"a", b"b")
+    sub = await tree(contents, "ann", [file("a.txt", b"a")])
+    first = await tree(contents, "ann", [TreeEntry("sub", "dir", sub), file("b.txt", b"b")])
+    second = await tree(contents, "ann", [TreeEntry("sub", "dir", sub)])
+    reads = CountingReads(contents)
+
+    await contents.manifest("ann", first)
+    assert reads.reads == 2
+    files = await contents.manifest("ann", second)
+    assert [f.path for f in files] == ["sub/a.txt"]
+    assert reads.reads == 3  # the new root only
+
+    with pytest.raises(ContentsMissing):
+        await contents.manifest("bob", second)
+    await send(contents, "bob", encode_tree([TreeEntry("sub", "dir", sub)]))
+    with pytest.raises(ContentsMissing):
+        await contents.manifest("bob", second)  # his own root, but not ann's folder
+    await blobs.close()
