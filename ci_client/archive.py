@@ -7,7 +7,9 @@ git-compatible matcher.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,36 +87,48 @@ def _excluded_dir(directory: Path) -> bool:
     return name in ALWAYS_EXCLUDED_DIRS or name.endswith(".egg-info") or _is_virtualenv(directory)
 
 
-def iter_project_files(root: Path) -> Iterator[Path]:
-    """Paths (relative to `root`, sorted per folder) of the files worth sending."""
-    specs: list[tuple[Path, GitIgnoreSpec]] = []
+def iter_project_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """The files worth sending: each one's path relative to `root` (with `/`, sorted per
+    folder) and its status (stat: followed, as reading it will), one stat a file."""
+    specs: list[tuple[str, GitIgnoreSpec]] = []
+    """The .gitignore files found: their folder (relative, "" for the root) and patterns."""
 
-    def ignored(relative: Path, is_dir: bool) -> bool:
+    def ignored(relative: str, is_dir: bool) -> bool:
         for base, spec in specs:
-            if relative.is_relative_to(base):
-                text = relative.relative_to(base).as_posix() + ("/" if is_dir else "")
+            if not base or relative.startswith(f"{base}/"):
+                text = relative[len(base) + 1 if base else 0 :] + ("/" if is_dir else "")
                 if spec.match_file(text):
                     return True
         return False
 
-    for current, dirnames, filenames in os.walk(root):
-        here = Path(current)
-        relative_here = here.relative_to(root)
+    pending = [""]
+    while pending:
+        relative_here = pending.pop()
+        here = root / relative_here if relative_here else root
+        prefix = f"{relative_here}/" if relative_here else ""
         gitignore = here / ".gitignore"
         if gitignore.is_file():
             lines = gitignore.read_text(errors="replace").splitlines()
             specs.append((relative_here, GitIgnoreSpec.from_lines(lines)))
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if not _excluded_dir(here / d) and not ignored(relative_here / d, is_dir=True)
-        )
-        for name in sorted(filenames):
-            relative = relative_here / name
-            if name.endswith(ALWAYS_EXCLUDED_SUFFIXES) or ignored(relative, is_dir=False):
+        folders, files = [], []
+        with os.scandir(here) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if not entry.is_symlink():  # as os.walk: a link to a folder is not entered
+                        folders.append(entry.name)
+                else:
+                    files.append(entry)
+        for name in sorted(folders, reverse=True):  # popped in order
+            if not _excluded_dir(here / name) and not ignored(prefix + name, is_dir=True):
+                pending.append(prefix + name)
+        for entry in sorted(files, key=lambda e: e.name):
+            relative = prefix + entry.name
+            if entry.name.endswith(ALWAYS_EXCLUDED_SUFFIXES) or ignored(relative, is_dir=False):
                 continue
-            if (here / name).is_file():  # skips broken links, sockets and the like
-                yield relative
+            with contextlib.suppress(OSError):  # a broken link
+                status = entry.stat()
+                if stat.S_ISREG(status.st_mode):  # not a socket or the like
+                    yield relative, status
 
 
 def build_archive(root: Path, destination: Path) -> ArchiveSummary:
@@ -126,9 +140,8 @@ def build_archive(root: Path, destination: Path) -> ArchiveSummary:
     with zipfile.ZipFile(
         destination, "w", compression=zipfile.ZIP_DEFLATED, strict_timestamps=False
     ) as archive:
-        for relative in iter_project_files(root):
-            path = root / relative
-            archive.write(path, relative.as_posix())
+        for relative, status in iter_project_files(root):
+            archive.write(root / relative, relative)
             files += 1
-            source_bytes += path.stat().st_size
+            source_bytes += status.st_size
     return ArchiveSummary(files, source_bytes, destination.stat().st_size)

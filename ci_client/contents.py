@@ -9,6 +9,7 @@ BATCH_BYTES and returns what it sent; the caller submits the root's hash.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class Snapshot:
     root: str
     trees: dict[str, bytes] = field(default_factory=dict)
     children: dict[str, list[str]] = field(default_factory=dict)
-    files: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)
     """A file of each content and its size, by hash."""
     file_count: int = 0
     total_bytes: int = 0
@@ -51,22 +52,21 @@ def snapshot(root: Path, cache: HashCache) -> Snapshot:
     """The project under `root` as trees of contents (files hashed or found in `cache`)."""
     root = root.resolve()
     folders: dict[str, list[TreeEntry]] = {"": []}
-    files: dict[str, tuple[Path, int]] = {}
+    files: dict[str, tuple[str, int]] = {}
     count = total = 0
-    for relative in iter_project_files(root):
-        path = root / relative
-        status = path.stat()
+    for relative, status in iter_project_files(root):
+        path = f"{root}{os.sep}{relative}"
         hash_ = cache.get(path, status)
         if hash_ is None:
-            hash_ = hash_file(path)
+            hash_ = hash_file(Path(path))
             cache.put(path, status, hash_)
-        parts = relative.parts
-        for depth in range(1, len(parts)):
-            folders.setdefault("/".join(parts[:depth]), [])
+        folder, _, name = relative.rpartition("/")
+        if folder not in folders:
+            parts = folder.split("/")
+            for depth in range(1, len(parts) + 1):
+                folders.setdefault("/".join(parts[:depth]), [])
         executable = bool(status.st_mode & 0o111)
-        folders["/".join(parts[:-1])].append(
-            TreeEntry(parts[-1], "file", hash_, status.st_size, executable)
-        )
+        folders[folder].append(TreeEntry(name, "file", hash_, status.st_size, executable))
         files.setdefault(hash_, (path, status.st_size))
         count += 1
         total += status.st_size
@@ -132,7 +132,7 @@ def _write_record(writer: zstandard.ZstdCompressionWriter, snap: Snapshot, hash_
     path, size = snap.files[hash_]
     writer.write(record_header(hash_, size))
     left = size
-    with path.open("rb") as file:  # changed since it was hashed: the server refuses it
+    with Path(path).open("rb") as file:  # changed since it was hashed: the server refuses it
         while left and (chunk := file.read(min(left, READ_CHUNK))):
             writer.write(chunk)
             left -= len(chunk)

@@ -67,14 +67,14 @@ class HashCache:
         finally:
             connection.close()
 
-    def get(self, path: Path, status: os.stat_result) -> str | None:
-        known = self._known.get(str(path))
+    def get(self, path: str, status: os.stat_result) -> str | None:
+        known = self._known.get(path)
         if known is not None and known[:2] == (status.st_size, status.st_mtime_ns):
             self.hits += 1
             return known[2]
         return None
 
-    def put(self, path: Path, status: os.stat_result, hash_: str) -> None:
+    def put(self, path: str, status: os.stat_result, hash_: str) -> None:
         if time.time_ns() - status.st_mtime_ns < RACY_SECONDS * 1e9:
             return
-        self._new.append((str(path), status.st_size, status.st_mtime_ns, hash_))
+        self._new.append((path, status.st_size, status.st_mtime_ns, hash_))
