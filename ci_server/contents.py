@@ -227,13 +227,13 @@ class Contents:
         not uploaded, ContentsMissing; a file whose size is not its content's, InvalidUpload."""
         files: list[ManifestFile] = []
         await self.walk(owner, root, lambda _tree: None, files.append)
-        keys = {content_key(owner, f.hash) for f in files}
-        sizes = await self.blobs.sizes(keys)
-        absent = sorted({f.hash for f in files if content_key(owner, f.hash) not in sizes})
+        keys = [content_key(owner, f.hash) for f in files]
+        sizes = await self.blobs.sizes(set(keys))
+        absent = sorted({f.hash for f, key in zip(files, keys, strict=True) if key not in sizes})
         if absent:
             raise ContentsMissing(absent)
-        for file in files:
-            if sizes[content_key(owner, file.hash)] != file.size:
+        for file, key in zip(files, keys, strict=True):
+            if sizes[key] != file.size:
                 raise InvalidUpload(f"manifest entry {file.path!r}: its size is not its content's")
         return files
 

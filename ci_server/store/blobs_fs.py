@@ -174,16 +174,17 @@ class FileBlobStore(BlobStore):
         return await asyncio.to_thread(self._path(key).is_file)
 
     async def sizes(self, keys: Collection[str]) -> dict[str, int]:
-        paths = {key: self._path(key) for key in keys}
         with storage_errors("could not look for blobs"):
-            return await asyncio.to_thread(self._sizes, paths)
+            return await asyncio.to_thread(self._sizes, list(keys))
 
-    @staticmethod
-    def _sizes(paths: dict[str, Path]) -> dict[str, int]:
+    def _sizes(self, keys: list[str]) -> dict[str, int]:
+        """In a thread: a manifest asks about 20,000 keys (as strings: Path objects for each
+        took 0.17 s)."""
+        folder = f"{self.directory}{os.sep}"
         found = {}
-        for key, path in paths.items():
+        for key in keys:
             with contextlib.suppress(FileNotFoundError):
-                found[key] = path.stat().st_size
+                found[key] = os.stat(folder + check_key(key)).st_size  # noqa: PTH116 (see above)
         return found
 
     async def delete(self, key: str) -> None:
