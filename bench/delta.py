@@ -8,7 +8,10 @@ raised so the zip fits) and the real `ci`. A generated project (tests/e2e/genera
 (first: everything; second: one file changed; third: nothing changed) and as a zip
 (`ci submit test --zip`, what every submit sent before) with one file changed. The target:
 the second submit within 1.5 times the warm submit of a tiny project (5 files), measured
-on the same server (median of --runs). Figures go in README.md.
+on the same server (median of --runs). What the project's own tests cost is measured too:
+`docker run` of the job's copy of the source and pytest, in the same image and box (no
+upload, no server). The server runs with `--log-level debug`: the times of each step of the
+second submits (ci_server/stopwatch.py) are printed, as medians. Figures go in README.md.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # for tests.e2e when run as a script
 
 from bench.event_ingest import run_in_workdir  # noqa: E402
-from bench.speed import BenchError  # noqa: E402
+from bench.speed import BenchError, docker_run  # noqa: E402
 from tests.e2e.generated import expect, make_project  # noqa: E402
 from tests.e2e.harness import ServerProcess, run_ci, server_env  # noqa: E402
 
 SENT = re.compile(r"^Sent ([\d,]+) of ([\d,]+) files \(([\d.]+ \w+) of ([\d.]+ \w+)\)", re.M)
 ZIPPED = re.compile(r"^Uploading (\d+) files \(([\d.]+ \w+), ([\d.]+ \w+) zipped\)", re.M)
 IMAGE = "ci-runner:bookworm"
+STEP = re.compile(r"DEBUG ci_server\.\w+: (?:job|tree) \w+: (.+?) in ([\d.]+) s$", re.M)
+MANIFEST_SIZE = re.compile(r"manifest of \d+ files")
+TESTS_IN_DOCKER = (
+    "cp -R /src/. /tmp/project && cd /tmp/project && python -m pytest -p no:cacheprovider -q"
+)
+"""What a job's script does (runner/scripts.py), without the server."""
 
 
 def submit(root: Path, server: ServerProcess, *args: str) -> tuple[float, str]:
@@ -48,6 +57,22 @@ def submit(root: Path, server: ServerProcess, *args: str) -> tuple[float, str]:
     return wall, match.group(0)
 
 
+def tests_in_docker(root: Path) -> float:
+    """Wall time of `docker run` of the project's tests as a job runs them: the source
+    mounted read-only, copied to /tmp, pytest; read-only root, no network, not root."""
+    box = ["--read-only", "--tmpfs", "/tmp:size=1g,exec", "--network", "none", "-u", "65534"]
+    volume = ["-v", f"{root.resolve()}:/src:ro"]
+    return docker_run([*box, *volume, IMAGE, "sh", "-c", TESTS_IN_DOCKER]).wall
+
+
+def step_times(log: str) -> dict[str, list[float]]:
+    """The server's step timings in its debug log (ci_server/stopwatch.py), by step."""
+    steps: dict[str, list[float]] = {}
+    for step, seconds in STEP.findall(log):
+        steps.setdefault(MANIFEST_SIZE.sub("manifest", step), []).append(float(seconds))
+    return steps
+
+
 def touch_one(root: Path, expected: dict[str, Any], n: int) -> None:
     """Change one file, and the expectations the project's test checks it against."""
     (root / "data" / "note.txt").write_text(f"change {n}\n")
@@ -61,7 +86,10 @@ def run(options: argparse.Namespace, workdir: Path) -> int:
         IMAGE,
         {"CI_MAX_FILES": str(options.files + 100), "CI_MAX_UPLOAD_BYTES": str(2 * 1024**3)},
     )
-    server = ServerProcess(db_path=Path(env["CI_DB_PATH"]), env=env).start()
+    server = ServerProcess(
+        db_path=Path(env["CI_DB_PATH"]), env=env, args=("--log-level", "debug")
+    ).start()
+    assert server.log_path is not None
     rows: list[tuple[str, str, str]] = []
     try:
         tiny = workdir / "tiny"
@@ -81,10 +109,12 @@ def run(options: argparse.Namespace, workdir: Path) -> int:
         wall, said = submit(big, server)
         rows.append(("big project, first submit", f"{wall:.2f} s", said))
         seconds = []
+        logged = len(server.log_path.read_text())
         for n in range(options.runs):
             touch_one(big, expected, n)
             wall, said = submit(big, server)
             seconds.append(wall)
+        steps = step_times(server.log_path.read_text()[logged:])
         second = statistics.median(seconds)
         rows.append(
             (f"big project, one file changed (median of {options.runs})", f"{second:.2f} s", said)
@@ -103,9 +133,15 @@ def run(options: argparse.Namespace, workdir: Path) -> int:
                 said,
             )
         )
+        floor = statistics.median(tests_in_docker(big) for _ in range(options.runs))
+        rows.append(("big project: docker run of its tests (copy + pytest)", f"{floor:.2f} s", ""))
         rows.append(
             ("second submit / tiny warm submit (target <= 1.5)", f"{second / tiny_warm:.2f}", "")
         )
+        rows.append(("second submit - docker run of its tests", f"{second - floor:.2f} s", ""))
+        for step, times in steps.items():
+            median = statistics.median(times)
+            rows.append((f"  server step: {step} (median)", f"{median:.3f} s", ""))
     finally:
         server.stop()
     width = max(len(row[0]) for row in rows)
