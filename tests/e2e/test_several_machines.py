@@ -21,7 +21,9 @@ import docker
 import pytest
 
 from ci_server.contents import is_upload_key
+from tests.e2e.generated import expect, make_project
 from tests.e2e.harness import ServerProcess, WorkerProcess, run_ci, server_env, wait_for
+from tests.e2e.test_delta_uploads import submit as submit_contents
 from tests.e2e.test_lifecycle import (
     NOISY_LINES,
     TERMINAL,
@@ -217,3 +219,28 @@ def test_stopping_an_api_process_leaves_running_jobs_running(
     assert "1 passed" in followed.stdout, followed.stdout
     job = cluster.job(job_id)
     assert (job["status"], job["reason"]) == ("succeeded", None)
+
+
+def test_contents_sent_through_one_api_are_reused_through_the_other_and_run_on_any_worker(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Uploads that send only what changed, on several machines: the contents are in the
+    database's blob store, per owner, so a submit through API B reuses what went through A,
+    and whichever worker claims the job writes its workspace from them (each worker keeps
+    the project's last tree in its own data folder)."""
+    root = tmp_path / "generated"
+    expected = make_project(root, 200, 200 * 1000)
+    sent, total, _ = submit_contents(root, cluster.a)
+    assert sent == total == 204
+
+    workers = set()
+    for n, api in enumerate((cluster.b, cluster.a, cluster.b, cluster.a)):
+        (root / "data" / "note.txt").write_text(f"change {n}\n")
+        expected["text"]["data/note.txt"] = f"change {n}\n"
+        expect(root, expected)
+        sent, total, _ = submit_contents(root, api)  # the job's tests check every file
+        assert (sent, total) == (2, 204)
+        workers.add(cluster.b.get("/jobs", params={"limit": 1}).json()[0]["worker"])
+    kinds = fetch(cluster.database, "SELECT left(key, 2) AS kind, count(*) FROM blobs GROUP BY 1")
+    assert {row["kind"] for row in kinds} == {"c.", "r."}  # the uploads went with their jobs
+    assert workers <= set(WORKERS)
