@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -32,6 +33,8 @@ from pathlib import Path
 from ci_server.contents import ManifestFile, encode_manifest, read_manifest
 from ci_server.models import CIError
 from ci_server.runner.workspace import remove_tree
+
+logger = logging.getLogger(__name__)
 
 FILES = "files"
 MANIFEST = "manifest"
@@ -86,7 +89,11 @@ class WorkspaceCache:
         if self.size <= 0:
             return False
         key = entry_key(owner, project)
-        kept, doomed = await asyncio.to_thread(self._keep, key, files, tree)
+        try:
+            kept, doomed = await asyncio.to_thread(self._keep, key, files, tree)
+        except OSError as e:  # never the job's failure: its next run writes it all
+            logger.warning("could not keep the workspace %s: %s", tree, e)
+            return False
         for trash in doomed:
             task = asyncio.ensure_future(asyncio.to_thread(remove_tree, trash))
             self._removals[task] = trash

@@ -217,3 +217,10 @@ async def test_a_size_of_zero_keeps_nothing(contents: Contents, tmp_path: Path) 
 
     assert not await jobs.keep("ann", "app", tree)
     assert not (tmp_path / "cache").exists()
+
+
+async def test_a_tree_that_cannot_be_kept_is_not_the_jobs_failure(jobs: Jobs) -> None:
+    tree, _ = await jobs.workspace("ann", "app", FIRST)
+    (tree.parent / "src.entry").write_text("in the way")
+
+    assert not await jobs.keep("ann", "app", tree)
