@@ -57,7 +57,7 @@ from ci_server.runner.scripts import (
     job_script,
     only_last_failed,
 )
-from ci_server.runner.workspace import remove_tree, unpack_archive
+from ci_server.runner.workspace import Removals, unpack_archive
 from ci_server.settings import Settings
 from ci_server.stopwatch import Stopwatch
 from ci_server.store.blobs import BlobStore, artifact_key
@@ -106,8 +106,12 @@ class JobPipeline:
         self.settings = settings
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
         self.contents = Contents(blobs, settings.archive_limits, self.workspaces_dir)
+        self.removals = Removals()
+        """Job folders, and workspaces evicted from the cache, removed after the job's end."""
         self.workspaces = WorkspaceCache(
-            settings.resolved_data_dir / "workspace-cache", settings.workspace_cache_size
+            settings.resolved_data_dir / "workspace-cache",
+            settings.workspace_cache_size,
+            self.removals,
         )
         self.environments = EnvironmentCache(
             executor,
@@ -123,9 +127,9 @@ class JobPipeline:
         self.reports = ReportReader(settings.report_limits)
 
     async def aclose(self) -> None:
-        """Stop the report reader; wait for the workspace cache's evictions."""
+        """Stop the report reader; wait for the removals under way."""
         self.reports.close()
-        await self.workspaces.aclose()
+        await self.removals.aclose()
 
     async def run(self, job: Job, channel: JobChannel) -> Outcome:
         """Run the claimed `job`, publishing its log on `channel`, within its timeout; how
@@ -147,9 +151,7 @@ class JobPipeline:
             return Outcome(JobStatus.ERROR, reason=f"system error: {e}")
         finally:
             log.finish()
-            removing = Stopwatch(logger, f"job {job.id}")
-            await asyncio.to_thread(remove_tree, workspace)
-            removing.lap("workspace removed")
+            self.removals.remove(workspace)
 
     async def _test(self, job: Job, workspace: Path, log: _JobLog) -> Outcome:
         """Unpack, pick the environment, run pytest and read its report."""

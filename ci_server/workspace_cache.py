@@ -16,8 +16,8 @@ server only reads it, and the executor only moves its top-level entries into a w
 container's folder and back. `keep` checks those are all back (a cancelled job's are not)
 before it keeps the tree; else the tree is removed with the job's folder.
 
-Entries beyond `size` are evicted, least recently kept first, in the background: removing
-a large tree takes seconds, which no job should wait for.
+Entries beyond `size` are evicted, least recently kept first, in the background
+(runner/workspace.py's Removals).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ci_server.contents import ManifestFile, encode_manifest, read_manifest
 from ci_server.models import CIError
-from ci_server.runner.workspace import remove_tree
+from ci_server.runner.workspace import Removals, remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,12 @@ def entry_key(owner: str, project: str | None) -> str:
 
 
 class WorkspaceCache:
-    def __init__(self, directory: Path, size: int) -> None:
-        """`directory` must be on the job workspaces' file system (entries move by renames)."""
+    def __init__(self, directory: Path, size: int, removals: Removals) -> None:
+        """`directory` must be on the job workspaces' file system (entries move by renames);
+        evicted entries go to `removals`."""
         self.directory = directory
         self.size = size
-        self._removals: dict[asyncio.Future[None], Path] = {}
-        """Evicted trees being removed."""
+        self.removals = removals
 
     async def take(self, owner: str, project: str | None, destination: Path) -> list[ManifestFile]:
         """Move the owner's last tree of `project` to the new folder `destination`; the files
@@ -95,13 +95,8 @@ class WorkspaceCache:
             logger.warning("could not keep the workspace %s: %s", tree, e)
             return False
         for trash in doomed:
-            task = asyncio.ensure_future(asyncio.to_thread(remove_tree, trash))
-            self._removals[task] = trash
-            task.add_done_callback(self._removed)
+            self.removals.remove(trash)
         return kept
-
-    def _removed(self, task: asyncio.Future[None]) -> None:
-        self._removals.pop(task, None)
 
     def _keep(self, key: str, files: list[ManifestFile], tree: Path) -> tuple[bool, list[Path]]:
         top = {f.path.split("/")[0] for f in files}
@@ -124,7 +119,7 @@ class WorkspaceCache:
     def _beyond_size(self) -> list[Path]:
         """The entries beyond `size`, least recently kept first, renamed aside (no job can
         take them then), and what a stopped process left aside."""
-        removing = set(self._removals.values())
+        removing = self.removals.under_way()
         entries = []
         doomed = []
         for entry in self.directory.iterdir():
@@ -141,8 +136,3 @@ class WorkspaceCache:
                 entry.rename(trash)
                 doomed.append(trash)
         return doomed
-
-    async def aclose(self) -> None:
-        """Wait for the evictions under way."""
-        if self._removals:
-            await asyncio.wait(set(self._removals))

@@ -14,6 +14,7 @@ folders by construction: a manifest has no way to say "link".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import lzma
 import shutil
@@ -263,3 +264,26 @@ def _copy_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, m
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class Removals:
+    """Trees removed in the background: removing a workspace of 20,000 files took 4 to 8 s,
+    which no job's end should wait for. `aclose` waits for those under way."""
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.Future[None], Path] = {}
+
+    def remove(self, path: Path) -> None:
+        task = asyncio.ensure_future(asyncio.to_thread(remove_tree, path))
+        self._pending[task] = path
+        task.add_done_callback(self._removed)
+
+    def _removed(self, task: asyncio.Future[None]) -> None:
+        self._pending.pop(task, None)
+
+    def under_way(self) -> set[Path]:
+        return set(self._pending.values())
+
+    async def aclose(self) -> None:
+        if self._pending:
+            await asyncio.wait(set(self._pending))

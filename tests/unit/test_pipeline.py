@@ -16,7 +16,7 @@ from ci_server.models import EventType, JobEvent, JobStatus
 from ci_server.runner.executor import ExecutorError
 from ci_server.runner.output import LOG_EVENT_CHARS
 from ci_server.users import ANONYMOUS_ADMIN
-from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun
+from tests.fakes import PASSING_PROJECT, FakeExecutor, FakeRun, wait_until
 from tests.unit.one_process import IMAGE, harness
 
 END_KEYS = ("status", "exit_code", "success", "reason", "duration_seconds")
@@ -88,8 +88,8 @@ async def test_exit_code_zero_succeeds_and_output_becomes_log_lines(tmp_path: Pa
         assert f"Running in {spec.image}" in log_lines(events, "system")
         files = h.executor.files_seen[job.id]
         assert {k: v.decode() for k, v in files.items()} == dict(PASSING_PROJECT)
-        # Nothing is left behind once the job is over.
-        assert not spec.workspace.exists()
+        # Nothing is left behind once the job is over (removed after its end).
+        await wait_until(lambda: not spec.workspace.exists(), what="the workspace removed")
         await h.uploads_removed()
 
 

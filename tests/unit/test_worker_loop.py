@@ -151,7 +151,9 @@ async def test_cancel_running_job_cancels_the_executor(tmp_path: Path) -> None:
         events = await h.events_until_end(job.id)
         assert "started" in log_lines(events)
         assert events[-1].data["status"] == "cancelled"
-        assert not executor.specs[0].workspace.exists()
+        await wait_until(
+            lambda: not executor.specs[0].workspace.exists(), what="the workspace removed"
+        )
 
         # The worker survived the cancellation and takes the next job.
         executor.plan = FakeRun()

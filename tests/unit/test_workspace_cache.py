@@ -15,7 +15,7 @@ import zstandard
 
 from ci_common.trees import content_hash, record_header
 from ci_server.contents import Contents, ManifestFile
-from ci_server.runner.workspace import ArchiveLimits
+from ci_server.runner.workspace import ArchiveLimits, Removals
 from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.workspace_cache import WorkspaceCache
 
@@ -34,9 +34,9 @@ async def contents(tmp_path: Path) -> AsyncIterator[Contents]:
 
 @pytest.fixture
 async def cache(tmp_path: Path) -> AsyncIterator[WorkspaceCache]:
-    cache = WorkspaceCache(tmp_path / "cache", size=2)
-    yield cache
-    await cache.aclose()
+    removals = Removals()
+    yield WorkspaceCache(tmp_path / "cache", size=2, removals=removals)
+    await removals.aclose()
 
 
 class Jobs:
@@ -202,7 +202,7 @@ async def test_the_least_recently_kept_are_evicted_beyond_the_size(jobs: Jobs) -
     for project in ("one", "two", "three"):
         tree, _ = await jobs.workspace("ann", project, {f"{project}.py": b"x = 1\n"})
         assert await jobs.keep("ann", project, tree)
-    await jobs.cache.aclose()
+    await jobs.cache.removals.aclose()
 
     assert len(list(jobs.cache.directory.iterdir())) == 2
     _, written = await jobs.workspace("ann", "one", {"one.py": b"x = 1\n"})
@@ -212,7 +212,9 @@ async def test_the_least_recently_kept_are_evicted_beyond_the_size(jobs: Jobs) -
 
 
 async def test_a_size_of_zero_keeps_nothing(contents: Contents, tmp_path: Path) -> None:
-    jobs = Jobs(contents, WorkspaceCache(tmp_path / "cache", size=0), tmp_path / "ws")
+    jobs = Jobs(
+        contents, WorkspaceCache(tmp_path / "cache", size=0, removals=Removals()), tmp_path / "ws"
+    )
     tree, _ = await jobs.workspace("ann", "app", FIRST)
 
     assert not await jobs.keep("ann", "app", tree)
