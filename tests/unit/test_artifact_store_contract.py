@@ -85,8 +85,7 @@ async def test_prunable_jobs_past_the_newest_kept(store: JobStore) -> None:
 async def test_one_users_many_jobs_never_push_out_anothers(store: JobStore) -> None:
     ann = await finished(store, 1, NOW - timedelta(hours=20), owner_id="ann")
     flood = [
-        await finished(store, n, NOW - timedelta(hours=10 - n), owner_id="bob")
-        for n in range(2, 6)
+        await finished(store, n, NOW - timedelta(hours=10 - n), owner_id="bob") for n in range(2, 6)
     ]
     long_ago = NOW - timedelta(days=365)
 
