@@ -59,7 +59,9 @@ PYTEST_EXITS_KEPT = (4, 5)
 
 def _exit_code(job: dict[str, Any]) -> int:
     if is_group(job):
-        return max((_exit_code(member) for member in job["jobs"]), key=EXIT_RANK.index)
+        worst = max((_exit_code(member) for member in job["jobs"]), key=EXIT_RANK.index)
+        # Passing jobs, yet the group failed: its shards did not collect the same tests.
+        return EXIT_FAILED if worst == EXIT_PASSED and job.get("success") is False else worst
     if job.get("success"):
         return EXIT_PASSED
     if job.get("status") == "failed" and job.get("exit_code") in PYTEST_EXITS_KEPT:

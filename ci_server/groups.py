@@ -10,6 +10,13 @@ and not all wait; once every job has ended, the worst of theirs, in GROUP_STATUS
 error (the system failed: the result is unknown) > timed_out > failed (a test's verdict)
 > cancelled > succeeded. A group that a user cancelled after one of its jobs failed is
 `failed`: that failure is a finding, the cancel is not.
+
+Shards must run every test exactly once, which holds only if every shard collected the same
+tests (each splits what it collected: shard_plugin.py). Each says what it collected (a
+count and a SHA-256 of the node ids, TestSummary.collected_sha256); when the shards of one
+Python version disagree, or one did not say, the group's summary warns and the group is
+`failed` at least, whatever its jobs' exit codes: some tests may have run twice or never,
+and the counts cannot tell (collection_problems).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 
-from ci_server.models import CIError, Job, JobStatus, TestSummary, utcnow
+from ci_server.models import COLLECTION_NOT_SAID, CIError, Job, JobStatus, TestSummary, utcnow
 
 GROUP_PREFIX = "g-"
 MAX_GROUP_JOBS = 16
@@ -33,6 +40,8 @@ GROUP_STATUS_ORDER = (
     JobStatus.SUCCEEDED,
 )
 """The statuses of ended jobs, worst first: an ended group's status is its worst job's."""
+NOT_COUNTS = ("results_kept", "warning", "collected", "collected_sha256")
+"""The fields of a TestSummary that are not summed over a group's jobs."""
 
 
 def new_group_id() -> str:
@@ -125,17 +134,48 @@ def job_order(job: Job) -> tuple[tuple[tuple[int, int, str], ...], int]:
     return version_key(job.python), job.shard_index or 0
 
 
+def collection_problems(jobs: Iterable[Job]) -> list[str]:
+    """What the shards of each Python version say against each other about the tests they
+    collected: that they collected different sets, or that some did not say (none: they
+    agree, or nothing said can be compared yet). Only shards with a summary count: a shard
+    that ran no tests split nothing."""
+    said: dict[str | None, list[tuple[Job, str]]] = {}
+    for job in jobs:
+        if job.shard_count is not None and job.summary is not None:
+            sha256 = job.summary.collected_sha256
+            if sha256 is not None:
+                said.setdefault(job.python, []).append((job, sha256))
+    problems = []
+    for python in sorted(said, key=version_key):
+        version = "" if python is None else f"py{python}: "
+        sets = {sha256 for _, sha256 in said[python] if sha256 != COLLECTION_NOT_SAID}
+        silent = [job.label for job, sha256 in said[python] if sha256 == COLLECTION_NOT_SAID]
+        if len(sets) > 1:
+            problems.append(
+                f"{version}the shards collected different tests ({len(sets)} sets): "
+                "some tests may have run twice or not at all"
+            )
+        if silent:
+            which = f"shard {silent[0]}" if len(silent) == 1 else f"shards {', '.join(silent)}"
+            problems.append(
+                f"{which} did not say what {'it' if len(silent) == 1 else 'they'} collected: "
+                "some tests may have run twice or not at all"
+            )
+    return problems
+
+
 def merged_summary(jobs: Iterable[Job]) -> TestSummary | None:
     """The sum of the jobs' counts; None when none has counts yet. `results_kept` is set
     when some job kept fewer results than its tests; a job's `warning` is kept, named by
-    its label."""
+    its label, and so are the shards' collection_problems."""
+    jobs = list(jobs)
     summaries = [(job, job.summary) for job in jobs if job.summary is not None]
     if not summaries:
         return None
     counts = {
         name: sum(getattr(summary, name) for _, summary in summaries)
         for name in (f.name for f in fields(TestSummary))
-        if name not in ("results_kept", "warning")
+        if name not in NOT_COUNTS
     }
     kept = None
     if any(summary.results_kept is not None for _, summary in summaries):
@@ -146,7 +186,10 @@ def merged_summary(jobs: Iterable[Job]) -> TestSummary | None:
     warnings = [
         f"{job.label or job.id}: {summary.warning}" for job, summary in summaries if summary.warning
     ]
-    return TestSummary(**counts, results_kept=kept, warning="; ".join(warnings) or None)
+    warnings += collection_problems(jobs)
+    warning = "; ".join(warnings) or None
+    # A group's collection is its shards' (none of its own): what they say is in `warning`.
+    return TestSummary(**counts, results_kept=kept, warning=warning, collected_sha256=None)
 
 
 def group_status(statuses: Iterable[JobStatus]) -> JobStatus:
@@ -174,7 +217,13 @@ class JobGroup:
 
     @property
     def status(self) -> JobStatus:
-        return group_status(job.status for job in self.jobs)
+        """group_status, but `failed` at least once it has ended if its shards disagree
+        on what they collected (collection_problems)."""
+        status = group_status(job.status for job in self.jobs)
+        if not status.is_terminal:
+            return status
+        milder = GROUP_STATUS_ORDER.index(status) > GROUP_STATUS_ORDER.index(JobStatus.FAILED)
+        return JobStatus.FAILED if milder and collection_problems(self.jobs) else status
 
     @property
     def success(self) -> bool | None:

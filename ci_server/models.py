@@ -236,6 +236,10 @@ class TestHistory:
         return statistics.median(run.duration_seconds for run in self.runs) if self.runs else 0.0
 
 
+COLLECTION_NOT_SAID = "not said"
+"""TestSummary.collected_sha256 of a shard that did not say what it collected."""
+
+
 @dataclass(frozen=True, slots=True)
 class TestSummary:
     """pytest's counts of a job's tests, and what a reader must know about them."""
@@ -254,7 +258,15 @@ class TestSummary:
     results_kept: int | None = None
     """How many per-test results were kept, when fewer than the report has (a limit)."""
     warning: str | None = None
-    """Set when the counts contradict the job's exit code (the report is the tests' own)."""
+    """Set when the counts contradict the job's exit code (the report is the tests' own);
+    a group's, also when its shards did not collect the same tests (groups.py)."""
+    collected: int | None = None
+    """A shard's: how many tests it collected, before it kept its part."""
+    collected_sha256: str | None = None
+    """A shard's: the SHA-256 of the node ids it collected, the same in every shard of its
+    group unless the collection varies; COLLECTION_NOT_SAID when the shard left no
+    fingerprint fit to compare (runner/collected.py). None for a job that is not a shard
+    (or from before shards said)."""
 
     @classmethod
     def of(cls, outcomes: Mapping[TestOutcome, int]) -> TestSummary:

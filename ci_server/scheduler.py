@@ -20,6 +20,7 @@ from ci_server.groups import version_key
 from ci_server.history import last_failed
 from ci_server.metrics import Metrics
 from ci_server.models import (
+    COLLECTION_NOT_SAID,
     BlobNotFound,
     CIError,
     EventType,
@@ -32,6 +33,7 @@ from ci_server.models import (
     utcnow,
 )
 from ci_server.runner.artifacts import collect as collect_artifacts
+from ci_server.runner.collected import CollectedUnknown, read_collected
 from ci_server.runner.config import ConfigError, ProjectConfig, load_config
 from ci_server.runner.content import content_hash, files_digest, project_digest
 from ci_server.runner.environments import EnvironmentCache
@@ -50,6 +52,7 @@ from ci_server.runner.scripts import (
     INSTALL_FAILED_EXIT,
     JUNIT_FILE,
     PYTEST_MISSING_EXIT,
+    SHARD_COLLECTED,
     SHARD_FILE,
     SHARD_MODULE,
     TMP_FULL_EXIT,
@@ -240,6 +243,8 @@ class JobPipeline:
         if exit_code == INSTALL_FAILED_EXIT and plan.project_commands:
             return Outcome(JobStatus.FAILED, exit_code, "installing the project failed")
         summary = await self._store_results(job, output, exit_code, tail, log)
+        if spec.inputs is not None:
+            summary = await self._with_collected(job, output, summary, log)
         await self._keep_artifacts(job, output, workspace / "artifacts", log)
         steps.lap("report read")
         tested = content_hash(digest, environment)
@@ -299,7 +304,12 @@ class JobPipeline:
         """The folder that gives a sharded job the shard plugin and what it splits by: its
         shard and the project's recorded durations (durations.py)."""
         durations = await recorded_durations(self.store, job)
-        shard = {"index": job.shard_index, "count": job.shard_count, "durations": durations}
+        shard = {
+            "index": job.shard_index,
+            "count": job.shard_count,
+            "durations": durations,
+            "collected": SHARD_COLLECTED,
+        }
         inputs = workspace / "input"
         await asyncio.to_thread(_write_shard_inputs, inputs, shard)
         how = (
@@ -309,6 +319,27 @@ class JobPipeline:
         )
         log.system(f"Shard {job.shard_index} of {job.shard_count}: the tests are split {how}")
         return inputs
+
+    async def _with_collected(
+        self, job: Job, output: Path, summary: TestSummary | None, log: _JobLog
+    ) -> TestSummary | None:
+        """`summary` with what the shard says it collected (or that it did not say), which
+        its group compares with its other shards' (groups.py: collection_problems)."""
+        shard = f"Shard {job.shard_index} of {job.shard_count}"
+        try:
+            collected = await asyncio.to_thread(read_collected, output)
+        except CollectedUnknown as e:
+            log.system(f"{shard}: what it collected is unknown ({SHARD_COLLECTED}: {e})")
+            if summary is None:
+                return None
+            return replace(summary, collected_sha256=COLLECTION_NOT_SAID)
+        log.system(
+            f"{shard} collected {collected.tests:,} tests (SHA-256 of their ids "
+            f"{collected.sha256[:16]}...): every shard of its group must say the same"
+        )
+        if summary is None:
+            return None
+        return replace(summary, collected=collected.tests, collected_sha256=collected.sha256)
 
     def _limit_reached(self, exit_code: int, report: Path) -> str | None:
         """Why the job fails if it wrote as much as it may somewhere."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import json
 import time
 import zipfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,7 +19,13 @@ from pathlib import Path
 from typing import Self
 
 from ci_server.runner.environments import IMAGE_REPOSITORY
-from ci_server.runner.executor import ImageInfo, ImageMissing, OutputSink, RunSpec
+from ci_server.runner.executor import (
+    COLLECTED_NAME,
+    ImageInfo,
+    ImageMissing,
+    OutputSink,
+    RunSpec,
+)
 from ci_server.runner.scripts import JUNIT_FILE
 
 PASSING_PROJECT: Mapping[str, str] = {
@@ -66,13 +73,15 @@ def _files_under(folder: Path) -> dict[str, bytes]:
 @dataclass(frozen=True)
 class FakeRun:
     """What one fake run does: emit `output`, wait for `gate` if any, then exit or raise;
-    a test run leaves `report` as its JUnit report."""
+    a test run leaves `report` as its JUnit report, and a shard's (given inputs) `collected`
+    as what it collected (shard_plugin.py writes it)."""
 
     output: Sequence[bytes] = (b"test_sample.py::test_ok PASSED\n",)
     exit_code: int = 0
     gate: asyncio.Event | None = None
     error: Exception | None = None
     report: str | None = None
+    collected: str | None = json.dumps({"tests": 1, "sha256": "0" * 64})
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,8 @@ class FakeExecutor:
         plan = self.image_plans.get(spec.image, self.plan)
         if plan.report is not None and spec.output_dir is not None:
             (spec.output_dir / JUNIT_FILE).write_text(plan.report)
+        if plan.collected is not None and spec.inputs is not None and spec.output_dir is not None:
+            (spec.output_dir / COLLECTED_NAME).write_text(plan.collected)
         return await self._play(spec, plan, on_output)
 
     async def build_image(

@@ -26,7 +26,16 @@ class SummaryOut(BaseModel):
         description="per-test results kept, when fewer than the tests (the server's limit)"
     )
     warning: str | None = Field(
-        description="set when the counts contradict the exit code (the report is the tests' own)"
+        description="set when the counts contradict the exit code (the report is the tests' "
+        "own); a group's, also when its shards did not collect the same tests"
+    )
+    collected: int | None = Field(
+        default=None, description="a shard's: how many tests it collected, before its split"
+    )
+    collected_sha256: str | None = Field(
+        default=None,
+        description="a shard's: the SHA-256 of the node ids it collected, the same in every "
+        "shard of its group (else the group fails); `not said` when it left none",
     )
 
     # Read straight from the domain's TestSummary (its `total` property included).

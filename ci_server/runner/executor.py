@@ -26,10 +26,12 @@ INPUT_DIR = "/ci-input"
 REPORT_DIR = "/ci-output"
 REPORT_NAME = "junit.xml"
 ARTIFACTS_NAME = "artifacts.tar"
-OUTPUT_FILES = (REPORT_NAME, ARTIFACTS_NAME)
+COLLECTED_NAME = "collected.json"
+OUTPUT_FILES = (REPORT_NAME, ARTIFACTS_NAME, COLLECTED_NAME)
 """A job's ways to leave files to the server: REPORT_DIR/<name> in the container,
 RunSpec.output_dir/<name> on the host, each one file (bounded like any it writes): the
-report, and the tar of its artifacts its exit trap packs (runner/artifacts.py)."""
+report, the tar of its artifacts its exit trap packs (runner/artifacts.py), and what a
+shard collected (shard_plugin.py's fingerprint, runner/collected.py)."""
 
 
 class ExecutorError(CIError):

@@ -29,7 +29,13 @@ from collections.abc import Sequence
 
 from ci_server.runner import collect_artifacts
 from ci_server.runner.artifacts import ArtifactLimits
-from ci_server.runner.executor import ARTIFACTS_NAME, INPUT_DIR, REPORT_DIR, REPORT_NAME
+from ci_server.runner.executor import (
+    ARTIFACTS_NAME,
+    COLLECTED_NAME,
+    INPUT_DIR,
+    REPORT_DIR,
+    REPORT_NAME,
+)
 from ci_server.runner.project import EDITABLE_INSTALL, PIP, InstallPlan
 
 ENSURE_PYTEST = f"{{ python -m pytest --version >/dev/null 2>&1 || {PIP} pytest; }}"
@@ -82,6 +88,8 @@ SHARD_OPTION = "--ci-shard"
 plugin imports pytest)."""
 SHARD_FILE = "shard.json"
 """A sharded job's shard and the durations to split by, in its inputs (shard_plugin.py)."""
+SHARD_COLLECTED = f"{REPORT_DIR}/{COLLECTED_NAME}"
+"""Where the shard plugin writes what the shard collected (runner/collected.py reads it)."""
 PYTEST_CACHE = "/tmp/ci-pytest-cache"
 """pytest's cache directory when the server feeds it the last failures: on the tmpfs, away
 from whatever cache_dir the project sets or its upload holds."""

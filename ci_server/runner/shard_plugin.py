@@ -16,6 +16,12 @@ each shard):
 
 It runs last (trylast), so it splits what the other plugins kept (`--lf`, `-k`, `-m`).
 
+Each shard also says what it collected, before keeping its part: how many tests and the
+SHA-256 of their sorted node ids, as JSON in the file the shard's `collected` names (the
+server's, /ci-output/collected.json). The server compares the shards': a suite whose
+collection differs between containers (ids from random, the time, the host name) is split
+differently by each, and then tests run twice or never (groups.py: collection_problems).
+
 This file is not imported by the server: scheduler.py sends its source to the container
 (as SHARD_MODULE, README: "Shards" says why this, not pytest-split). It uses nothing but
 the standard library and pytest.
@@ -23,11 +29,13 @@ the standard library and pytest.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import heapq
 import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +95,24 @@ def _files(node_ids: list[str], count: int) -> list[tuple[float, str, list[str]]
     ]
 
 
+def fingerprint(node_ids: Iterable[str]) -> dict[str, object]:
+    """What a shard collected, to compare with the other shards': how many tests, and the
+    SHA-256 of their node ids, sorted, one a line (UTF-8; a file name's undecodable bytes
+    as Python keeps them)."""
+    unique = sorted(set(node_ids))
+    text = "\n".join(unique).encode("utf-8", "surrogatepass")
+    return {"tests": len(unique), "sha256": hashlib.sha256(text).hexdigest()}
+
+
+def _say_collected(path: object, node_ids: Iterable[str]) -> None:
+    """Write the fingerprint where the server reads it; nowhere if it names no file (the
+    server then says the shard did not tell)."""
+    if not isinstance(path, str) or not path:
+        return
+    with contextlib.suppress(OSError), Path(path).open("w", encoding="utf-8") as file:
+        json.dump(fingerprint(node_ids), file)
+
+
 _EMPTY_SHARD = pytest.StashKey[bool]()
 _SAID = pytest.StashKey[str]()
 
@@ -106,6 +132,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     shard = json.loads(Path(path).read_text(encoding="utf-8"))
     index, count = int(shard["index"]), int(shard["count"])
+    _say_collected(shard.get("collected"), (item.nodeid for item in items))
     parts = split([item.nodeid for item in items], shard["durations"], count)
     mine = set(parts.shards[index - 1])
     kept = [item for item in items if item.nodeid in mine]

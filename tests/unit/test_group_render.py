@@ -34,6 +34,23 @@ def test_a_group_exits_with_its_worst_job_s_code() -> None:
     assert cli._exit_code(group(passed, job("e", "py3.12", "cancelled"))) == 1
 
 
+def test_a_group_whose_shards_collected_different_tests_fails_though_its_jobs_passed() -> None:
+    warning = (
+        "the shards collected different tests (2 sets): some tests may have run twice or not at all"
+    )
+    ended = group(
+        job("a", "1/2", "succeeded"),
+        job("b", "2/2", "succeeded"),
+        success=False,
+        summary={"passed": 40, "warning": warning},
+        duration_seconds=3.0,
+    )
+    assert cli._exit_code(ended) == 1
+    assert (
+        format_group_outcome(ended) == f"Group g-0123456789ab failed: 40 passed ({warning}) in 3.0s"
+    )
+
+
 def test_a_group_s_outcome_sums_its_counts_and_names_the_jobs_that_did_not_pass() -> None:
     ended = group(
         job("a", "py3.11", "succeeded"),

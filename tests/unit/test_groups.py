@@ -13,12 +13,13 @@ from ci_server.groups import (
     InvalidGroup,
     JobGroup,
     Variant,
+    collection_problems,
     is_group_id,
     merged_summary,
     new_group_id,
     variants,
 )
-from ci_server.models import Job, JobStatus, new_job_id
+from ci_server.models import COLLECTION_NOT_SAID, Job, JobStatus, new_job_id
 from ci_server.models import TestSummary as Summary
 from ci_server.states import transition
 from ci_server.store.blobs_fs import FileBlobStore
@@ -92,6 +93,82 @@ def test_a_group_s_summary_names_the_job_of_a_warning_and_counts_kept_results() 
     assert merged is not None
     assert merged.results_kept == 8  # 5 kept of a, all 3 of b
     assert merged.warning == "py3.13: report disagrees with exit code 1"
+
+
+SAME, OTHER = "a" * 64, "b" * 64
+UNSURE = "some tests may have run twice or not at all"
+DIFFERENT = f"the shards collected different tests (2 sets): {UNSURE}"
+
+
+def shards_saying(
+    *said: str | None, status: JobStatus = S.SUCCEEDED, python: str | None = None
+) -> list[Job]:
+    """A shard per `said` (what it collected: a SHA-256, COLLECTION_NOT_SAID, or None as
+    from before shards said), each passing 20 tests."""
+    return [
+        Job(
+            id=f"{python}-{n}",
+            status=status,
+            python=python,
+            shard_index=n,
+            shard_count=len(said),
+            summary=Summary(passed=20, collected=40, collected_sha256=sha256),
+        )
+        for n, sha256 in enumerate(said, 1)
+    ]
+
+
+def test_shards_that_collected_the_same_tests_raise_nothing() -> None:
+    group = JobGroup.of("g-0123456789ab", shards_saying(SAME, SAME, SAME))
+    assert collection_problems(group.jobs) == []
+    assert group.status is S.SUCCEEDED
+    assert group.summary == Summary(passed=60)
+
+
+def test_shards_that_collected_different_tests_fail_the_group_with_a_warning() -> None:
+    group = JobGroup.of("g-0123456789ab", shards_saying(SAME, OTHER, SAME))
+    assert collection_problems(group.jobs) == [DIFFERENT]
+    assert (group.status, group.success) == (S.FAILED, False)
+    assert group.summary == Summary(passed=60, warning=DIFFERENT)
+    assert all(job.status is S.SUCCEEDED for job in group.jobs)  # each job passed its part
+
+
+def test_a_shard_that_did_not_say_fails_the_group_naming_it() -> None:
+    group = JobGroup.of("g-0123456789ab", shards_saying(SAME, COLLECTION_NOT_SAID))
+    assert collection_problems(group.jobs) == [f"shard 2/2 did not say what it collected: {UNSURE}"]
+    assert group.status is S.FAILED
+    silent = shards_saying(COLLECTION_NOT_SAID, COLLECTION_NOT_SAID)
+    said = f"shards 1/2, 2/2 did not say what they collected: {UNSURE}"
+    assert collection_problems(silent) == [said]
+
+
+def test_the_shards_of_each_python_version_are_compared_among_themselves() -> None:
+    jobs = [*shards_saying(SAME, SAME, python="3.11"), *shards_saying(OTHER, OTHER, python="3.13")]
+    assert collection_problems(jobs) == []  # versions may collect different tests
+    jobs = [*shards_saying(SAME, SAME, python="3.11"), *shards_saying(SAME, OTHER, python="3.13")]
+    assert collection_problems(jobs) == [f"py3.13: {DIFFERENT}"]
+
+
+def test_a_group_fails_on_a_collection_problem_only_once_it_has_ended() -> None:
+    running = JobGroup.of(
+        "g-0123456789ab",
+        [*shards_saying(SAME, OTHER), Job(id="c", status=S.RUNNING, shard_index=3, shard_count=3)],
+    )
+    assert running.status is S.RUNNING
+    assert running.summary is not None and running.summary.warning == DIFFERENT
+    # A worse status stays: a timeout or the system's error says more than a failure.
+    timed_out = shards_saying(SAME, OTHER, status=S.TIMED_OUT)
+    assert JobGroup.of("g-0123456789ab", timed_out).status is S.TIMED_OUT
+    cancelled = shards_saying(SAME, OTHER, status=S.CANCELLED)
+    assert JobGroup.of("g-0123456789ab", cancelled).status is S.FAILED
+
+
+def test_shards_from_before_shards_said_or_without_a_report_are_not_compared() -> None:
+    assert collection_problems(shards_saying(None, None)) == []
+    no_report = Job(id="x", status=S.FAILED, shard_index=2, shard_count=2)
+    assert collection_problems([*shards_saying(SAME), no_report]) == []
+    lone = Job(id="y", summary=Summary(passed=1, collected_sha256=COLLECTION_NOT_SAID))
+    assert collection_problems([lone]) == []  # not a shard
 
 
 def test_a_group_s_jobs_come_by_python_version_then_shard() -> None:

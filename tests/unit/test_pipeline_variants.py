@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from ci_server.models import Job, JobStatus
+import pytest
+
+from ci_server.models import COLLECTION_NOT_SAID, Job, JobStatus
 from ci_server.runner.executor import INPUT_DIR
 from ci_server.worker.loop import Worker
 from tests.fakes import FakeExecutor, FakeRun
@@ -77,7 +79,12 @@ async def test_a_shard_gets_the_plugin_and_the_projects_recorded_durations(
     async with variants(tmp_path, executor) as h:
         first = await run(h, shard_index=1, shard_count=2)
         shard = json.loads(executor.inputs_seen[first.id]["shard.json"])
-        assert shard == {"index": 1, "count": 2, "durations": {}}
+        assert shard == {
+            "index": 1,
+            "count": 2,
+            "durations": {},
+            "collected": "/ci-output/collected.json",
+        }
         [spec] = executor.specs
         assert f"-p ci_shard --ci-shard={INPUT_DIR}/shard.json" in spec.script
         assert "ci_shard.py" in executor.inputs_seen[first.id]
@@ -102,3 +109,50 @@ async def test_a_job_that_is_no_shard_gets_no_inputs(tmp_path: Path) -> None:
         [spec] = executor.specs
         assert spec.inputs is None
         assert "ci_shard" not in spec.script
+
+
+async def test_a_shard_keeps_what_it_says_it_collected(tmp_path: Path) -> None:
+    said = json.dumps({"tests": 40, "sha256": "ab" * 32})
+    executor = FakeExecutor(FakeRun(report=REPORT, collected=said))
+    async with variants(tmp_path, executor) as h:
+        job = await run(h, shard_index=1, shard_count=2)
+        assert job.summary is not None
+        assert (job.summary.collected, job.summary.collected_sha256) == (40, "ab" * 32)
+        events = await h.events_until_end(job.id)
+        logged = [e.data["text"] for e in events if e.data.get("stream") == "system"]
+        assert (
+            "Shard 1 of 2 collected 40 tests (SHA-256 of their ids abababababababab...): "
+            "every shard of its group must say the same" in logged
+        )
+
+
+@pytest.mark.parametrize(
+    ("collected", "why"),
+    [
+        (None, "it left none"),
+        ("{not json", "it is not JSON"),
+        ("[1, 2]", "it is not the plugin's"),
+        (json.dumps({"tests": True, "sha256": "ab" * 32}), "its count of tests is not one"),
+        (json.dumps({"tests": -1, "sha256": "ab" * 32}), "its count of tests is not one"),
+        (json.dumps({"tests": 10**30, "sha256": "ab" * 32}), "its count of tests is not one"),
+        (json.dumps({"tests": 3, "sha256": "AB" * 32}), "its SHA-256 is not 64 hex digits"),
+        (json.dumps({"tests": 3, "sha256": ["x"]}), "its SHA-256 is not 64 hex digits"),
+        (json.dumps({"tests": 3, "sha256": "ab" * 32, "pad": "x" * 2000}), "it is more than"),
+    ],
+)
+async def test_a_shard_that_says_nothing_fit_to_compare_is_kept_as_not_said(
+    tmp_path: Path, collected: str | None, why: str
+) -> None:
+    """The tests may write anything to /ci-output/collected.json, or empty it: the shard
+    then did not say (its group warns), and the job's own status is its exit code's."""
+    executor = FakeExecutor(FakeRun(report=REPORT, collected=collected))
+    async with variants(tmp_path, executor) as h:
+        job = await run(h, shard_index=2, shard_count=2)
+        assert job.status is JobStatus.SUCCEEDED
+        assert job.summary is not None
+        assert job.summary.collected_sha256 == COLLECTION_NOT_SAID
+        assert job.summary.collected is None
+        events = await h.events_until_end(job.id)
+        logged = [e.data["text"] for e in events if e.data.get("stream") == "system"]
+        unknown = "Shard 2 of 2: what it collected is unknown (/ci-output/collected.json: "
+        assert any(line.startswith(unknown + why) for line in logged), logged

@@ -107,7 +107,12 @@ def run_shard(
 ) -> tuple[int, list[str], str]:
     """pytest's status, the tests in its report and its output, for one shard."""
     shard = root.parent / f"shard-{index}.json"
-    shard.write_text(json.dumps({"index": index, "count": count, "durations": durations}))
+    collected = root.parent / f"collected-{index}.json"
+    shard.write_text(
+        json.dumps(
+            {"index": index, "count": count, "durations": durations, "collected": str(collected)}
+        )
+    )
     report = root.parent / f"junit-{index}.xml"
     done = subprocess.run(
         [
@@ -151,3 +156,25 @@ def test_a_shard_left_with_nothing_passes(tmp_path: Path) -> None:
     (root / "test_only.py").write_text("def test_a():\n    pass\n")
     statuses = [run_shard(root, i, 2, {})[0] for i in (1, 2)]
     assert statuses == [0, 0]
+
+
+def test_the_fingerprint_is_the_set_of_node_ids() -> None:
+    ids = [f"test_a.py::test_{n}" for n in range(10)]
+    said = shard_plugin.fingerprint(ids)
+    assert said["tests"] == 10
+    assert said == shard_plugin.fingerprint(random.sample(ids, len(ids)) + ids[:3])
+    assert said != shard_plugin.fingerprint(ids[:9])
+    assert said != shard_plugin.fingerprint([*ids[:9], "test_a.py::test_x"])
+    # A file name's undecodable bytes, as Python keeps them, hash too.
+    assert shard_plugin.fingerprint(["test_\udcff.py::test_a"])["tests"] == 1
+
+
+def test_every_shard_says_what_it_collected_before_its_split(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    node_ids = write_suite(root)
+    for index in (1, 2, 3):
+        run_shard(root, index, 3, {})
+    said = [json.loads((tmp_path / f"collected-{i}.json").read_text()) for i in (1, 2, 3)]
+    assert said == [shard_plugin.fingerprint(node_ids)] * 3
+    assert said[0]["tests"] == 20

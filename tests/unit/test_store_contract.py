@@ -626,10 +626,21 @@ async def test_history_keeps_at_most_the_runs_asked_for(store: JobStore) -> None
     assert [run.job_id for run in a.runs] == [job.id for job in reversed(jobs)][:3]
 
 
-async def test_a_summary_round_trips_with_its_warning_and_kept_count(store: JobStore) -> None:
+async def test_a_summary_round_trips_with_its_warning_kept_count_and_collection(
+    store: JobStore,
+) -> None:
     (job,) = await add_jobs(store, 1)
     summary = Summary(
-        passed=3, failed=1, xfailed=2, xpassed=1, flaky=2, rerun=4, results_kept=5, warning="w"
+        passed=3,
+        failed=1,
+        xfailed=2,
+        xpassed=1,
+        flaky=2,
+        rerun=4,
+        results_kept=5,
+        warning="w",
+        collected=40,
+        collected_sha256="ab" * 32,
     )
     done = job.replace(status=JobStatus.FAILED, exit_code=1, summary=summary)
     assert await store.update_job(done, expected=JobStatus.QUEUED)
