@@ -197,7 +197,22 @@ def print_group_details(group: dict[str, Any], out: SupportsWrite[str]) -> None:
     for job in group["jobs"]:
         counts = format_counts(job.get("summary"))
         counts = f": {counts}" if counts else ""
-        print(f"  {job['label']:<{width}}  {job['job_id']} {job['status']}{counts}", file=out)
+        collected = format_collected(job.get("summary"))
+        collected = f"; {collected}" if collected else ""
+        line = f"  {job['label']:<{width}}  {job['job_id']} {job['status']}{counts}{collected}"
+        print(line, file=out)
+
+
+def format_collected(summary: dict[str, Any] | None) -> str | None:
+    """What a shard says it collected, to compare with its group's other shards:
+    `collected 40 tests (5a0c01f4e233)`, the start of their ids' SHA-256."""
+    summary = summary or {}
+    sha256, tests = summary.get("collected_sha256"), summary.get("collected")
+    if not isinstance(sha256, str):
+        return None
+    if tests is None:
+        return "did not say what it collected"
+    return f"collected {tests} tests ({sha256[:12]})"
 
 
 def print_job_details(

@@ -76,6 +76,10 @@ def test_four_shards_run_each_of_the_40_tests_once(server: ServerProcess, tmp_pa
     for job in jobs:
         log = run_ci("logs", job["job_id"], cwd=project, server=server)
         assert f"Shard {job['shard_index']} of 4: " in log.stdout, describe(log)
+        assert f"Shard {job['shard_index']} of 4 collected 40 tests" in log.stderr, describe(log)
+    # Every shard collected the same 40 tests: nothing to warn of.
+    assert len({job["summary"]["collected_sha256"] for job in jobs}) == 1
+    assert "collected different tests" not in result.stderr, describe(result)
 
 
 def test_one_failing_test_in_one_shard_fails_the_group_and_ci_show_names_it(
@@ -118,3 +122,63 @@ def test_two_python_versions_each_in_its_image_a_3_13_failure_fails_that_job_and
     for version, job in jobs.items():
         log = run_ci("logs", job["job_id"], cwd=project, server=server)
         assert re.search(rf"==> Python {re.escape(version)}\.\d+", log.stdout), describe(log)
+
+
+def test_shards_that_collect_different_tests_fail_the_group_and_say_so(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Every test passes in its shard, but the shards split different sets (their ids name
+    each container's host): the group fails, and `ci submit`, `ci show` and `ci list` warn."""
+    project = copy_fixture("varying_collection", tmp_path)
+    result = run_ci("submit", "test", "--shards", "2", cwd=project, server=server, timeout=600)
+    assert result.returncode == 1, describe(result)
+    warning = (
+        "the shards collected different tests (2 sets): some tests may have run twice or not at all"
+    )
+    assert re.search(
+        rf"^Group {GROUP_ID.pattern} failed: \d+ passed \({re.escape(warning)}\)",
+        result.stderr,
+        re.M,
+    ), describe(result)
+    jobs = group_jobs(server, result.stderr)
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"]
+    said = {job["summary"]["collected_sha256"] for job in jobs}
+    assert len(said) == 2 and all(job["summary"]["collected"] == 12 for job in jobs)
+
+    match = GROUP_ID.search(result.stderr)
+    assert match is not None
+    shown = run_ci("show", match.group(0), cwd=project, server=server)
+    assert warning in shown.stdout, describe(shown)
+    listed = run_ci("list", cwd=project, server=server)
+    row = next(line for line in listed.stdout.splitlines() if match.group(0) in line)
+    assert "failed" in row and warning in row, describe(listed)
+
+
+def test_a_shard_whose_tests_forge_what_it_collected_fails_the_group_and_nothing_else(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The tests can write /ci-output/collected.json: a forged one (2 MiB, not the plugin's
+    shape) reads as a shard that did not say, which fails the group with a warning."""
+    project = copy_fixture("varying_collection", tmp_path)
+    (project / "tests" / "test_per_host.py").unlink()
+    (project / "tests" / "test_forges.py").write_text(
+        "import pytest\n\n\n"
+        "@pytest.mark.parametrize('n', range(4))\n"
+        "def test_passes(n):\n    assert n >= 0\n\n\n"
+        "def test_forges():\n"
+        "    with open('/ci-output/collected.json', 'w') as f:\n"
+        '        f.write(\'{"tests": "many", "pad": "\' + \'x\' * 2**21 + \'"}\')\n'
+    )
+    result = run_ci("submit", "test", "--shards", "2", cwd=project, server=server, timeout=600)
+    assert result.returncode == 1, describe(result)
+    assert re.search(
+        r"failed: 5 passed \(shard [12]/2 did not say what it collected: some tests may have "
+        r"run twice or not at all\)",
+        result.stderr,
+    ), describe(result)
+    assert "what it collected is unknown (/ci-output/collected.json: it is more than" in (
+        result.stderr
+    ), describe(result)
+    jobs = group_jobs(server, result.stderr)
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"]
+    assert server.get("/health").status_code == 200

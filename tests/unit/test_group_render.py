@@ -9,7 +9,13 @@ import pytest
 
 from ci_client import cli
 from ci_client.client import Event
-from ci_client.render import format_group_outcome, format_outcome, job_labels, status_label
+from ci_client.render import (
+    format_group_outcome,
+    format_outcome,
+    job_labels,
+    print_group_details,
+    status_label,
+)
 from ci_client.terminal import SafeStream
 
 
@@ -49,6 +55,22 @@ def test_a_group_whose_shards_collected_different_tests_fails_though_its_jobs_pa
     assert (
         format_group_outcome(ended) == f"Group g-0123456789ab failed: 40 passed ({warning}) in 3.0s"
     )
+
+
+def test_ci_show_of_a_group_says_what_each_shard_collected() -> None:
+    said = {"passed": 6, "collected": 12, "collected_sha256": "85dc4e8a82fbdffe" * 4}
+    ended = group(
+        job("a", "1/2", "succeeded", summary=said),
+        job("b", "2/2", "succeeded", summary={"passed": 6, "collected_sha256": "not said"}),
+        job("c", "3/2", "succeeded", summary={"passed": 6}),
+        success=False,
+        summary={"passed": 18},
+    )
+    out = io.StringIO()
+    print_group_details(ended, out)
+    assert "  1/2  a succeeded: 6 passed; collected 12 tests (85dc4e8a82fb)\n" in out.getvalue()
+    assert "  2/2  b succeeded: 6 passed; did not say what it collected\n" in out.getvalue()
+    assert "  3/2  c succeeded: 6 passed\n" in out.getvalue()
 
 
 def test_a_group_s_outcome_sums_its_counts_and_names_the_jobs_that_did_not_pass() -> None:
