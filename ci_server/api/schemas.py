@@ -170,7 +170,8 @@ class GroupOut(BaseModel):
     group_id: str = Field(description="`g-` and 12 hex digits")
     status: JobStatus = Field(
         description="queued while every job waits, running until every job has ended, then "
-        "the worst of theirs: error > timed_out > failed > cancelled > succeeded"
+        "the worst of theirs: error > timed_out > failed > cancelled > succeeded; failed at "
+        "least when its shards collected different tests (its summary's warning says so)"
     )
     success: bool | None = Field(description="null until every job has ended")
     created_at: datetime
