@@ -335,8 +335,12 @@ def _event_from_row(row: aiosqlite.Row) -> JobEvent:
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path)
     db.row_factory = aiosqlite.Row
-    # The busy timeout first: switching to WAL waits on another process's migration.
-    await db.execute("PRAGMA busy_timeout=5000")
+    try:
+        # The busy timeout first: switching to WAL waits on another process's migration.
+        await db.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        await db.close()
+        raise
     return db
 
 
@@ -383,6 +387,15 @@ class SqliteStore(Store):
         return self._reader
 
     async def open(self) -> None:
+        # A store that fails to open closes what it opened: an aiosqlite connection left
+        # open keeps its thread, which keeps the process from exiting.
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await _connect(self.path)
         await _use_wal(self._db)
