@@ -72,6 +72,8 @@ async def test_results_come_in_pages_of_limit_following_the_last_position(
         "total": CASES,
         "results_kept": None,
         "warning": None,
+        "collected": None,  # only a shard says what it collected
+        "collected_sha256": None,
     }
     assert [len(page) for page in everything] == [500, 500, 500, 500, 500, 0]
     results = [result for page in everything for result in page]
