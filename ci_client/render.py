@@ -63,13 +63,7 @@ def format_outcome(job: dict[str, Any]) -> str:
         return format_group_outcome(job)
     status = job["status"]
     label = f" ({job['label']})" if job.get("label") else ""
-    text = f"Job {job['job_id']}{label} {status.replace('_', ' ')}"
-    counts = format_counts(job.get("summary"))
-    if counts:
-        text += f": {counts}"
-    duration = job.get("duration_seconds")
-    if duration is not None:
-        text += f" in {format_duration(duration)}"
+    text = _headline(f"Job {job['job_id']}{label}", job)
     details = []
     if status == "failed" and job.get("exit_code") not in (None, 0):
         details.append(f"exit code {job['exit_code']}")
@@ -77,6 +71,18 @@ def format_outcome(job: dict[str, Any]) -> str:
         details.append(job["reason"])
     if details:
         text += f" ({'; '.join(details)})"
+    return text
+
+
+def _headline(subject: str, item: dict[str, Any]) -> str:
+    """`<subject> <status>: <counts> in <duration>`, of a job or a group."""
+    text = f"{subject} {item['status'].replace('_', ' ')}"
+    counts = format_counts(item.get("summary"))
+    if counts:
+        text += f": {counts}"
+    duration = item.get("duration_seconds")
+    if duration is not None:
+        text += f" in {format_duration(duration)}"
     return text
 
 
@@ -88,13 +94,7 @@ def is_group(item: dict[str, Any]) -> bool:
 def format_group_outcome(group: dict[str, Any]) -> str:
     """One line saying how a group ended: its merged counts, then which jobs did not pass,
     e.g. `Group g-1a2b failed: 38 passed, 2 failed in 14.1s (py3.13 failed)`."""
-    text = f"Group {group['group_id']} {group['status'].replace('_', ' ')}"
-    counts = format_counts(group.get("summary"))
-    if counts:
-        text += f": {counts}"
-    duration = group.get("duration_seconds")
-    if duration is not None:
-        text += f" in {format_duration(duration)}"
+    text = _headline(f"Group {group['group_id']}", group)
     unhappy = [job for job in group["jobs"] if job["status"] != "succeeded"]
     statuses = {job["status"].replace("_", " ") for job in unhappy}
     if len(unhappy) == len(group["jobs"]) > 1 and len(statuses) == 1:

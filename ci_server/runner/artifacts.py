@@ -116,12 +116,17 @@ class _Collector:
         self.found.artifacts.append(Artifact(path, copied, digest.hexdigest(), position))
         self.found.files.append(target)
 
-    def add_report(self, output_dir: Path) -> None:
+    def _open(self, output_dir: Path, name: str, refused: str) -> BinaryIO | None:
+        """The job's output file `name`, if it left a regular one; a note `refused: why`
+        when it is something else."""
         try:
-            stream = open_regular(output_dir, REPORT_NAME)
+            return open_regular(output_dir, name)
         except NotRegularFile as e:
-            self.found.notes.append(f"the test report is not kept: {e}")
-            return
+            self.found.notes.append(f"{refused}: {e}")
+            return None
+
+    def add_report(self, output_dir: Path) -> None:
+        stream = self._open(output_dir, REPORT_NAME, "the test report is not kept")
         if stream is None:
             return
         with stream:
@@ -129,11 +134,7 @@ class _Collector:
 
     def add_packed(self, output_dir: Path) -> None:
         """The files of the tar the job's exit trap packed, those that pass the checks."""
-        try:
-            stream = open_regular(output_dir, ARTIFACTS_NAME)
-        except NotRegularFile as e:
-            self.found.notes.append(f"the packed artifacts are not used: {e}")
-            return
+        stream = self._open(output_dir, ARTIFACTS_NAME, "the packed artifacts are not used")
         if stream is None:
             return
         with stream:

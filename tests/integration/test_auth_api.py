@@ -77,15 +77,6 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def people(settings: Settings) -> People:
-    return People(
-        ann=await add_person(settings, "ann"),
-        bob=await add_person(settings, "bob"),
-        root=await add_person(settings, "root", admin=True),
-    )
-
-
-@pytest.fixture
 async def client(settings: Settings, people: People) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(settings, FakeExecutor()) as client:
         yield client

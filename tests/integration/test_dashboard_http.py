@@ -17,7 +17,7 @@ from ci_server.store.sqlite import SqliteStore
 from ci_server.users import Session
 from tests.fakes import FakeExecutor, FakeRun
 from tests.integration.test_artifacts_api import REPORT
-from tests.integration.test_auth_api import People, Person, add_person
+from tests.integration.test_auth_api import People, Person
 from tests.integration.test_sqlite_api import (
     PASSING_PROJECT,
     UNKNOWN_ID,
@@ -33,15 +33,6 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path, auth=True)
-
-
-@pytest.fixture
-async def people(settings: Settings) -> People:
-    return People(
-        ann=await add_person(settings, "ann"),
-        bob=await add_person(settings, "bob"),
-        root=await add_person(settings, "root", admin=True),
-    )
 
 
 LINES = [f"line {n} \x1b[31m<b>red</b>\x1b[0m\n".encode() for n in range(1, 3001)]

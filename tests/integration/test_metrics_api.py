@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ci_server.settings import Settings
 from tests.fakes import FakeExecutor, FakeRun, wait_until
-from tests.integration.test_auth_api import People, add_person
+from tests.integration.test_auth_api import People
 from tests.integration.test_sqlite_api import finished, make_settings, serve, submit
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -42,15 +42,6 @@ async def scrape(client: httpx.AsyncClient, **headers: str) -> Samples:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path, auth=True)
-
-
-@pytest.fixture
-async def people(settings: Settings) -> People:
-    return People(
-        ann=await add_person(settings, "ann"),
-        bob=await add_person(settings, "bob"),
-        root=await add_person(settings, "root", admin=True),
-    )
 
 
 @pytest.fixture
