@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ci_server.store.sqlite import SqliteStore
+from tests.fakes import wait_until
 
 
 def connection_threads() -> list[threading.Thread]:
@@ -25,4 +26,5 @@ async def test_a_store_that_fails_to_open_leaves_no_connection_behind(tmp_path: 
     with pytest.raises(sqlite3.DatabaseError, match="file is not a database"):
         await SqliteStore(not_a_database).open()
 
-    assert connection_threads() == before
+    # A closed connection's thread ends just after the close returns.
+    await wait_until(lambda: connection_threads() == before, what="no connection thread left")
