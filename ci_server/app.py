@@ -50,6 +50,7 @@ def docker_executor(settings: Settings, metrics: Metrics) -> DockerExecutor:
         base_url=settings.docker_host,
         warm_dir=settings.resolved_data_dir / "warm" / folder,
         warm_containers=settings.warm_containers,
+        project_overlay=settings.project_overlay,
         metrics=metrics,
     )
 

@@ -219,6 +219,12 @@ class Settings(BaseSettings):
         description="containers started ahead for the next jobs, one per recently used image "
         "and settings, so a job skips its container's start; 0: none",
     )
+    project_overlay: bool = Field(
+        default=True,
+        description="give each job its project as an overlay of the uploaded files instead "
+        "of a copy in its /tmp (the worker mounts it: it must run as root, beside the Docker "
+        "engine, or jobs copy, as with false)",
+    )
     allowed_images: str = Field(
         default="",
         description="comma-separated images a project's ci.toml may choose, besides runner_image",

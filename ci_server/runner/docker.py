@@ -10,11 +10,11 @@ of its own mounted at /src (and another at /ci-input). Taking one moves the proj
 the script to its stdin.
 
 What a job may write is bounded: its root file system is read-only, /tmp is a tmpfs of
-`limits.tmp_bytes`, and the files it shares with the host, its report and its artifacts'
-tar, are bounded like any file it writes by RLIMIT_FSIZE (`limits.file_bytes`). Its output
-is read through an attach made before it can print, and the engine keeps no log of it (log
-driver `none`): the service keeps what it needs, bounded, and nothing of a job grows under
-the engine.
+`limits.tmp_bytes` (the engine's, or with `project_overlay` the worker's: scratch.py), and
+the files it shares with the host, its report and its artifacts' tar, are bounded like any
+file it writes by RLIMIT_FSIZE (`limits.file_bytes`). Its output is read through an attach
+made before it can print, and the engine keeps no log of it (log driver `none`): the
+service keeps what it needs, bounded, and nothing of a job grows under the engine.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from docker.models.containers import Container
 from docker.types import LogConfig, Ulimit
 
 from ci_server.metrics import Metrics
+from ci_server.runner import mounts
 from ci_server.runner.executor import (
     ENVIRONMENT_LABEL,
     INPUT_DIR,
@@ -56,6 +57,7 @@ from ci_server.runner.executor import (
     RunSpec,
 )
 from ci_server.runner.output import in_turns
+from ci_server.runner.scratch import Scratch, numeric_ids
 from ci_server.runner.warm import Profile, WarmPool
 from ci_server.runner.workspace import remove_tree
 
@@ -83,11 +85,13 @@ def container_name(job_id: str, *, build: bool = False) -> str:
 class _Box:
     """A job's container. `slot` is the directory holding what is mounted at /src and at
     the report's place when the container was started before its job (warm), None when it
-    was made for the job; `output` its attached stdout and stderr, once it has a job."""
+    was made for the job; `scratch` its /tmp when the worker mounted it (scratch.py);
+    `output` its attached stdout and stderr, once it has a job."""
 
     container: Container
     slot: Path | None = None
     output: Any = None
+    scratch: Scratch | None = None
 
     @property
     def image_id(self) -> str:
@@ -107,11 +111,15 @@ def _move_files_in(spec: RunSpec, slot: Path) -> None:
         _move_entries(spec.inputs, slot / "input")
 
 
-def _move_files_out(slot: Path, spec: RunSpec) -> None:
-    """Put the job's project and inputs back where they were before _move_files_in."""
-    _move_entries(slot / "src", spec.workspace)
+def _files_back(warm: _Box, spec: RunSpec) -> None:
+    """Put the job's project and inputs back where they were before _move_files_in, once
+    the overlay on them (if any) is gone."""
+    assert warm.slot is not None
+    if warm.scratch is not None:
+        warm.scratch.lift()
+    _move_entries(warm.slot / "src", spec.workspace)
     if spec.inputs is not None:
-        _move_entries(slot / "input", spec.inputs)
+        _move_entries(warm.slot / "input", spec.inputs)
 
 
 def _output_files(directory: Path) -> dict[str, dict[str, str]]:
@@ -253,13 +261,16 @@ class DockerExecutor:
         base_url: str | None = None,
         warm_dir: Path | None = None,
         warm_containers: int = 0,
+        project_overlay: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
         """Its containers are labelled `instance` and, if given, `worker`: it removes as
         orphans only those with both. `warm_containers` > 0 keeps that many containers
         started ahead (WarmPool), their directories under `warm_dir`, which must be on the
-        workspaces' file system and this executor's alone. `metrics` counts the jobs a warm
-        container took."""
+        workspaces' file system and this executor's alone. `project_overlay` gives each
+        job its project as an overlay instead of a copy (scratch.py), when the worker may
+        mount (else it says so once and jobs copy), their /tmp under `warm_dir` too.
+        `metrics` counts the jobs a warm container took."""
         self.instance = instance
         self.metrics = metrics or Metrics()
         self.labels = {INSTANCE_LABEL: instance} | ({WORKER_LABEL: worker} if worker else {})
@@ -268,6 +279,7 @@ class DockerExecutor:
         self._client: docker.DockerClient | None = None
         self._removals: set[asyncio.Future[None]] = set()
         self._warm_dir = warm_dir
+        self._overlay = project_overlay and warm_dir is not None
         self._pool = WarmPool[_Box](
             warm_containers if warm_dir is not None else 0,
             make=lambda profile: self._call(self._start_warm, profile),
@@ -303,16 +315,21 @@ class DockerExecutor:
         *,
         stdin: bool = False,
         build: bool = False,
+        scratch: Scratch | None = None,
     ) -> Container:
-        """A container for `profile`: a job's box, or (`build`) an environment's build,
-        whose file system is the image being made and so stays writable."""
+        """A container for `profile`: a job's box, its /tmp the `scratch` if given, or
+        (`build`) an environment's build, whose file system is the image being made and so
+        stays writable."""
         client = self._connect()
         limits = profile.limits
         box: dict[str, Any] = {
             "read_only": True,
-            "tmpfs": {"/tmp": f"size={limits.tmp_bytes},mode=1777,exec"},
             "ulimits": [Ulimit(name="fsize", soft=limits.file_bytes, hard=limits.file_bytes)],
         }
+        if scratch is None:
+            box["tmpfs"] = {"/tmp": f"size={limits.tmp_bytes},mode=1777,exec"}
+        else:
+            volumes = volumes | scratch.volumes()
         memory = limits.memory_bytes if build else limits.container_memory_bytes
         try:
             return client.containers.create(
@@ -374,13 +391,50 @@ class DockerExecutor:
             volumes |= _output_files(output_dir)
         name = container_name(spec.job_id, build=build)
         command = ["sh", "-c", spec.script]
+        profile = Profile.of(spec)
+        scratch = None if build else self._new_scratch(profile)
         try:
-            container = self._create(Profile.of(spec), command, volumes, name, build=build)
-            return self._start(_Box(container), attach=True)
+            if scratch is not None:
+                self._lay_over(scratch, spec.workspace)
+            container = self._create(profile, command, volumes, name, build=build, scratch=scratch)
         except BaseException:
+            if scratch is not None:
+                scratch.remove()
             if output_dir is not None:
                 _keep_output_files(output_dir, None)  # no run: no report, not an empty one
             raise
+        return self._start(_Box(container, scratch=scratch), attach=True)
+
+    def _new_scratch(self, profile: Profile, folder: Path | None = None) -> Scratch | None:
+        """A /tmp of the worker's for a container of `profile` (scratch.py), in `folder`
+        (made under the warm directory if None); None when jobs copy their project: the
+        overlay is off, the tests' user is not `uid:gid`, or mounting is not allowed here
+        (said once, then off)."""
+        ids = numeric_ids(profile.user)
+        if not self._overlay or ids is None or self._warm_dir is None:
+            return None
+        try:
+            if folder is None:
+                self._warm_dir.mkdir(parents=True, exist_ok=True)
+                folder = Path(tempfile.mkdtemp(dir=self._warm_dir, prefix="scratch-"))
+            else:
+                folder.mkdir()
+            return Scratch.make(folder, profile.limits.tmp_bytes, *ids)
+        except OSError as e:
+            logger.warning("jobs will copy their project into /tmp: cannot mount it (%s)", e)
+            self._overlay = False
+            if folder is not None:
+                remove_tree(folder)
+            return None
+
+    @staticmethod
+    def _lay_over(scratch: Scratch, lower: Path) -> None:
+        """The project's overlay on `scratch`; if it cannot be mounted, the job copies its
+        project as without one (its /tmp/project is empty)."""
+        try:
+            scratch.lay_over(lower)
+        except OSError as e:
+            logger.warning("the job copies its project: cannot mount its overlay (%s)", e)
 
     def _start_warm(self, profile: Profile) -> _Box:
         assert self._warm_dir is not None
@@ -393,13 +447,17 @@ class DockerExecutor:
             str(slot / "input"): {"bind": INPUT_DIR, "mode": "ro"},
             **_output_files(slot),
         }
+        scratch = self._new_scratch(profile, slot / "scratch")
         try:
             command = ["sh", "-c", WAITING_SHELL]
-            container = self._create(profile, command, volumes, f"ci-warm-{slot.name}", stdin=True)
+            name = f"ci-warm-{slot.name}"
+            container = self._create(profile, command, volumes, name, stdin=True, scratch=scratch)
         except BaseException:
+            if scratch is not None:
+                scratch.remove()
             remove_tree(slot)
             raise
-        return self._start(_Box(container, slot))
+        return self._start(_Box(container, slot, scratch=scratch))
 
     def _hand_over(self, warm: _Box, spec: RunSpec) -> _Box | None:
         """Give a waiting container the job: its files, its name, its script.
@@ -414,6 +472,8 @@ class DockerExecutor:
             if container.status == "running":
                 container.rename(container_name(spec.job_id))
                 _move_files_in(spec, warm.slot)
+                if warm.scratch is not None:
+                    self._lay_over(warm.scratch, warm.slot / "src")
                 try:
                     output = container.attach_socket(params=OUTPUT_STREAMS)
                     try:
@@ -427,7 +487,7 @@ class DockerExecutor:
                     requests.exceptions.RequestException,
                     OSError,
                 ):
-                    _move_files_out(warm.slot, spec)
+                    _files_back(warm, spec)
                     raise
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
             logger.warning("a warm container could not take job %s: %s", spec.job_id, e)
@@ -447,12 +507,15 @@ class DockerExecutor:
 
     def _finish_files(self, box: _Box, spec: RunSpec) -> None:
         """After the run: the report and artifacts where the job looks for them (if
-        written), and a warm container's project files back in the workspace."""
+        written), and the project's files back in the workspace, free of its overlay."""
         if box.slot is not None:
             _keep_output_files(box.slot, spec.output_dir)
-            _move_files_out(box.slot, spec)
-        elif spec.output_dir is not None:
-            _keep_output_files(spec.output_dir, spec.output_dir)
+            _files_back(box, spec)
+        else:
+            if box.scratch is not None:
+                box.scratch.lift()
+            if spec.output_dir is not None:
+                _keep_output_files(spec.output_dir, spec.output_dir)
 
     def _wait(self, container: Container) -> int:
         return int(container.wait()["StatusCode"])
@@ -460,6 +523,8 @@ class DockerExecutor:
     def _remove(self, box: _Box) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             box.container.remove(force=True)
+        if box.scratch is not None:
+            box.scratch.remove()
         if box.slot is not None:
             remove_tree(box.slot)
 
@@ -557,7 +622,9 @@ class DockerExecutor:
             raise ExecutorError(f"could not remove orphaned containers: {e}") from e
         if self._warm_dir is not None and self._warm_dir.is_dir():
             for slot in self._warm_dir.iterdir():
-                remove_tree(slot)  # the directories of warm containers gone with them
+                # The directories of containers gone with them, and the /tmp mounted there.
+                mounts.unmount_all_under(slot)
+                remove_tree(slot)
         return len(containers)
 
     async def remove_orphans(self) -> int:

@@ -121,9 +121,15 @@ def _write_last_failed(node_ids: Sequence[str]) -> str:
 
 
 def _copy_source(*under: str) -> str:
-    """Copy the source to PROJECT_DIR, over the trees `under` (copied first)."""
+    """Copy the source to PROJECT_DIR, over the trees `under` (copied first). Unless the
+    worker laid the source there already (an overlay of /src: runner/scratch.py), in which
+    case only what of `under` the source does not have is copied in."""
     copies = " && ".join(f"cp -R {tree}/. {PROJECT_DIR}" for tree in (*under, "/src"))
-    return f"mkdir -p {PROJECT_DIR} && {copies} && cd {PROJECT_DIR} || exit 1"
+    added = "".join(f" && cp -R -n {tree}/. {PROJECT_DIR}" for tree in under)
+    return (
+        f'if [ -n "$(ls -A {PROJECT_DIR} 2>/dev/null)" ]; then true{added}; '
+        f"else mkdir -p {PROJECT_DIR} && {copies}; fi && cd {PROJECT_DIR} || exit 1"
+    )
 
 
 def _install_step(title: str, commands: Sequence[str]) -> list[str]:
