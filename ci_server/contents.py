@@ -109,19 +109,27 @@ def read_manifest(path: Path) -> list[ManifestFile]:
         # One document: a row never holds a raw newline (JSON escapes them in strings).
         rows = json.loads(b"[" + file.read().replace(b"\n", b",") + b"]")
     files = []
+    safe_folders: set[str] = set()
     for name, size, executable, hash_ in rows:
-        if not _is_safe_path(name) or not is_hash(hash_):
+        if not _is_safe_path(name, safe_folders) or not is_hash(hash_):
             raise InvalidUpload(f"manifest entry {name!r} cannot be read")
         files.append(ManifestFile(name, int(size), bool(executable), hash_))
     return files
 
 
-def _is_safe_path(path: str) -> bool:
-    """Whether `path` is safe names joined by `/`, not too long (as a walk makes them)."""
+def _is_safe_path(path: str, safe_folders: set[str]) -> bool:
+    """Whether `path` is safe names joined by `/`, not too long (as a walk makes them).
+    `safe_folders` holds the folders found safe so far, which this adds to: a folder's
+    names are checked once, not again for each file in it (a worker reads 20,000 paths in
+    200 folders twice a job)."""
+    folder, slash, name = path.rpartition("/")
     try:
-        for name in path.split("/"):
-            safe_entry_name(name)
+        safe_entry_name(name)
         check_path_length(path, "manifest entry")
+        if slash and folder not in safe_folders:
+            for part in folder.split("/"):
+                safe_entry_name(part)
+            safe_folders.add(folder)
     except InvalidUpload:
         return False
     return True

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from ci_common.trees import TreeEntry, content_hash, encode_tree, record_header
-from ci_server.contents import Contents
+from ci_server.contents import Contents, ManifestFile, encode_manifest, read_manifest
 from ci_server.models import ContentsMissing, InvalidUpload
 from ci_server.runner.workspace import MAX_DEPTH, ArchiveLimits
 from ci_server.store.blobs_fs import FileBlobStore
@@ -112,6 +112,25 @@ async def test_a_tree_with_an_unsafe_name_is_refused(contents: Contents, name: s
     root = await tree(contents, "ann", [file(name, b"x")])
     with pytest.raises(InvalidUpload):
         await contents.manifest("ann", root)
+
+
+SAFE = [ManifestFile(path, 1, False, "a" * 64) for path in ("a/x", "a/b/y", "z")]
+
+
+def test_a_manifest_is_read_back_as_written(tmp_path: Path) -> None:
+    (tmp_path / "manifest").write_bytes(encode_manifest(SAFE))
+    assert read_manifest(tmp_path / "manifest") == SAFE
+
+
+@pytest.mark.parametrize(
+    "path", ["/a", "a//x", "a/", "a/../x", "a/b/../y", "..", "a/./x", "a\\b/x"]
+)
+def test_a_manifest_naming_an_unsafe_path_is_refused(tmp_path: Path, path: str) -> None:
+    """Also after safe files in the folders it shares (their names were checked once)."""
+    unsafe = ManifestFile(path, 1, False, "a" * 64)
+    (tmp_path / "manifest").write_bytes(encode_manifest([*SAFE, unsafe]))
+    with pytest.raises(InvalidUpload):
+        read_manifest(tmp_path / "manifest")
 
 
 async def test_trees_that_pass_the_limits_are_refused(contents: Contents) -> None:
