@@ -361,11 +361,14 @@ def _path_in(root: Path, file: ManifestFile) -> Path:
 
 
 def _folders(files: Collection[ManifestFile]) -> set[str]:
-    """Every folder the files are in, at every depth (`a`, `a/b` for `a/b/c.py`)."""
-    folders = set()
-    for file in files:
-        parts = file.path.split("/")[:-1]
-        folders.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+    """Every folder the files are in, at every depth (`a`, `a/b` for `a/b/c.py`): each
+    file's own folder, then each of those once with the folders above it (20,000 files
+    are in about 200)."""
+    folders: set[str] = set()
+    for folder in {file.path.rpartition("/")[0] for file in files}:
+        while folder and folder not in folders:  # one there has its parents there
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
     return folders
 
 
