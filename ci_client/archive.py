@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Iterator
@@ -87,17 +88,63 @@ def _excluded_dir(directory: Path) -> bool:
     return name in ALWAYS_EXCLUDED_DIRS or name.endswith(".egg-info") or _is_virtualenv(directory)
 
 
+_NAMED_GROUP = re.compile(r"\(\?P<\w+>")
+
+
+class _IgnoreFile:
+    """A .gitignore: its folder (relative, "" for the root) and its patterns."""
+
+    __slots__ = ("_any_ignoring", "base", "spec")
+
+    def __init__(self, base: str, spec: GitIgnoreSpec) -> None:
+        self.base = base
+        self.spec = spec
+        self._any_ignoring = _any_ignoring(spec)
+
+    def ignores(self, path: str) -> bool:
+        """Whether the patterns ignore `path` (relative to `base`, `/` after a folder)."""
+        if self._any_ignoring is not None and self._any_ignoring.search(path) is None:
+            return False  # no pattern that ignores matches: none can ignore it
+        return self.spec.match_file(path)
+
+
+def _any_ignoring(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
+    """One expression that matches wherever one of the spec's ignoring (not `!`) patterns
+    does, or None if they cannot be joined. pathspec tries each pattern in turn: a common
+    Python .gitignore (about 80 patterns) took 0.3 s for 20,000 files; most files match
+    none, and this tells so in one search. A group's name may be used once in an
+    expression, and pathspec names one in most patterns: named groups become
+    non-capturing, which matches the same, when every group is named and every `(?P<`
+    found is one of them (none in a `[...]`), and the pattern has no flag."""
+    sources = []
+    for pattern in spec.patterns:
+        if pattern.include is not True:  # a comment, or a `!` pattern: ignores nothing
+            continue
+        regex = getattr(pattern, "regex", None)
+        if not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str):
+            return None
+        source, named = _NAMED_GROUP.subn("(?:", regex.pattern)
+        if regex.flags != re.UNICODE or not named == regex.groups == len(regex.groupindex):
+            return None
+        sources.append(f"(?:{source})")
+    try:
+        return re.compile("|".join(sources)) if sources else None
+    except re.error:
+        return None
+
+
 def iter_project_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """The files worth sending: each one's path relative to `root` (with `/`, sorted per
     folder) and its status (stat: followed, as reading it will), one stat a file."""
-    specs: list[tuple[str, GitIgnoreSpec]] = []
-    """The .gitignore files found: their folder (relative, "" for the root) and patterns."""
+    specs: list[_IgnoreFile] = []
+    """The .gitignore files found."""
 
     def ignored(relative: str, is_dir: bool) -> bool:
-        for base, spec in specs:
+        for rules in specs:
+            base = rules.base
             if not base or relative.startswith(f"{base}/"):
                 text = relative[len(base) + 1 if base else 0 :] + ("/" if is_dir else "")
-                if spec.match_file(text):
+                if rules.ignores(text):
                     return True
         return False
 
@@ -109,7 +156,7 @@ def iter_project_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
         gitignore = here / ".gitignore"
         if gitignore.is_file():
             lines = gitignore.read_text(errors="replace").splitlines()
-            specs.append((relative_here, GitIgnoreSpec.from_lines(lines)))
+            specs.append(_IgnoreFile(relative_here, GitIgnoreSpec.from_lines(lines)))
         folders, files = [], []
         with os.scandir(here) as entries:
             for entry in entries:
