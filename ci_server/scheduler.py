@@ -70,6 +70,8 @@ from ci_server.workspace_cache import WorkspaceCache
 logger = logging.getLogger(__name__)
 
 SHARD_PLUGIN = Path(__file__).with_name("runner") / "shard_plugin.py"
+UPLOAD = "upload"
+"""The job's upload in its folder: a zip, or the server's manifest of its files."""
 """Sent to sharded jobs, never imported here (it needs pytest)."""
 CONTAINER_ENV = {"HOME": "/tmp/home", "PYTHONUNBUFFERED": "1", "PIP_USER": "1"}
 """PIP_USER: an unprivileged user installs into its home (the image's Python is root's)."""
@@ -170,38 +172,40 @@ class JobPipeline:
             digest = files_digest((f.path, f.executable, f.size, f.hash) for f in files)
             return await self._test_unpacked(job, workspace, digest, log, steps)
         finally:
-            kept = await self.workspaces.keep(job.owner_id, job.project, files, project)
+            manifest = workspace / UPLOAD
+            kept = await self.workspaces.keep(job.owner_id, job.project, files, project, manifest)
             steps.lap("workspace kept" if kept else "workspace not kept")
 
     async def _unpack(self, job: Job, workspace: Path, project: Path) -> list[ManifestFile] | None:
         """The job's upload as the folder `project`: a zip unpacked (None), or the files of
         the server's manifest (contents.py), written over the tree kept from the owner's last
-        job of the project (workspace_cache.py) when there is one."""
-        archive = workspace / "upload.zip"
+        job of the project (workspace_cache.py) when there is one. The manifest stays at
+        UPLOAD, to be kept with the tree."""
+        upload = workspace / UPLOAD
         try:
-            await self.blobs.fetch(job.upload_key, archive)
+            await self.blobs.fetch(job.upload_key, upload)
         except BlobNotFound:
             raise StorageFailure("the job's upload is missing from the blob store") from None
-        try:
-            if not await asyncio.to_thread(is_manifest, archive):
+        if not await asyncio.to_thread(is_manifest, upload):
+            try:
                 limits = self.settings.archive_limits
-                await asyncio.to_thread(unpack_archive, archive, project, limits)
-                return None
-            if job.owner_id is None:  # a manifest's contents are its owner's, always set
-                raise StorageFailure("the job's upload names contents but the job no owner")
-            files = await asyncio.to_thread(read_manifest, archive)
-            present = await self.workspaces.take(job.owner_id, job.project, project)
-            written = await self.contents.assemble(job.owner_id, files, project, present)
-            logger.debug(
-                "job %s: %d of %d files written (%d were there)",
-                job.id,
-                written,
-                len(files),
-                len(present),
-            )
-            return files
-        finally:
-            await asyncio.to_thread(archive.unlink, missing_ok=True)
+                await asyncio.to_thread(unpack_archive, upload, project, limits)
+            finally:
+                await asyncio.to_thread(upload.unlink, missing_ok=True)  # as big as the project
+            return None
+        if job.owner_id is None:  # a manifest's contents are its owner's, always set
+            raise StorageFailure("the job's upload names contents but the job no owner")
+        files = await asyncio.to_thread(read_manifest, upload)
+        present = await self.workspaces.take(job.owner_id, job.project, project)
+        written = await self.contents.assemble(job.owner_id, files, project, present)
+        logger.debug(
+            "job %s: %d of %d files written (%d were there)",
+            job.id,
+            written,
+            len(files),
+            len(present),
+        )
+        return files
 
     async def _test_unpacked(
         self, job: Job, workspace: Path, digest: str, log: _JobLog, steps: Stopwatch

@@ -11,10 +11,15 @@ An entry is *lent*, not copied: `take` renames it into the job's own folder, whe
 runs on it, and `keep` renames it back after the job. So one job at a time has it (another
 job of the same project meanwhile assembles its workspace in full, and the entry kept last
 wins) and nothing is copied. That is sound because nothing writes a job's workspace once it
-is written: every container mounts it read-only (the job's script copies it to /tmp), the
-server only reads it, and the executor only moves its top-level entries into a warm
-container's folder and back. `keep` checks those are all back (a cancelled job's are not)
-before it keeps the tree; else the tree is removed with the job's folder.
+is written: every container mounts it read-only (a job's tests see it through an overlay:
+runner/scratch.py), the server only reads it, and the executor only moves its top-level
+entries into a warm container's folder and back, and gives them to the tests' user. `keep`
+checks those are all back (a cancelled job's are not) before it keeps the tree; else the
+tree is removed with the job's folder.
+
+The manifest kept is the job's own file, moved in; the files it lists stay decoded in memory
+too, for the next `take` (reading 20,000 of them back cost 0.044 s of a job), as long as
+the file is the one this process kept (workers sharing the folder keep entries too).
 
 Entries beyond `size` are evicted, least recently kept first, in the background
 (runner/workspace.py's Removals).
@@ -30,7 +35,7 @@ import os
 import uuid
 from pathlib import Path
 
-from ci_server.contents import ManifestFile, encode_manifest, read_manifest
+from ci_server.contents import ManifestFile, read_manifest
 from ci_server.models import CIError
 from ci_server.runner.workspace import Removals, remove_tree
 
@@ -46,6 +51,15 @@ def entry_key(owner: str, project: str | None) -> str:
     return hashlib.sha256(f"{owner}\0{project or ''}".encode()).hexdigest()
 
 
+Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> Stamp:
+    """Which file `path` is: its inode, modification time and size."""
+    status = path.stat()
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
 class WorkspaceCache:
     def __init__(self, directory: Path, size: int, removals: Removals) -> None:
         """`directory` must be on the job workspaces' file system (entries move by renames);
@@ -53,6 +67,8 @@ class WorkspaceCache:
         self.directory = directory
         self.size = size
         self.removals = removals
+        self._decoded: dict[str, tuple[Stamp, list[ManifestFile]]] = {}
+        """The files of the entries this process kept, by key, with their manifest's stamp."""
 
     async def take(self, owner: str, project: str | None, destination: Path) -> list[ManifestFile]:
         """Move the owner's last tree of `project` to the new folder `destination`; the files
@@ -70,7 +86,7 @@ class WorkspaceCache:
             destination.mkdir()
             return []
         try:
-            files = read_manifest(lent / MANIFEST)
+            files = self._files(key, lent / MANIFEST)
             (lent / FILES).rename(destination)
         except (OSError, ValueError, CIError):  # a damaged entry (a crash while it was kept)
             remove_tree(lent)
@@ -80,17 +96,30 @@ class WorkspaceCache:
         remove_tree(lent)
         return files
 
+    def _files(self, key: str, manifest: Path) -> list[ManifestFile]:
+        """The files of the entry `key` (lent, its manifest file at `manifest`)."""
+        decoded = self._decoded.pop(key, None)
+        if decoded is not None and decoded[0] == _stamp(manifest):
+            return decoded[1]
+        return read_manifest(manifest)
+
     async def keep(
-        self, owner: str, project: str | None, files: list[ManifestFile], tree: Path
+        self,
+        owner: str,
+        project: str | None,
+        files: list[ManifestFile],
+        tree: Path,
+        manifest: Path,
     ) -> bool:
-        """Keep `tree`, which holds `files`, as the owner's last tree of `project`, if its
-        top-level entries are all there (the executor moved them back after the job); whether
-        it was kept. An entry kept meanwhile by another job stays."""
+        """Keep `tree`, which holds `files`, as the owner's last tree of `project`, with the
+        job's `manifest` file (which lists them: moved in), if the tree's top-level entries
+        are all there (the executor moved them back after the job); whether it was kept. An
+        entry kept meanwhile by another job stays."""
         if self.size <= 0:
             return False
         key = entry_key(owner, project)
         try:
-            kept, doomed = await asyncio.to_thread(self._keep, key, files, tree)
+            kept, doomed = await asyncio.to_thread(self._keep, key, files, tree, manifest)
         except OSError as e:  # never the job's failure: its next run writes it all
             logger.warning("could not keep the workspace %s: %s", tree, e)
             return False
@@ -98,14 +127,16 @@ class WorkspaceCache:
             self.removals.remove(trash)
         return kept
 
-    def _keep(self, key: str, files: list[ManifestFile], tree: Path) -> tuple[bool, list[Path]]:
+    def _keep(
+        self, key: str, files: list[ManifestFile], tree: Path, manifest: Path
+    ) -> tuple[bool, list[Path]]:
         top = {f.path.split("/")[0] for f in files}
         if not tree.is_dir() or {entry.name for entry in tree.iterdir()} != top:
             return False, []
         self.directory.mkdir(parents=True, exist_ok=True)
         entry = tree.with_name(f"{tree.name}.entry")
         entry.mkdir()
-        (entry / MANIFEST).write_bytes(encode_manifest(files))
+        manifest.rename(entry / MANIFEST)
         tree.rename(entry / FILES)
         try:
             entry.rename(self.directory / key)
@@ -114,6 +145,7 @@ class WorkspaceCache:
             remove_tree(entry)
             return False, []
         os.utime(self.directory / key)  # the most recently kept
+        self._decoded[key] = (_stamp(self.directory / key / MANIFEST), files)
         return True, self._beyond_size()
 
     def _beyond_size(self) -> list[Path]:
@@ -135,4 +167,5 @@ class WorkspaceCache:
             with contextlib.suppress(FileNotFoundError):
                 entry.rename(trash)
                 doomed.append(trash)
+            self._decoded.pop(entry.name, None)
         return doomed

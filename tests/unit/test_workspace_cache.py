@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from ci_common.trees import content_hash, record_header
-from ci_server.contents import Contents, ManifestFile
+from ci_server.contents import Contents, ManifestFile, encode_manifest
 from ci_server.runner.workspace import ArchiveLimits, Removals
 from ci_server.store.blobs_fs import FileBlobStore
 from ci_server.workspace_cache import WorkspaceCache
@@ -64,7 +64,10 @@ class Jobs:
         return tree, written
 
     async def keep(self, owner: str, project: str, tree: Path) -> bool:
-        return await self.cache.keep(owner, project, self.manifests[tree], tree)
+        """Keep the tree with its manifest file, as the job's folder holds it."""
+        manifest = tree.with_name("upload")
+        manifest.write_bytes(encode_manifest(self.manifests[tree]))
+        return await self.cache.keep(owner, project, self.manifests[tree], tree, manifest)
 
 
 def _bytes(data: bytes | tuple[bytes, bool]) -> bytes:
@@ -226,3 +229,23 @@ async def test_a_tree_that_cannot_be_kept_is_not_the_jobs_failure(jobs: Jobs) ->
     (tree.parent / "src.entry").write_text("in the way")
 
     assert not await jobs.keep("ann", "app", tree)
+
+
+async def test_an_entry_another_worker_kept_meanwhile_is_read_from_its_manifest(
+    contents: Contents, cache: WorkspaceCache, tmp_path: Path
+) -> None:
+    """A worker remembers the files of the entries it kept; a worker sharing the folder
+    that kept another tree of the project since is not mistaken for it."""
+    other = WorkspaceCache(cache.directory, size=2, removals=cache.removals)
+    ours, theirs = Jobs(contents, cache, tmp_path / "a"), Jobs(contents, other, tmp_path / "b")
+    tree, _ = await ours.workspace("ann", "app", FIRST)
+    assert await ours.keep("ann", "app", tree)
+    changed = {**FIRST, "pkg/a.py": b"a = 'changed elsewhere'\n"}
+    tree, written = await theirs.workspace("ann", "app", changed)
+    assert written == 1
+    assert await theirs.keep("ann", "app", tree)
+
+    tree, written = await ours.workspace("ann", "app", FIRST)
+
+    assert written == 1  # pkg/a.py back as FIRST has it: the kept entry was read as it is
+    assert tree_of(tree) == as_found(FIRST)
