@@ -21,7 +21,7 @@ import os
 import re
 import shlex
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,18 +227,21 @@ def _options(
                 yield word, where
 
 
+def _any_of(patterns: Iterable[str]) -> Callable[[str], object]:
+    """Whether a name matches one of the glob `patterns` (as fnmatchcase), in one search:
+    a project of 20,000 files asked fnmatch ten times a file."""
+    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns)).match
+
+
 def _test_files(root: Path, patterns: tuple[str, ...]) -> Iterator[tuple[Path, str]]:
     """(path, path in the project) of the test modules and conftest.py files, in a stable
     order, skipping the folders pytest does not collect by default."""
+    skipped, wanted = _any_of(SKIPPED_FOLDERS), _any_of(("conftest.py", *patterns))
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(
-            name
-            for name in subfolders
-            if not any(fnmatch.fnmatchcase(name, skipped) for skipped in SKIPPED_FOLDERS)
-        )
+        subfolders[:] = sorted(name for name in subfolders if not skipped(name))
         inside = Path(folder).relative_to(root).as_posix()
         for name in sorted(files):
-            if name == "conftest.py" or any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            if wanted(name):
                 yield Path(folder, name), name if inside == "." else f"{inside}/{name}"
 
 
