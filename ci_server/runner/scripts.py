@@ -1,8 +1,9 @@
 """The shell scripts a container runs: the builds of the images a job runs in, and a job.
 
 An environment installs the project too, in editable mode, pointing at PROJECT_DIR, where
-every job copies its source: its jobs install nothing (as tox's `usedevelop` reinstalls
-only when the packaging files change, which here make a new environment). Files the
+every job finds its source (an overlay of it: runner/scratch.py, or a copy): its jobs
+install nothing (as tox's `usedevelop` reinstalls only when the packaging files change,
+which here make a new environment). Files the
 project's build wrote into its source tree (a generated `_version.py`) are kept in the
 environment and copied under each job's source.
 
