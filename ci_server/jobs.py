@@ -107,7 +107,11 @@ class JobService:
         self.settings = settings
         self.incoming_dir = settings.resolved_data_dir / "incoming"
         self.contents = Contents(
-            blobs, settings.archive_limits, self.incoming_dir, known_trees=KNOWN_TREE_ENTRIES
+            blobs,
+            settings.archive_limits,
+            self.incoming_dir,
+            known_trees=KNOWN_TREE_ENTRIES,
+            kept_for=settings.content_keep_hours * 3600,
         )
         self._owner_watch: asyncio.Task[None] | None = None
 

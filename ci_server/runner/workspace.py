@@ -79,19 +79,21 @@ def safe_relative_path(name: str, what: str) -> PurePosixPath:
     if "\0" in name:
         raise InvalidUpload(f"{what} {name[:200]!r} has a NUL character")
     check_path_length(name, what)
-    if any(_utf8_length(part) > MAX_NAME_BYTES for part in path.parts):
+    if any(_utf8_longer(part, MAX_NAME_BYTES) for part in path.parts):
         raise InvalidUpload(f"{what} {name[:200]!r} has a name longer than {MAX_NAME_BYTES} bytes")
     return path
 
 
 def check_path_length(name: str, what: str) -> None:
     """InvalidUpload, naming `what`, if the path `name` is longer than MAX_PATH_BYTES."""
-    if _utf8_length(name) > MAX_PATH_BYTES:
+    if _utf8_longer(name, MAX_PATH_BYTES):
         raise InvalidUpload(f"{what} {name[:200]!r}... is longer than {MAX_PATH_BYTES} bytes")
 
 
-def _utf8_length(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
+def _utf8_longer(text: str, most: int) -> bool:
+    """Whether `text` is more than `most` bytes in UTF-8; a character is at most 4 (a
+    manifest's 20,000 paths are checked without encoding any)."""
+    return len(text) * 4 > most and len(text.encode("utf-8", "surrogatepass")) > most
 
 
 def _safe_member_path(info: zipfile.ZipInfo) -> PurePosixPath | None:
@@ -112,7 +114,7 @@ def safe_entry_name(name: str) -> str:
     """A manifest's entry name if it is one safe path component (the rules of
     `safe_relative_path`, and no `/`, `\\`, `.` or empty name); InvalidUpload otherwise."""
     plain = name not in ("", ".", "..") and _NOT_IN_PLAIN_NAMES.isdisjoint(name)
-    if plain and _utf8_length(name) <= MAX_NAME_BYTES:
+    if plain and not _utf8_longer(name, MAX_NAME_BYTES):
         return name  # plainly one safe component (checked this way: 20,000 names a submit)
     path = safe_relative_path(name, "manifest entry")
     if path.parts != (name,):

@@ -4,7 +4,7 @@ BlobStore contract covers the backends)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from io import BytesIO
 from pathlib import Path
 
@@ -12,7 +12,13 @@ import pytest
 import zstandard
 
 from ci_common.trees import TreeEntry, content_hash, encode_tree, record_header
-from ci_server.contents import Contents, ManifestFile, encode_manifest, read_manifest
+from ci_server.contents import (
+    Contents,
+    ManifestFile,
+    content_key,
+    encode_manifest,
+    read_manifest,
+)
 from ci_server.models import ContentsMissing, InvalidUpload
 from ci_server.runner.workspace import MAX_DEPTH, ArchiveLimits
 from ci_server.store.blobs_fs import FileBlobStore
@@ -252,4 +258,50 @@ async def test_trees_walked_before_are_not_read_again_and_stay_their_owners(
     await send(contents, "bob", encode_tree([TreeEntry("sub", "dir", sub)]))
     with pytest.raises(ContentsMissing):
         await contents.manifest("bob", second)  # his own root, but not ann's folder
+    await blobs.close()
+
+
+class CountingLookups:
+    """The blob store's `sizes`, counted: how many contents a submit looked up."""
+
+    def __init__(self, contents: Contents) -> None:
+        self.looked_up = 0
+        self._sizes = contents.blobs.sizes
+        contents.blobs.sizes = self  # type: ignore[method-assign]
+
+    async def __call__(self, keys: Collection[str]) -> dict[str, int]:
+        self.looked_up += len(keys)
+        return await self._sizes(keys)
+
+
+async def test_the_files_of_a_tree_found_recently_are_not_looked_up_again(
+    tmp_path: Path,
+) -> None:
+    """A known tree whose files were all found is trusted to have them for half the time
+    contents are kept after a submit (the submit's ref keeps them): a resubmit with one
+    folder changed looks up that folder's files only. Past that time it looks them all up
+    again, and a content gone meanwhile is missing."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    await blobs.open()
+    now = [0.0]
+    contents = Contents(
+        blobs, LIMITS, tmp_path, known_trees=100, kept_for=3600, clock=lambda: now[0]
+    )
+    await send(contents, "ann", b"a", b"b", b"c")
+    same = await tree(contents, "ann", [file("a.txt", b"a"), file("b.txt", b"b")])
+    first = await tree(contents, "ann", [TreeEntry("same", "dir", same), file("c", b"c")])
+    second = await tree(contents, "ann", [TreeEntry("same", "dir", same), file("c", b"b")])
+    lookups = CountingLookups(contents)
+
+    await contents.manifest("ann", first)
+    assert lookups.looked_up == 3
+    now[0] = 1799.0
+    files = await contents.manifest("ann", second)
+    assert [f.path for f in files] == ["c", "same/a.txt", "same/b.txt"]
+    assert lookups.looked_up == 3 + 1  # the root's own file only
+
+    await blobs.delete(content_key("ann", content_hash(b"a")))
+    now[0] = 1800.0  # half of kept_for since `same`'s files were found
+    with pytest.raises(ContentsMissing):
+        await contents.manifest("ann", second)
     await blobs.close()
