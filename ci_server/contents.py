@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import tempfile
 import time
 from collections import OrderedDict
@@ -44,8 +45,10 @@ from ci_common.trees import (
 from ci_server.models import BlobNotFound, ContentsMissing, InvalidUpload, StorageFailure
 from ci_server.runner.workspace import (
     ArchiveLimits,
+    Ids,
     ManifestBudget,
     check_path_length,
+    give_to,
     remove_tree,
     safe_entry_name,
 )
@@ -377,16 +380,19 @@ class Contents:
         files: list[ManifestFile],
         destination: Path,
         present: Collection[ManifestFile] = (),
+        user: Ids | None = None,
     ) -> int:
         """Make the folder `destination`, which holds the files `present` (a tree kept from
         an earlier job: workspace_cache.py) or nothing, hold `files`: write from the owner's
         contents those not there already, remove those gone, set executable bits; how many
-        files were written. StorageFailure if a content is gone."""
+        files were written. StorageFailure if a content is gone. With `user` (uid, gid: the
+        tests'), the tree is theirs: what this writes is given to them, and the whole tree
+        if it was someone else's (the setting changed since it was kept)."""
         try:
-            wanted = await asyncio.to_thread(_update_tree, destination, present, files)
+            wanted = await asyncio.to_thread(_update_tree, destination, present, files, user)
         except OSError:  # the kept tree is not as its manifest says: write it all
             await asyncio.to_thread(_emptied, destination)
-            wanted = await asyncio.to_thread(_update_tree, destination, [], files)
+            wanted = await asyncio.to_thread(_update_tree, destination, [], files, user)
         try:
             written = await self.blobs.fetch_many(
                 [(content_key(owner, f.hash), _path_in(destination, f)) for f in wanted]
@@ -395,7 +401,7 @@ class Contents:
             raise StorageFailure(f"a content of the job's upload is missing: {e}") from None
         if written != sum(f.size for f in wanted):
             raise StorageFailure("the job's contents are not the size its manifest says")
-        await asyncio.to_thread(_set_modes, destination, wanted)
+        await asyncio.to_thread(_set_modes, destination, wanted, user)
         return len(wanted)
 
     async def fetch_files(
@@ -436,14 +442,20 @@ def _folders(files: Collection[ManifestFile]) -> set[str]:
 
 
 def _update_tree(
-    root: Path, present: Collection[ManifestFile], files: Collection[ManifestFile]
+    root: Path,
+    present: Collection[ManifestFile],
+    files: Collection[ManifestFile],
+    user: Ids | None,
 ) -> list[ManifestFile]:
     """Remove from the tree `root` (made if need be), which holds `present`, the files and
     folders `files` do not have, make the folders they add, set the executable bits that
     changed; the files whose content is still to write. Folders are 0755 and files 0644 or
-    0755, as a zip's unpack makes them (readable by the user the tests run as)."""
+    0755, as a zip's unpack makes them (readable by the user the tests run as), and with
+    `user` theirs (see `Contents.assemble`)."""
     root.mkdir(exist_ok=True)
     root.chmod(0o755)
+    if user is not None and (root.stat().st_uid, root.stat().st_gid) != user:
+        give_to(root, *user)  # a new folder, or a tree kept for another user
     before = {file.path: file for file in present}
     after = {file.path: file for file in files}
     for path in before.keys() - after.keys():
@@ -455,6 +467,8 @@ def _update_tree(
         made = root.joinpath(*folder.split("/"))
         made.mkdir()
         made.chmod(0o755)
+        if user is not None:
+            os.chown(made, *user)
     wanted = []
     for path, file in after.items():
         old = before.get(path)
@@ -470,6 +484,9 @@ def _emptied(root: Path) -> None:
     root.mkdir()
 
 
-def _set_modes(root: Path, files: list[ManifestFile]) -> None:
+def _set_modes(root: Path, files: list[ManifestFile], user: Ids | None) -> None:
     for file in files:
-        _path_in(root, file).chmod(0o755 if file.executable else 0o644)
+        path = _path_in(root, file)
+        path.chmod(0o755 if file.executable else 0o644)
+        if user is not None:
+            os.chown(path, *user)

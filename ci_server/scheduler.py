@@ -48,6 +48,7 @@ from ci_server.runner.reports import (
     with_pytest_counts,
     with_reruns,
 )
+from ci_server.runner.scratch import numeric_ids
 from ci_server.runner.scripts import (
     INSTALL_FAILED_EXIT,
     JUNIT_FILE,
@@ -60,7 +61,7 @@ from ci_server.runner.scripts import (
     job_script,
     only_last_failed,
 )
-from ci_server.runner.workspace import Removals, unpack_archive
+from ci_server.runner.workspace import Removals, give_to, unpack_archive
 from ci_server.settings import Settings
 from ci_server.stopwatch import Stopwatch
 from ci_server.store.blobs import BlobStore, artifact_key
@@ -111,6 +112,9 @@ class JobPipeline:
         self.settings = settings
         self.workspaces_dir = settings.resolved_data_dir / "workspaces"
         self.contents = Contents(blobs, settings.archive_limits, self.workspaces_dir)
+        self._tests_user = numeric_ids(settings.container_user)
+        """Whose a job's workspace is: the tests write into it through an overlay
+        (runner/scratch.py)."""
         self.removals = Removals()
         """Job folders, and workspaces evicted from the cache, removed after the job's end."""
         self.workspaces = WorkspaceCache(
@@ -192,12 +196,16 @@ class JobPipeline:
                 await asyncio.to_thread(unpack_archive, upload, project, limits)
             finally:
                 await asyncio.to_thread(upload.unlink, missing_ok=True)  # as big as the project
+            if self._tests_user is not None:
+                await asyncio.to_thread(give_to, project, *self._tests_user)
             return None
         if job.owner_id is None:  # a manifest's contents are its owner's, always set
             raise StorageFailure("the job's upload names contents but the job no owner")
         files = await asyncio.to_thread(read_manifest, upload)
         present = await self.workspaces.take(job.owner_id, job.project, project)
-        written = await self.contents.assemble(job.owner_id, files, project, present)
+        written = await self.contents.assemble(
+            job.owner_id, files, project, present, self._tests_user
+        )
         logger.debug(
             "job %s: %d of %d files written (%d were there)",
             job.id,

@@ -16,15 +16,16 @@ nothing (scripts._copy_source). When the job is over, the overlay is unmounted b
 files go back to the workspace, and the tmpfs with the container.
 
 The tests must be able to write into the overlay as into their own copy: the lower layer's
-files and folders are given to the user the tests run as (`give_to`), as `cp` made them
-theirs.
+files and folders must be the user's the tests run as, as `cp` made them theirs. The
+pipeline writes a job's workspace so (runner/workspace.py's `give_to` for a zip, contents.py's
+`assemble` for the files it writes), which spares each job a walk of the whole tree (20,000
+files: 0.07 s).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -45,21 +46,6 @@ def numeric_ids(user: str | None) -> tuple[int, int] | None:
     if uid.isdigit() and gid.isdigit():
         return int(uid), int(gid)
     return None
-
-
-def give_to(tree: Path, uid: int, gid: int) -> None:
-    """Make `tree` and everything in it belong to `uid`:`gid` (only what does not already:
-    a kept workspace is given once, then only its new files)."""
-    _give(os.fspath(tree), os.lstat(tree), uid, gid)
-
-
-def _give(path: str, status: os.stat_result, uid: int, gid: int) -> None:
-    if (status.st_uid, status.st_gid) != (uid, gid):
-        os.lchown(path, uid, gid)
-    if stat.S_ISDIR(status.st_mode):
-        with os.scandir(path) as entries:
-            for entry in entries:
-                _give(entry.path, entry.stat(follow_symlinks=False), uid, gid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +97,8 @@ class Scratch:
         return {str(self.tmp): {"bind": CONTAINER_TMP, "mode": "rw,rslave"}}
 
     def lay_over(self, lower: Path) -> None:
-        """Mount the project at /tmp/project: the files of `lower` (given to the tests'
-        user), the job's writes on this tmpfs."""
-        give_to(lower, self.uid, self.gid)
+        """Mount the project at /tmp/project: the files of `lower` (the tests' user's: see
+        the module), the job's writes on this tmpfs."""
         options = f"lowerdir={lower.resolve()},upperdir={self._upper},workdir={self._work}"
         flags = mounts.MS_NOSUID | mounts.MS_NODEV
         mounts.mount("ci-project", self.project, "overlay", options, flags)

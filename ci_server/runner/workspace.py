@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import lzma
+import os
 import shutil
 import stat
 import zipfile
@@ -232,6 +233,26 @@ def unpack_archive(path: Path, destination: Path, limits: ArchiveLimits) -> None
             target.chmod(0o755 if executable else 0o644)
     for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
         directory.chmod(0o755)
+
+
+Ids = tuple[int, int]
+"""A user's uid and gid."""
+
+
+def give_to(tree: Path, uid: int, gid: int) -> None:
+    """Make `tree` and everything in it belong to `uid`:`gid`, the user a job's tests run
+    as, who write into their project through an overlay of it (runner/scratch.py); only
+    what does not belong to them already. Links are not followed."""
+    _give(os.fspath(tree), os.lstat(tree), uid, gid)
+
+
+def _give(path: str, status: os.stat_result, uid: int, gid: int) -> None:
+    if (status.st_uid, status.st_gid) != (uid, gid):
+        os.lchown(path, uid, gid)
+    if stat.S_ISDIR(status.st_mode):
+        with os.scandir(path) as entries:
+            for entry in entries:
+                _give(entry.path, entry.stat(follow_symlinks=False), uid, gid)
 
 
 def unpack_files(path: Path, destination: Path, names: Collection[str], most: int) -> None:

@@ -75,6 +75,38 @@ async def test_a_tree_becomes_the_workspace_it_describes(
     assert (tmp_path / "ws" / "a.py").stat().st_mode & 0o777 == 0o644
 
 
+def owners(tree: Path) -> dict[str, tuple[int, int]]:
+    return {
+        path.relative_to(tree).as_posix(): (path.stat().st_uid, path.stat().st_gid)
+        for path in [tree, *tree.rglob("*")]
+    }
+
+
+async def test_a_workspace_is_written_as_the_tests_user_s(
+    contents: Contents, tmp_path: Path
+) -> None:
+    """The tests write into their project through an overlay of the workspace (scratch.py):
+    every file and folder written is theirs; a kept tree's files are left as they are,
+    unless the tree was kept as another user's (the setting changed): then all of it."""
+    await send(contents, "ann", b"a", b"b", b"c")
+    sub = await tree(contents, "ann", [file("a", b"a")])
+    first = await contents.manifest(
+        "ann", await tree(contents, "ann", [TreeEntry("s", "dir", sub)])
+    )
+    ws = tmp_path / "ws"
+    await contents.assemble("ann", first, ws, user=(1000, 1001))
+    assert set(owners(ws).values()) == {(1000, 1001)}
+
+    new = await tree(contents, "ann", [file("b", b"b")])
+    root = await tree(contents, "ann", [TreeEntry("s", "dir", sub), TreeEntry("n", "dir", new)])
+    second = await contents.manifest("ann", root)
+    assert await contents.assemble("ann", second, ws, first, user=(1000, 1001)) == 1
+    assert owners(ws) == dict.fromkeys([".", "s", "s/a", "n", "n/b"], (1000, 1001))
+
+    assert await contents.assemble("ann", second, ws, second, user=(1002, 1002)) == 0
+    assert set(owners(ws).values()) == {(1002, 1002)}
+
+
 async def test_contents_are_per_owner(contents: Contents) -> None:
     await send(contents, "ann", b"secret")
     root = await tree(contents, "ann", [file("s.txt", b"secret")])

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ci_server.models import InvalidUpload
-from ci_server.runner.workspace import ArchiveLimits, check_archive, unpack_archive
+from ci_server.runner.workspace import ArchiveLimits, check_archive, give_to, unpack_archive
 from tests.fakes import write_zip
 
 LIMITS = ArchiveLimits()
@@ -306,3 +306,16 @@ def test_zip_bomb_is_refused_by_its_compression_ratio(zip_bomb: Path, tmp_path: 
 def test_zip_bomb_is_refused_by_the_unpacked_size(zip_bomb: Path, tmp_path: Path) -> None:
     limits = ArchiveLimits(max_unpacked_bytes=10 * 1024**2, max_ratio=1e9)
     assert_refused(zip_bomb, tmp_path, limits, "more than the limit of")
+
+
+def test_give_to_hands_the_tree_to_the_tests_user(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "a").mkdir(parents=True)
+    (tmp_path / "tree" / "a" / "f.py").write_text("")
+    (tmp_path / "tree" / "link").symlink_to("/etc/passwd")  # never a zip's; not followed
+    give_to(tmp_path / "tree", 1000, 1001)
+    owners = {
+        p.name: (p.lstat().st_uid, p.lstat().st_gid)
+        for p in [tmp_path / "tree", *(tmp_path / "tree").rglob("*")]
+    }
+    assert set(owners.values()) == {(1000, 1001)}
+    assert Path("/etc/passwd").stat().st_uid == 0
