@@ -12,6 +12,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from ci_common.version import version_line
 from ci_server.app import create_app
+from ci_server.heap import freeze_startup_objects
 from ci_server.log_format import configure_logging
 from ci_server.settings import InvalidSettings, load_settings
 
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("serving the API and running jobs as worker %s", settings.worker_name)
     else:
         logger.info("serving the API only (--no-worker): ci-worker processes run the jobs")
+    app = create_app(settings, worker=args.worker)
+    freeze_startup_objects()
     uvicorn.run(
-        create_app(settings, worker=args.worker),
+        app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,

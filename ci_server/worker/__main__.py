@@ -25,6 +25,7 @@ import asyncpg
 from ci_common.version import version_line
 from ci_server.app import docker_executor
 from ci_server.events import EventHub
+from ci_server.heap import freeze_startup_objects
 from ci_server.log_format import configure_logging
 from ci_server.metrics import Metrics
 from ci_server.retention import Pruner
@@ -138,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_UNAVAILABLE
             serving.callback(server.close)
             logger.info("metrics on http://%s:%d/", args.metrics_host, server.port)
+        freeze_startup_objects()
         try:
             asyncio.run(run_worker(settings, metrics=metrics))
         except (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
