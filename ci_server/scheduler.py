@@ -174,7 +174,8 @@ class JobPipeline:
             return await self._test_unpacked(job, workspace, digest, log, steps)
         try:
             digest = files_digest((f.path, f.executable, f.size, f.hash) for f in files)
-            return await self._test_unpacked(job, workspace, digest, log, steps)
+            paths = [f.path for f in files]
+            return await self._test_unpacked(job, workspace, digest, log, steps, paths)
         finally:
             manifest = workspace / UPLOAD
             kept = await self.workspaces.keep(job.owner_id, job.project, files, project, manifest)
@@ -216,15 +217,22 @@ class JobPipeline:
         return files
 
     async def _test_unpacked(
-        self, job: Job, workspace: Path, digest: str, log: _JobLog, steps: Stopwatch
+        self,
+        job: Job,
+        workspace: Path,
+        digest: str,
+        log: _JobLog,
+        steps: Stopwatch,
+        paths: list[str] | None = None,
     ) -> Outcome:
-        """The job's run on its unpacked project, whose files' digest is `digest`."""
+        """The job's run on its unpacked project, whose files' digest is `digest` (and whose
+        files are `paths`, if known from its manifest)."""
         project, output = workspace / "src", workspace / "output"
         output.mkdir()
         config = await asyncio.to_thread(load_config, project)
         image = self._image(job, config)
         # It reads the tests too, and the job's own pytest args for the plugins they need.
-        plan = await asyncio.to_thread(plan_install, project, config, job.pytest_args)
+        plan = await asyncio.to_thread(plan_install, project, config, job.pytest_args, paths)
         steps.lap("planned")
         pytest_args = [*config.pytest_args, *job.pytest_args]
         spec = RunSpec(

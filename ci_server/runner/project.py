@@ -18,7 +18,7 @@ import ast
 import configparser
 import inspect
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -517,10 +517,14 @@ def _description(choice: _Choice, packaging: _Packaging, metadata: _Metadata | N
 
 
 def plan_install(
-    root: Path, config: ProjectConfig, command_line: Sequence[str] = ()
+    root: Path,
+    config: ProjectConfig,
+    command_line: Sequence[str] = (),
+    paths: Collection[str] | None = None,
 ) -> InstallPlan:
     """What to install for the project at `root`; `command_line`: the job's own pytest
-    arguments (`ci submit test -- ...`), whose options may need a plugin too."""
+    arguments (`ci submit test -- ...`), whose options may need a plugin too; `paths`: the
+    project's files if known (relative, `/`-separated: a manifest's), not listed again."""
     packaging = _packaging(root)
     metadata = _metadata(root, packaging) if packaging.files else None
     choice = _choose(root, packaging, metadata)
@@ -537,7 +541,7 @@ def plan_install(
     notes = _used_notes(choice, packaging) + notes
     notes += [f"Not installed: {skipped}" for r in used for skipped in r.skipped]
     listed = frozenset().union(*(r.names for r in used))
-    plugins = needed_plugins(root, packaging.pyproject, config, listed, command_line)
+    plugins = needed_plugins(root, packaging.pyproject, config, listed, command_line, paths)
     if plugins:
         commands.append(_plugin_command([plugin.requirement for plugin in plugins]))
         notes += [f"Adding pytest plugin {p.requirement}: {p.reason}" for p in plugins]

@@ -306,3 +306,25 @@ def test_a_plugin_option_among_the_jobs_own_pytest_args_adds_it(tmp_path: Path) 
         plan.notes
     )
     assert "pytest-rerunfailures" in plan.dependency_commands[-1]
+
+
+def test_the_files_of_a_manifest_name_the_same_first_users_as_a_walk(tmp_path: Path) -> None:
+    """A job sent as contents gives plan_install its files (no walk of the disk): the
+    plugins found, and the file each reason names (the first in a walk's order: a folder's
+    files, then its folders), are those a walk finds; skipped folders stay skipped."""
+    files = {
+        "requirements.txt": "pytest\n",
+        "tests/z/test_deep.py": TEST_USING.format(fixture="mocker"),
+        "tests/test_top.py": TEST_USING.format(fixture="mocker"),
+        "tests/a/test_bench.py": TEST_USING.format(fixture="benchmark"),
+        "node_modules/test_x.py": TEST_USING.format(fixture="httpx_mock"),
+        "data/readme.txt": "not a test\n",
+    }
+    write(tmp_path, files)
+    walked = plan_install(tmp_path, ProjectConfig())
+    listed = plan_install(tmp_path, ProjectConfig(), paths=sorted(files))
+    assert listed.notes == walked.notes
+    assert [n for n in listed.notes if n.startswith("Adding")] == [
+        "Adding pytest plugin pytest-mock: the mocker fixture in tests/test_top.py",
+        "Adding pytest plugin pytest-benchmark: the benchmark fixture in tests/a/test_bench.py",
+    ]
