@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from stat import S_ISREG
 
 from pathspec import GitIgnoreSpec
 
@@ -136,46 +137,107 @@ def _any_ignoring(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
 def iter_project_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """The files worth sending: each one's path relative to `root` (with `/`, sorted per
     folder) and its status (stat: followed, as reading it will), one stat a file."""
-    specs: list[_IgnoreFile] = []
-    """The .gitignore files found."""
+    for folder, files in iter_project_folders(root):
+        prefix = f"{folder}/" if folder else ""
+        for name, status in files:
+            yield prefix + name, status
 
-    def ignored(relative: str, is_dir: bool) -> bool:
-        for rules in specs:
-            base = rules.base
-            if not base or relative.startswith(f"{base}/"):
-                text = relative[len(base) + 1 if base else 0 :] + ("/" if is_dir else "")
-                if rules.ignores(text):
-                    return True
-        return False
 
+def iter_project_folders(root: Path) -> Iterator[tuple[str, list[tuple[str, os.stat_result]]]]:
+    """`iter_project_files` a folder at a time: each folder entered (relative to `root`, ""
+    for the root itself, parents before their subfolders) with its files worth sending
+    (name and status, sorted by name; none for a folder of folders)."""
+    ignore_files: list[_IgnoreFile] = []
     pending = [""]
     while pending:
-        relative_here = pending.pop()
-        here = root / relative_here if relative_here else root
-        prefix = f"{relative_here}/" if relative_here else ""
+        folder = pending.pop()
+        here = root / folder if folder else root
         gitignore = here / ".gitignore"
         if gitignore.is_file():
             lines = gitignore.read_text(errors="replace").splitlines()
-            specs.append(_IgnoreFile(relative_here, GitIgnoreSpec.from_lines(lines)))
-        folders, files = [], []
-        with os.scandir(here) as entries:
-            for entry in entries:
-                if entry.is_dir():
-                    if not entry.is_symlink():  # as os.walk: a link to a folder is not entered
-                        folders.append(entry.name)
-                else:
-                    files.append(entry)
-        for name in sorted(folders, reverse=True):  # popped in order
-            if not _excluded_dir(here / name) and not ignored(prefix + name, is_dir=True):
-                pending.append(prefix + name)
-        for entry in sorted(files, key=lambda e: e.name):
-            relative = prefix + entry.name
-            if entry.name.endswith(ALWAYS_EXCLUDED_SUFFIXES) or ignored(relative, is_dir=False):
-                continue
-            with contextlib.suppress(OSError):  # a broken link
-                status = entry.stat()
-                if stat.S_ISREG(status.st_mode):  # not a socket or the like
-                    yield relative, status
+            ignore_files.append(_IgnoreFile(folder, GitIgnoreSpec.from_lines(lines)))
+        rules = _FolderRules(folder, ignore_files)
+        with _opened(here) as readable:  # open while its entries are stat'ed
+            subfolders, files = _scan(readable)
+            for name in sorted(subfolders, reverse=True):  # popped in order
+                if not _excluded_dir(here / name) and not rules.ignores(name, is_dir=True):
+                    pending.append(f"{folder}/{name}" if folder else name)
+            picked = _files_worth_sending(files, rules)
+        yield folder, picked
+
+
+@contextlib.contextmanager
+def _opened(folder: Path) -> Iterator[int | Path]:
+    """`folder` as scandir should read it: a descriptor where it can (each entry's stat
+    then looks up its name, not the whole path again: 72 ms -> 65 ms for 20,000 files),
+    else its path."""
+    if os.scandir not in os.supports_fd:
+        yield folder
+        return
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield descriptor
+    finally:
+        os.close(descriptor)
+
+
+def _scan(folder: int | Path) -> tuple[list[str], list[os.DirEntry[str]]]:
+    """The names of the folders in `folder` (not links to folders: as os.walk, those are
+    not entered) and its other entries, sorted by name."""
+    subfolders: list[str] = []
+    others: list[os.DirEntry[str]] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_dir():
+                others.append(entry)
+            elif not entry.is_symlink():
+                subfolders.append(entry.name)
+    others.sort(key=attrgetter("name"))
+    return subfolders, others
+
+
+def _files_worth_sending(
+    entries: list[os.DirEntry[str]], rules: _FolderRules
+) -> list[tuple[str, os.stat_result]]:
+    """The regular files (a link followed) among `entries` that no rule leaves out. The
+    names are sifted first, each rule in one pass: no call per file for rules that are
+    not there (most folders have no .gitignore over them)."""
+    named = [entry for entry in entries if not entry.name.endswith(ALWAYS_EXCLUDED_SUFFIXES)]
+    if rules:
+        named = [entry for entry in named if not rules.ignores(entry.name, is_dir=False)]
+    files: list[tuple[str, os.stat_result]] = []
+    for entry in named:
+        try:
+            status = entry.stat()
+        except OSError:  # a broken link
+            continue
+        if S_ISREG(status.st_mode):  # not a socket or the like
+            files.append((entry.name, status))
+    return files
+
+
+class _FolderRules:
+    """The .gitignore files that apply in one folder: those of the folder and of its
+    parents, chosen once per folder, not once per file. False when there are none."""
+
+    __slots__ = ("_applying",)
+
+    def __init__(self, folder: str, ignore_files: list[_IgnoreFile]) -> None:
+        prefix = f"{folder}/" if folder else ""
+        self._applying = [
+            (rules, prefix[len(rules.base) + 1 :] if rules.base else prefix)
+            for rules in ignore_files
+            if not rules.base or prefix.startswith(f"{rules.base}/")
+        ]
+        """Each .gitignore that applies with the folder's path relative to its own."""
+
+    def __bool__(self) -> bool:
+        return bool(self._applying)
+
+    def ignores(self, name: str, is_dir: bool) -> bool:
+        """Whether a .gitignore leaves out the entry `name` of the folder."""
+        suffix = "/" if is_dir else ""
+        return any(rules.ignores(f"{within}{name}{suffix}") for rules, within in self._applying)
 
 
 def build_archive(root: Path, destination: Path) -> ArchiveSummary:

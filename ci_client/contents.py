@@ -1,6 +1,6 @@
 """Sending a project as contents: only what the server does not have yet (ci_common/trees.py).
 
-`snapshot` hashes the files `archive.iter_project_files` picks (through the HashCache: an
+`snapshot` hashes the files `archive.iter_project_folders` picks (through the HashCache: an
 unchanged file is not read) and builds a tree per folder. `send` asks the server, level by
 level from the root, which trees and files it lacks: an unchanged folder is one hash asked,
 an unchanged project one question. It then sends those in zstd batches of about
@@ -18,10 +18,10 @@ from typing import BinaryIO
 
 import zstandard
 
-from ci_client.archive import iter_project_files
+from ci_client.archive import iter_project_folders
 from ci_client.client import CIClient
 from ci_client.hashcache import HashCache
-from ci_common.trees import TreeEntry, content_hash, encode_tree, hash_file, record_header
+from ci_common.trees import Row, content_hash, encode_rows, hash_file, record_header
 
 READ_CHUNK = 1024 * 1024
 BATCH_BYTES = 8 * 1024 * 1024
@@ -51,39 +51,50 @@ class Sent:
 def snapshot(root: Path, cache: HashCache) -> Snapshot:
     """The project under `root` as trees of contents (files hashed or found in `cache`)."""
     root = root.resolve()
-    folders: dict[str, list[TreeEntry]] = {"": []}
+    folders: dict[str, list[Row]] = {"": []}
+    """The entries of each folder that holds a file (however deep), parents first."""
     files: dict[str, tuple[str, int]] = {}
     count = total = 0
-    for relative, status in iter_project_files(root):
-        path = f"{root}{os.sep}{relative}"
-        hash_ = cache.get(path, status)
-        if hash_ is None:
-            hash_ = hash_file(Path(path))
-            cache.put(path, status, hash_)
-        folder, _, name = relative.rpartition("/")
-        if folder not in folders:
-            parts = folder.split("/")
-            for depth in range(1, len(parts) + 1):
-                folders.setdefault("/".join(parts[:depth]), [])
-        executable = bool(status.st_mode & 0o111)
-        folders[folder].append(TreeEntry(name, "file", hash_, status.st_size, executable))
-        files.setdefault(hash_, (path, status.st_size))
-        count += 1
-        total += status.st_size
+    for folder, picked in iter_project_folders(root):
+        if not picked:
+            continue
+        rows = _rows_of(folders, folder)
+        prefix = f"{root}{os.sep}{folder}/" if folder else f"{root}{os.sep}"
+        for name, status in picked:
+            path = prefix + name
+            size = status.st_size
+            hash_ = cache.get(path, status)
+            if hash_ is None:
+                hash_ = hash_file(Path(path))
+                cache.put(path, status, hash_)
+            rows.append((name, "f", hash_, size, 1 if status.st_mode & 0o111 else 0))
+            files.setdefault(hash_, (path, size))
+            total += size
+        count += len(picked)
     trees: dict[str, bytes] = {}
     children: dict[str, list[str]] = {}
     # Deepest first: a folder's tree names its subfolders' hashes.
     for folder in sorted(folders, key=lambda name: name.count("/") + bool(name), reverse=True):
-        entries = folders[folder]
-        data = encode_tree(entries)
+        rows = folders[folder]
+        hashes = [row[2] for row in rows]  # before encode_rows sorts them
+        data = encode_rows(rows)
         hash_ = content_hash(data)
         trees[hash_] = data
-        children[hash_] = [entry.hash for entry in entries]
+        children[hash_] = hashes
         if folder:
             parent, _, name = folder.rpartition("/")
-            folders[parent].append(TreeEntry(name, "dir", hash_))
-    root_hash = content_hash(encode_tree(folders[""]))
+            folders[parent].append((name, "d", hash_))
+    root_hash = content_hash(encode_rows(folders[""]))
     return Snapshot(root_hash, trees, children, files, count, total)
+
+
+def _rows_of(folders: dict[str, list[Row]], folder: str) -> list[Row]:
+    """The entries of `folder`, a new list if it is new, and one for each of its parents
+    that has none yet (a folder of folders only)."""
+    parts = folder.split("/")
+    for depth in range(1, len(parts) + 1):
+        folders.setdefault("/".join(parts[:depth]), [])
+    return folders[folder]
 
 
 def send(client: CIClient, snap: Snapshot) -> Sent:

@@ -36,7 +36,8 @@ class HashCache:
     def __init__(self, database: Path, folder: Path) -> None:
         self.database = database
         self.prefix = f"{folder.resolve()}{os.sep}"
-        self._known: dict[str, tuple[int, int, str]] = {}
+        self._known: dict[str, tuple[str, int, int, str]] = {}
+        """The rows read (path, size, mtime_ns, hash), by path."""
         self._new: list[tuple[str, int, int, str]] = []
         self.hits = 0
 
@@ -47,7 +48,7 @@ class HashCache:
                 "SELECT path, size, mtime_ns, hash FROM hashes WHERE path >= ? AND path < ?",
                 (self.prefix, self.prefix[:-1] + chr(ord(os.sep) + 1)),
             )
-            self._known = {path: (size, mtime, hash_) for path, size, mtime, hash_ in rows}
+            self._known = {row[0]: row for row in rows}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -69,9 +70,9 @@ class HashCache:
 
     def get(self, path: str, status: os.stat_result) -> str | None:
         known = self._known.get(path)
-        if known is not None and known[:2] == (status.st_size, status.st_mtime_ns):
+        if known is not None and known[1] == status.st_size and known[2] == status.st_mtime_ns:
             self.hits += 1
-            return known[2]
+            return known[3]
         return None
 
     def put(self, path: str, status: os.stat_result, hash_: str) -> None:

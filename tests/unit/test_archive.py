@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from pathspec import GitIgnoreSpec
 
-from ci_client.archive import _any_ignoring, _IgnoreFile, build_archive, iter_project_files
+from ci_client.archive import (
+    _any_ignoring,
+    _IgnoreFile,
+    build_archive,
+    iter_project_files,
+    iter_project_folders,
+)
 
 
 def test_a_file_dated_before_1980_is_zipped_as_of_1980(tmp_path: Path) -> None:
@@ -127,4 +133,22 @@ def test_the_quick_check_of_ignore_rules_answers_as_pathspec(
     rules = _IgnoreFile("", spec)
     assert [rules.ignores(path) for path in [*PATHS, "(", "P"]] == [
         spec.match_file(path) for path in [*PATHS, "(", "P"]
+    ]
+
+
+def test_the_files_come_a_folder_at_a_time_parents_first(tmp_path: Path) -> None:
+    for name in ["b.py", "pkg/z.py", "pkg/a.py", "pkg/sub/c.py", "only/deeper/d.py", ".venv/e.py"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / ".gitignore").write_text("sub/\n")
+
+    folders = [
+        (folder, [name for name, _ in files]) for folder, files in iter_project_folders(tmp_path)
+    ]
+
+    assert folders == [
+        ("", [".gitignore", "b.py"]),
+        ("only", []),  # a folder of folders
+        ("only/deeper", ["d.py"]),
+        ("pkg", ["a.py", "z.py"]),  # sorted; pkg/sub is ignored, .venv always left out
     ]

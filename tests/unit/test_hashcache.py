@@ -11,7 +11,7 @@ import pytest
 from ci_client import contents as client_contents
 from ci_client.contents import snapshot
 from ci_client.hashcache import HashCache, cache_dir
-from ci_common.trees import content_hash, decode_tree
+from ci_common.trees import Row, TreeEntry, content_hash, decode_tree, encode_rows, encode_tree
 
 
 def age(path: Path, seconds: float = 60) -> None:
@@ -88,3 +88,15 @@ def test_the_snapshot_is_a_tree_per_folder(project: Path, tmp_path: Path) -> Non
 def test_the_cache_lives_under_xdg_cache_home_or_ci_cache_dir() -> None:
     assert cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/ci")
     assert cache_dir({"CI_CACHE_DIR": "/y", "XDG_CACHE_HOME": "/x"}) == Path("/y")
+
+
+def test_a_folder_encoded_from_rows_is_byte_for_byte_its_tree() -> None:
+    a, b = content_hash(b"a"), content_hash(b"b")
+    entries = [
+        TreeEntry("zé.py", "file", a, 1, True),
+        TreeEntry("pkg", "dir", b),
+        TreeEntry("A", "file", b, 0, False),
+    ]
+    rows: list[Row] = [("zé.py", "f", a, 1, 1), ("pkg", "d", b), ("A", "f", b, 0, 0)]
+    assert encode_rows(rows) == encode_tree(entries)
+    assert [row[0] for row in rows] == ["A", "pkg", "zé.py"]  # sorted in place
