@@ -31,7 +31,7 @@ from typing import Literal
 HASH_CHARS = 64
 READ_CHUNK = 1024 * 1024
 _HASH = re.compile(r"[0-9a-f]{64}")
-_HASHES = re.compile(r"[0-9a-f]*")
+_HEX_DIGITS = b"0123456789abcdef"
 TREE_FORMAT = "ci-tree-1"
 BATCH_MEDIA_TYPE = "application/x-ci-blobs+zstd"
 MAX_HEADER_BYTES = HASH_CHARS + 1 + 20 + 1
@@ -66,11 +66,12 @@ def is_hash(text: object) -> bool:
 
 
 def are_hashes(texts: list[object]) -> bool:
-    """Whether every one of `texts` is a content hash: one search over them joined (a
-    manifest's 20,000 hashes; one `is_hash` each took 0.01 s)."""
+    """Whether every one of `texts` is a content hash: their characters checked at once,
+    joined (a manifest's 20,000 hashes; one `is_hash` each took 0.01 s)."""
     if not all(isinstance(text, str) and len(text) == HASH_CHARS for text in texts):
         return False
-    return _HASHES.fullmatch("".join(texts)) is not None  # type: ignore[arg-type]
+    joined = "".join(texts).encode("utf-8", "surrogatepass")  # type: ignore[arg-type]
+    return not joined.translate(None, _HEX_DIGITS)
 
 
 @dataclass(frozen=True, slots=True)

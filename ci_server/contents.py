@@ -458,25 +458,34 @@ def _update_tree(
         give_to(root, *user)  # a new folder, or a tree kept for another user
     before = {file.path: file for file in present}
     after = {file.path: file for file in files}
-    for path in before.keys() - after.keys():
+    gone = before.keys() - after.keys()
+    for path in gone:
         _path_in(root, before[path]).unlink()
-    old_folders, new_folders = _folders(present), _folders(files)
-    for folder in sorted(old_folders - new_folders, key=lambda f: f.count("/"), reverse=True):
+    if gone or len(after) != len(before):  # paths came or went: so may folders
+        _update_folders(root, _folders(present), _folders(files), user)
+    wanted = []
+    for path, file in after.items():
+        old = before.get(path)
+        if old == file:
+            continue
+        if old is None or (old.hash, old.size) != (file.hash, file.size):
+            wanted.append(file)
+        else:
+            _path_in(root, file).chmod(0o755 if file.executable else 0o644)
+    return wanted
+
+
+def _update_folders(root: Path, old: set[str], new: set[str], user: Ids | None) -> None:
+    """Remove the (emptied) folders `old` has and `new` not, deepest first; make those
+    only `new` has."""
+    for folder in sorted(old - new, key=lambda f: f.count("/"), reverse=True):
         root.joinpath(*folder.split("/")).rmdir()
-    for folder in sorted(new_folders - old_folders, key=lambda f: f.count("/")):
+    for folder in sorted(new - old, key=lambda f: f.count("/")):
         made = root.joinpath(*folder.split("/"))
         made.mkdir()
         made.chmod(0o755)
         if user is not None:
             os.chown(made, *user)
-    wanted = []
-    for path, file in after.items():
-        old = before.get(path)
-        if old is None or (old.hash, old.size) != (file.hash, file.size):
-            wanted.append(file)
-        elif old.executable != file.executable:
-            _path_in(root, file).chmod(0o755 if file.executable else 0o644)
-    return wanted
 
 
 def _emptied(root: Path) -> None:

@@ -171,6 +171,14 @@ def test_a_manifest_naming_an_unsafe_path_is_refused(tmp_path: Path, path: str) 
         read_manifest(tmp_path / "manifest")
 
 
+@pytest.mark.parametrize("hash_", ["A" * 64, "a" * 63, "a" * 65, "g" * 64, "\u00e9" * 64])
+def test_a_manifest_naming_a_hash_that_is_not_one_is_refused(tmp_path: Path, hash_: str) -> None:
+    bad = ManifestFile("b/y", 1, False, hash_)
+    (tmp_path / "manifest").write_bytes(encode_manifest([*SAFE, bad]))
+    with pytest.raises(InvalidUpload, match="content hash cannot be read"):
+        read_manifest(tmp_path / "manifest")
+
+
 async def test_trees_that_pass_the_limits_are_refused(contents: Contents) -> None:
     await send(contents, "ann", b"x", b"y" * 600)
     many = await tree(contents, "ann", [file(f"f{n}", b"x") for n in range(11)])
