@@ -56,6 +56,8 @@ from ci_server.store.blobs import BlobStore
 
 CONTENT_PREFIX = "c."
 REF_PREFIX = "r."
+SWEPT_KEY = "s.swept"
+"""When a sweep (contents_gc.py) last deleted contents: seconds since the epoch, as text."""
 MANIFEST_START = b"CI-MANIFEST-1\n"
 """How the server's manifest of a job starts; no accepted zip can (workspace.ZIP_STARTS)."""
 MAX_TREE_BYTES = 8 * 1024**2
@@ -171,7 +173,7 @@ class Contents:
         *,
         known_trees: int = 0,
         kept_for: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`known_trees`: how many entries of trees to keep decoded in memory (the API's
         submits: KNOWN_TREE_ENTRIES). `kept_for`: how long, in seconds, the contents a
@@ -269,12 +271,17 @@ class Contents:
         """The files of the owner's tree `root`, checked as a zip's entries are: bad
         names, too many files or bytes, too deep, InvalidUpload; contents the owner has
         not uploaded, ContentsMissing; a file whose size is not its content's, InvalidUpload.
+        Then the root's ref (`remember`): its contents are kept CI_CONTENT_KEEP_HOURS.
+
         The contents of a known tree's files found less than `kept_for` / 2 ago are not
-        looked up again: the ref of the submit that found them keeps them (contents_gc.py)."""
+        looked up again: the ref left then keeps them, unless a sweep has deleted contents
+        since (it says when: SWEPT_KEY), which a sweep that listed the blobs before that
+        ref was left may have."""
         files: list[ManifestFile] = []
         unchecked: list[ManifestFile] = []
         checked_trees: list[str] = []
         now = self._clock()
+        trusted_since = max(now - self._trusted_for, await self._last_sweep())
         to_check = True
         """Whether the files of the tree being walked are to be looked up."""
 
@@ -282,7 +289,7 @@ class Contents:
             nonlocal to_check
             known = self._known_trees.get((owner, tree))
             found_at = known.files_found_at if known is not None else None
-            to_check = found_at is None or now - found_at >= self._trusted_for
+            to_check = found_at is None or found_at <= trusted_since
             if to_check:
                 checked_trees.append(tree)
 
@@ -293,11 +300,26 @@ class Contents:
 
         await self.walk(owner, root, on_tree, on_file)
         await self._check_contents(owner, unchecked)
+        await self.remember(owner, root)
         for tree in checked_trees:
             known = self._known_trees.get((owner, tree))
             if known is not None:
                 known.files_found_at = now
         return files
+
+    async def _last_sweep(self) -> float:
+        """When a sweep last deleted contents (SWEPT_KEY), by the clock; 0 if never, or if
+        trees are not trusted here anyway (no lookup then)."""
+        if self._trusted_for <= 0 or not self._most_known:
+            return 0.0
+        try:
+            said = await self.blobs.read_bytes(SWEPT_KEY, 64)
+        except BlobNotFound:
+            return 0.0
+        try:
+            return float(said or b"")
+        except ValueError:  # not a sweep's: trust nothing
+            return self._clock()
 
     async def _check_contents(self, owner: str, files: list[ManifestFile]) -> None:
         """ContentsMissing unless the owner has the content of each of `files`, of its size

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ci_server.contents import (
     CONTENT_PREFIX,
     REF_PREFIX,
+    SWEPT_KEY,
     Contents,
     content_key,
     is_manifest,
@@ -68,6 +70,10 @@ async def sweep_contents(
     ]
     for key in doomed:
         await blobs.delete(key)
+    if any(key.startswith(CONTENT_PREFIX) for key in doomed):
+        # The API trusts trees it found whole not to have lost contents since (contents.py):
+        # unless this says that contents went since.
+        await blobs.put_many([(SWEPT_KEY, f"{time.time():.6f}".encode())])
     return doomed
 
 

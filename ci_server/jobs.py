@@ -354,8 +354,6 @@ class JobService:
             await self.blobs.put(jobs[0].upload_key, path)  # StorageFailure if it cannot
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
-        if tree is not None:
-            await self.contents.remember(user.id, tree)
         try:
             # Their first events before the jobs: a worker that claims one numbers from there.
             await self.store.append_events(

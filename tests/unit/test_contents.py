@@ -13,11 +13,13 @@ import zstandard
 
 from ci_common.trees import TreeEntry, content_hash, encode_tree, record_header
 from ci_server.contents import (
+    SWEPT_KEY,
     Contents,
     ManifestFile,
     content_key,
     encode_manifest,
     read_manifest,
+    ref_key,
 )
 from ci_server.models import ContentsMissing, InvalidUpload
 from ci_server.runner.workspace import MAX_DEPTH, ArchiveLimits
@@ -323,7 +325,7 @@ async def test_the_files_of_a_tree_found_recently_are_not_looked_up_again(
     again, and a content gone meanwhile is missing."""
     blobs = FileBlobStore(tmp_path / "blobs")
     await blobs.open()
-    now = [0.0]
+    now = [10_000.0]
     contents = Contents(
         blobs, LIMITS, tmp_path, known_trees=100, kept_for=3600, clock=lambda: now[0]
     )
@@ -335,13 +337,35 @@ async def test_the_files_of_a_tree_found_recently_are_not_looked_up_again(
 
     await contents.manifest("ann", first)
     assert lookups.looked_up == 3
-    now[0] = 1799.0
+    assert await blobs.exists(ref_key("ann", first))  # what keeps them
+    now[0] += 1799
     files = await contents.manifest("ann", second)
     assert [f.path for f in files] == ["c", "same/a.txt", "same/b.txt"]
     assert lookups.looked_up == 3 + 1  # the root's own file only
 
     await blobs.delete(content_key("ann", content_hash(b"a")))
-    now[0] = 1800.0  # half of kept_for since `same`'s files were found
+    now[0] += 1  # half of kept_for since `same`'s files were found
     with pytest.raises(ContentsMissing):
         await contents.manifest("ann", second)
+    await blobs.close()
+
+
+async def test_a_sweep_that_deleted_contents_ends_the_trust(tmp_path: Path) -> None:
+    """A sweep that listed the blobs before a submit's ref was left may delete what the
+    submit found: it says when it deleted contents, and trees found before are looked up
+    again."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    await blobs.open()
+    now = [10_000.0]
+    contents = Contents(
+        blobs, LIMITS, tmp_path, known_trees=100, kept_for=3600, clock=lambda: now[0]
+    )
+    await send(contents, "ann", b"a")
+    root = await tree(contents, "ann", [file("a.txt", b"a")])
+    await contents.manifest("ann", root)
+    await blobs.delete(content_key("ann", content_hash(b"a")))
+    await blobs.put_many([(SWEPT_KEY, b"10001.5")])
+    now[0] += 10
+    with pytest.raises(ContentsMissing):
+        await contents.manifest("ann", root)
     await blobs.close()

@@ -15,7 +15,14 @@ import pytest
 import zstandard
 
 from ci_common.trees import TreeEntry, content_hash, encode_tree, record_header
-from ci_server.contents import Contents, ManifestFile, content_key, encode_manifest, ref_key
+from ci_server.contents import (
+    SWEPT_KEY,
+    Contents,
+    ManifestFile,
+    content_key,
+    encode_manifest,
+    ref_key,
+)
 from ci_server.contents_gc import UPLOAD_GRACE, sweep_contents
 from ci_server.models import Job
 from ci_server.runner.workspace import ArchiveLimits
@@ -90,6 +97,7 @@ async def test_what_recent_submits_and_waiting_jobs_need_is_kept_and_the_rest_go
         content_key("ann", waiting_file),
         content_key("ann", fresh_file),
         job.id,  # uploads are the worker's to delete, never the sweep's
+        SWEPT_KEY,  # when contents went: the API trusts no tree it found whole before
     }
 
 
@@ -113,9 +121,12 @@ async def test_an_unreferenced_content_is_kept_for_its_grace_then_goes(
 ) -> None:
     (file,) = await send(contents, "ann", b"uploaded, never submitted")
     assert await sweep_contents(MemoryStore(), contents, tmp_path, KEEP_FOR) == []
+    assert SWEPT_KEY not in await present(blobs)  # nothing went
 
     age(blobs, content_key("ann", file), when=time.time() - UPLOAD_GRACE.total_seconds() - 60)
 
+    started = time.time()
     assert await sweep_contents(MemoryStore(), contents, tmp_path, KEEP_FOR) == [
         content_key("ann", file)
     ]
+    assert started <= float(await blobs.read_bytes(SWEPT_KEY, 64) or b"") <= time.time()
