@@ -152,10 +152,14 @@ def test_the_source_is_as_sent_and_the_kept_tree_cannot_be_changed():
     for attempt in attempts:
         with pytest.raises(OSError):
             attempt()
-    # Its own copy is its to change.
+    # Its own copy is its to change, what this submit changed and the folders it added too.
     (ROOT / "victim.txt").write_text("changed\\n")
     os.chmod(ROOT / "victim.txt", 0o777)
     (ROOT / "planted.txt").write_text("planted\\n")
+    (ROOT / "round.txt").write_text("changed\\n")
+    for added in ROOT.glob("added-*"):
+        (added / "made.txt").write_text("made\\n")
+        (added / "sent.txt").unlink()
 """
 
 
@@ -165,7 +169,8 @@ def test_a_job_cannot_change_the_workspace_the_next_job_of_its_project_gets(
     """The worker keeps a project's last workspace for its next job (workspace_cache.py),
     mounted read-only into the job's container: a job that tries to change it, to plant a
     file or to change a mode, changes only its own copy, and the next job gets the files as
-    sent."""
+    sent. Its copy is its own to write, the files and folders each submit added included
+    (the worker writes them as the tests' user's)."""
     root = tmp_path / "attack"
     (root / "tests").mkdir(parents=True)
     (root / "tests" / "test_attack.py").write_text(ATTACK)
@@ -173,11 +178,14 @@ def test_a_job_cannot_change_the_workspace_the_next_job_of_its_project_gets(
     (root / "pyproject.toml").write_text('[project]\nname = "attack"\nversion = "0"\n')
     for round_ in ("first", "second", "third"):
         (root / "round.txt").write_text(f"{round_}\n")  # each submit a new tree
+        (root / f"added-{round_}").mkdir()  # and a new folder
+        (root / f"added-{round_}" / "sent.txt").write_text(f"sent in {round_}\n")
         sent, _, _ = submit(root, server)
-        assert sent == (4 if round_ == "first" else 1)
+        assert sent == (5 if round_ == "first" else 2)
     # The jobs ran on the kept tree: the worker has it, with its files as sent.
     kept = Path(server.env["CI_DATA_DIR"]) / "workspace-cache"
     (entry,) = kept.iterdir()
     assert (entry / "files" / "victim.txt").read_text() == "as sent\n"
     assert (entry / "files" / "round.txt").read_text() == "third\n"
     assert not (entry / "files" / "planted.txt").exists()
+    assert not (entry / "files" / "added-third" / "made.txt").exists()
