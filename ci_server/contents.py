@@ -180,7 +180,8 @@ class Contents:
         submitted tree needs are kept after its submit (CI_CONTENT_KEEP_HOURS:
         contents_gc.py): a known tree whose files were all found is trusted to still have
         them for half that (at most MOST_TRUSTED_SECONDS), and `manifest` does not look
-        them up again meanwhile."""
+        them up again meanwhile, unless a sweep deleted contents since. `clock`: seconds
+        since the epoch (a sweep's SWEPT_KEY is compared with it)."""
         self.blobs = blobs
         self.limits = limits
         self.scratch = scratch
