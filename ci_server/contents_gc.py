@@ -7,7 +7,9 @@ or running job's manifest names, and any content younger than UPLOAD_GRACE (a cl
 be between its upload and its submit). Everything else goes, and refs older than the
 window too. Any process may sweep (`ContentSweeper`, every CI_CONTENT_SWEEP_SECONDS): two
 sweeps at once delete the same things. A submit that raced a sweep and lost a content gets
-ContentsMissing (409) and the client sends it again.
+ContentsMissing (409) and the client sends it again. A sweep that deleted contents says
+when (SWEPT_KEY): the API then looks up again the files of the trees it had found whole
+before (contents.py), which that sweep may have taken.
 """
 
 from __future__ import annotations
