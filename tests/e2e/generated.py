@@ -35,11 +35,14 @@ def test_the_files_are_as_sent():
 """
 
 
+PYPROJECT = '[project]\nname = "generated"\nversion = "0"\n'
+
+
 def make_project(root: Path, files: int, total_bytes: int) -> dict[str, Any]:
     """Write the project under `root`; the expectations it starts with (see `expect`)."""
     (root / "tests").mkdir(parents=True)
     (root / "tests" / "test_project.py").write_text(TEST)
-    (root / "pyproject.toml").write_text('[project]\nname = "generated"\nversion = "0"\n')
+    (root / "pyproject.toml").write_text(PYPROJECT)
     size = max(1, total_bytes // files)
     for n in range(files):
         folder = root / "data" / f"d{n // 100:04d}"
