@@ -58,6 +58,9 @@ CONTENT_PREFIX = "c."
 REF_PREFIX = "r."
 SWEPT_KEY = "s.swept"
 """When a sweep (contents_gc.py) last deleted contents: seconds since the epoch, as text."""
+CLOCK_SKEW = 60.0
+"""How far the clocks of the hosts sharing a store may differ: a tree found whole less than
+this after a sweep (by the API's clock) is not trusted (the sweep's host may be behind)."""
 MANIFEST_START = b"CI-MANIFEST-1\n"
 """How the server's manifest of a job starts; no accepted zip can (workspace.ZIP_STARTS)."""
 MAX_TREE_BYTES = 8 * 1024**2
@@ -282,7 +285,7 @@ class Contents:
         unchecked: list[ManifestFile] = []
         checked_trees: list[str] = []
         now = self._clock()
-        trusted_since = max(now - self._trusted_for, await self._last_sweep())
+        trusted_since = max(now - self._trusted_for, await self._last_sweep() + CLOCK_SKEW)
         to_check = True
         """Whether the files of the tree being walked are to be looked up."""
 
