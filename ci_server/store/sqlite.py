@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -436,9 +436,20 @@ class SqliteStore(Store):
             await self._db.close()
             self._db = None
 
+    async def _read(self, query: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of `query` on the reading connection, all fetched in the one call on its
+        thread that runs it. A statement left unfinished between calls (a cursor's execute,
+        then its fetch) holds a read transaction, and every read the connection ran
+        meanwhile, for any caller, saw the database as it was then: a job just added was
+        not found (`JobNotFound` right after its submit, on a busy worker)."""
+        return list(await self.reader.execute_fetchall(query, params))
+
+    async def _read_one(self, query: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._read(query, params)
+        return rows[0] if rows else None
+
     async def ping(self) -> None:
-        async with self.reader.execute("SELECT 1") as cursor:
-            await cursor.fetchone()
+        await self._read_one("SELECT 1")
 
     async def add_jobs(self, jobs: Sequence[Job]) -> None:
         try:
@@ -456,13 +467,11 @@ class SqliteStore(Store):
 
     async def group_jobs(self, group_id: str) -> list[Job]:
         query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE group_id = ?"
-        async with self.reader.execute(query, (group_id,)) as cursor:
-            return [_job_from_row(row) for row in await cursor.fetchall()]
+        return [_job_from_row(row) for row in await self._read(query, (group_id,))]
 
     async def get_job(self, job_id: str) -> Job:
         query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
-        async with self.reader.execute(query, (job_id,)) as c:
-            row = await c.fetchone()
+        row = await self._read_one(query, (job_id,))
         if row is None:
             raise JobNotFound(job_id)
         return _job_from_row(row)
@@ -493,20 +502,20 @@ class SqliteStore(Store):
             params += [_time(cursor_job.created_at), cursor_job.id]
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         query = f"SELECT {JOB_COLUMNS} FROM jobs {where}ORDER BY created_at DESC, id DESC LIMIT ?"
-        async with self.reader.execute(query, [*params, limit]) as cursor:
-            return [_job_from_row(row) for row in await cursor.fetchall()]
+        return [_job_from_row(row) for row in await self._read(query, [*params, limit])]
 
     async def jobs_with_status(self, *statuses: JobStatus) -> list[Job]:
         marks = ",".join("?" * len(statuses))
         query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, id"
-        async with self.reader.execute(query, [s.value for s in statuses]) as cursor:
-            return [_job_from_row(row) for row in await cursor.fetchall()]
+        return [_job_from_row(row) for row in await self._read(query, [s.value for s in statuses])]
 
     async def count_jobs(self, *statuses: JobStatus) -> dict[JobStatus, int]:
         marks = ",".join("?" * len(statuses))
         query = f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({marks}) GROUP BY status"
-        async with self.reader.execute(query, [s.value for s in statuses]) as cursor:
-            counted = {JobStatus(status): count for status, count in await cursor.fetchall()}
+        counted = {
+            JobStatus(status): count
+            for status, count in await self._read(query, [s.value for s in statuses])
+        }
         return {status: counted.get(status, 0) for status in statuses}
 
     async def update_job(self, job: Job, *, expected: JobStatus) -> bool:
@@ -548,8 +557,10 @@ class SqliteStore(Store):
             "SELECT id, position FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) "
             f"AS position FROM jobs WHERE status = ?) WHERE id IN ({marks})"
         )
-        async with self.reader.execute(query, [JobStatus.QUEUED.value, *job_ids]) as cursor:
-            return {row["id"]: row["position"] for row in await cursor.fetchall()}
+        return {
+            row["id"]: row["position"]
+            for row in await self._read(query, [JobStatus.QUEUED.value, *job_ids])
+        }
 
     async def request_cancel(self, job_id: str) -> bool:
         cursor = await self.db.execute(
@@ -564,8 +575,7 @@ class SqliteStore(Store):
 
     async def cancel_requests(self, worker: str) -> list[str]:
         query = "SELECT id FROM jobs WHERE status = ? AND worker = ? AND cancel_requested = 1"
-        async with self.reader.execute(query, (JobStatus.RUNNING.value, worker)) as cursor:
-            return [row["id"] for row in await cursor.fetchall()]
+        return [row["id"] for row in await self._read(query, (JobStatus.RUNNING.value, worker))]
 
     async def append_events(self, events: Sequence[JobEvent]) -> None:
         if not events:
@@ -594,16 +604,14 @@ class SqliteStore(Store):
         if limit is not None:
             query += " LIMIT ?"
             params = (*params, limit)
-        async with self.reader.execute(query, params) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._read(query, params)
         # A page of log events may hold 16 MiB of JSON: decoded on the event loop, each
         # watcher replaying a long log stalled every request for tens of milliseconds.
         return await asyncio.to_thread(lambda: [_event_from_row(row) for row in rows])
 
     async def last_event_seq(self, job_id: str) -> int:
         query = "SELECT MAX(seq) FROM events WHERE job_id=?"
-        async with self.reader.execute(query, (job_id,)) as c:
-            row = await c.fetchone()
+        row = await self._read_one(query, (job_id,))
         return row[0] if row and row[0] is not None else 0
 
     async def set_test_results(self, job_id: str, results: Sequence[TestResult]) -> None:
@@ -646,18 +654,18 @@ class SqliteStore(Store):
             "SELECT position, node_id, outcome, duration, message, details FROM test_results "
             f"WHERE {' AND '.join(conditions)} ORDER BY position LIMIT ?"
         )
-        async with self.reader.execute(query, [*params, -1 if limit is None else limit]) as cursor:
-            return [
-                TestResult(
-                    node_id=row["node_id"],
-                    outcome=TestOutcome(row["outcome"]),
-                    duration_seconds=row["duration"],
-                    message=row["message"],
-                    details=row["details"],
-                    position=row["position"],
-                )
-                for row in await cursor.fetchall()
-            ]
+        rows = await self._read(query, [*params, -1 if limit is None else limit])
+        return [
+            TestResult(
+                node_id=row["node_id"],
+                outcome=TestOutcome(row["outcome"]),
+                duration_seconds=row["duration"],
+                message=row["message"],
+                details=row["details"],
+                position=row["position"],
+            )
+            for row in rows
+        ]
 
     async def test_history(
         self, owner_id: str, project: str, *, runs: int = MAX_HISTORY_RUNS
@@ -679,8 +687,7 @@ class SqliteStore(Store):
             ) WHERE n <= ? ORDER BY node_id, n
         """
         params = [owner_id, project, *FINISHED_STATUSES, HISTORY_JOBS, runs]
-        async with self.reader.execute(query, params) as cursor:
-            return histories_of(tuple(row) for row in await cursor.fetchall())
+        return histories_of(tuple(row) for row in await self._read(query, params))
 
     # -- artifacts and retention -------------------------------------------------------------
 
@@ -696,11 +703,8 @@ class SqliteStore(Store):
         query = (
             "SELECT position, path, size, sha256 FROM artifacts WHERE job_id=? ORDER BY position"
         )
-        async with self.reader.execute(query, (job_id,)) as cursor:
-            return [
-                Artifact(row["path"], row["size"], row["sha256"], row["position"])
-                for row in await cursor.fetchall()
-            ]
+        rows = await self._read(query, (job_id,))
+        return [Artifact(row["path"], row["size"], row["sha256"], row["position"]) for row in rows]
 
     async def prunable_jobs(
         self, *, finished_before: datetime, keep_newest: int = 0, limit: int = 100
@@ -719,8 +723,7 @@ class SqliteStore(Store):
         )
         keep = keep_newest if keep_newest > 0 else 2**62
         params = [*FINISHED_STATUSES, _time(finished_before), *FINISHED_STATUSES, keep, limit]
-        async with self.reader.execute(query, params) as cursor:
-            return [_job_from_row(row) for row in await cursor.fetchall()]
+        return [_job_from_row(row) for row in await self._read(query, params)]
 
     async def delete_jobs(self, job_ids: Collection[str]) -> list[str]:
         if not job_ids:
@@ -748,8 +751,7 @@ class SqliteStore(Store):
         await self.db.commit()
 
     async def environment_uses(self) -> dict[str, datetime]:
-        async with self.reader.execute("SELECT tag, used_at FROM environment_uses") as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._read("SELECT tag, used_at FROM environment_uses")
         return {row["tag"]: datetime.fromisoformat(row["used_at"]) for row in rows}
 
     async def forget_environments(self, tags: Collection[str]) -> None:
@@ -786,8 +788,7 @@ class SqliteStore(Store):
     async def list_workers(self) -> list[WorkerInfo]:
         now = utcnow()
         query = "SELECT name, max_jobs, started_at, heartbeat_at, stopped_at FROM workers"
-        async with self.reader.execute(f"{query} ORDER BY name") as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._read(f"{query} ORDER BY name")
         workers = []
         for row in rows:
             heartbeat_at = _parse_time(row["heartbeat_at"])
@@ -850,10 +851,7 @@ class SqliteStore(Store):
         await self.db.commit()
 
     async def _one_user(self, where: str, value: str, missing: str) -> User:
-        async with self.reader.execute(
-            f"SELECT {USER_COLUMNS} FROM users WHERE {where} = ?", (value,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self._read_one(f"SELECT {USER_COLUMNS} FROM users WHERE {where} = ?", (value,))
         if row is None:
             raise UserNotFound(missing)
         return _user_from_row(row)
@@ -866,8 +864,7 @@ class SqliteStore(Store):
 
     async def list_users(self) -> list[User]:
         query = f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id"
-        async with self.reader.execute(query) as cursor:
-            return [_user_from_row(row) for row in await cursor.fetchall()]
+        return [_user_from_row(row) for row in await self._read(query)]
 
     async def set_user_active(self, user_id: str, active: bool) -> User:
         await self.db.execute("UPDATE users SET active=? WHERE id=?", (int(active), user_id))
@@ -892,8 +889,7 @@ class SqliteStore(Store):
 
     async def get_api_key(self, key_id: str) -> ApiKey:
         query = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"
-        async with self.reader.execute(query, (key_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._read_one(query, (key_id,))
         if row is None:
             raise ApiKeyNotFound(f"no API key with id {key_id!r}")
         return _key_from_row(row)
@@ -901,8 +897,7 @@ class SqliteStore(Store):
     async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
         where, params = ("WHERE user_id = ? ", (user_id,)) if user_id is not None else ("", ())
         query = f"SELECT {KEY_COLUMNS} FROM api_keys {where}ORDER BY created_at, id"
-        async with self.reader.execute(query, params) as cursor:
-            return [_key_from_row(row) for row in await cursor.fetchall()]
+        return [_key_from_row(row) for row in await self._read(query, params)]
 
     async def revoke_api_key(self, key_id: str, at: datetime) -> ApiKey:
         await self.db.execute(
@@ -934,8 +929,7 @@ class SqliteStore(Store):
 
     async def get_session(self, token_hash: str) -> Session:
         query = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?"
-        async with self.reader.execute(query, (token_hash,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._read_one(query, (token_hash,))
         if row is None:
             raise SessionNotFound("no such session")
         return _session_from_row(row)
