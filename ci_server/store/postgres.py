@@ -45,8 +45,10 @@ from ci_server.store.columns import (
     JOB_COLUMNS,
     KEY_COLUMNS,
     LIFECYCLE_COLUMNS,
+    RESULT_COLUMNS,
     SESSION_COLUMNS,
     USER_COLUMNS,
+    result_of_row,
 )
 from ci_server.store.repository import (
     FINISHED_STATUSES,
@@ -675,22 +677,12 @@ class PostgresStore(Store):
             params.append([outcome.value for outcome in outcomes])
             conditions.append(f"outcome = ANY(${len(params)}::text[])")
         rows = await self.pool.fetch(
-            "SELECT position, node_id, outcome, duration, message, details FROM test_results "
+            f"SELECT {RESULT_COLUMNS} FROM test_results "
             f"WHERE {' AND '.join(conditions)} ORDER BY position LIMIT ${len(params) + 1}",
             *params,
             limit,  # LIMIT NULL is no limit
         )
-        return [
-            TestResult(
-                node_id=row["node_id"],
-                outcome=TestOutcome(row["outcome"]),
-                duration_seconds=row["duration"],
-                message=row["message"],
-                details=row["details"],
-                position=row["position"],
-            )
-            for row in rows
-        ]
+        return [result_of_row(row) for row in rows]
 
     async def test_history(
         self, owner_id: str, project: str, *, runs: int = MAX_HISTORY_RUNS

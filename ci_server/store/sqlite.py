@@ -36,8 +36,10 @@ from ci_server.store.columns import (
     JOB_COLUMNS,
     KEY_COLUMNS,
     LIFECYCLE_COLUMNS,
+    RESULT_COLUMNS,
     SESSION_COLUMNS,
     USER_COLUMNS,
+    result_of_row,
 )
 from ci_server.store.repository import (
     FINISHED_STATUSES,
@@ -651,21 +653,11 @@ class SqliteStore(Store):
             conditions.append(f"outcome IN ({','.join('?' * len(outcomes))})")
             params += [outcome.value for outcome in outcomes]
         query = (
-            "SELECT position, node_id, outcome, duration, message, details FROM test_results "
+            f"SELECT {RESULT_COLUMNS} FROM test_results "
             f"WHERE {' AND '.join(conditions)} ORDER BY position LIMIT ?"
         )
         rows = await self._read(query, [*params, -1 if limit is None else limit])
-        return [
-            TestResult(
-                node_id=row["node_id"],
-                outcome=TestOutcome(row["outcome"]),
-                duration_seconds=row["duration"],
-                message=row["message"],
-                details=row["details"],
-                position=row["position"],
-            )
-            for row in rows
-        ]
+        return [result_of_row(row) for row in rows]
 
     async def test_history(
         self, owner_id: str, project: str, *, runs: int = MAX_HISTORY_RUNS
