@@ -480,7 +480,8 @@ def _update_tree(
     `user` theirs (see `Contents.assemble`)."""
     root.mkdir(exist_ok=True)
     root.chmod(0o755)
-    if user is not None and (root.stat().st_uid, root.stat().st_gid) != user:
+    status = root.stat()
+    if user is not None and (status.st_uid, status.st_gid) != user:
         give_to(root, *user)  # a new folder, or a tree kept for another user
     before = {file.path: file for file in present}
     after = {file.path: file for file in files}

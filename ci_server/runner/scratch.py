@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from ci_server.runner import mounts
 from ci_server.runner.scripts import PROJECT_DIR
+from ci_server.runner.workspace import Ids
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ PROJECT = PurePosixPath(PROJECT_DIR).relative_to(CONTAINER_TMP)
 """The overlay's folder in the container's /tmp."""
 
 
-def numeric_ids(user: str | None) -> tuple[int, int] | None:
+def numeric_ids(user: str | None) -> Ids | None:
     """The uid and gid of a container's `user` given as `uid:gid` numbers; None for any
     other form (a name is only known inside the image)."""
     uid, _, gid = (user or "").partition(":")
